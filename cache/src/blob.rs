@@ -1,0 +1,343 @@
+//! Blobs: content by BLAKE3 digest, zstd-compressed on disk, written atomically, verified on
+//! every read.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::{BlobDigest, FileRef, Result, Store, StoreError};
+
+/// zstd level of every blob: fast, and zeros (most of a disk image) cost almost nothing.
+const ZSTD_LEVEL: i32 = 3;
+/// Streaming chunk: a multiple of [`HOLE_BLOCK`], large enough for rayon-parallel hashing.
+const CHUNK: usize = 1 << 20;
+/// Contents up to this size are read into memory in one go.
+const SMALL: u64 = 256 << 10;
+/// Contents from this size on are compressed by several zstd worker threads.
+const MULTITHREAD_FROM: u64 = 32 << 20;
+/// `blob_to_file` leaves aligned all-zero blocks of this size as holes.
+const HOLE_BLOCK: usize = 4096;
+
+/// Hashes one chunk, spreading large ones over rayon's threads.
+fn hash_update(h: &mut blake3::Hasher, data: &[u8]) {
+    if data.len() >= 128 << 10 {
+        h.update_rayon(data);
+    } else {
+        h.update(data);
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how much was read.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn zstd_threads() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
+impl Store {
+    /// Where the blob with digest `d` lives: `blobs-v1/ab/cdef…`.
+    pub fn blob_path(&self, d: &BlobDigest) -> PathBuf {
+        let hex = d.to_hex();
+        self.blobs.join(&hex[..2]).join(&hex[2..])
+    }
+
+    pub fn has_blob(&self, d: &BlobDigest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    /// Stores the file at `path` (following a symlink), streaming: files of several GiB are
+    /// fine. A file whose content is already stored is only hashed.
+    pub fn put_file(&self, path: &Path) -> Result<FileRef> {
+        let file = File::open(path).map_err(StoreError::io(path))?;
+        self.put_open_file(file, path)
+    }
+
+    /// Like `put_file`, but refuses to follow a symlink at `path` (a tree walk saw a regular
+    /// file there; if it was swapped since, fail rather than store something else).
+    pub(crate) fn put_file_nofollow(&self, path: &Path) -> Result<FileRef> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(StoreError::io(path))?;
+        self.put_open_file(file, path)
+    }
+
+    fn put_open_file(&self, mut file: File, path: &Path) -> Result<FileRef> {
+        let size = file.metadata().map_err(StoreError::io(path))?.len();
+        if size <= SMALL {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data).map_err(StoreError::io(path))?;
+            return self.put_bytes(&data);
+        }
+        // Hash first: storing a file whose content is already there costs one read.
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf).map_err(StoreError::io(path))?;
+            if n == 0 {
+                break;
+            }
+            hash_update(&mut h, &buf[..n]);
+            total += n as u64;
+        }
+        let digest = BlobDigest::from_hash(h.finalize());
+        if self.has_blob(&digest) {
+            return Ok(FileRef { digest, size: total });
+        }
+        file.rewind().map_err(StoreError::io(path))?;
+        self.write_blob(&mut file, Some(size), path)
+    }
+
+    pub fn put_bytes(&self, data: &[u8]) -> Result<FileRef> {
+        let mut h = blake3::Hasher::new();
+        hash_update(&mut h, data);
+        let digest = BlobDigest::from_hash(h.finalize());
+        let size = data.len() as u64;
+        if self.has_blob(&digest) {
+            return Ok(FileRef { digest, size });
+        }
+        self.write_blob(&mut &data[..], Some(size), Path::new("<bytes>"))
+    }
+
+    /// Stores everything `r` yields, streaming.
+    pub fn put_reader(&self, r: &mut dyn Read) -> Result<FileRef> {
+        self.write_blob(r, None, Path::new("<reader>"))
+    }
+
+    /// The one place a blob is written: into a temp file of this session, hashed while it
+    /// streams, synced, then renamed to its digest's name.
+    fn write_blob(&self, r: &mut dyn Read, size_hint: Option<u64>, what: &Path) -> Result<FileRef> {
+        let tmp = tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&self.session)
+            .map_err(StoreError::io(&self.session))?;
+        let tmp_path = tmp.path().to_path_buf();
+        let mut buf = vec![0u8; CHUNK];
+        // The first chunk tells a small input from a large one when the size is unknown.
+        let mut n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
+        let large = match size_hint {
+            Some(s) => s >= MULTITHREAD_FROM,
+            None => n == CHUNK,
+        };
+        let mut enc = zstd::Encoder::new(tmp.as_file(), ZSTD_LEVEL).map_err(StoreError::io(&tmp_path))?;
+        if large {
+            enc.multithread(zstd_threads()).map_err(StoreError::io(&tmp_path))?;
+        }
+        if let Some(s) = size_hint {
+            enc.set_pledged_src_size(Some(s)).map_err(StoreError::io(&tmp_path))?;
+        }
+        let mut h = blake3::Hasher::new();
+        let mut size = 0u64;
+        while n > 0 {
+            hash_update(&mut h, &buf[..n]);
+            enc.write_all(&buf[..n]).map_err(StoreError::io(&tmp_path))?;
+            size += n as u64;
+            n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
+        }
+        if size_hint.is_some_and(|s| s != size) {
+            // The file changed size while we read it; what we read is consistent, but zstd
+            // was promised another length.
+            return Err(StoreError::Io {
+                path: what.to_path_buf(),
+                source: io::Error::other("file changed size while it was being stored"),
+            });
+        }
+        enc.finish().map_err(StoreError::io(&tmp_path))?;
+        tmp.as_file().sync_all().map_err(StoreError::io(&tmp_path))?;
+        let digest = BlobDigest::from_hash(h.finalize());
+        let target = self.blob_path(&digest);
+        let shard = target.parent().expect("blob path has a shard dir");
+        fs::create_dir_all(shard).map_err(StoreError::io(shard))?;
+        // Rename is atomic; if the blob is already there it holds the same bytes, and replacing
+        // it is as good as keeping it (and heals one that was damaged).
+        tmp.persist(&target).map_err(|e| StoreError::Io { path: target.clone(), source: e.error })?;
+        Ok(FileRef { digest, size })
+    }
+
+    /// A reader of the blob's uncompressed bytes that checks the digest when it reaches the end:
+    /// the final `read` fails (with a [`StoreError`] inside the `io::Error`) if the content was
+    /// wrong. Data read before the end is not yet trusted.
+    pub fn open_blob(&self, d: &BlobDigest) -> Result<BlobReader> {
+        let path = self.blob_path(d);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingBlob(*d)),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let decoder = zstd::Decoder::new(file).map_err(StoreError::io(&path))?;
+        Ok(BlobReader { digest: *d, decoder, hasher: blake3::Hasher::new(), size: 0, done: false })
+    }
+
+    /// The blob's bytes, checked against its digest.
+    pub fn read_blob(&self, d: &BlobDigest) -> Result<Vec<u8>> {
+        let mut r = self.open_blob(d)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = r.read_checked(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Writes the blob to `dest` (replacing it atomically), mode 0644, with aligned zero blocks
+    /// left as holes. `dest` appears only once its content has matched the digest.
+    pub fn blob_to_file(&self, d: &BlobDigest, dest: &Path) -> Result<()> {
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".imgspec-")
+            .tempfile_in(dir)
+            .map_err(StoreError::io(dir))?;
+        self.write_sparse(d, tmp.as_file(), tmp.path())?;
+        let f = tmp.as_file();
+        f.set_permissions(fs::Permissions::from_mode(0o644)).map_err(StoreError::io(tmp.path()))?;
+        f.sync_all().map_err(StoreError::io(tmp.path()))?;
+        tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
+        Ok(())
+    }
+
+    /// Decompresses blob `d` into the empty file `f`, seeking over aligned zero blocks so they
+    /// stay holes, and fails if the content does not match the digest.
+    pub(crate) fn write_sparse(&self, d: &BlobDigest, f: &File, path: &Path) -> Result<u64> {
+        let mut r = self.open_blob(d)?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut offset = 0u64;
+        loop {
+            // Fill whole chunks so every block starts at a multiple of HOLE_BLOCK.
+            let mut n = 0;
+            while n < buf.len() {
+                let k = r.read_checked(&mut buf[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            if n == 0 {
+                break;
+            }
+            write_non_zero_runs(f, &buf[..n], offset).map_err(StoreError::io(path))?;
+            offset += n as u64;
+        }
+        // Trailing holes: extend to the full length without writing.
+        f.set_len(offset).map_err(StoreError::io(path))?;
+        Ok(offset)
+    }
+}
+
+/// Writes the runs of `data` (which starts at file offset `offset`, a multiple of HOLE_BLOCK)
+/// that are not all-zero blocks.
+fn write_non_zero_runs(f: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    for block in data.chunks(HOLE_BLOCK) {
+        let zero = block.iter().all(|&b| b == 0);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                f.write_all_at(&data[s..pos], offset + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos += block.len();
+    }
+    if let Some(s) = run_start {
+        f.write_all_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
+}
+
+/// The uncompressed bytes of one blob; see [`Store::open_blob`].
+pub struct BlobReader {
+    digest: BlobDigest,
+    decoder: zstd::Decoder<'static, io::BufReader<File>>,
+    hasher: blake3::Hasher,
+    size: u64,
+    done: bool,
+}
+
+impl BlobReader {
+    pub fn digest(&self) -> &BlobDigest {
+        &self.digest
+    }
+
+    /// Bytes read so far.
+    pub fn bytes_read(&self) -> u64 {
+        self.size
+    }
+
+    /// Like `read`, with the store's own error: `Corrupt` or `Undecodable` at the end when
+    /// the content does not match its digest.
+    pub fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = loop {
+            match self.decoder.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(StoreError::Undecodable { digest: self.digest, source });
+                }
+            }
+        };
+        if n == 0 {
+            let actual = BlobDigest::from_hash(self.hasher.finalize());
+            if actual != self.digest {
+                return Err(StoreError::Corrupt { digest: self.digest, actual });
+            }
+            self.done = true;
+            return Ok(0);
+        }
+        hash_update(&mut self.hasher, &buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_checked(buf).map_err(|e| match e {
+            StoreError::Io { source, .. } => source,
+            other => io::Error::new(io::ErrorKind::InvalidData, other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_zero_blocks_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = File::create(&path).unwrap();
+        let mut data = vec![0u8; 16 * HOLE_BLOCK];
+        data[HOLE_BLOCK + 7] = 1; // block 1
+        data[2 * HOLE_BLOCK] = 2; // block 2, same run
+        data[10 * HOLE_BLOCK + HOLE_BLOCK - 1] = 3; // block 10
+        write_non_zero_runs(&f, &data, 0).unwrap();
+        f.set_len(data.len() as u64).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+    }
+}

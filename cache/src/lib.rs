@@ -1,0 +1,394 @@
+//! The content-addressed store of imgspec: blobs by digest, trees as manifests over blobs, and
+//! an SQLite index of step records that point at them.
+//!
+//! # Layout on disk
+//!
+//! ```text
+//! ROOT/                      the directory given to `Store::open`, created if missing
+//!   CACHEDIR.TAG             standard cache-directory tag, so backup tools skip the store
+//!   blobs-v1/ab/cdef…        one file per blob; `ab` is the first two hex digits of the BLAKE3
+//!                            of the blob's *uncompressed* bytes and `cdef…` the other 62; the
+//!                            file holds those bytes zstd-compressed (level 3)
+//!   index-v1.sqlite          the step index (WAL mode, so `-wal` and `-shm` files beside it):
+//!                              steps(key, kind, name, output, size, created, last_used)
+//!                              last_build(image, step, key, explain)
+//!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   tmp/                     temporary files and scratch dirs, on the store's filesystem
+//!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
+//!       .lock                  flock-ed while that `Store` lives; a session whose lock is
+//!                              free, and any other entry older than an hour, is removed by
+//!                              the next `Store::open`
+//! ```
+//!
+//! The `-v1` in each name is the version of that part's encoding: a change gets a new name, so
+//! an old store is ignored rather than misread. Schema changes inside the index are append-only
+//! migrations tracked by `PRAGMA user_version`.
+//!
+//! # The store never lies
+//!
+//! **Architecture Invariant:** a file under `blobs-v1/` is either absent or complete, and a step
+//! record only points at blobs that exist.
+//!
+//! - A blob is written into a temp file under `tmp/`, hashed while it streams, `fsync`ed, and
+//!   only then renamed to its digest's name. Rename is atomic, and a target that already exists
+//!   is success (same digest, same bytes).
+//! - Every read re-hashes what it decompresses and fails with [`StoreError::Corrupt`] instead of
+//!   returning wrong bytes; `blob_to_file` checks the digest before renaming its temp file into
+//!   place.
+//! - `record` checks that every referenced blob exists (the tree's manifest, every file the
+//!   manifest names, every [`FileRef`]) inside the same SQLite write transaction that `gc` holds
+//!   while it sweeps, so a sweep cannot slip between the check and the insert. `lookup` drops a
+//!   record whose blobs have gone (deleted by hand, lost in a crash) and reports a miss.
+//! - Killing the process at any point leaves at worst a temp file (removed by a later open) or
+//!   a blob no record references (removed by `gc`).
+//!
+//! # Trees
+//!
+//! A filesystem tree is a [`Manifest`]: a list of [`Entry`]s sorted by path in byte order (so
+//! parents come before children), the root itself being the path `""`. Each entry records the
+//! kind (directory, regular file with the digest and size of its content blob, symlink and its
+//! target, hard link to an earlier file entry of the same tree, character or block device with
+//! its major/minor, fifo), the permission bits (including setuid/setgid/sticky), numeric
+//! uid/gid, mtime in seconds, and extended attributes. Nothing else is kept: no atime/ctime, no
+//! inode numbers, no user or group names, no sockets.
+//!
+//! A manifest is stored as a blob holding its canonical encoding, the `serde_json` encoding of
+//! the sorted struct; its [`TreeDigest`] is that blob's digest. Equal trees therefore have equal
+//! digests, and a tree costs one small blob beyond the file contents it shares with every other
+//! tree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod blob;
+mod gc;
+mod index;
+mod sys;
+mod tarball;
+mod tmp;
+mod tree;
+
+pub use blob::BlobReader;
+pub use tree::diff;
+
+/// Name of the blob directory under the root; bump the version when the blob encoding changes.
+pub const BLOBS_DIR: &str = "blobs-v1";
+/// Name of the SQLite index under the root.
+pub const INDEX_FILE: &str = "index-v1.sqlite";
+/// Name of the temp directory under the root.
+pub const TMP_DIR: &str = "tmp";
+
+macro_rules! digest_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            pub fn from_hash(h: blake3::Hash) -> Self {
+                Self(*h.as_bytes())
+            }
+            pub fn to_hex(&self) -> String {
+                blake3::Hash::from_bytes(self.0).to_hex().to_string()
+            }
+            /// The first 12 hex digits, for people.
+            pub fn short(&self) -> String {
+                self.to_hex()[..12].to_string()
+            }
+            pub fn parse_hex(s: &str) -> Option<Self> {
+                blake3::Hash::from_hex(s).ok().map(Self::from_hash)
+            }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse_hex(&s).ok_or_else(|| serde::de::Error::custom("bad digest"))
+            }
+        }
+    };
+}
+
+digest_type!(
+    /// BLAKE3 of a blob's uncompressed bytes.
+    BlobDigest
+);
+digest_type!(
+    /// BLAKE3 of a tree manifest's canonical encoding (the manifest is stored as that blob).
+    TreeDigest
+);
+digest_type!(
+    /// A step's key: BLAKE3 over the plan's written-down encoding of everything that can change
+    /// the step's result. Opaque to the store.
+    StepKey
+);
+
+/// Everything that can go wrong in the store. Each variant carries the path or digest concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("I/O error on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache index error")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("blob `{digest}` is corrupt: its content hashes to `{actual}`")]
+    Corrupt { digest: BlobDigest, actual: BlobDigest },
+    #[error("blob `{0}` is not in the store")]
+    MissingBlob(BlobDigest),
+    #[error("bad tree entry `{path}`: {reason}")]
+    BadEntry { path: String, reason: String },
+    #[error("bad manifest `{digest}`")]
+    BadManifest {
+        digest: TreeDigest,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("blob `{digest}` is corrupt: it does not decompress")]
+    Undecodable {
+        digest: BlobDigest,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("step record `{key}` in the index does not parse")]
+    BadRecord {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the cache index `{path}` has schema version {found}, newer than the {supported} this imgspec knows")]
+    IndexTooNew { path: PathBuf, found: i64, supported: i64 },
+}
+
+impl StoreError {
+    /// True when stored data failed its check (bad digest, undecodable blob, unparsable
+    /// manifest or record): the data is wrong, not merely absent or unreachable.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt { .. }
+                | StoreError::Undecodable { .. }
+                | StoreError::BadManifest { .. }
+                | StoreError::BadRecord { .. }
+        )
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.into();
+        move |source| StoreError::Io { path, source }
+    }
+
+    pub(crate) fn bad_entry(path: impl Into<String>, reason: impl Into<String>) -> StoreError {
+        StoreError::BadEntry { path: path.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One entry of a tree manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative to the tree root, `/`-separated, no leading `/`; the root itself is `""`.
+    pub path: String,
+    pub kind: EntryKind,
+    /// Permission bits including setuid/setgid/sticky (no file-type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch, clamped at import time when asked.
+    pub mtime: i64,
+    /// Extended attributes by name (`security.capability`, `user.*`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File { digest: BlobDigest, size: u64 },
+    Symlink { target: String },
+    /// A hard link to an earlier `File` entry of the same tree.
+    Hardlink { target: String },
+    Char { major: u32, minor: u32 },
+    Block { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// A filesystem tree: entries sorted by path (byte order), parents before children.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+/// What a step produced: a tree, named files, and small metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepOutput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeDigest>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, FileRef>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub digest: BlobDigest,
+    pub size: u64,
+}
+
+/// A row of the step index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub key: StepKey,
+    pub kind: String,
+    pub name: String,
+    pub output: StepOutput,
+    /// Bytes on disk (compressed) of the blobs this record references, counted once per record.
+    pub size: u64,
+    pub created: i64,
+    pub last_used: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Clamp every mtime to at most this value (SOURCE_DATE_EPOCH).
+    pub clamp_mtime: Option<i64>,
+}
+
+pub enum GcPolicy {
+    /// Keep only the records with these keys (and every blob they reference).
+    Keep(Vec<StepKey>),
+    /// Drop records not used for this many seconds.
+    OlderThan(i64),
+    /// Drop least-recently-used records until the store is at most this many bytes.
+    MaxBytes(u64),
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub records_removed: usize,
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub blobs_checked: usize,
+    /// Blobs whose content did not match their digest (or did not decompress); deleted.
+    pub corrupt: Vec<BlobDigest>,
+    /// Blobs some record referenced that were not in the store at all.
+    pub missing: Vec<BlobDigest>,
+    /// Records dropped because a blob they reference was corrupt or missing.
+    pub records_dropped: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct Usage {
+    pub records: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// The local store. `Sync`: one `Store` is shared by every worker thread, and several `Store`s
+/// (threads or processes) may share one root.
+pub struct Store {
+    root: PathBuf,
+    blobs: PathBuf,
+    /// This instance's session dir under `tmp/`: temp blobs and `tmp_dir`s go here.
+    session: PathBuf,
+    /// The open `.lock` of the session dir, flock-ed for the life of the store.
+    _session_lock: std::fs::File,
+    db: std::sync::Mutex<rusqlite::Connection>,
+}
+
+// The executor shares one store across rayon workers.
+const _: () = {
+    const fn assert_sync_send<T: Sync + Send>() {}
+    assert_sync_send::<Store>();
+};
+
+impl Store {
+    /// Opens the store at `root`, creating it (and migrating its index) as needed, and removes
+    /// stale temp files left by dead processes.
+    pub fn open(root: &Path) -> Result<Store> {
+        std::fs::create_dir_all(root).map_err(StoreError::io(root))?;
+        let root = std::path::absolute(root).map_err(StoreError::io(root))?;
+        let blobs = root.join(BLOBS_DIR);
+        std::fs::create_dir_all(&blobs).map_err(StoreError::io(&blobs))?;
+        let tmp = root.join(TMP_DIR);
+        std::fs::create_dir_all(&tmp).map_err(StoreError::io(&tmp))?;
+        tmp::write_cachedir_tag(&root)?;
+        tmp::remove_stale(&tmp);
+        let (session, session_lock) = tmp::new_session(&tmp)?;
+        let db = index::open(&root.join(INDEX_FILE))?;
+        Ok(Store {
+            root,
+            blobs,
+            session,
+            _session_lock: session_lock,
+            db: std::sync::Mutex::new(db),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A scratch directory inside the store's `tmp/`: on the store's filesystem, so files made
+    /// there can be renamed into the store or into another scratch dir. Removed on drop, or by
+    /// a later `Store::open` if the process dies.
+    pub fn tmp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(&self.session)
+            .map_err(StoreError::io(&self.session))
+    }
+
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        // A panic while holding the lock rolled back its transaction on unwind: the connection
+        // is still usable.
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        tmp::end_session(&self.session);
+    }
+}
+
+/// Differences between two trees, path by path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TreeChange {
+    Added(Entry),
+    Removed(Entry),
+    Changed { old: Entry, new: Entry },
+}
+
+
+// A tree's digest is the digest of the blob holding its manifest.
+impl From<TreeDigest> for BlobDigest {
+    fn from(t: TreeDigest) -> BlobDigest {
+        BlobDigest(t.0)
+    }
+}

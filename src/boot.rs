@@ -1,0 +1,367 @@
+//! `imgspec boot`: starts an image in QEMU on a throw-away overlay and watches its serial
+//! console until a login prompt appears.
+//!
+//! KVM is used when it works and TCG (software emulation) otherwise (`-accel kvm -accel tcg`:
+//! QEMU takes the first that starts). UEFI boots with OVMF (a private copy of its variable
+//! store), BIOS with QEMU's SeaBIOS. The VM is always stopped: on success, on timeout and when
+//! this process unwinds.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    Uefi,
+    Bios,
+}
+
+#[derive(Clone, Debug)]
+pub struct BootOptions {
+    pub image: PathBuf,
+    pub firmware: Firmware,
+    pub timeout: Duration,
+    /// Direct kernel boot (partition images): kernel, initrd and command line.
+    pub kernel: Option<(PathBuf, PathBuf, String)>,
+    pub memory_mib: u32,
+    /// What marks success on the console.
+    pub expect: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("`{0}` does not exist")]
+    NoImage(PathBuf),
+    #[error("UEFI firmware not found (looked for {0})")]
+    NoFirmware(String),
+    #[error("could not start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`qemu-img create` of the overlay failed: {0}")]
+    Overlay(String),
+    #[error("no `{expect}` on the console after {seconds}s")]
+    Timeout {
+        expect: String,
+        seconds: u64,
+        tail: Vec<String>,
+    },
+    #[error("QEMU exited before `{expect}` appeared ({status})")]
+    Exited {
+        expect: String,
+        status: String,
+        tail: Vec<String>,
+    },
+    #[error("I/O error on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BootError {
+    /// The last console lines, when the VM ran.
+    pub fn console_tail(&self) -> &[String] {
+        match self {
+            BootError::Timeout { tail, .. } | BootError::Exited { tail, .. } => tail,
+            _ => &[],
+        }
+    }
+}
+
+/// Code and variable-store images of OVMF, as Debian and Ubuntu install them.
+const OVMF: &[(&str, &str)] = &[
+    (
+        "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        "/usr/share/OVMF/OVMF_VARS_4M.fd",
+    ),
+    (
+        "/usr/share/OVMF/OVMF_CODE.fd",
+        "/usr/share/OVMF/OVMF_VARS.fd",
+    ),
+];
+
+/// Kills the VM when dropped.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The QEMU command line (without the program name).
+pub fn qemu_args(o: &BootOptions, overlay: &Path, vars: Option<(&str, &Path)>) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "-accel", "kvm", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(["-m".into(), o.memory_mib.to_string()]);
+    a.extend(
+        [
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+        ]
+        .map(String::from),
+    );
+    a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
+    a.extend([
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2", overlay.display()),
+    ]);
+    if let Some((code, vars)) = vars {
+        a.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
+    }
+    if let Some((k, i, append)) = &o.kernel {
+        a.extend([
+            "-kernel".into(),
+            k.display().to_string(),
+            "-initrd".into(),
+            i.display().to_string(),
+            "-append".into(),
+            append.clone(),
+        ]);
+    }
+    a
+}
+
+/// Boots and waits for `expect` on the console. `on_line` sees every console line.
+pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, BootError> {
+    let image = std::fs::canonicalize(&o.image).map_err(|_| BootError::NoImage(o.image.clone()))?;
+    let tmp = tempfile::tempdir().map_err(|source| BootError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let overlay = tmp.path().join("overlay.qcow2");
+    let fmt = if image.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
+        .arg(&image)
+        .arg(&overlay)
+        .output()
+        .map_err(|source| BootError::Spawn {
+            program: "qemu-img".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(BootError::Overlay(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    let mut vars = None;
+    if o.firmware == Firmware::Uefi {
+        let (code, v) = OVMF
+            .iter()
+            .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
+            .ok_or_else(|| {
+                BootError::NoFirmware(OVMF.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "))
+            })?;
+        let copy = tmp.path().join("vars.fd");
+        std::fs::copy(v, &copy).map_err(|source| BootError::Io {
+            path: PathBuf::from(v),
+            source,
+        })?;
+        vars = Some((*code, copy));
+    }
+    let args = qemu_args(o, &overlay, vars.as_ref().map(|(c, v)| (*c, v.as_path())));
+    let child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| BootError::Spawn {
+            program: "qemu-system-x86_64".into(),
+            source,
+        })?;
+    let mut vm = Vm(child);
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    for stream in [
+        vm.0.stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        vm.0.stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut console = Console::default();
+    loop {
+        let left = o.timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Err(BootError::Timeout {
+                expect: o.expect.clone(),
+                seconds: o.timeout.as_secs(),
+                tail: console.tail(),
+            });
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(bytes) => {
+                if console.push(&bytes, &o.expect, on_line) {
+                    return Ok(start.elapsed());
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status =
+                    vm.0.wait()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string());
+                return Err(BootError::Exited {
+                    expect: o.expect.clone(),
+                    status,
+                    tail: console.tail(),
+                });
+            }
+        }
+    }
+}
+
+/// The console as lines, with the unfinished last line kept apart (a login prompt has no
+/// newline after it).
+#[derive(Default)]
+struct Console {
+    lines: Vec<String>,
+    partial: String,
+}
+
+impl Console {
+    fn push(&mut self, bytes: &[u8], expect: &str, on_line: &mut dyn FnMut(&str)) -> bool {
+        let text = String::from_utf8_lossy(bytes).replace('\r', "");
+        for c in text.chars() {
+            if c == '\n' {
+                let line = strip_escapes(&std::mem::take(&mut self.partial));
+                on_line(&line);
+                let found = line.contains(expect);
+                self.lines.push(line);
+                if found {
+                    return true;
+                }
+            } else {
+                self.partial.push(c);
+            }
+        }
+        if strip_escapes(&self.partial).contains(expect) {
+            let line = strip_escapes(&self.partial);
+            on_line(&line);
+            self.lines.push(line);
+            return true;
+        }
+        false
+    }
+
+    fn tail(&self) -> Vec<String> {
+        let mut all = self.lines.clone();
+        if !self.partial.is_empty() {
+            all.push(strip_escapes(&self.partial));
+        }
+        all[all.len().saturating_sub(25)..].to_vec()
+    }
+}
+
+/// Removes ANSI escape sequences (firmware and GRUB draw with them).
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_prompt_without_newline() {
+        let mut c = Console::default();
+        let mut seen = Vec::new();
+        assert!(!c.push(
+            b"Debian GNU/Linux 12 debian ttyS0\r\n\r\n",
+            "login:",
+            &mut |l| { seen.push(l.to_string()) }
+        ));
+        assert!(c.push(b"localhost login: ", "login:", &mut |_| {}));
+        assert_eq!(seen, ["Debian GNU/Linux 12 debian ttyS0", ""]);
+    }
+
+    #[test]
+    fn strips_escape_sequences() {
+        assert_eq!(
+            strip_escapes("\u{1b}[2J\u{1b}[01;01HBdsDxe: loading"),
+            "BdsDxe: loading"
+        );
+    }
+
+    #[test]
+    fn uefi_command_line_has_both_pflash_drives() {
+        let o = BootOptions {
+            image: "x.qcow2".into(),
+            firmware: Firmware::Uefi,
+            timeout: Duration::from_secs(1),
+            kernel: None,
+            memory_mib: 1024,
+            expect: "login:".into(),
+        };
+        let a = qemu_args(
+            &o,
+            Path::new("/t/o.qcow2"),
+            Some(("/c.fd", Path::new("/t/v.fd"))),
+        );
+        let s = a.join(" ");
+        assert!(s.contains("-accel kvm -accel tcg"));
+        assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/c.fd"));
+        assert!(s.contains("if=pflash,format=raw,unit=1,file=/t/v.fd"));
+        assert!(s.contains("file=/t/o.qcow2,if=virtio,format=qcow2"));
+    }
+}

@@ -1,0 +1,820 @@
+//! The command line: the only module that prints, reads the environment and chooses exit codes.
+
+mod report;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use clap::{Parser, Subcommand};
+use imgspec_cache::{GcPolicy, Store};
+use miette::Diagnostic;
+use serde::Serialize;
+
+use crate::exec::{error_chain, Executor, Reporter};
+use crate::plan::key::{explain_change, KeyPart};
+use crate::plan::{Plan, StepId};
+use crate::runner::HostRunner;
+use crate::spec;
+use crate::steps::{is_root, Facts};
+use crate::tools::{install_line, Tool, ToolBox, ToolError};
+
+#[derive(Parser)]
+#[command(
+    name = "imgspec",
+    version,
+    about = "Declarative, reproducible OS disk images"
+)]
+struct Cli {
+    /// The local cache [default: $XDG_CACHE_HOME/imgspec]
+    #[arg(long, global = true, env = "IMGSPEC_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Machine-readable output: JSON lines of events (build) or one JSON document
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check spec files and report every problem
+    Check { specs: Vec<PathBuf> },
+    /// Show the steps of the specs' images: key, cached or to build, and why
+    Plan { specs: Vec<PathBuf> },
+    /// Build the images; outputs go to OUT_DIR/IMAGE/
+    Build {
+        specs: Vec<PathBuf>,
+        /// Steps run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        #[arg(long, default_value = "out")]
+        out_dir: PathBuf,
+        /// Build only these images (default: all in the specs)
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
+    /// Host tools the specs need: found or missing, with the install line
+    Doctor { specs: Vec<PathBuf> },
+    /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
+    Boot {
+        /// A whole-disk image (`.qcow2` or `.raw`)
+        image: PathBuf,
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: FirmwareArg,
+        /// Seconds to wait for the login prompt
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Guest memory in MiB
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Do not echo the serial console
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// The local cache
+    Cache {
+        #[command(subcommand)]
+        command: CacheCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// List cached step results
+    Ls,
+    /// Disk usage of the cache
+    Du,
+    /// Remove what is not needed: keep what the specs need, or limit by size or age
+    Gc {
+        specs: Vec<PathBuf>,
+        /// Drop least-recently-used results until the cache is at most this size (e.g. 20GiB)
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Drop results not used for this many days
+        #[arg(long)]
+        older_than_days: Option<u64>,
+    },
+    /// Re-hash every blob; drop corrupt ones and the results that used them
+    Verify,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FirmwareArg {
+    Uefi,
+    Bios,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// What went wrong, by kind: each kind has its exit code.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum CliError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Spec(#[from] spec::SpecErrors),
+    #[error("{message}")]
+    #[diagnostic(code(imgspec::usage))]
+    Usage {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+    #[error("{message}")]
+    #[diagnostic(code(imgspec::environment))]
+    Environment {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+    #[error("{0}")]
+    #[diagnostic(code(imgspec::build_failed))]
+    BuildFailed(String),
+    #[error("interrupted")]
+    #[diagnostic(
+        code(imgspec::interrupted),
+        help("nothing half-written was kept; run the build again to go on")
+    )]
+    Interrupted,
+    #[error("{0}")]
+    #[diagnostic(code(imgspec::internal))]
+    Internal(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::BuildFailed(_) => 1,
+            CliError::Spec(_) | CliError::Usage { .. } => 2,
+            CliError::Environment { .. } => 3,
+            CliError::Internal(_) => 70,
+            CliError::Interrupted => 130,
+        }
+    }
+}
+
+fn internal(e: impl std::error::Error) -> CliError {
+    CliError::Internal(error_chain(&e))
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            if !matches!(e, CliError::BuildFailed(_)) || !e.to_string().is_empty() {
+                eprintln!("{:?}", miette::Report::new(e));
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    match cli.command {
+        Command::Check { specs } => check(&specs, cli.json),
+        Command::Plan { ref specs } => {
+            let ctx = Context::open(&cache_dir, specs)?;
+            let plan = ctx.plan()?;
+            show_plan(&ctx, &plan, cli.json)
+        }
+        Command::Build {
+            ref specs,
+            jobs,
+            ref out_dir,
+            ref images,
+        } => {
+            let ctx = Context::open(&cache_dir, specs)?;
+            build(&ctx, jobs, out_dir, images, cli.json)
+        }
+        Command::Doctor { ref specs } => doctor(&cache_dir, specs),
+        Command::Boot {
+            image,
+            firmware,
+            timeout,
+            memory,
+            quiet,
+        } => boot(image, firmware, timeout, memory, quiet),
+        Command::Cache { command } => cache(&cache_dir, command, cli.json),
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("imgspec")
+}
+
+fn need_specs(specs: &[PathBuf]) -> Result<(), CliError> {
+    if specs.is_empty() {
+        return Err(CliError::Usage {
+            message: "no spec file given".into(),
+            help: Some(
+                "name one or more spec files, e.g. `imgspec build specs/debian-efi.kdl`".into(),
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check(specs: &[PathBuf], json: bool) -> Result<(), CliError> {
+    need_specs(specs)?;
+    let spec = spec::load(specs)?;
+    if json {
+        let names: Vec<&str> = spec.images.iter().map(|i| i.name.as_str()).collect();
+        println!("{}", serde_json::json!({ "ok": true, "images": names }));
+    } else {
+        for i in &spec.images {
+            eprintln!("ok: image `{}` ({} layers)", i.name, i.layers.len());
+        }
+    }
+    Ok(())
+}
+
+/// Host facts for planning: tool versions and file digests (cached in the store's index).
+/// Missing tools are collected, not fatal, so that all of them are reported at once.
+struct HostFacts<'a> {
+    store: &'a Store,
+    tools: ToolBox,
+    missing: Mutex<Vec<Tool>>,
+}
+
+impl Facts for HostFacts<'_> {
+    fn tool_version(&self, tool: &Tool) -> Result<String, ToolError> {
+        match self.tools.version(tool) {
+            Err(ToolError::Missing { .. }) => {
+                let mut m = self.missing.lock().unwrap();
+                if !m.contains(tool) {
+                    m.push(*tool);
+                }
+                Ok("missing".into())
+            }
+            other => other,
+        }
+    }
+    fn file_digest(&self, path: &Path) -> Result<String, std::io::Error> {
+        self.store
+            .hash_file_cached(path)
+            .map(|d| d.to_hex())
+            .map_err(|e| std::io::Error::other(error_chain(&e)))
+    }
+}
+
+struct Context<'a> {
+    store: Store,
+    spec: spec::model::Spec,
+    specs: &'a [PathBuf],
+}
+
+impl<'a> Context<'a> {
+    fn open(cache_dir: &Path, specs: &'a [PathBuf]) -> Result<Self, CliError> {
+        need_specs(specs)?;
+        let spec = spec::load(specs)?;
+        let store = open_store(cache_dir)?;
+        Ok(Context { store, spec, specs })
+    }
+
+    fn facts(&self) -> HostFacts<'_> {
+        HostFacts {
+            store: &self.store,
+            tools: ToolBox::new(Some(self.store.root().join("tool-versions.json"))),
+            missing: Mutex::default(),
+        }
+    }
+
+    /// Plans; fails with the install line when host tools are missing.
+    fn plan(&self) -> Result<Plan, CliError> {
+        let facts = self.facts();
+        let plan = crate::plan::plan(&self.spec, &facts).map_err(|e| CliError::Usage {
+            message: error_chain(&e),
+            help: None,
+        })?;
+        let missing = facts.missing.into_inner().unwrap();
+        if !missing.is_empty() {
+            return Err(missing_tools(&missing));
+        }
+        let _ = self.specs;
+        Ok(plan)
+    }
+}
+
+fn missing_tools(missing: &[Tool]) -> CliError {
+    let names: Vec<String> = missing.iter().map(|t| format!("`{}`", t.program)).collect();
+    let hints: Vec<&str> = missing.iter().filter_map(|t| t.install_hint).collect();
+    let mut help = format!("install them with: {}", install_line(missing));
+    for h in hints {
+        help.push_str(&format!("\n({h})"));
+    }
+    CliError::Environment {
+        message: format!("missing host tools: {}", names.join(", ")),
+        help: Some(help),
+    }
+}
+
+fn open_store(dir: &Path) -> Result<Store, CliError> {
+    Store::open(dir).map_err(|e| CliError::Environment {
+        message: format!(
+            "cannot open the cache at `{}`: {}",
+            dir.display(),
+            error_chain(&e)
+        ),
+        help: Some("choose another place with --cache-dir or IMGSPEC_CACHE_DIR".into()),
+    })
+}
+
+#[derive(Serialize)]
+struct StepView {
+    name: String,
+    kind: String,
+    label: String,
+    key: String,
+    cached: bool,
+    inputs: Vec<String>,
+    /// Why it must be built, when it must.
+    why: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ImageView {
+    name: String,
+    steps: Vec<StepView>,
+}
+
+fn step_name(plan: &Plan, id: StepId, image: &str) -> String {
+    let s = &plan.steps[id];
+    s.uses
+        .iter()
+        .find(|(i, _)| i == image)
+        .map(|(_, n)| n.clone())
+        .unwrap_or_else(|| s.kind().to_string())
+}
+
+fn why_rebuild(store: &Store, plan: &Plan, id: StepId, image: &str) -> Vec<String> {
+    let s = &plan.steps[id];
+    match store.last_build(image, &step_name(plan, id, image)) {
+        Ok(Some((old_key, explain))) if old_key != s.key => {
+            match serde_json::from_str::<Vec<KeyPart>>(&explain) {
+                Ok(old) => explain_change(&old, &s.parts),
+                Err(_) => vec!["its key changed".into()],
+            }
+        }
+        Ok(Some(_)) => vec!["its result is no longer in the cache".into()],
+        _ => vec!["never built".into()],
+    }
+}
+
+fn image_views(store: &Store, plan: &Plan) -> Vec<ImageView> {
+    plan.images
+        .iter()
+        .map(|img| ImageView {
+            name: img.name.clone(),
+            steps: img
+                .steps
+                .iter()
+                .map(|&id| {
+                    let s = &plan.steps[id];
+                    let cached = cached(store, &s.key);
+                    StepView {
+                        name: step_name(plan, id, &img.name),
+                        kind: s.kind().into(),
+                        label: s.label.clone(),
+                        key: s.key.to_hex(),
+                        cached,
+                        inputs: s
+                            .inputs
+                            .iter()
+                            .map(|&i| step_name(plan, i, &img.name))
+                            .collect(),
+                        why: if cached {
+                            vec![]
+                        } else {
+                            why_rebuild(store, plan, id, &img.name)
+                        },
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn show_plan(ctx: &Context, plan: &Plan, json: bool) -> Result<(), CliError> {
+    let views = image_views(&ctx.store, plan);
+    if json {
+        let s = serde_json::to_string_pretty(&serde_json::json!({ "images": views }))
+            .map_err(internal)?;
+        println!("{s}");
+        return Ok(());
+    }
+    for img in &views {
+        println!("{}", img.name);
+        let width = img
+            .steps
+            .iter()
+            .map(|s| s.label.chars().count())
+            .max()
+            .unwrap_or(0);
+        for s in &img.steps {
+            let state = if s.cached { "cached" } else { "build" };
+            let why = if s.why.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", s.why.join("; "))
+            };
+            println!(
+                "  {:<width$}  {}  {:<6}{}",
+                s.label,
+                &s.key[..12],
+                state,
+                why,
+                width = width
+            );
+        }
+    }
+    Ok(())
+}
+
+fn reporter(json: bool) -> Box<dyn Reporter> {
+    if json {
+        Box::new(report::JsonReporter)
+    } else if std::io::stderr().is_terminal() {
+        Box::new(report::TerminalReporter::new())
+    } else {
+        Box::new(report::PlainReporter)
+    }
+}
+
+fn build(
+    ctx: &Context,
+    jobs: usize,
+    out_dir: &Path,
+    only: &[String],
+    json: bool,
+) -> Result<(), CliError> {
+    let plan = ctx.plan()?;
+    for name in only {
+        if plan.image(name).is_none() {
+            let known: Vec<&str> = plan.images.iter().map(|i| i.name.as_str()).collect();
+            return Err(CliError::Usage {
+                message: format!("no image `{name}` in the specs"),
+                help: Some(format!("images: {}", known.join(", "))),
+            });
+        }
+    }
+    let images: Vec<_> = plan
+        .images
+        .iter()
+        .filter(|i| only.is_empty() || only.contains(&i.name))
+        .collect();
+    let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
+
+    // Root is needed only by steps that will really run.
+    if !is_root() {
+        let to_run: Vec<&str> = steps_to_run(&ctx.store, &plan, &targets)
+            .into_iter()
+            .filter(|&i| plan.steps[i].action.needs_root())
+            .map(|i| plan.steps[i].label.as_str())
+            .collect();
+        if !to_run.is_empty() {
+            return Err(CliError::Environment {
+                message: format!(
+                    "these steps must run as root (chroot, device nodes, file owners): {}",
+                    to_run.join(", ")
+                ),
+                help: Some("run imgspec as root, e.g. `sudo imgspec build ...`".into()),
+            });
+        }
+    }
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
+        let _ = ctrlc::set_handler(move || c.store(true, Ordering::SeqCst));
+    }
+    let rep = reporter(json);
+    let exec = Executor {
+        store: &ctx.store,
+        runner: &HostRunner,
+        reporter: rep.as_ref(),
+        jobs: jobs.max(1),
+        cancel: &cancel,
+    };
+    let t = std::time::Instant::now();
+    let outcome = exec.run(&plan, &targets);
+    if outcome.interrupted {
+        return Err(CliError::Interrupted);
+    }
+
+    let mut failed_images = Vec::new();
+    let mut summary = Vec::new();
+    for img in &images {
+        let outs: Option<Vec<_>> = img.outputs.iter().map(|i| outcome.outputs.get(i)).collect();
+        let Some(outs) = outs else {
+            failed_images.push(img.name.clone());
+            continue;
+        };
+        let dir = out_dir.join(&img.name);
+        let written = crate::outputs::materialise(&ctx.store, &outs, &dir).map_err(internal)?;
+        for &id in &img.steps {
+            let s = &plan.steps[id];
+            let parts = serde_json::to_string(&s.parts).map_err(internal)?;
+            ctx.store
+                .set_last_build(&img.name, &step_name(&plan, id, &img.name), &s.key, &parts)
+                .map_err(internal)?;
+        }
+        summary.push((img.name.clone(), written));
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    // Up to date: every step of the images that did not have to run (a cached output step
+    // makes everything it was made from up to date without even looking).
+    let mut all: Vec<StepId> = images.iter().flat_map(|i| i.steps.clone()).collect();
+    all.sort_unstable();
+    all.dedup();
+    let up_to_date = all.len() - outcome.built.len() - outcome.failed.len() - outcome.skipped.len();
+    if json {
+        let s = serde_json::json!({
+            "event": "build-finished",
+            "built": outcome.built.len(),
+            "cached": up_to_date,
+            "failed": outcome.failed.len(),
+            "seconds": seconds,
+            "images": summary.iter().map(|(n, w)| serde_json::json!({"name": n, "files": w})).collect::<Vec<_>>(),
+        });
+        println!("{s}");
+    } else {
+        for (name, written) in &summary {
+            eprintln!("image `{name}`:");
+            for w in written {
+                eprintln!(
+                    "  {}{}",
+                    w.path.display(),
+                    if w.written { "" } else { " (unchanged)" }
+                );
+            }
+        }
+        eprintln!(
+            "{} steps built, {} cached, {} failed in {:.2}s",
+            outcome.built.len(),
+            up_to_date,
+            outcome.failed.len(),
+            seconds
+        );
+    }
+    if !outcome.ok() || !failed_images.is_empty() {
+        let mut msg = Vec::new();
+        for f in &outcome.failed {
+            msg.push(format!(
+                "step `{}` failed: {}\n  log: {}",
+                plan.steps[f.step].label,
+                error_chain(&f.error),
+                f.log.display()
+            ));
+        }
+        if !failed_images.is_empty() {
+            msg.push(format!("images not built: {}", failed_images.join(", ")));
+        }
+        return Err(CliError::BuildFailed(msg.join("\n")));
+    }
+    Ok(())
+}
+
+/// The steps a build of `targets` would run (not in the cache, needed by something not cached).
+fn steps_to_run(store: &Store, plan: &Plan, targets: &[StepId]) -> Vec<StepId> {
+    let mut seen = vec![false; plan.steps.len()];
+    let mut out = Vec::new();
+    let mut stack = targets.to_vec();
+    while let Some(id) = stack.pop() {
+        if std::mem::replace(&mut seen[id], true) || cached(store, &plan.steps[id].key) {
+            continue;
+        }
+        out.push(id);
+        stack.extend(&plan.steps[id].inputs);
+    }
+    out
+}
+
+fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
+    let ctx = Context::open(cache_dir, specs)?;
+    let facts = ctx.facts();
+    let plan = crate::plan::plan(&ctx.spec, &facts).map_err(internal)?;
+    let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
+    tools.sort();
+    tools.dedup();
+    let missing = facts.missing.into_inner().unwrap();
+    for t in &tools {
+        let state = if missing.contains(t) {
+            "MISSING".to_string()
+        } else {
+            crate::tools::which(t.program)
+                .map(|p| format!("found at {}", p.display()))
+                .unwrap_or_else(|| "MISSING".into())
+        };
+        println!("{:<20} {:<14} {}", t.program, t.package, state);
+    }
+    let root_steps: Vec<&str> = plan
+        .steps
+        .iter()
+        .filter(|s| s.action.needs_root())
+        .map(|s| s.label.as_str())
+        .collect();
+    if !root_steps.is_empty() {
+        println!(
+            "root: {} (needed by {})",
+            if is_root() { "yes" } else { "NO" },
+            root_steps.join(", ")
+        );
+    }
+    let missing: Vec<Tool> = tools
+        .into_iter()
+        .filter(|t| missing.contains(t) || crate::tools::which(t.program).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing_tools(&missing));
+    }
+    println!("all host tools found");
+    Ok(())
+}
+
+fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> {
+    let store = open_store(dir)?;
+    match command {
+        CacheCommand::Ls => {
+            let list = store.list().map_err(internal)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list).map_err(internal)?);
+            } else {
+                for r in list {
+                    println!(
+                        "{}  {:<12} {:>10}  {}",
+                        r.key.short(),
+                        r.kind,
+                        human_bytes(r.size),
+                        r.name
+                    );
+                }
+            }
+        }
+        CacheCommand::Du => {
+            let u = store.usage().map_err(internal)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"records": u.records, "blobs": u.blobs, "bytes": u.bytes})
+                );
+            } else {
+                println!(
+                    "{}: {} step results, {} blobs, {}",
+                    store.root().display(),
+                    u.records,
+                    u.blobs,
+                    human_bytes(u.bytes)
+                );
+            }
+        }
+        CacheCommand::Gc {
+            specs,
+            max_size,
+            older_than_days,
+        } => {
+            let policy = if !specs.is_empty() {
+                let spec = spec::load(&specs)?;
+                let facts = HostFacts {
+                    store: &store,
+                    tools: ToolBox::new(Some(store.root().join("tool-versions.json"))),
+                    missing: Mutex::default(),
+                };
+                let plan = crate::plan::plan(&spec, &facts).map_err(internal)?;
+                GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
+            } else if let Some(s) = max_size {
+                let n = spec::parse_size(&s).map_err(|e| CliError::Usage {
+                    message: format!("bad --max-size `{s}`: {e}"),
+                    help: Some("write a size like `20GiB` or `500MiB`".into()),
+                })?;
+                GcPolicy::MaxBytes(n)
+            } else if let Some(d) = older_than_days {
+                GcPolicy::OlderThan(d as i64 * 86_400)
+            } else {
+                return Err(CliError::Usage {
+                    message: "`cache gc` needs spec files to keep, --max-size or --older-than-days"
+                        .into(),
+                    help: Some(
+                        "e.g. `imgspec cache gc specs/*.kdl` keeps what those specs need".into(),
+                    ),
+                });
+            };
+            let r = store.gc(&policy).map_err(internal)?;
+            println!(
+                "removed {} step results and {} blobs, freed {}",
+                r.records_removed,
+                r.blobs_removed,
+                human_bytes(r.bytes_freed)
+            );
+        }
+        CacheCommand::Verify => {
+            let r = store.verify().map_err(internal)?;
+            println!(
+                "checked {} blobs: {} corrupt (removed), {} step results dropped",
+                r.blobs_checked,
+                r.corrupt.len(),
+                r.records_dropped
+            );
+            for d in &r.corrupt {
+                println!("  corrupt: {d}");
+            }
+            if !r.corrupt.is_empty() {
+                return Err(CliError::BuildFailed(String::new()));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn boot(
+    image: PathBuf,
+    firmware: FirmwareArg,
+    timeout: u64,
+    memory: u32,
+    quiet: bool,
+) -> Result<(), CliError> {
+    use crate::boot::{BootError, BootOptions, Firmware};
+    let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
+        .into_iter()
+        .filter(|t| crate::tools::which(t.program).is_none())
+        .collect();
+    if !missing.is_empty() {
+        return Err(missing_tools(&missing));
+    }
+    let o = BootOptions {
+        image,
+        firmware: match firmware {
+            FirmwareArg::Uefi => Firmware::Uefi,
+            FirmwareArg::Bios => Firmware::Bios,
+        },
+        timeout: std::time::Duration::from_secs(timeout),
+        kernel: None,
+        memory_mib: memory,
+        expect: "login:".into(),
+    };
+    eprintln!(
+        "[{}] booting `{}` ({})",
+        report::clock(),
+        o.image.display(),
+        match o.firmware {
+            Firmware::Uefi => "UEFI, OVMF",
+            Firmware::Bios => "BIOS, SeaBIOS",
+        }
+    );
+    let mut echo = |l: &str| {
+        if !quiet {
+            eprintln!("  | {l}");
+        }
+    };
+    match crate::boot::boot(&o, &mut echo) {
+        Ok(t) => {
+            eprintln!("login prompt after {:.1}s", t.as_secs_f64());
+            Ok(())
+        }
+        Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
+            message: e.to_string(),
+            help: Some("install it with: apt-get install ovmf".into()),
+        }),
+        Err(e) => {
+            let tail = e.console_tail();
+            let mut msg = e.to_string();
+            if quiet && !tail.is_empty() {
+                msg.push_str("\nlast console lines:\n  | ");
+                msg.push_str(&tail.join("\n  | "));
+            }
+            Err(CliError::BuildFailed(msg))
+        }
+    }
+}
+
+/// Whether a step's result is in the store (and whole).
+fn cached(store: &Store, key: &imgspec_cache::StepKey) -> bool {
+    matches!(store.lookup(key), Ok(Some(_)))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

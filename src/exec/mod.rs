@@ -1,0 +1,325 @@
+//! The executor: runs the steps a set of targets needs, every independent step at once.
+//!
+//! A step whose key is in the store is not run, and neither is anything only it needed. A
+//! step runs in scratch space inside the store with its own log file; its output is recorded
+//! in the index only after every blob it references is stored, so an interrupted or failed
+//! step leaves nothing behind. A failure stops the steps that depend on it; the others go on.
+//! Progress goes through the [`Reporter`] trait: the executor prints nothing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use imgspec_cache::{StepOutput, Store};
+use serde::Serialize;
+
+use crate::plan::{Plan, StepId};
+use crate::runner::Runner;
+use crate::steps::{StepContext, StepError};
+
+/// What happens during a build, for the CLI to show.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    StepCached {
+        key: String,
+        kind: String,
+        label: String,
+    },
+    StepStarted {
+        key: String,
+        kind: String,
+        label: String,
+        log: PathBuf,
+    },
+    StepFinished {
+        key: String,
+        kind: String,
+        label: String,
+        seconds: f64,
+    },
+    StepFailed {
+        key: String,
+        kind: String,
+        label: String,
+        error: String,
+        log: PathBuf,
+    },
+    StepSkipped {
+        key: String,
+        kind: String,
+        label: String,
+        because: String,
+    },
+}
+
+/// Receives progress. Implementations live in the CLI.
+pub trait Reporter: Sync {
+    fn event(&self, e: &Event);
+}
+
+/// A failed step.
+#[derive(Debug)]
+pub struct Failure {
+    pub step: StepId,
+    pub error: StepError,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Outputs of every step that is done (built or cached) and was needed.
+    pub outputs: BTreeMap<StepId, StepOutput>,
+    pub built: Vec<StepId>,
+    pub cached: Vec<StepId>,
+    pub failed: Vec<Failure>,
+    pub skipped: Vec<StepId>,
+    pub interrupted: bool,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty() && !self.interrupted
+    }
+}
+
+pub struct Executor<'a> {
+    pub store: &'a Store,
+    pub runner: &'a dyn Runner,
+    pub reporter: &'a dyn Reporter,
+    /// At most this many steps at once.
+    pub jobs: usize,
+    /// Set by the CLI on Ctrl-C: no new step starts.
+    pub cancel: &'a AtomicBool,
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Unseen,
+    Needed,
+    Done,
+    Failed,
+}
+
+impl Executor<'_> {
+    /// The log file of a step.
+    pub fn log_path(&self, plan: &Plan, id: StepId) -> PathBuf {
+        let s = &plan.steps[id];
+        self.store
+            .root()
+            .join("logs")
+            .join(format!("{}-{}.log", s.key.short(), s.kind()))
+    }
+
+    /// Runs what `targets` need.
+    pub fn run(&self, plan: &Plan, targets: &[StepId]) -> Outcome {
+        let mut out = Outcome::default();
+        let mut state = vec![State::Unseen; plan.steps.len()];
+        // Top-down: a cached step cuts off everything above it.
+        let mut stack: Vec<StepId> = targets.to_vec();
+        while let Some(id) = stack.pop() {
+            if !matches!(state[id], State::Unseen) {
+                continue;
+            }
+            let step = &plan.steps[id];
+            match self.store.lookup(&step.key) {
+                Ok(Some(rec)) => {
+                    state[id] = State::Done;
+                    out.outputs.insert(id, rec.output);
+                    out.cached.push(id);
+                    self.reporter.event(&Event::StepCached {
+                        key: step.key.to_hex(),
+                        kind: step.kind().into(),
+                        label: step.label.clone(),
+                    });
+                }
+                // A broken index row is a miss: the step is built again.
+                Ok(None) | Err(_) => {
+                    state[id] = State::Needed;
+                    stack.extend(&step.inputs);
+                }
+            }
+        }
+        let needed: Vec<StepId> = (0..plan.steps.len())
+            .filter(|&i| matches!(state[i], State::Needed))
+            .collect();
+        let mut waiting: BTreeMap<StepId, usize> = needed
+            .iter()
+            .map(|&i| {
+                let n = plan.steps[i]
+                    .inputs
+                    .iter()
+                    .filter(|&&d| matches!(state[d], State::Needed))
+                    .count();
+                (i, n)
+            })
+            .collect();
+        let mut ready: Vec<StepId> = waiting
+            .iter()
+            .filter(|(_, &n)| n == 0)
+            .map(|(&i, _)| i)
+            .collect();
+        ready.reverse();
+        for i in &ready {
+            waiting.remove(i);
+        }
+
+        let threads = self
+            .jobs
+            .max(std::thread::available_parallelism().map_or(2, |n| n.get()));
+        let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+            Ok(p) => p,
+            Err(_) => {
+                out.interrupted = true;
+                return out;
+            }
+        };
+        let (tx, rx) = mpsc::channel::<(StepId, Result<StepOutput, StepError>, f64)>();
+        let mut running = 0usize;
+        pool.in_place_scope(|scope| loop {
+            while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
+                let Some(id) = ready.pop() else { break };
+                let step = &plan.steps[id];
+                let inputs: Vec<StepOutput> =
+                    step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
+                let log = self.log_path(plan, id);
+                self.reporter.event(&Event::StepStarted {
+                    key: step.key.to_hex(),
+                    kind: step.kind().into(),
+                    label: step.label.clone(),
+                    log: log.clone(),
+                });
+                running += 1;
+                let tx = tx.clone();
+                scope.spawn(move |_| {
+                    let t = Instant::now();
+                    let r = self.run_one(plan, id, inputs, log);
+                    let _ = tx.send((id, r, t.elapsed().as_secs_f64()));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((id, result, seconds)) = rx.recv() else {
+                break;
+            };
+            running -= 1;
+            let step = &plan.steps[id];
+            match result {
+                Ok(o) => {
+                    state[id] = State::Done;
+                    out.outputs.insert(id, o);
+                    out.built.push(id);
+                    self.reporter.event(&Event::StepFinished {
+                        key: step.key.to_hex(),
+                        kind: step.kind().into(),
+                        label: step.label.clone(),
+                        seconds,
+                    });
+                    for (&d, n) in waiting.iter_mut() {
+                        if plan.steps[d].inputs.contains(&id) {
+                            *n -= 1;
+                        }
+                    }
+                    let now: Vec<StepId> = waiting
+                        .iter()
+                        .filter(|(_, &n)| n == 0)
+                        .map(|(&i, _)| i)
+                        .collect();
+                    for i in now {
+                        waiting.remove(&i);
+                        ready.push(i);
+                    }
+                }
+                Err(error) => {
+                    state[id] = State::Failed;
+                    let log = self.log_path(plan, id);
+                    self.reporter.event(&Event::StepFailed {
+                        key: step.key.to_hex(),
+                        kind: step.kind().into(),
+                        label: step.label.clone(),
+                        error: error_chain(&error),
+                        log: log.clone(),
+                    });
+                    out.failed.push(Failure {
+                        step: id,
+                        error,
+                        log,
+                    });
+                }
+            }
+        });
+        out.interrupted = self.cancel.load(Ordering::SeqCst);
+        // Whatever did not run: it depended on a failure, or the build was interrupted.
+        let mut left: Vec<StepId> = waiting.into_keys().chain(ready).collect();
+        left.sort_unstable();
+        for id in left {
+            let step = &plan.steps[id];
+            let because = if out.interrupted {
+                "the build was interrupted".to_string()
+            } else {
+                let failed: Vec<&str> = out
+                    .failed
+                    .iter()
+                    .map(|f| plan.steps[f.step].label.as_str())
+                    .collect();
+                format!("it depends on a failed step ({})", failed.join(", "))
+            };
+            self.reporter.event(&Event::StepSkipped {
+                key: step.key.to_hex(),
+                kind: step.kind().into(),
+                label: step.label.clone(),
+                because,
+            });
+            out.skipped.push(id);
+        }
+        out
+    }
+
+    fn run_one(
+        &self,
+        plan: &Plan,
+        id: StepId,
+        inputs: Vec<StepOutput>,
+        log: PathBuf,
+    ) -> Result<StepOutput, StepError> {
+        let step = &plan.steps[id];
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(StepError::io(dir))?;
+        }
+        std::fs::write(&log, format!("# {} ({})\n", step.label, step.key))
+            .map_err(StepError::io(&log))?;
+        let work = self.store.tmp_dir(step.kind())?;
+        let ctx = StepContext {
+            store: self.store,
+            runner: self.runner,
+            log,
+            inputs,
+            epoch: step.epoch,
+            work: work.path().to_path_buf(),
+        };
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step.action.run(&ctx)))
+                .unwrap_or(Err(StepError::Internal("the step panicked")))?;
+        if self.cancel.load(Ordering::SeqCst) {
+            return Err(StepError::Invalid("interrupted".into()));
+        }
+        self.store
+            .record(&step.key, step.kind(), &step.label, &result)?;
+        drop(work);
+        Ok(result)
+    }
+}
+
+/// An error and its sources, one per line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!("\n  caused by: {c}"));
+        cur = c.source();
+    }
+    s
+}

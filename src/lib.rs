@@ -1,0 +1,18 @@
+//! imgspec: a declarative, reproducible builder of operating-system disk images.
+//!
+//! The data path is the module list: [`spec`] (KDL text to a validated model) → [`plan`] (a DAG
+//! of keyed steps) → [`exec`] (runs the DAG over the store) → [`steps`] (one module per step
+//! kind, using [`format`] writers and the [`runner`]) → the store (`imgspec-cache`) → outputs.
+//! Only [`cli`] talks to the user.
+
+pub mod boot;
+pub mod cli;
+pub mod exec;
+pub mod format;
+pub mod host;
+pub mod outputs;
+pub mod plan;
+pub mod runner;
+pub mod spec;
+pub mod steps;
+pub mod tools;

@@ -1,0 +1,130 @@
+//! Puts a build's output files in `out/IMAGE/`, with `SHA256SUMS` beside them.
+//!
+//! A small state file (`.imgspec-state.json`) remembers the digest, size, mtime and inode of
+//! each file imgspec wrote there. A file whose metadata still matches is left alone (a no-op
+//! build reads no output file); a missing or touched one is restored from the store, which
+//! costs about one file copy. Files are written to a temporary name and renamed into place.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use imgspec_cache::{BlobDigest, StepOutput, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+const STATE: &str = ".imgspec-state.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("I/O error on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct FileState {
+    digest: Option<BlobDigest>,
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    files: BTreeMap<String, FileState>,
+}
+
+/// One file of `out/IMAGE/`.
+#[derive(Debug, Serialize)]
+pub struct Written {
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+    /// False when the file already held the right bytes.
+    pub written: bool,
+}
+
+fn file_state(path: &Path, digest: Option<BlobDigest>) -> Option<FileState> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some(FileState {
+        digest,
+        size: m.size(),
+        mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        ino: m.ino(),
+    })
+}
+
+/// Writes the files of `outputs` (the output steps' results) into `dir`.
+pub fn materialise(
+    store: &Store,
+    outputs: &[&StepOutput],
+    dir: &Path,
+) -> Result<Vec<Written>, OutputError> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let state_path = dir.join(STATE);
+    let old: State = std::fs::read(&state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut new = State::default();
+    let mut written = Vec::new();
+    let mut sums = Vec::new();
+    for o in outputs {
+        for (name, r) in &o.files {
+            let path = dir.join(name);
+            let current = file_state(&path, Some(r.digest));
+            let fresh = current.is_some() && current == old.files.get(name).cloned();
+            if !fresh {
+                store.blob_to_file(&r.digest, &path)?;
+            }
+            let st = file_state(&path, Some(r.digest)).ok_or_else(|| OutputError::Io {
+                path: path.clone(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })?;
+            new.files.insert(name.clone(), st);
+            let sha = o.meta.get("sha256").cloned();
+            if let Some(s) = &sha {
+                sums.push(format!("{s}  {name}\n"));
+            }
+            written.push(Written {
+                path,
+                sha256: sha,
+                written: !fresh,
+            });
+        }
+    }
+    // Files this directory had from an earlier build that are no longer outputs.
+    for name in old.files.keys() {
+        if !new.files.contains_key(name) && name != "SHA256SUMS" {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    sums.sort();
+    let sums_path = dir.join("SHA256SUMS");
+    let text = sums.concat();
+    if std::fs::read_to_string(&sums_path).ok().as_deref() != Some(text.as_str()) {
+        write_atomic(&sums_path, text.as_bytes())?;
+    }
+    let bytes = serde_json::to_vec_pretty(&new).unwrap_or_default();
+    if std::fs::read(&state_path).ok().as_deref() != Some(bytes.as_slice()) {
+        write_atomic(&state_path, &bytes)?;
+    }
+    Ok(written)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
+    let tmp = path.with_extension("imgspec-tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}

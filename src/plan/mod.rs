@@ -1,0 +1,502 @@
+//! The plan: a spec's images as one DAG of keyed steps.
+//!
+//! Each image becomes a chain of tree layers (base, packages, files, run, ...) followed by the
+//! steps that turn the last tree into output files. A step's key is BLAKE3 over the encoding in
+//! [`key`]: the format version, the step kind and its version, the image epoch, the keys of its
+//! inputs, then the kind's own parts (see each module of [`crate::steps`]). Steps of different
+//! images with the same key are one step: variants share every layer they have in common.
+//!
+//! Planning is pure: facts about the host (tool versions, file digests) come through
+//! [`Facts`](crate::steps::Facts).
+
+pub mod key;
+
+use std::collections::HashMap;
+
+use imgspec_cache::StepKey;
+
+use crate::format::gpt;
+use crate::spec::model::{Base, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec};
+use crate::steps::{self, Action, FactError, Facts};
+use key::{KeyBuilder, KeyPart};
+
+/// Index of a step in [`Plan::steps`].
+pub type StepId = usize;
+
+#[derive(Debug)]
+pub struct Step {
+    pub id: StepId,
+    pub key: StepKey,
+    /// The readable parts of the key, stored after a build to explain the next miss.
+    pub parts: Vec<KeyPart>,
+    pub action: Action,
+    /// For people: `packages system`, `run "systemctl enable ssh"`.
+    pub label: String,
+    pub inputs: Vec<StepId>,
+    /// Images that use this step, with the step's stable name in each (`run#2`).
+    pub uses: Vec<(String, String)>,
+    pub epoch: i64,
+}
+
+impl Step {
+    pub fn kind(&self) -> &'static str {
+        self.action.kind()
+    }
+}
+
+#[derive(Debug)]
+pub struct ImagePlan {
+    pub name: String,
+    /// Every step of the image, inputs before the steps that use them.
+    pub steps: Vec<StepId>,
+    /// The output steps: each produces files that go to `out/NAME/`.
+    pub outputs: Vec<StepId>,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub images: Vec<ImagePlan>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot plan step `{step}` of image `{image}`")]
+    Fact {
+        image: String,
+        step: String,
+        #[source]
+        source: FactError,
+    },
+}
+
+impl Plan {
+    pub fn image(&self, name: &str) -> Option<&ImagePlan> {
+        self.images.iter().find(|i| i.name == name)
+    }
+}
+
+/// Plans every image of the spec.
+pub fn plan(spec: &Spec, facts: &dyn Facts) -> Result<Plan, PlanError> {
+    let mut b = Builder {
+        plan: Plan::default(),
+        by_key: HashMap::new(),
+    };
+    for image in &spec.images {
+        b.image(image, facts)?;
+    }
+    Ok(b.plan)
+}
+
+struct Builder {
+    plan: Plan,
+    by_key: HashMap<StepKey, StepId>,
+}
+
+/// One step being added to an image.
+struct Add<'a> {
+    image: &'a Image,
+    name: String,
+    label: String,
+    action: Action,
+    inputs: Vec<StepId>,
+}
+
+impl Builder {
+    fn image(&mut self, image: &Image, facts: &dyn Facts) -> Result<(), PlanError> {
+        let mut steps = Vec::new();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut tree: Option<StepId> = None;
+        for layer in &with_boot_packages(image) {
+            let (name, label, action) = layer_step(layer, &mut counts);
+            let id = self.add(
+                Add {
+                    image,
+                    name,
+                    label,
+                    action,
+                    inputs: tree.into_iter().collect(),
+                },
+                facts,
+            )?;
+            steps.push(id);
+            tree = Some(id);
+        }
+        let mut outputs = Vec::new();
+        let mut tree = tree.expect("validation guarantees a base layer");
+        let mut disk_step = None;
+        if let Some(disk) = &image.disk {
+            let d = DiskPlan::new(image, disk);
+            if let Some(b) = &image.bootloader {
+                let action = Action::Bootloader(steps::bootloader::BootloaderStep {
+                    kind: b.kind,
+                    cmdline: b.cmdline.clone(),
+                    root_uuid: d.root_uuid(),
+                    mounts: d.mounts(),
+                });
+                tree = self.add(
+                    Add {
+                        image,
+                        name: "bootloader".into(),
+                        label: format!("bootloader {}", steps::bootloader::kind_name(b.kind)),
+                        action,
+                        inputs: vec![tree],
+                    },
+                    facts,
+                )?;
+                steps.push(tree);
+            }
+            let mut fs_inputs = Vec::new();
+            let mut contents = Vec::new();
+            for (i, part) in disk.partitions.iter().enumerate() {
+                let Some(fs) = d.filesystem(i) else {
+                    contents.push(None);
+                    continue;
+                };
+                let id = self.add(
+                    Add {
+                        image,
+                        name: format!("filesystem:{}", part.name),
+                        label: format!(
+                            "filesystem {} {}",
+                            part.name,
+                            steps::filesystem::format_name(fs.format)
+                        ),
+                        action: Action::Filesystem(fs),
+                        inputs: vec![tree],
+                    },
+                    facts,
+                )?;
+                steps.push(id);
+                contents.push(Some(fs_inputs.len()));
+                fs_inputs.push(id);
+            }
+            let action = Action::Disk(steps::disk::DiskStep {
+                layout: d.layout.clone(),
+                disk_guid: d.guid("disk"),
+                contents,
+            });
+            let id = self.add(
+                Add {
+                    image,
+                    name: "disk".into(),
+                    label: format!("disk gpt {}", human_size(disk.size)),
+                    action,
+                    inputs: fs_inputs,
+                },
+                facts,
+            )?;
+            steps.push(id);
+            disk_step = Some(id);
+        }
+        for &format in &image.outputs {
+            let fname = steps::output::format_name(format);
+            let action = Action::Output(steps::output::OutputStep {
+                format,
+                file_name: format!("{}.{}", image.name, file_extension(format)),
+            });
+            let id = self.add(
+                Add {
+                    image,
+                    name: format!("output:{fname}"),
+                    label: format!("output {fname}"),
+                    action,
+                    inputs: match format {
+                        OutputFormat::Tar => vec![tree],
+                        OutputFormat::Raw | OutputFormat::Qcow2 => {
+                            vec![disk_step.expect("validation: disk outputs need a disk")]
+                        }
+                    },
+                },
+                facts,
+            )?;
+            steps.push(id);
+            outputs.push(id);
+        }
+        self.plan.images.push(ImagePlan {
+            name: image.name.clone(),
+            steps,
+            outputs,
+        });
+        Ok(())
+    }
+
+    fn add(&mut self, a: Add, facts: &dyn Facts) -> Result<StepId, PlanError> {
+        let mut k = KeyBuilder::new(a.action.kind(), a.action.version());
+        k.param("epoch", &a.image.epoch.to_string());
+        for &i in &a.inputs {
+            let input = &self.plan.steps[i];
+            let name = input
+                .uses
+                .iter()
+                .find(|(img, _)| img == &a.image.name)
+                .map(|(_, n)| n.clone())
+                .unwrap_or_else(|| input.kind().to_string());
+            k.input(&name, &input.key);
+        }
+        a.action
+            .hash(&mut k, facts)
+            .map_err(|source| PlanError::Fact {
+                image: a.image.name.clone(),
+                step: a.label.clone(),
+                source,
+            })?;
+        let (key, parts) = k.finish();
+        let use_ = (a.image.name.clone(), a.name);
+        if let Some(&id) = self.by_key.get(&key) {
+            let s = &mut self.plan.steps[id];
+            if !s.uses.contains(&use_) {
+                s.uses.push(use_);
+            }
+            return Ok(id);
+        }
+        let id = self.plan.steps.len();
+        self.plan.steps.push(Step {
+            id,
+            key,
+            parts,
+            action: a.action,
+            label: a.label,
+            inputs: a.inputs,
+            uses: vec![use_],
+            epoch: a.image.epoch,
+        });
+        self.by_key.insert(key, id);
+        Ok(id)
+    }
+}
+
+fn file_extension(f: OutputFormat) -> &'static str {
+    match f {
+        OutputFormat::Tar => "tar",
+        OutputFormat::Raw => "raw",
+        OutputFormat::Qcow2 => "qcow2",
+    }
+}
+
+/// The step of one tree layer: its stable name in the image, its label and its action.
+fn layer_step(
+    layer: &Layer,
+    counts: &mut HashMap<&'static str, usize>,
+) -> (String, String, Action) {
+    let mut nth = |kind: &'static str| {
+        let n = counts.entry(kind).or_insert(0);
+        *n += 1;
+        format!("{kind}#{n}")
+    };
+    match layer {
+        Layer::Base(Base::Tar { path }) => (
+            "base".into(),
+            format!(
+                "base tar {}",
+                path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            Action::BaseTar(steps::base::TarBase { path: path.clone() }),
+        ),
+        Layer::Base(Base::Debian(d)) => (
+            "base".into(),
+            format!("base {} {} {}", d.distro, d.suite, d.variant),
+            Action::BaseDebian(steps::base::DebianBase { spec: d.clone() }),
+        ),
+        Layer::Files(f) => (
+            nth("files"),
+            format!("files {}", f.source_text),
+            Action::Files(steps::files::FilesStep {
+                source: f.source.clone(),
+                dest: f.dest.clone(),
+            }),
+        ),
+        Layer::Run(r) => (
+            nth("run"),
+            format!("run {}", short(&r.command)),
+            Action::Run(steps::run::RunStep {
+                command: r.command.clone(),
+            }),
+        ),
+        Layer::Packages(p) => (
+            format!("packages:{}", p.name),
+            format!("packages {}", p.name),
+            Action::Packages(steps::packages::PackagesStep {
+                name: p.name.clone(),
+                packages: p.packages.clone(),
+            }),
+        ),
+        Layer::User(_) | Layer::Element(_) => {
+            unimplemented!("planned in a later change")
+        }
+    }
+}
+
+/// A command shortened for one line of output.
+fn short(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(40).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    format!("`{out}`")
+}
+
+/// Packages the bootloader step needs in the image, both firmwares' so that BIOS and UEFI
+/// variants of one image share their package layers.
+pub const BOOT_PACKAGES: &[&str] = &["grub-efi-amd64-bin", "grub-pc-bin"];
+
+/// The image's layers, with GRUB's packages added to its first package set (or a set of their
+/// own after the base) when it has a bootloader.
+fn with_boot_packages(image: &Image) -> Vec<Layer> {
+    let mut layers = image.layers.clone();
+    if image.bootloader.is_none() {
+        return layers;
+    }
+    let add = |p: &mut crate::spec::model::Packages| {
+        p.packages
+            .extend(BOOT_PACKAGES.iter().map(|s| s.to_string()));
+        p.packages.sort();
+        p.packages.dedup();
+    };
+    match layers.iter_mut().find_map(|l| match l {
+        Layer::Packages(p) => Some(p),
+        _ => None,
+    }) {
+        Some(p) => add(p),
+        None => {
+            let mut p = crate::spec::model::Packages {
+                name: "bootloader".into(),
+                packages: vec![],
+            };
+            add(&mut p);
+            layers.insert(1, Layer::Packages(p));
+        }
+    }
+    layers
+}
+
+/// Identifiers and placement of an image's disk, all derived from one seed so that the same
+/// spec always gives the same UUIDs and GUIDs (the seed is a BLAKE3 key derivation over the
+/// image name and the disk's parameters; GUIDs are derived from it per name, as systemd-repart
+/// does from its seed).
+struct DiskPlan<'a> {
+    disk: &'a Disk,
+    seed: [u8; 32],
+    layout: gpt::Layout,
+}
+
+impl<'a> DiskPlan<'a> {
+    fn new(image: &Image, disk: &'a Disk) -> Self {
+        let mut material = format!("{}\0{}", image.name, disk.size);
+        for p in &disk.partitions {
+            material.push_str(&format!("\0{}:{:?}:{:?}", p.name, p.ptype, p.size));
+        }
+        let seed = blake3::derive_key("imgspec disk seed v1", material.as_bytes());
+        let specs: Vec<gpt::PartitionSpec> = disk
+            .partitions
+            .iter()
+            .map(|p| gpt::PartitionSpec {
+                name: p.name.clone(),
+                type_guid: type_guid(p.ptype),
+                size: p.size,
+                guid: gpt::derive_guid(&seed, &format!("partition:{}", p.name)),
+                attributes: 0,
+            })
+            .collect();
+        let layout = gpt::layout(disk.size, &specs)
+            .expect("validation checks that the partitions fit the disk");
+        DiskPlan { disk, seed, layout }
+    }
+
+    fn guid(&self, label: &str) -> gpt::Guid {
+        gpt::derive_guid(&self.seed, label)
+    }
+
+    fn root_uuid(&self) -> String {
+        self.disk
+            .partitions
+            .iter()
+            .position(|p| p.mount.as_deref() == Some("/"))
+            .and_then(|i| self.filesystem(i))
+            .map(|f| f.uuid.to_string())
+            .unwrap_or_default()
+    }
+
+    fn filesystem(&self, i: usize) -> Option<steps::filesystem::FilesystemStep> {
+        let p = &self.disk.partitions[i];
+        let format = p.format?;
+        let mount = p.mount.clone().unwrap_or_else(|| format!("/{}", p.name));
+        let under = |m: &str| {
+            let base = mount.trim_end_matches('/');
+            m != mount && m.starts_with(&format!("{base}/"))
+        };
+        let excludes = self
+            .disk
+            .partitions
+            .iter()
+            .filter_map(|q| q.mount.clone())
+            .filter(|m| under(m))
+            .collect();
+        let label = match format {
+            FsFormat::Ext4 => p.name.chars().take(16).collect(),
+            FsFormat::Vfat => p.name.to_uppercase().chars().take(11).collect(),
+        };
+        Some(steps::filesystem::FilesystemStep {
+            format,
+            size: self.layout.partitions[i].size_bytes,
+            mount,
+            excludes,
+            uuid: self.guid(&format!("filesystem:{}", p.name)),
+            hash_seed: self.guid(&format!("hash-seed:{}", p.name)),
+            volume_id: gpt::derive_u32(&self.seed, &format!("volume-id:{}", p.name)),
+            label,
+        })
+    }
+
+    /// `/etc/fstab` entries: every mounted filesystem by UUID.
+    fn mounts(&self) -> Vec<steps::bootloader::Mount> {
+        (0..self.disk.partitions.len())
+            .filter_map(|i| {
+                let fs = self.filesystem(i)?;
+                self.disk.partitions[i].mount.as_ref()?;
+                let root = fs.mount == "/";
+                Some(match fs.format {
+                    FsFormat::Ext4 => steps::bootloader::Mount {
+                        source: format!("UUID={}", fs.uuid),
+                        target: fs.mount.clone(),
+                        fstype: "ext4".into(),
+                        options: if root {
+                            "errors=remount-ro"
+                        } else {
+                            "defaults"
+                        }
+                        .into(),
+                        pass: if root { 1 } else { 2 },
+                    },
+                    FsFormat::Vfat => steps::bootloader::Mount {
+                        source: format!("UUID={}", steps::filesystem::vfat_uuid(fs.volume_id)),
+                        target: fs.mount.clone(),
+                        fstype: "vfat".into(),
+                        options: "umask=0077".into(),
+                        pass: 2,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+fn type_guid(t: PartitionType) -> gpt::Guid {
+    match t {
+        PartitionType::Esp => gpt::ESP,
+        PartitionType::Root => gpt::ROOT_X86_64,
+        PartitionType::BiosBoot => gpt::BIOS_BOOT,
+        PartitionType::Linux => gpt::LINUX_DATA,
+        PartitionType::Swap => gpt::SWAP,
+    }
+}
+
+fn human_size(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if n % (1 << 30) == 0 {
+        format!("{}GiB", n >> 30)
+    } else {
+        format!("{}MiB", n.div_ceil(MIB))
+    }
+}

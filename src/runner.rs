@@ -1,0 +1,250 @@
+//! The one way imgspec runs external programs.
+//!
+//! Steps and format writers describe a [`Cmd`] and hand it to a [`Runner`]. The real runner
+//! ([`HostRunner`]) runs it with its output appended to the step's log file; the recording runner
+//! ([`RecordingRunner`]) only remembers the command line, so tests can check exactly what would
+//! run without running it.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+/// A command line, its environment and where its standard streams go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cmd {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Added to (not replacing) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub cwd: Option<PathBuf>,
+    /// Standard input from this file; `/dev/null` when None.
+    pub stdin: Option<PathBuf>,
+    /// Standard output to this file instead of the log.
+    pub stdout: Option<PathBuf>,
+}
+
+impl Cmd {
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Cmd {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            stdout: None,
+        }
+    }
+    pub fn arg(mut self, a: impl Into<OsString>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+    pub fn stdin_file(mut self, f: impl Into<PathBuf>) -> Self {
+        self.stdin = Some(f.into());
+        self
+    }
+    pub fn stdout_file(mut self, f: impl Into<PathBuf>) -> Self {
+        self.stdout = Some(f.into());
+        self
+    }
+
+    /// The command line as a shell would show it, for logs and messages.
+    pub fn display(&self) -> String {
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("could not start `{program}`")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{program}` failed ({status}){}", tail_text(.tail))]
+    Failed {
+        program: String,
+        status: String,
+        /// The last lines of the log, for the error message.
+        tail: Vec<String>,
+    },
+    #[error("I/O error on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(":\n    {}", tail.join("\n    "))
+    }
+}
+
+/// Runs commands. `Sync` so that every worker thread can share one.
+pub trait Runner: Send + Sync {
+    /// Runs `cmd` to completion, appending its output to `log`. Fails when it exits non-zero.
+    fn run(&self, cmd: &Cmd, log: &Path) -> Result<(), RunError>;
+
+    /// Runs `cmd` and returns its standard output (stderr goes to the log).
+    fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError>;
+}
+
+/// Runs commands on this machine.
+pub struct HostRunner;
+
+impl HostRunner {
+    fn command(cmd: &Cmd, log: &Path) -> Result<(std::process::Command, File), RunError> {
+        let io = |source| RunError::Io {
+            path: log.to_path_buf(),
+            source,
+        };
+        let mut logf = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io)?;
+        writeln!(logf, "$ {}", cmd.display()).map_err(io)?;
+        let mut c = std::process::Command::new(&cmd.program);
+        c.args(&cmd.args);
+        for (k, v) in &cmd.env {
+            c.env(k, v);
+        }
+        if let Some(d) = &cmd.cwd {
+            c.current_dir(d);
+        }
+        let stdin = match &cmd.stdin {
+            Some(p) => Stdio::from(File::open(p).map_err(|source| RunError::Io {
+                path: p.clone(),
+                source,
+            })?),
+            None => Stdio::null(),
+        };
+        c.stdin(stdin);
+        c.stderr(logf.try_clone().map_err(io)?);
+        Ok((c, logf))
+    }
+
+    fn finish(cmd: &Cmd, log: &Path, status: std::process::ExitStatus) -> Result<(), RunError> {
+        if status.success() {
+            return Ok(());
+        }
+        Err(RunError::Failed {
+            program: cmd.program.to_string_lossy().into_owned(),
+            status: status.to_string(),
+            tail: log_tail(log, 12),
+        })
+    }
+}
+
+impl Runner for HostRunner {
+    fn run(&self, cmd: &Cmd, log: &Path) -> Result<(), RunError> {
+        let (mut c, logf) = Self::command(cmd, log)?;
+        match &cmd.stdout {
+            Some(p) => {
+                let f = File::create(p).map_err(|source| RunError::Io {
+                    path: p.clone(),
+                    source,
+                })?;
+                c.stdout(f);
+            }
+            None => {
+                c.stdout(logf.try_clone().map_err(|source| RunError::Io {
+                    path: log.to_path_buf(),
+                    source,
+                })?);
+            }
+        }
+        let status = c.status().map_err(|source| RunError::Spawn {
+            program: cmd.program.to_string_lossy().into_owned(),
+            source,
+        })?;
+        Self::finish(cmd, log, status)
+    }
+
+    fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError> {
+        let (mut c, _logf) = Self::command(cmd, log)?;
+        c.stdout(Stdio::piped());
+        let out = c.output().map_err(|source| RunError::Spawn {
+            program: cmd.program.to_string_lossy().into_owned(),
+            source,
+        })?;
+        Self::finish(cmd, log, out.status)?;
+        Ok(out.stdout)
+    }
+}
+
+/// The last `n` lines of a log file (empty when it cannot be read).
+pub fn log_tail(log: &Path, n: usize) -> Vec<String> {
+    let Ok(f) = File::open(log) else {
+        return Vec::new();
+    };
+    let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+    lines[lines.len().saturating_sub(n)..].to_vec()
+}
+
+/// Remembers every command instead of running it; `output` answers with `stdout`.
+#[derive(Default)]
+pub struct RecordingRunner {
+    pub calls: Mutex<Vec<Cmd>>,
+    pub stdout: Vec<u8>,
+}
+
+impl RecordingRunner {
+    pub fn lines(&self) -> Vec<String> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Cmd::display)
+            .collect()
+    }
+}
+
+impl Runner for RecordingRunner {
+    fn run(&self, cmd: &Cmd, _log: &Path) -> Result<(), RunError> {
+        self.calls.lock().unwrap().push(cmd.clone());
+        Ok(())
+    }
+    fn output(&self, cmd: &Cmd, _log: &Path) -> Result<Vec<u8>, RunError> {
+        self.calls.lock().unwrap().push(cmd.clone());
+        Ok(self.stdout.clone())
+    }
+}

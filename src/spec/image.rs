@@ -1,0 +1,577 @@
+//! Phase two, first half: each `image` and `template` node read into a [`Decl`], with every
+//! node of its body checked and typed (the `disk` node is read by [`super::disk`]).
+//!
+//! A `Decl` holds only what its own body says; [`super::resolve`] then follows `extends` and
+//! checks what needs the whole, inherited image.
+
+use std::collections::BTreeMap;
+
+use kdl::KdlNode;
+use miette::SourceSpan;
+
+use super::disk;
+use super::error::{did_you_mean, SpecError};
+use super::model::{
+    Base, Bootloader, BootloaderKind, Debian, Disk, Element, Files, Layer, OutputFormat, Packages,
+    Run, User, DEFAULT_CMDLINE, ELEMENTS,
+};
+use super::read::{
+    arg_count, children, node_name, Cx, FileId, Problems, Scalar, Shape, Spanned, MANY,
+};
+use super::source::SourceFile;
+use super::values::{
+    absolute_path, check_simple_name, check_user_name, check_word, is_package_name, resolve_path,
+    words, Confined, Need,
+};
+
+/// Index of a declaration in the list of all of them, in file order.
+pub(crate) type DeclId = usize;
+
+/// One `image` or `template`, as its own body declares it.
+pub(crate) struct Decl {
+    /// `image` (true) or `template`.
+    pub buildable: bool,
+    pub name: Spanned<String>,
+    pub file: FileId,
+    pub extends: Option<Spanned<String>>,
+    pub epoch: Option<Own<i64>>,
+    pub base: Option<Own<Base>>,
+    /// The layers after the base, in the order written.
+    pub layers: Vec<Layer>,
+    pub bootloader: Option<Own<Bootloader>>,
+    pub disk: Option<Own<Disk>>,
+    /// Sorted, deduplicated, each with where it was written.
+    pub outputs: Option<Own<Vec<Spanned<OutputFormat>>>>,
+}
+
+/// A node a declaration gives itself: where its name is, and its value, `None` when it is
+/// invalid (already reported: checks that need the value skip it).
+pub(crate) struct Own<T> {
+    pub span: SourceSpan,
+    pub value: Option<T>,
+}
+
+/// The nodes that add a layer, and their readers.
+type LayerReader = fn(&mut Cx<'_>, &KdlNode) -> Option<Layer>;
+const LAYERS: &[(&str, LayerReader)] = &[
+    ("packages", read_packages),
+    ("files", read_files),
+    ("run", read_run),
+    ("user", read_user),
+    ("element", read_element),
+];
+
+const TOP_NODES: &[&str] = &["import", "image", "template"];
+const IMAGE_NODES: &[&str] = &[
+    "epoch",
+    "base",
+    "packages",
+    "files",
+    "run",
+    "user",
+    "element",
+    "bootloader",
+    "disk",
+    "output",
+];
+
+const IMAGE: Shape<'static> = Shape {
+    usage: "image \"NAME\" [extends=\"OTHER\"] { … }",
+    max_args: 1,
+    props: &["extends"],
+    repeatable: &[],
+    children: true,
+};
+const TEMPLATE: Shape<'static> = Shape {
+    usage: "template \"NAME\" [extends=\"OTHER\"] { … }",
+    ..IMAGE
+};
+/// The shape of a node with one argument and nothing else (others are built from it).
+const fn single(usage: &'static str) -> Shape<'static> {
+    Shape {
+        usage,
+        max_args: 1,
+        props: &[],
+        repeatable: &[],
+        children: false,
+    }
+}
+const EPOCH: Shape<'static> = single("epoch 1686355200");
+const RUN: Shape<'static> = single("run \"COMMAND\"");
+const SSH_KEY: Shape<'static> = single("ssh-key \"ssh-ed25519 AAAA… user@host\"");
+/// `base` before its kind is known.
+const BASE: Shape<'static> =
+    single("base \"debian\" suite=\"bookworm\"` or `base \"tar\" path=\"rootfs.tar\"");
+const BASE_TAR: Shape<'static> = Shape {
+    props: &["path"],
+    ..single("base \"tar\" path=\"rootfs.tar\"")
+};
+const BASE_DEBIAN: Shape<'static> = Shape {
+    props: &["suite", "variant", "mirror", "components", "architecture", "keyring"],
+    ..single("base \"debian\" suite=\"bookworm\" [variant=\"minbase\"] [mirror=\"URL\"] [components=\"main\"] [architecture=\"amd64\"] [keyring=\"PATH\"]")
+};
+const BASE_UBUNTU: Shape<'static> = Shape {
+    usage: "base \"ubuntu\" suite=\"noble\" mirror=\"http://archive.ubuntu.com/ubuntu\" [variant=\"minbase\"] [components=\"main universe\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
+    ..BASE_DEBIAN
+};
+const PACKAGES: Shape<'static> = Shape {
+    max_args: MANY,
+    ..single("packages \"NAME\" PACKAGE…")
+};
+const FILES: Shape<'static> = Shape {
+    props: &["dest"],
+    ..single("files \"overlay/\" [dest=\"/\"]")
+};
+const USER: Shape<'static> = Shape {
+    props: &["groups", "ssh-key", "password-hash", "sudo", "shell"],
+    repeatable: &["ssh-key"],
+    children: true,
+    ..single("user \"NAME\" [groups=\"sudo adm\"] [ssh-key=\"…\"] [password-hash=\"…\"] [sudo=#true] [shell=\"/bin/bash\"]")
+};
+/// `element` before its parameters are known.
+const ELEMENT: Shape<'static> = single("element \"NAME\" [PARAM=\"VALUE\" …]");
+const BOOTLOADER: Shape<'static> = Shape {
+    props: &["cmdline"],
+    ..single("bootloader \"grub-efi\"|\"grub-bios\"|\"hybrid\" [cmdline=\"…\"]")
+};
+const OUTPUT: Shape<'static> = Shape {
+    max_args: MANY,
+    ..single("output \"qcow2\" \"raw\" \"tar\"")
+};
+
+/// Bootloader kinds by name.
+pub(crate) const BOOTLOADERS: [(&str, BootloaderKind); 3] = [
+    ("grub-efi", BootloaderKind::GrubEfi),
+    ("grub-bios", BootloaderKind::GrubBios),
+    ("hybrid", BootloaderKind::Hybrid),
+];
+
+/// Output formats by name.
+pub(crate) const OUTPUTS: [(&str, OutputFormat); 3] = [
+    ("tar", OutputFormat::Tar),
+    ("raw", OutputFormat::Raw),
+    ("qcow2", OutputFormat::Qcow2),
+];
+
+/// mmdebstrap variants.
+const VARIANTS: &[&str] = &[
+    "extract",
+    "custom",
+    "essential",
+    "apt",
+    "minbase",
+    "buildd",
+    "required",
+    "important",
+    "standard",
+];
+
+/// Reads every `image` and `template` of every parsed file, in order.
+pub(crate) fn read_decls(files: &[SourceFile], problems: &mut Problems) -> Vec<Decl> {
+    let mut decls = Vec::new();
+    for file in files {
+        let Some(doc) = &file.doc else { continue };
+        let mut cx = Cx {
+            file: &file.info,
+            problems,
+        };
+        for node in doc.nodes() {
+            match node.name().value() {
+                "import" => {} // read when loading
+                "image" => decls.extend(read_decl(&mut cx, node, true)),
+                "template" => decls.extend(read_decl(&mut cx, node, false)),
+                name => {
+                    let help = if IMAGE_NODES.contains(&name) {
+                        format!("`{name}` belongs inside an `image \"NAME\" {{ … }}` or `template \"NAME\" {{ … }}` block")
+                    } else {
+                        did_you_mean(name, TOP_NODES.iter().copied())
+                    };
+                    cx.report(SpecError::UnknownNode {
+                        src: cx.src(),
+                        span: node.name().span(),
+                        name: name.to_string(),
+                        place: "at the top level".to_string(),
+                        help,
+                    });
+                }
+            }
+        }
+    }
+    decls
+}
+
+fn read_decl(cx: &mut Cx<'_>, node: &KdlNode, buildable: bool) -> Option<Decl> {
+    let shape = if buildable { &IMAGE } else { &TEMPLATE };
+    cx.check_shape(node, shape);
+    let name = cx.arg::<String>(node, shape, 0, "a name")?;
+    check_simple_name(cx, &name, "image name");
+    let mut decl = Decl {
+        buildable,
+        name,
+        file: cx.file.id,
+        extends: cx.prop(node, "extends"),
+        epoch: None,
+        base: None,
+        layers: Vec::new(),
+        bootloader: None,
+        disk: None,
+        outputs: None,
+    };
+    // The first layer node, for `base` must come first.
+    let mut first_layer: Option<&str> = None;
+    for child in children(node) {
+        let kind = child.name().value();
+        if let Some((_, read)) = LAYERS.iter().find(|(name, _)| *name == kind) {
+            decl.layers.extend(cx.clean(|cx| read(cx, child)));
+            first_layer.get_or_insert(kind);
+            continue;
+        }
+        match kind {
+            "epoch" => set_once(cx, &mut decl.epoch, child, read_epoch),
+            "base" => {
+                if let Some(after) = first_layer {
+                    cx.report(SpecError::BaseNotFirst {
+                        src: cx.src(),
+                        span: child.name().span(),
+                        label: format!("comes after `{after}`"),
+                        help:
+                            "move `base` above the other layers: the root filesystem starts from it"
+                                .to_string(),
+                    });
+                }
+                set_once(cx, &mut decl.base, child, read_base)
+            }
+            "bootloader" => set_once(cx, &mut decl.bootloader, child, read_bootloader),
+            "disk" => set_once(cx, &mut decl.disk, child, disk::read_disk),
+            "output" => set_once(cx, &mut decl.outputs, child, read_outputs),
+            _ => {
+                let place = format!("in `{}`", node_name(node));
+                cx.unknown_node(child, &place, IMAGE_NODES);
+            }
+        }
+    }
+    Some(decl)
+}
+
+/// Reads a node that a declaration may give once.
+fn set_once<T>(
+    cx: &mut Cx<'_>,
+    slot: &mut Option<Own<T>>,
+    node: &KdlNode,
+    read: fn(&mut Cx<'_>, &KdlNode) -> Option<T>,
+) {
+    let span = node.name().span();
+    if let Some(first) = slot {
+        cx.report(SpecError::DuplicateNode {
+            src: cx.src(),
+            first: first.span,
+            second: span,
+            node: node_name(node),
+        });
+        return;
+    }
+    let value = cx.clean(|cx| read(cx, node));
+    *slot = Some(Own { span, value });
+}
+
+fn read_epoch(cx: &mut Cx<'_>, node: &KdlNode) -> Option<i64> {
+    cx.check_shape(node, &EPOCH);
+    let epoch = cx.arg::<i128>(node, &EPOCH, 0, "a time in unix seconds")?;
+    let value = i64::try_from(epoch.value).ok().filter(|e| *e >= 0);
+    if value.is_none() {
+        cx.bad_value(
+            epoch.span,
+            format!("epoch `{}` is out of range", epoch.value),
+            "not a unix time",
+            "give the time in seconds since 1970-01-01 UTC, e.g. `1686355200` (2023-06-10)",
+        );
+    }
+    value
+}
+
+/// What `base` starts from.
+#[derive(Clone, Copy)]
+enum BaseKind {
+    Tar,
+    Debian,
+    Ubuntu,
+}
+
+fn read_base(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
+    let kind = cx.arg::<String>(node, &BASE, 0, "a kind (`debian`, `ubuntu` or `tar`)")?;
+    let kinds = [
+        ("debian", BaseKind::Debian),
+        ("ubuntu", BaseKind::Ubuntu),
+        ("tar", BaseKind::Tar),
+    ];
+    match cx.choice(&kind, "base", &kinds)? {
+        BaseKind::Tar => {
+            cx.check_shape(node, &BASE_TAR);
+            let usage = format!("write it as `{}`", BASE_TAR.usage);
+            let path = cx.required_prop::<String>(node, "path", usage)?;
+            let path = resolve_path(cx, &path, Need::File, Confined::Yes)?;
+            Some(Base::Tar { path })
+        }
+        BaseKind::Debian => read_debian(cx, node, "debian"),
+        BaseKind::Ubuntu => read_debian(cx, node, "ubuntu"),
+    }
+}
+
+/// `base "debian"` and `base "ubuntu"`: the same options, but Ubuntu needs a mirror (the
+/// host's apt sources are Debian's) and has other default components.
+fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
+    let ubuntu = distro == "ubuntu";
+    let shape = if ubuntu { &BASE_UBUNTU } else { &BASE_DEBIAN };
+    cx.check_shape(node, shape);
+    let mirror = if ubuntu {
+        let help = "the host's apt sources are Debian's: give an Ubuntu mirror, e.g. `mirror=\"http://archive.ubuntu.com/ubuntu\"`";
+        cx.required_prop::<String>(node, "mirror", help)
+    } else {
+        cx.prop::<String>(node, "mirror")
+    };
+    let suite = cx.required_prop::<String>(node, "suite", format!("write it as `{}`", shape.usage));
+    let variant = cx.prop::<String>(node, "variant");
+    let components = cx.prop::<String>(node, "components");
+    let architecture = cx.prop::<String>(node, "architecture");
+    let keyring = cx.prop::<String>(node, "keyring");
+
+    if let Some(suite) = &suite {
+        let help = "a suite is a codename or alias: `bookworm`, `stable`, `noble`";
+        check_word(cx, suite, "suite", help);
+    }
+    if let Some(variant) = variant
+        .as_ref()
+        .filter(|v| !VARIANTS.contains(&v.value.as_str()))
+    {
+        cx.unknown_value(variant, "variant", VARIANTS.iter().copied());
+    }
+    if let Some(mirror) = &mirror {
+        if !["http://", "https://", "file:/"]
+            .iter()
+            .any(|p| mirror.value.starts_with(p))
+        {
+            cx.bad_value(
+                mirror.span,
+                format!("mirror `{}` is not a URL", mirror.value),
+                "not an http(s) or file URL",
+                "write the archive's URL, e.g. `http://deb.debian.org/debian`",
+            );
+        }
+    }
+    if let Some(components) = components.as_ref().filter(|c| c.value.trim().is_empty()) {
+        cx.bad_value(
+            components.span,
+            "`components` is empty".to_string(),
+            "no component",
+            "list the archive areas separated by spaces, e.g. `components=\"main contrib\"`",
+        );
+    }
+    if let Some(architecture) = &architecture {
+        let help = "write a Debian architecture name, e.g. `amd64` or `arm64`";
+        check_word(cx, architecture, "architecture", help);
+    }
+    let keyring = match &keyring {
+        Some(keyring) => Some(resolve_path(cx, keyring, Need::File, Confined::No)?),
+        None => None,
+    };
+    let default_components = if ubuntu { "main universe" } else { "main" };
+    Some(Base::Debian(Debian {
+        distro: distro.to_string(),
+        suite: suite?.value,
+        variant: variant.map_or_else(|| "minbase".to_string(), |v| v.value),
+        mirror: mirror.map(|m| m.value),
+        components: words(&components.map_or_else(|| default_components.to_string(), |c| c.value)),
+        architecture: architecture.map_or_else(|| "amd64".to_string(), |a| a.value),
+        keyring,
+    }))
+}
+
+fn read_packages(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
+    cx.check_shape(node, &PACKAGES);
+    let name = cx.arg::<String>(node, &PACKAGES, 0, "a name for the package set")?;
+    check_simple_name(cx, &name, "package set name");
+    let packages = cx.args_from::<String>(node, 1);
+    if arg_count(node) < 2 {
+        cx.missing_argument(node, &PACKAGES, "at least one package");
+    }
+    for package in &packages {
+        if !is_package_name(&package.value) {
+            cx.bad_value(
+                package.span,
+                format!("`{}` is not a Debian package name", package.value),
+                "not a package name",
+                "package names are lowercase letters, digits, `+`, `-` and `.`, at least two characters, optionally followed by `:ARCH`",
+            );
+        }
+    }
+    let mut packages: Vec<String> = packages.into_iter().map(|p| p.value).collect();
+    packages.sort();
+    packages.dedup();
+    Some(Layer::Packages(Packages {
+        name: name.value,
+        packages,
+    }))
+}
+
+fn read_files(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
+    cx.check_shape(node, &FILES);
+    let source = cx.arg::<String>(node, &FILES, 0, "the folder to copy into the image")?;
+    let dest = match cx.prop::<String>(node, "dest") {
+        Some(dest) => absolute_path(cx, &dest, "dest", "/etc/ssh")?,
+        None => "/".to_string(),
+    };
+    let path = resolve_path(cx, &source, Need::Folder, Confined::Yes)?;
+    Some(Layer::Files(Files {
+        source: path,
+        source_text: source.value,
+        dest,
+    }))
+}
+
+fn read_run(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
+    cx.check_shape(node, &RUN);
+    let command = cx.arg::<String>(node, &RUN, 0, "a command")?;
+    if command.value.trim().is_empty() {
+        cx.bad_value(
+            command.span,
+            "`run` has an empty command".to_string(),
+            "empty",
+            "write the shell command to run inside the image root, e.g. `run \"systemctl enable ssh\"`",
+        );
+        return None;
+    }
+    Some(Layer::Run(Run {
+        command: command.value,
+    }))
+}
+
+fn read_user(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
+    cx.check_shape(node, &USER);
+    let name = cx.arg::<String>(node, &USER, 0, "a user name")?;
+    check_user_name(cx, &name, "user name");
+    let groups = cx.prop::<String>(node, "groups");
+    let mut ssh_keys = cx.props_all::<String>(node, "ssh-key");
+    for child in children(node) {
+        if child.name().value() == "ssh-key" {
+            cx.check_shape(child, &SSH_KEY);
+            ssh_keys.extend(cx.arg::<String>(child, &SSH_KEY, 0, "a public key"));
+        } else {
+            cx.unknown_node(child, "in `user`", &["ssh-key"]);
+        }
+    }
+    let password_hash = cx.prop::<String>(node, "password-hash");
+    let sudo = cx.prop::<bool>(node, "sudo");
+    let shell = cx.prop::<String>(node, "shell");
+
+    let groups: Vec<Spanned<String>> = groups.map_or_else(Vec::new, |g| {
+        words(&g.value)
+            .into_iter()
+            .map(|value| Spanned {
+                value,
+                span: g.span,
+            })
+            .collect()
+    });
+    for group in &groups {
+        check_user_name(cx, group, "group name");
+    }
+    for key in &ssh_keys {
+        if key.value.split_whitespace().count() < 2 || key.value.contains('\n') {
+            cx.bad_value(
+                key.span,
+                "this does not look like an SSH public key".to_string(),
+                "not a public key",
+                "paste the whole line of the `.pub` file: `ssh-ed25519 AAAA… user@host`",
+            );
+        }
+    }
+    if let Some(hash) = &password_hash {
+        if hash.value.is_empty() || hash.value.contains([':', '\n', ' ']) {
+            cx.bad_value(
+                hash.span,
+                "`password-hash` is not a crypt(3) hash".to_string(),
+                "not a password hash",
+                "give a hash as `mkpasswd -m sha-512` prints it, or leave `password-hash` out to lock the password",
+            );
+        }
+    }
+    let shell = match shell {
+        Some(shell) => absolute_path(cx, &shell, "shell", "/bin/bash")?,
+        None => "/bin/bash".to_string(),
+    };
+    Some(Layer::User(User {
+        name: name.value,
+        groups: groups.into_iter().map(|g| g.value).collect(),
+        ssh_keys: ssh_keys.into_iter().map(|k| k.value).collect(),
+        password_hash: password_hash.map(|h| h.value),
+        sudo: sudo.is_some_and(|s| s.value),
+        shell,
+    }))
+}
+
+fn read_element(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
+    let name = cx.arg::<String>(node, &ELEMENT, 0, "the name of an element")?;
+    let Some(&(_, required, optional)) = ELEMENTS.iter().find(|(n, _, _)| *n == name.value) else {
+        cx.unknown_value(&name, "element", ELEMENTS.iter().map(|(n, _, _)| *n));
+        return None;
+    };
+    let params: Vec<&str> = required.iter().chain(optional).copied().collect();
+    cx.check_shape(
+        node,
+        &Shape {
+            props: &params,
+            ..ELEMENT
+        },
+    );
+    let mut values = BTreeMap::new();
+    for key in required {
+        let help = format!(
+            "element `{}` needs `{key}`: write `element \"{}\" {key}=\"…\"`",
+            name.value, name.value
+        );
+        if let Some(value) = cx.required_prop::<Scalar>(node, key, help) {
+            values.insert(key.to_string(), value.value.0);
+        }
+    }
+    for key in optional {
+        if let Some(value) = cx.prop::<Scalar>(node, key) {
+            values.insert(key.to_string(), value.value.0);
+        }
+    }
+    Some(Layer::Element(Element {
+        name: name.value,
+        params: values,
+    }))
+}
+
+fn read_bootloader(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Bootloader> {
+    cx.check_shape(node, &BOOTLOADER);
+    let kind = cx.arg::<String>(node, &BOOTLOADER, 0, "a kind")?;
+    let kind = cx.choice(&kind, "bootloader", &BOOTLOADERS);
+    let cmdline = cx.prop::<String>(node, "cmdline");
+    Some(Bootloader {
+        kind: kind?,
+        cmdline: cmdline.map_or_else(|| DEFAULT_CMDLINE.to_string(), |c| c.value),
+    })
+}
+
+fn read_outputs(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Vec<Spanned<OutputFormat>>> {
+    cx.check_shape(node, &OUTPUT);
+    let formats = cx.args_from::<String>(node, 0);
+    if arg_count(node) == 0 {
+        cx.missing_argument(node, &OUTPUT, "at least one format");
+    }
+    let mut outputs: Vec<Spanned<OutputFormat>> = formats
+        .iter()
+        .filter_map(|f| {
+            let value = cx.choice(f, "output format", &OUTPUTS)?;
+            Some(Spanned {
+                value,
+                span: f.span,
+            })
+        })
+        .collect();
+    outputs.sort_by_key(|o| o.value);
+    outputs.dedup_by_key(|o| o.value);
+    Some(outputs)
+}

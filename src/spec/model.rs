@@ -1,0 +1,201 @@
+//! The typed, validated model of a spec: what `spec::load` returns once every check passed.
+//!
+//! Everything here is plain data. Paths are absolute (resolved against the folder of the file
+//! that named them); sizes are in bytes; `extends` and `import` are already resolved, so an
+//! image carries its whole, flattened list of layers.
+
+use std::path::PathBuf;
+
+/// All the images of the spec files given on the command line (and the files they import).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// Buildable images (not templates), in the order they were declared.
+    pub images: Vec<Image>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    /// The spec file that declared the image.
+    pub file: PathBuf,
+    /// SOURCE_DATE_EPOCH for every step of the image: the spec's `epoch`, else [`DEFAULT_EPOCH`].
+    pub epoch: i64,
+    /// The root filesystem, layer by layer, base first. Never empty: validation requires a base.
+    pub layers: Vec<Layer>,
+    pub bootloader: Option<Bootloader>,
+    pub disk: Option<Disk>,
+    /// At least one; validation requires it for a buildable image.
+    pub outputs: Vec<OutputFormat>,
+}
+
+/// 2023-06-10 (bookworm's release day): the epoch of an image that does not give one.
+pub const DEFAULT_EPOCH: i64 = 1_686_355_200;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Base(Base),
+    Packages(Packages),
+    Files(Files),
+    Run(Run),
+    User(User),
+    Element(Element),
+}
+
+/// `user "ops" groups="sudo adm" ssh-key="ssh-ed25519 ..." [password-hash="$6$..."] [sudo=#true]
+/// [shell="/bin/bash"]`: an account created inside the image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+    /// Authorized SSH keys (the `ssh-key` property may be given several times, or as children
+    /// `ssh-key "..."`).
+    pub ssh_keys: Vec<String>,
+    /// crypt(3) hash; None: the password is locked.
+    pub password_hash: Option<String>,
+    /// Passwordless sudo through /etc/sudoers.d.
+    pub sudo: bool,
+    pub shell: String,
+}
+
+/// `element "NAME" [param=value ...]`: a built-in, parameterised customisation (the
+/// diskimage-builder element of the same name). Known names and their parameters are listed in
+/// [`ELEMENTS`]; validation rejects others.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element {
+    pub name: String,
+    /// Sorted by name.
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// Known elements: (name, required parameters, optional parameters).
+pub const ELEMENTS: &[(&str, &[&str], &[&str])] = &[
+    ("dhcp-all-interfaces", &[], &[]),
+    ("serial-console", &[], &["port", "speed"]),
+    ("hostname", &["name"], &[]),
+    ("growroot", &[], &[]),
+    ("cloud-init", &[], &["datasources"]),
+    ("timezone", &["zone"], &[]),
+    ("locale", &["lang"], &[]),
+    ("grub2", &[], &[]),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Base {
+    /// `base "tar" path="rootfs.tar"`: a root filesystem tarball (optionally .gz/.zst/.xz? no:
+    /// plain or zstd, by extension `.tar` / `.tar.zst`).
+    Tar { path: PathBuf },
+    /// `base "debian" suite="bookworm" variant="minbase" [mirror=URL] [components="main contrib"]
+    /// [keyring=PATH] [architecture="amd64"] [include="pkg pkg"]`.
+    Debian(Debian),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Debian {
+    /// `debian` or `ubuntu`: which distribution's conventions (default keyring, components).
+    pub distro: String,
+    pub suite: String,
+    /// mmdebstrap variant: `minbase`, `essential`, `apt`, `required`, `important`, `standard`.
+    pub variant: String,
+    /// None: the host's apt sources decide.
+    pub mirror: Option<String>,
+    pub components: Vec<String>,
+    pub architecture: String,
+    pub keyring: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packages {
+    /// The set's name, `packages "system" ...`.
+    pub name: String,
+    /// Sorted, deduplicated.
+    pub packages: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Files {
+    /// Absolute path of the source folder (exists, is a directory, inside the spec's folder).
+    pub source: PathBuf,
+    /// As written in the spec, for messages: `overlay/`.
+    pub source_text: String,
+    /// Where in the image the folder's content lands: `dest="/"` by default; absolute, normalised.
+    pub dest: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// Run by `/bin/sh -c` inside the image root.
+    pub command: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootloaderKind {
+    GrubEfi,
+    GrubBios,
+    Hybrid,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bootloader {
+    pub kind: BootloaderKind,
+    /// Kernel command line: the spec's `cmdline`, else [`DEFAULT_CMDLINE`].
+    pub cmdline: String,
+}
+
+/// The kernel command line of a bootloader that does not give one: the first VGA console and
+/// the first serial port, so that an image boots visibly both on a screen and under QEMU.
+pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableKind {
+    Gpt,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub table: TableKind,
+    /// Whole-disk size in bytes.
+    pub size: u64,
+    /// In order; at most one partition has `size: None` (it takes the rest).
+    pub partitions: Vec<Partition>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionType {
+    /// EFI system partition.
+    Esp,
+    /// Root filesystem (x86-64 root type of the Discoverable Partitions Specification).
+    Root,
+    /// BIOS boot partition for GRUB's core image.
+    BiosBoot,
+    /// Generic Linux data.
+    Linux,
+    Swap,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsFormat {
+    Ext4,
+    Vfat,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Partition {
+    pub name: String,
+    pub ptype: PartitionType,
+    /// In bytes, rounded up to a whole MiB; None: the rest of the disk (rounded down to a
+    /// whole MiB, the last MiB of the disk being left for the backup GPT).
+    pub size: Option<u64>,
+    pub format: Option<FsFormat>,
+    /// Absolute mount point in the image (`/`, `/boot/efi`), when it has a filesystem.
+    pub mount: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OutputFormat {
+    /// The root filesystem as a deterministic tarball, `NAME.tar`.
+    Tar,
+    /// The whole disk, `NAME.raw`.
+    Raw,
+    /// The whole disk, `NAME.qcow2`.
+    Qcow2,
+}

@@ -1,0 +1,344 @@
+//! Tests of the spec front-end as a whole: the valid fixtures load into the expected model, and
+//! each invalid fixture fails with the codes its first line announces (`// expect: spec::…`)
+//! and renders to the reviewed snapshot of the same name (`snapshots/<fixture>.snap`).
+
+use std::path::{Path, PathBuf};
+
+use super::model::*;
+use super::{format_size, load, parse_size, render};
+
+const VALID: &str = "tests/fixtures/spec/valid";
+const INVALID: &str = "tests/fixtures/spec/invalid";
+
+fn fixture(folder: &str, name: &str) -> PathBuf {
+    Path::new(folder).join(name)
+}
+
+fn canonical(folder: &str, name: &str) -> PathBuf {
+    fixture(folder, name).canonicalize().unwrap()
+}
+
+fn image<'s>(spec: &'s Spec, name: &str) -> &'s Image {
+    spec.images
+        .iter()
+        .find(|i| i.name == name)
+        .unwrap_or_else(|| panic!("no image `{name}`"))
+}
+
+#[test]
+fn parse_size_reads_binary_and_decimal_units() {
+    assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+    assert_eq!(parse_size("200MiB"), Ok(200 << 20));
+    assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+    assert_eq!(parse_size("1TiB"), Ok(1 << 40));
+    assert_eq!(parse_size("4096"), Ok(4096));
+    assert_eq!(parse_size("512B"), Ok(512));
+    assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+    assert_eq!(parse_size("500MB"), Ok(500_000_000));
+    assert_eq!(parse_size("1KB"), Ok(1_000));
+}
+
+#[test]
+fn parse_size_rejects_everything_else() {
+    for bad in [
+        "",
+        "0",
+        "0GiB",
+        "GiB",
+        "-1GiB",
+        "2.5GiB",
+        "2 GiB",
+        "2gib",
+        "2GIB",
+        "2Gi",
+        "2TB",
+        "2KiB ",
+        " 2KiB",
+        "1e3",
+        "99999999999999999999",
+        "17179869184GiB",
+    ] {
+        assert!(parse_size(bad).is_err(), "`{bad}` should be refused");
+    }
+    assert_eq!(
+        parse_size("2gib").unwrap_err(),
+        "unit `gib` is written `GiB`"
+    );
+    assert_eq!(
+        parse_size("0").unwrap_err(),
+        "a size must be greater than zero"
+    );
+    assert_eq!(parse_size("20000000000TiB").unwrap_err(), "too large");
+}
+
+#[test]
+fn parse_size_explains_fractions_exactly() {
+    assert_eq!(
+        parse_size("1.5GiB").unwrap_err(),
+        "fractions are not allowed: write `1536MiB`"
+    );
+    assert_eq!(
+        parse_size("2.5GB").unwrap_err(),
+        "fractions are not allowed: write `2500MB`"
+    );
+    assert_eq!(
+        parse_size("1.1KiB").unwrap_err(),
+        "fractions are not allowed: use a smaller unit"
+    );
+}
+
+#[test]
+fn sizes_print_in_the_largest_exact_unit() {
+    assert_eq!(format_size(2 << 30), "2GiB");
+    assert_eq!(format_size(2050 << 20), "2050MiB");
+    assert_eq!(format_size(4097), "4097B");
+    assert_eq!(format_size(0), "0B");
+}
+
+#[test]
+fn tar_based_image_loads() {
+    let spec = load(&[fixture(VALID, "tar-rootfs.kdl")]).unwrap();
+    let expected = Image {
+        name: "rootfs".to_string(),
+        file: canonical(VALID, "tar-rootfs.kdl"),
+        epoch: DEFAULT_EPOCH,
+        layers: vec![
+            Layer::Base(Base::Tar {
+                path: canonical(VALID, "rootfs.tar"),
+            }),
+            Layer::Files(Files {
+                source: canonical(VALID, "overlay"),
+                source_text: "overlay".to_string(),
+                dest: "/".to_string(),
+            }),
+            Layer::Run(Run {
+                command: "echo hello > /etc/hello".to_string(),
+            }),
+        ],
+        bootloader: None,
+        disk: None,
+        outputs: vec![OutputFormat::Tar],
+    };
+    assert_eq!(spec.images, vec![expected]);
+}
+
+/// `debian-efi` extends the template `debian-base` of an imported file; `debian-bios` extends
+/// `debian-efi` and replaces its bootloader, disk and outputs.
+#[test]
+fn inheritance_puts_parent_layers_first_and_replaces_single_nodes() {
+    let spec = load(&[fixture(VALID, "debian-efi.kdl")]).unwrap();
+    let names: Vec<&str> = spec.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["debian-efi", "debian-bios"],
+        "templates are not built"
+    );
+
+    let efi = image(&spec, "debian-efi");
+    assert_eq!(efi.file, canonical(VALID, "debian-efi.kdl"));
+    assert_eq!(efi.epoch, 1_700_000_000, "inherited from the template");
+    let base = Layer::Base(Base::Debian(Debian {
+        distro: "debian".to_string(),
+        suite: "bookworm".to_string(),
+        variant: "minbase".to_string(),
+        mirror: None,
+        components: vec!["main".to_string(), "contrib".to_string()],
+        architecture: "amd64".to_string(),
+        keyring: None,
+    }));
+    let packages = Layer::Packages(Packages {
+        name: "system".to_string(),
+        packages: [
+            "linux-image-amd64",
+            "openssh-server",
+            "systemd-sysv",
+            "udev",
+        ]
+        .map(String::from)
+        .to_vec(),
+    });
+    let user = Layer::User(User {
+        name: "ops".to_string(),
+        groups: vec!["sudo".to_string(), "adm".to_string()],
+        ssh_keys: vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey1 ops@laptop".to_string(),
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey2 ops@ci".to_string(),
+        ],
+        password_hash: None,
+        sudo: true,
+        shell: "/bin/bash".to_string(),
+    });
+    let own = vec![
+        Layer::Element(Element {
+            name: "dhcp-all-interfaces".to_string(),
+            params: Default::default(),
+        }),
+        Layer::Element(Element {
+            name: "hostname".to_string(),
+            params: [("name".to_string(), "node1".to_string())].into(),
+        }),
+        Layer::Files(Files {
+            source: canonical(VALID, "overlay"),
+            source_text: "overlay/".to_string(),
+            dest: "/".to_string(),
+        }),
+        Layer::Run(Run {
+            command: "systemctl enable ssh".to_string(),
+        }),
+    ];
+    let mut layers = vec![base, packages, user];
+    layers.extend(own);
+    assert_eq!(efi.layers, layers);
+    assert_eq!(
+        efi.bootloader,
+        Some(Bootloader {
+            kind: BootloaderKind::GrubEfi,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+        })
+    );
+    assert_eq!(
+        efi.disk,
+        Some(Disk {
+            table: TableKind::Gpt,
+            size: 2 << 30,
+            partitions: vec![
+                Partition {
+                    name: "esp".to_string(),
+                    ptype: PartitionType::Esp,
+                    size: Some(200 << 20),
+                    format: Some(FsFormat::Vfat),
+                    mount: Some("/boot/efi".to_string()),
+                },
+                Partition {
+                    name: "root".to_string(),
+                    ptype: PartitionType::Root,
+                    size: None,
+                    format: Some(FsFormat::Ext4),
+                    mount: Some("/".to_string()),
+                },
+            ],
+        })
+    );
+    assert_eq!(
+        efi.outputs,
+        [OutputFormat::Raw, OutputFormat::Qcow2],
+        "sorted, deduplicated"
+    );
+
+    let bios = image(&spec, "debian-bios");
+    layers.push(Layer::Run(Run {
+        command: "echo bios > /etc/variant".to_string(),
+    }));
+    assert_eq!(bios.layers, layers, "the parent's layers, then its own");
+    assert_eq!(bios.epoch, 1_700_000_000);
+    let bootloader = bios.bootloader.as_ref().unwrap();
+    assert_eq!(bootloader.kind, BootloaderKind::GrubBios);
+    assert_eq!(bootloader.cmdline, "console=ttyS0");
+    let disk = bios.disk.as_ref().unwrap();
+    let sizes: Vec<Option<u64>> = disk.partitions.iter().map(|p| p.size).collect();
+    assert_eq!(
+        sizes,
+        [Some(1 << 20), Some(1431 << 20)],
+        "1500MB rounds up to 1431MiB"
+    );
+    assert_eq!(bios.outputs, [OutputFormat::Qcow2]);
+}
+
+#[test]
+fn a_file_imported_by_two_routes_is_read_once() {
+    let spec = load(&[fixture(VALID, "all.kdl"), fixture(VALID, "debian-efi.kdl")]).unwrap();
+    let names: Vec<&str> = spec.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ubuntu-efi",
+            "ubuntu-tar",
+            "debian-efi",
+            "debian-bios",
+            "rootfs"
+        ]
+    );
+    let ubuntu = image(&spec, "ubuntu-efi");
+    assert_eq!(
+        ubuntu.epoch, 1_720_000_000,
+        "the child's epoch replaces the parent's"
+    );
+    assert_eq!(ubuntu.layers, image(&spec, "debian-efi").layers);
+    let Layer::Base(Base::Debian(base)) = &image(&spec, "ubuntu-tar").layers[0] else {
+        panic!("not a debian-like base");
+    };
+    assert_eq!(base.distro, "ubuntu");
+    assert_eq!(base.components, ["main", "universe"]);
+    assert_eq!(base.variant, "apt");
+    assert_eq!(
+        base.mirror.as_deref(),
+        Some("http://archive.ubuntu.com/ubuntu")
+    );
+}
+
+#[test]
+fn every_valid_fixture_loads() {
+    for path in kdl_files(VALID) {
+        if let Err(e) = load(std::slice::from_ref(&path)) {
+            panic!("{}:\n{}", path.display(), render(&e, 100));
+        }
+    }
+}
+
+#[test]
+fn a_missing_spec_file_is_reported_without_source() {
+    let err = load(&[fixture(INVALID, "no-such-spec.kdl")]).unwrap_err();
+    assert_eq!(err.len(), 1);
+    let text = render(&err, 100);
+    assert!(
+        text.contains("cannot read `tests/fixtures/spec/invalid/no-such-spec.kdl`"),
+        "{text}"
+    );
+}
+
+/// Every invalid fixture fails with the codes of its `// expect:` line, in that order, and
+/// renders as its snapshot.
+#[test]
+fn invalid_fixtures_render_as_reviewed() {
+    let fixtures = kdl_files(INVALID);
+    assert!(
+        fixtures.len() >= 15,
+        "only {} invalid fixtures",
+        fixtures.len()
+    );
+    for path in fixtures {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected: Vec<&str> = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("// expect:"))
+            .unwrap_or_else(|| panic!("{} lacks an `// expect:` first line", path.display()))
+            .split_whitespace()
+            .collect();
+        let err = match load(std::slice::from_ref(&path)) {
+            Ok(_) => panic!("{} loaded without error", path.display()),
+            Err(err) => err,
+        };
+        let rendered = render(&err, 100);
+        let codes: Vec<String> = err
+            .iter()
+            .map(|p| miette::Diagnostic::code(p).unwrap().to_string())
+            .collect();
+        assert_eq!(codes, expected, "{}:\n{rendered}", path.display());
+        let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+        insta::with_settings!({ prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!(name, rendered);
+        });
+    }
+}
+
+/// The `.kdl` files directly in `folder`, sorted.
+fn kdl_files(folder: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "kdl"))
+        .collect();
+    files.sort();
+    files
+}

@@ -1,0 +1,213 @@
+//! One module per step kind. Each says what goes into its key (`hash`) and what it produces
+//! from its inputs (`run`). A step never calls another step: the executor hands it its inputs'
+//! outputs through the [`StepContext`].
+
+pub mod base;
+pub mod bootloader;
+pub mod chroot;
+pub mod disk;
+pub mod files;
+pub mod filesystem;
+pub mod output;
+pub mod packages;
+pub mod run;
+pub mod scrub;
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+
+use imgspec_cache::{Manifest, StepOutput, Store, StoreError, TreeDigest};
+
+use crate::plan::key::KeyBuilder;
+use crate::runner::{RunError, Runner};
+use crate::tools::{Tool, ToolError};
+
+/// What a step does, with every parameter it needs. Built by the plan, run by the executor.
+#[derive(Clone, Debug)]
+pub enum Action {
+    BaseTar(base::TarBase),
+    BaseDebian(base::DebianBase),
+    Packages(packages::PackagesStep),
+    Files(files::FilesStep),
+    Run(run::RunStep),
+    Bootloader(bootloader::BootloaderStep),
+    Filesystem(filesystem::FilesystemStep),
+    Disk(disk::DiskStep),
+    Output(output::OutputStep),
+}
+
+impl Action {
+    /// The step kind, as shown by `plan` and stored in the index.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::BaseTar(_) => "base-tar",
+            Action::BaseDebian(_) => "base-debian",
+            Action::Packages(_) => "packages",
+            Action::Files(_) => "files",
+            Action::Run(_) => "run",
+            Action::Bootloader(_) => "bootloader",
+            Action::Filesystem(_) => "filesystem",
+            Action::Disk(_) => "disk",
+            Action::Output(_) => "output",
+        }
+    }
+
+    /// The kind's version: bump it whenever what the kind hashes or produces changes.
+    pub fn version(&self) -> u32 {
+        match self {
+            Action::BaseTar(_) => base::TAR_VERSION,
+            Action::BaseDebian(_) => base::DEBIAN_VERSION,
+            Action::Packages(_) => packages::VERSION,
+            Action::Files(_) => files::VERSION,
+            Action::Run(_) => run::VERSION,
+            Action::Bootloader(_) => bootloader::VERSION,
+            Action::Filesystem(_) => filesystem::VERSION,
+            Action::Disk(_) => disk::VERSION,
+            Action::Output(_) => output::VERSION,
+        }
+    }
+
+    /// Host tools the step runs.
+    pub fn tools(&self) -> Vec<Tool> {
+        match self {
+            Action::BaseTar(_) | Action::Files(_) | Action::Disk(_) => vec![],
+            Action::BaseDebian(_) => vec![crate::tools::MMDEBSTRAP],
+            Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) => run::TOOLS.to_vec(),
+            Action::Filesystem(f) => f.tools(),
+            Action::Output(o) => o.tools(),
+        }
+    }
+
+    /// Whether the step must run as root (chroot, device nodes, file owners).
+    pub fn needs_root(&self) -> bool {
+        matches!(
+            self,
+            Action::BaseDebian(_) | Action::Run(_) | Action::Packages(_) | Action::Bootloader(_)
+        )
+    }
+
+    /// Adds the step's own parameters, local files and tool versions to its key (the plan adds
+    /// the input keys first).
+    pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
+        match self {
+            Action::BaseTar(s) => s.hash(k, facts),
+            Action::BaseDebian(s) => s.hash(k, facts),
+            Action::Packages(s) => s.hash(k),
+            Action::Files(s) => s.hash(k, facts),
+            Action::Run(s) => s.hash(k),
+            Action::Bootloader(s) => s.hash(k),
+            Action::Filesystem(s) => s.hash(k, facts),
+            Action::Disk(s) => s.hash(k),
+            Action::Output(s) => s.hash(k, facts),
+        }
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        match self {
+            Action::BaseTar(s) => s.run(ctx),
+            Action::BaseDebian(s) => s.run(ctx),
+            Action::Packages(s) => s.run(ctx),
+            Action::Files(s) => s.run(ctx),
+            Action::Run(s) => s.run(ctx),
+            Action::Bootloader(s) => s.run(ctx),
+            Action::Filesystem(s) => s.run(ctx),
+            Action::Disk(s) => s.run(ctx),
+            Action::Output(s) => s.run(ctx),
+        }
+    }
+}
+
+/// Facts about the host that keys depend on. The real one reads the machine; tests give fixed
+/// answers, so that planning stays pure.
+pub trait Facts {
+    fn tool_version(&self, tool: &Tool) -> Result<String, ToolError>;
+    /// BLAKE3 (hex) of a local file's content.
+    fn file_digest(&self, path: &Path) -> Result<String, std::io::Error>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FactError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("cannot read `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a running step gets from the executor.
+pub struct StepContext<'a> {
+    pub store: &'a Store,
+    pub runner: &'a dyn Runner,
+    /// The step's log file: every command's output goes there.
+    pub log: PathBuf,
+    /// The outputs of the step's inputs, in the order the plan listed them.
+    pub inputs: Vec<StepOutput>,
+    /// SOURCE_DATE_EPOCH of the image.
+    pub epoch: i64,
+    /// Scratch space inside the store (same filesystem), removed after the step.
+    pub work: PathBuf,
+}
+
+impl StepContext<'_> {
+    /// The tree of input `i`.
+    pub fn input_tree(&self, i: usize) -> Result<(TreeDigest, Manifest), StepError> {
+        let d = self
+            .inputs
+            .get(i)
+            .and_then(|o| o.tree)
+            .ok_or(StepError::Internal("the step's input has no tree"))?;
+        Ok((d, self.store.get_manifest(&d)?))
+    }
+
+    /// A step output holding just a tree.
+    pub fn tree_output(&self, m: &Manifest) -> Result<StepOutput, StepError> {
+        Ok(StepOutput {
+            tree: Some(self.store.put_manifest(m)?),
+            ..Default::default()
+        })
+    }
+
+    pub fn import_options(&self) -> imgspec_cache::ImportOptions {
+        imgspec_cache::ImportOptions {
+            clamp_mtime: Some(self.epoch),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Run(#[from] RunError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+    #[error("I/O error on `{path}`")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("this step must run as root ({0})")]
+    NeedsRoot(&'static str),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl StepError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StepError {
+        let path = path.into();
+        move |source| StepError::Io { path, source }
+    }
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,123 @@
+//! `output`: the files a user takes away, written to `out/IMAGE/` by the CLI.
+//!
+//! - `tar`: the final root filesystem as a deterministic tarball (entries in path order, numeric
+//!   owners, mtimes clamped to the image epoch). Input: the last tree layer.
+//! - `raw`: the disk step's `disk.raw` under the image's name (no bytes copied in the store).
+//! - `qcow2`: `qemu-img convert` of the disk (deterministic: no timestamps in qcow2).
+//!
+//! Every output records its SHA-256 in the step output's metadata (`sha256`), so that
+//! `SHA256SUMS` is written without reading the files again.
+//!
+//! Key: input key; format; file name.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use imgspec_cache::StepOutput;
+use sha2::{Digest, Sha256};
+
+use super::{FactError, Facts, StepContext, StepError};
+use crate::plan::key::KeyBuilder;
+use crate::spec::model::OutputFormat;
+use crate::tools::Tool;
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct OutputStep {
+    pub format: OutputFormat,
+    /// `NAME.tar`, `NAME.qcow2`, ...
+    pub file_name: String,
+}
+
+impl OutputStep {
+    pub fn tools(&self) -> Vec<Tool> {
+        match self.format {
+            OutputFormat::Tar | OutputFormat::Raw => vec![],
+            OutputFormat::Qcow2 => vec![crate::tools::QEMU_IMG],
+        }
+    }
+
+    pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
+        k.param("format", format_name(self.format))
+            .param("file", &self.file_name);
+        for t in self.tools() {
+            k.tool(t.program, &facts.tool_version(&t)?);
+        }
+        Ok(())
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let path = ctx.work.join(&self.file_name);
+        match self.format {
+            OutputFormat::Tar => {
+                let (_, m) = ctx.input_tree(0)?;
+                let f = std::fs::File::create(&path).map_err(StepError::io(&path))?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                ctx.store.export_tar(&m, &mut w, Some(ctx.epoch))?;
+                w.flush().map_err(StepError::io(&path))?;
+            }
+            OutputFormat::Raw => {
+                // The disk step's file under the output's name: no bytes move.
+                let disk = ctx
+                    .inputs
+                    .first()
+                    .ok_or(StepError::Internal("raw output without a disk"))?;
+                let r = disk
+                    .files
+                    .get("disk.raw")
+                    .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
+                let mut out = StepOutput::default();
+                out.files.insert(self.file_name.clone(), r.clone());
+                out.meta = disk.meta.clone();
+                return Ok(out);
+            }
+            OutputFormat::Qcow2 => {
+                let disk = ctx
+                    .inputs
+                    .first()
+                    .ok_or(StepError::Internal("qcow2 output without a disk"))?;
+                let r = disk
+                    .files
+                    .get("disk.raw")
+                    .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
+                let raw = ctx.work.join("disk.raw");
+                ctx.store.blob_to_file(&r.digest, &raw)?;
+                crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, false)?;
+                let _ = std::fs::remove_file(&raw);
+            }
+        }
+        self.finish(ctx, &path)
+    }
+
+    fn finish(&self, ctx: &StepContext, path: &Path) -> Result<StepOutput, StepError> {
+        let sha = sha256_file(path)?;
+        let r = ctx.store.put_file(path)?;
+        let mut out = StepOutput::default();
+        out.files.insert(self.file_name.clone(), r);
+        out.meta.insert("sha256".into(), sha);
+        Ok(out)
+    }
+}
+
+pub fn format_name(f: OutputFormat) -> &'static str {
+    match f {
+        OutputFormat::Tar => "tar",
+        OutputFormat::Raw => "raw",
+        OutputFormat::Qcow2 => "qcow2",
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, StepError> {
+    let mut f = std::fs::File::open(path).map_err(StepError::io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(StepError::io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}

@@ -1,0 +1,37 @@
+//! `run "command"`: runs a shell command inside the image root.
+//!
+//! Makes: the input tree as the command leaves it (host DNS lent for the command's duration,
+//! then taken back; mtimes clamped to the image epoch). Needs root (chroot and mounts in a
+//! private namespace).
+//!
+//! Key: input tree key; the command text.
+
+use imgspec_cache::StepOutput;
+
+use super::chroot::Session;
+use super::{StepContext, StepError};
+use crate::plan::key::KeyBuilder;
+use crate::tools::{Tool, CHROOT, UNSHARE};
+
+pub const VERSION: u32 = 1;
+pub const TOOLS: &[Tool] = &[UNSHARE, CHROOT];
+
+#[derive(Clone, Debug)]
+pub struct RunStep {
+    pub command: String,
+}
+
+impl RunStep {
+    pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), super::FactError> {
+        k.param("command", &self.command);
+        Ok(())
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let mut s = Session::open(ctx, 0, "`run` chroots into the image")?;
+        s.with_network()?;
+        s.run(ctx, &self.command)?;
+        let m = s.close(ctx)?;
+        ctx.tree_output(&m)
+    }
+}

@@ -1,0 +1,169 @@
+//! The test workspace: a temporary folder with its own cache, spec files written into it, and
+//! the real `imgspec` binary run inside it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "imgspec failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+
+    /// Runs `imgspec ARGS` in the workspace with the cache at `cache`.
+    pub fn run_with_cache(&self, cache: &str, args: &[&str]) -> Run {
+        Command::new(env!("CARGO_BIN_EXE_imgspec"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("IMGSPEC_CACHE_DIR", self.path(cache))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_cache("cache", args)
+    }
+
+    /// A tiny root filesystem tarball made of this host's `sh`, `env` and a few coreutils with
+    /// their libraries: enough for `run` steps to chroot into, with no network.
+    pub fn rootfs_tar(&self, rel: &str) {
+        let root = self.path("rootfs-src");
+        for d in ["usr/bin", "usr/lib", "usr/lib64", "etc", "tmp"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for (link, target) in [
+            ("bin", "usr/bin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+        }
+        let bins = [
+            "sh", "env", "cat", "date", "echo", "mkdir", "touch", "rm", "ls", "chmod",
+        ];
+        for b in bins {
+            let src = which(b);
+            copy_into(&root, &src, &format!("usr/bin/{b}"));
+            for lib in libs_of(&src) {
+                let rel = usr_path(&lib);
+                if !root.join(&rel).exists() {
+                    copy_into(&root, &lib, &rel);
+                }
+            }
+        }
+        std::fs::write(root.join("etc/os-release"), "ID=fixture\n").unwrap();
+        let out = Command::new("tar")
+            .args([
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+            ])
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(self.path(rel))
+            .arg(".")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
+
+fn which(b: &str) -> PathBuf {
+    for d in ["/usr/bin", "/bin"] {
+        let p = Path::new(d).join(b);
+        if p.exists() {
+            return std::fs::canonicalize(p).unwrap();
+        }
+    }
+    panic!("host has no `{b}`")
+}
+
+/// `/lib/x86_64-linux-gnu/libc.so.6` → `usr/lib/x86_64-linux-gnu/libc.so.6`.
+fn usr_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    let s = s.trim_start_matches('/');
+    if s.starts_with("usr/") {
+        s.to_string()
+    } else {
+        format!("usr/{s}")
+    }
+}
+
+fn libs_of(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w = l.split_whitespace().find(|w| w.starts_with('/'))?;
+            Some(PathBuf::from(w))
+        })
+        .collect()
+}
+
+fn copy_into(root: &Path, src: &Path, rel: &str) {
+    let dst = root.join(rel);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::copy(std::fs::canonicalize(src).unwrap(), &dst).unwrap();
+}
+
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}

@@ -1,0 +1,219 @@
+//! The engine end to end, with no network: `base "tar"`, `files`, `run`, `output "tar"`.
+
+use crate::common::{sha256, Workspace};
+
+const SPEC: &str = r#"
+image "mini" {
+    base "tar" path="rootfs.tar"
+    files "overlay/" dest="/"
+    run "echo built > /etc/built-by-run && chmod 600 /etc/built-by-run"
+    output "tar"
+}
+"#;
+
+fn mini() -> Workspace {
+    let w = Workspace::new();
+    w.rootfs_tar("rootfs.tar");
+    w.write("mini.kdl", SPEC);
+    w.write("overlay/etc/motd", "hello\n");
+    w.write("overlay/usr/share/doc/mini/README", "doc\n");
+    w
+}
+
+fn tar_list(w: &Workspace, tar: &str) -> String {
+    let out = std::process::Command::new("tar")
+        .args(["-tvf"])
+        .arg(w.path(tar))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn builds_a_tar_image_and_the_second_build_is_all_cached() {
+    let w = mini();
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(
+        r.stderr.contains("4 steps built, 0 cached, 0 failed"),
+        "{}",
+        r.stderr
+    );
+    let listing = tar_list(&w, "out/mini/mini.tar");
+    assert!(
+        listing.contains("./etc/motd") || listing.contains("etc/motd"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("-rw------- 0/0") && listing.contains("etc/built-by-run"),
+        "{listing}"
+    );
+    // Merged /usr: the overlay's usr/share lands in the real usr, not beside the link.
+    assert!(listing.contains("usr/share/doc/mini/README"), "{listing}");
+    let sums = std::fs::read_to_string(w.path("out/mini/SHA256SUMS")).unwrap();
+    assert_eq!(
+        sums,
+        format!("{}  mini.tar\n", sha256(&w.path("out/mini/mini.tar")))
+    );
+
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(
+        r.stderr.contains("0 steps built, 4 cached, 0 failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("(unchanged)"), "{}", r.stderr);
+}
+
+#[test]
+fn two_empty_caches_give_identical_bytes() {
+    let w = mini();
+    w.run_with_cache("cache-a", &["build", "mini.kdl", "--out-dir", "out-a"])
+        .ok();
+    w.run_with_cache("cache-b", &["build", "mini.kdl", "--out-dir", "out-b"])
+        .ok();
+    assert_eq!(
+        sha256(&w.path("out-a/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
+
+#[test]
+fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
+    let w = mini();
+    w.run(&["build", "mini.kdl"]).ok();
+    w.write("overlay/etc/motd", "changed\n");
+    let plan = w.run(&["plan", "mini.kdl"]).ok().stdout;
+    let line = |label: &str| {
+        plan.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` in\n{plan}"))
+            .to_string()
+    };
+    assert!(line("base tar").contains("cached"), "{plan}");
+    assert!(
+        line("files overlay/").contains("file `etc/motd` changed"),
+        "{plan}"
+    );
+    assert!(line("run").contains("input `files#1` changed"), "{plan}");
+    let json: serde_json::Value =
+        serde_json::from_str(&w.run(&["--json", "plan", "mini.kdl"]).ok().stdout).unwrap();
+    let steps = json["images"][0]["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4);
+    assert_eq!(steps[0]["cached"], true);
+    assert_eq!(steps[1]["cached"], false);
+
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("3 steps built, 1 cached"), "{}", r.stderr);
+}
+
+#[test]
+fn a_deleted_output_is_restored_without_rebuilding() {
+    let w = mini();
+    w.run(&["build", "mini.kdl"]).ok();
+    let before = sha256(&w.path("out/mini/mini.tar"));
+    std::fs::remove_file(w.path("out/mini/mini.tar")).unwrap();
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("0 steps built, 4 cached"), "{}", r.stderr);
+    assert_eq!(sha256(&w.path("out/mini/mini.tar")), before);
+}
+
+#[test]
+fn a_failing_step_names_itself_keeps_its_log_and_stores_nothing() {
+    let w = mini();
+    w.write(
+        "mini.kdl",
+        &SPEC.replace(
+            "run \"echo built",
+            "run \"echo going wrong >&2; exit 3\"\n    run \"echo built",
+        ),
+    );
+    let r = w.run(&["build", "mini.kdl"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("step `run `echo going wrong >&2; exit 3`` failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("going wrong"),
+        "the log's tail is shown: {}",
+        r.stderr
+    );
+    let log = r
+        .stderr
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log: "))
+        .expect("a log path")
+        .to_string();
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("going wrong"));
+    // Steps before it are stored; it and what follows are not.
+    let ls = w.run(&["cache", "ls"]).ok().stdout;
+    assert!(ls.contains("base-tar") && ls.contains("files"), "{ls}");
+    assert!(!ls.contains("run "), "{ls}");
+    assert!(!w.path("out/mini/mini.tar").exists());
+    // Nothing half-written under the store's tmp/.
+    let tmp: Vec<_> = std::fs::read_dir(w.path("cache/tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+#[test]
+fn variants_share_their_common_layers() {
+    let w = mini();
+    w.write(
+        "variants.kdl",
+        r#"
+template "common" {
+    base "tar" path="rootfs.tar"
+    files "overlay/"
+}
+image "one" extends="common" {
+    run "echo one > /etc/variant"
+    output "tar"
+}
+image "two" extends="common" {
+    run "echo two > /etc/variant"
+    output "tar"
+}
+"#,
+    );
+    let r = w.run(&["build", "variants.kdl"]).ok();
+    // base + files once, then a run and an output for each image.
+    assert!(r.stderr.contains("6 steps built, 0 cached"), "{}", r.stderr);
+    assert!(w.path("out/one/one.tar").exists() && w.path("out/two/two.tar").exists());
+}
+
+#[test]
+fn check_reports_spec_errors_with_exit_code_2() {
+    let w = mini();
+    w.write(
+        "bad.kdl",
+        "image \"x\" {\n    base \"tar\" path=\"rootfs.tar\"\n    outptu \"tar\"\n}\n",
+    );
+    let r = w.run(&["check", "bad.kdl"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("outptu"), "{}", r.stderr);
+    assert!(r.stderr.contains("output"), "did-you-mean: {}", r.stderr);
+    w.run(&["check", "mini.kdl"]).ok();
+}
+
+#[test]
+fn cache_commands() {
+    let w = mini();
+    w.run(&["build", "mini.kdl"]).ok();
+    let du = w.run(&["cache", "du"]).ok().stdout;
+    assert!(du.contains("4 step results"), "{du}");
+    let v = w.run(&["cache", "verify"]).ok().stdout;
+    assert!(v.contains("0 corrupt"), "{v}");
+    // Keep only what another spec needs: everything of mini goes.
+    w.write(
+        "other.kdl",
+        "image \"o\" {\n    base \"tar\" path=\"rootfs.tar\"\n    output \"tar\"\n}\n",
+    );
+    let gc = w.run(&["cache", "gc", "other.kdl"]).ok().stdout;
+    assert!(gc.contains("removed 3 step results"), "{gc}");
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("3 steps built, 1 cached"), "{}", r.stderr);
+}

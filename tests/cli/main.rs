@@ -1,0 +1,4 @@
+//! Integration tests: the real `imgspec` binary on spec files in a temporary workspace.
+
+mod common;
+mod engine;
