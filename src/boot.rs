@@ -1,8 +1,9 @@
 //! `imgspec boot`: starts an image in QEMU on a throw-away overlay and watches its serial
 //! console until a login prompt appears.
 //!
-//! KVM is used when it works and TCG (software emulation) otherwise (`-accel kvm -accel tcg`:
-//! QEMU takes the first that starts). UEFI boots with OVMF (a private copy of its variable
+//! KVM is used when it works and TCG (software emulation) otherwise: a VM that dies under KVM
+//! before the guest printed anything (a `/dev/kvm` that opens but cannot run a guest does that)
+//! is started again under TCG. UEFI boots with OVMF (a private copy of its variable
 //! store), BIOS with QEMU's SeaBIOS. The VM is always stopped: on success, on timeout and when
 //! this process unwinds.
 
@@ -18,8 +19,17 @@ pub enum Firmware {
     Bios,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM if it works, else TCG.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
 #[derive(Clone, Debug)]
 pub struct BootOptions {
+    pub accel: Accel,
     pub image: PathBuf,
     pub firmware: Firmware,
     pub timeout: Duration,
@@ -97,12 +107,16 @@ impl Drop for Vm {
 }
 
 /// The QEMU command line (without the program name).
-pub fn qemu_args(o: &BootOptions, overlay: &Path, vars: Option<(&str, &Path)>) -> Vec<String> {
-    let mut a: Vec<String> = [
-        "-accel", "kvm", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-smp", "2",
-    ]
-    .map(String::from)
-    .to_vec();
+pub fn qemu_args(
+    o: &BootOptions,
+    kvm: bool,
+    overlay: &Path,
+    vars: Option<(&str, &Path)>,
+) -> Vec<String> {
+    let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
+    let mut a: Vec<String> = ["-accel", accel, "-machine", "q35", "-cpu", cpu, "-smp", "2"]
+        .map(String::from)
+        .to_vec();
     a.extend(["-m".into(), o.memory_mib.to_string()]);
     a.extend(
         [
@@ -142,8 +156,43 @@ pub fn qemu_args(o: &BootOptions, overlay: &Path, vars: Option<(&str, &Path)>) -
     a
 }
 
+/// Whether `/dev/kvm` can be opened for use.
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 /// Boots and waits for `expect` on the console. `on_line` sees every console line.
 pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, BootError> {
+    let try_kvm = match o.accel {
+        Accel::Kvm => true,
+        Accel::Tcg => false,
+        Accel::Auto => kvm_usable(),
+    };
+    if try_kvm {
+        let mut lines = 0usize;
+        let r = boot_with(o, true, &mut |l| {
+            lines += 1;
+            on_line(l)
+        });
+        match r {
+            Err(BootError::Exited { .. }) if o.accel == Accel::Auto && lines <= 3 => {
+                on_line("(KVM does not work here: starting again under TCG, software emulation)");
+            }
+            other => return other,
+        }
+    }
+    boot_with(o, false, on_line)
+}
+
+fn boot_with(
+    o: &BootOptions,
+    kvm: bool,
+    on_line: &mut dyn FnMut(&str),
+) -> Result<Duration, BootError> {
     let image = std::fs::canonicalize(&o.image).map_err(|_| BootError::NoImage(o.image.clone()))?;
     let tmp = tempfile::tempdir().map_err(|source| BootError::Io {
         path: std::env::temp_dir(),
@@ -184,7 +233,12 @@ pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, 
         })?;
         vars = Some((*code, copy));
     }
-    let args = qemu_args(o, &overlay, vars.as_ref().map(|(c, v)| (*c, v.as_path())));
+    let args = qemu_args(
+        o,
+        kvm,
+        &overlay,
+        vars.as_ref().map(|(c, v)| (*c, v.as_path())),
+    );
     let child = Command::new("qemu-system-x86_64")
         .args(&args)
         .stdin(Stdio::null())
@@ -346,6 +400,7 @@ mod tests {
     #[test]
     fn uefi_command_line_has_both_pflash_drives() {
         let o = BootOptions {
+            accel: Accel::Auto,
             image: "x.qcow2".into(),
             firmware: Firmware::Uefi,
             timeout: Duration::from_secs(1),
@@ -355,11 +410,12 @@ mod tests {
         };
         let a = qemu_args(
             &o,
+            false,
             Path::new("/t/o.qcow2"),
             Some(("/c.fd", Path::new("/t/v.fd"))),
         );
         let s = a.join(" ");
-        assert!(s.contains("-accel kvm -accel tcg"));
+        assert!(s.contains("-accel tcg -machine q35 -cpu max"));
         assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/c.fd"));
         assert!(s.contains("if=pflash,format=raw,unit=1,file=/t/v.fd"));
         assert!(s.contains("file=/t/o.qcow2,if=virtio,format=qcow2"));

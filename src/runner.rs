@@ -130,6 +130,40 @@ pub trait Runner: Send + Sync {
 /// Runs commands on this machine.
 pub struct HostRunner;
 
+/// Process ids of the children running now, so that [`terminate_all`] can stop them.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Asks every running child to stop (SIGTERM). Called by the CLI on Ctrl-C or SIGTERM: the
+/// steps then fail, clean their scratch space, and nothing is recorded.
+pub fn terminate_all() {
+    for &pid in CHILDREN.lock().unwrap().iter() {
+        // SAFETY: kill has no memory-safety preconditions; a stale pid at worst gets ESRCH.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+}
+
+/// Runs a started child to completion while it is registered in [`CHILDREN`].
+fn tracked<T>(
+    child: std::io::Result<std::process::Child>,
+    program: &str,
+    wait: impl FnOnce(std::process::Child) -> std::io::Result<T>,
+) -> Result<T, RunError> {
+    let child = child.map_err(|source| RunError::Spawn {
+        program: program.to_string(),
+        source,
+    })?;
+    let pid = child.id();
+    CHILDREN.lock().unwrap().push(pid);
+    let r = wait(child);
+    CHILDREN.lock().unwrap().retain(|&p| p != pid);
+    r.map_err(|source| RunError::Spawn {
+        program: program.to_string(),
+        source,
+    })
+}
+
 impl HostRunner {
     fn command(cmd: &Cmd, log: &Path) -> Result<(std::process::Command, File), RunError> {
         let io = |source| RunError::Io {
@@ -192,20 +226,16 @@ impl Runner for HostRunner {
                 })?);
             }
         }
-        let status = c.status().map_err(|source| RunError::Spawn {
-            program: cmd.program.to_string_lossy().into_owned(),
-            source,
-        })?;
+        let program = cmd.program.to_string_lossy();
+        let status = tracked(c.spawn(), &program, |mut ch| ch.wait())?;
         Self::finish(cmd, log, status)
     }
 
     fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError> {
         let (mut c, _logf) = Self::command(cmd, log)?;
         c.stdout(Stdio::piped());
-        let out = c.output().map_err(|source| RunError::Spawn {
-            program: cmd.program.to_string_lossy().into_owned(),
-            source,
-        })?;
+        let program = cmd.program.to_string_lossy();
+        let out = tracked(c.spawn(), &program, |ch| ch.wait_with_output())?;
         Self::finish(cmd, log, out.status)?;
         Ok(out.stdout)
     }

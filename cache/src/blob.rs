@@ -96,7 +96,10 @@ impl Store {
         }
         let digest = BlobDigest::from_hash(h.finalize());
         if self.has_blob(&digest) {
-            return Ok(FileRef { digest, size: total });
+            return Ok(FileRef {
+                digest,
+                size: total,
+            });
         }
         file.rewind().map_err(StoreError::io(path))?;
         self.write_blob(&mut file, Some(size), path)
@@ -133,18 +136,22 @@ impl Store {
             Some(s) => s >= MULTITHREAD_FROM,
             None => n == CHUNK,
         };
-        let mut enc = zstd::Encoder::new(tmp.as_file(), ZSTD_LEVEL).map_err(StoreError::io(&tmp_path))?;
+        let mut enc =
+            zstd::Encoder::new(tmp.as_file(), ZSTD_LEVEL).map_err(StoreError::io(&tmp_path))?;
         if large {
-            enc.multithread(zstd_threads()).map_err(StoreError::io(&tmp_path))?;
+            enc.multithread(zstd_threads())
+                .map_err(StoreError::io(&tmp_path))?;
         }
         if let Some(s) = size_hint {
-            enc.set_pledged_src_size(Some(s)).map_err(StoreError::io(&tmp_path))?;
+            enc.set_pledged_src_size(Some(s))
+                .map_err(StoreError::io(&tmp_path))?;
         }
         let mut h = blake3::Hasher::new();
         let mut size = 0u64;
         while n > 0 {
             hash_update(&mut h, &buf[..n]);
-            enc.write_all(&buf[..n]).map_err(StoreError::io(&tmp_path))?;
+            enc.write_all(&buf[..n])
+                .map_err(StoreError::io(&tmp_path))?;
             size += n as u64;
             n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
         }
@@ -157,14 +164,23 @@ impl Store {
             });
         }
         enc.finish().map_err(StoreError::io(&tmp_path))?;
-        tmp.as_file().sync_all().map_err(StoreError::io(&tmp_path))?;
+        // Blobs are immutable: read-only, so a slip of a tool cannot edit one in place.
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io(&tmp_path))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(StoreError::io(&tmp_path))?;
         let digest = BlobDigest::from_hash(h.finalize());
         let target = self.blob_path(&digest);
         let shard = target.parent().expect("blob path has a shard dir");
         fs::create_dir_all(shard).map_err(StoreError::io(shard))?;
         // Rename is atomic; if the blob is already there it holds the same bytes, and replacing
         // it is as good as keeping it (and heals one that was damaged).
-        tmp.persist(&target).map_err(|e| StoreError::Io { path: target.clone(), source: e.error })?;
+        tmp.persist(&target).map_err(|e| StoreError::Io {
+            path: target.clone(),
+            source: e.error,
+        })?;
         Ok(FileRef { digest, size })
     }
 
@@ -175,11 +191,19 @@ impl Store {
         let path = self.blob_path(d);
         let file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::MissingBlob(*d)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob(*d))
+            }
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         let decoder = zstd::Decoder::new(file).map_err(StoreError::io(&path))?;
-        Ok(BlobReader { digest: *d, decoder, hasher: blake3::Hasher::new(), size: 0, done: false })
+        Ok(BlobReader {
+            digest: *d,
+            decoder,
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            done: false,
+        })
     }
 
     /// The blob's bytes, checked against its digest.
@@ -209,9 +233,13 @@ impl Store {
             .map_err(StoreError::io(dir))?;
         self.write_sparse(d, tmp.as_file(), tmp.path())?;
         let f = tmp.as_file();
-        f.set_permissions(fs::Permissions::from_mode(0o644)).map_err(StoreError::io(tmp.path()))?;
+        f.set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(StoreError::io(tmp.path()))?;
         f.sync_all().map_err(StoreError::io(tmp.path()))?;
-        tmp.persist(dest).map_err(|e| StoreError::Io { path: dest.to_path_buf(), source: e.error })?;
+        tmp.persist(dest).map_err(|e| StoreError::Io {
+            path: dest.to_path_buf(),
+            source: e.error,
+        })?;
         Ok(())
     }
 
@@ -296,14 +324,20 @@ impl BlobReader {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
-                    return Err(StoreError::Undecodable { digest: self.digest, source });
+                    return Err(StoreError::Undecodable {
+                        digest: self.digest,
+                        source,
+                    });
                 }
             }
         };
         if n == 0 {
             let actual = BlobDigest::from_hash(self.hasher.finalize());
             if actual != self.digest {
-                return Err(StoreError::Corrupt { digest: self.digest, actual });
+                return Err(StoreError::Corrupt {
+                    digest: self.digest,
+                    actual,
+                });
             }
             self.done = true;
             return Ok(0);

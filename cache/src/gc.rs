@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -11,8 +12,26 @@ use rusqlite::{params, TransactionBehavior};
 
 use crate::index::{all_records, now};
 use crate::{
-    BlobDigest, GcPolicy, GcReport, Result, StepRecord, Store, StoreError, Usage, VerifyReport,
+    BlobDigest, GcPolicy, GcReport, Result, StepKey, StepOutput, StepRecord, Store, StoreError,
+    Usage, VerifyReport,
 };
+
+/// The blobs a record references; `None` when they cannot be known (its manifest is gone).
+type Refs = Option<BTreeSet<BlobDigest>>;
+
+/// Forgets the cached digests of files that no longer exist.
+fn prune_file_digests(conn: &rusqlite::Connection) -> Result<()> {
+    let paths: Vec<Vec<u8>> = conn
+        .prepare("SELECT path FROM file_digests")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for p in paths {
+        if fs::symlink_metadata(Path::new(std::ffi::OsStr::from_bytes(&p))).is_err() {
+            conn.execute("DELETE FROM file_digests WHERE path = ?1", params![p])?;
+        }
+    }
+    Ok(())
+}
 
 /// A blob file found under `blobs-v1/`.
 struct BlobFile {
@@ -28,25 +47,42 @@ impl Store {
         for shard in fs::read_dir(&self.blobs).map_err(StoreError::io(&self.blobs))? {
             let shard = shard.map_err(StoreError::io(&self.blobs))?;
             let shard_name = shard.file_name();
-            let Some(prefix) = shard_name.to_str().filter(|s| s.len() == 2) else { continue };
-            if !shard.file_type().map_err(StoreError::io(shard.path()))?.is_dir() {
+            let Some(prefix) = shard_name.to_str().filter(|s| s.len() == 2) else {
+                continue;
+            };
+            if !shard
+                .file_type()
+                .map_err(StoreError::io(shard.path()))?
+                .is_dir()
+            {
                 continue;
             }
             let dir = shard.path();
             for f in fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
                 let f = f.map_err(StoreError::io(&dir))?;
                 let name = f.file_name();
-                let Some(digest) = name.to_str().and_then(|rest| BlobDigest::parse_hex(&format!("{prefix}{rest}")))
+                let Some(digest) = name
+                    .to_str()
+                    .and_then(|rest| BlobDigest::parse_hex(&format!("{prefix}{rest}")))
                 else {
                     continue;
                 };
                 let meta = match f.metadata() {
                     Ok(m) => m,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // removed meanwhile
-                    Err(e) => return Err(StoreError::Io { path: f.path(), source: e }),
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            path: f.path(),
+                            source: e,
+                        })
+                    }
                 };
                 if meta.is_file() {
-                    out.push(BlobFile { digest, path: f.path(), size: meta.len() });
+                    out.push(BlobFile {
+                        digest,
+                        path: f.path(),
+                        size: meta.len(),
+                    });
                 }
             }
         }
@@ -54,14 +90,24 @@ impl Store {
     }
 
     /// The blobs each record references, or `None` for a record whose manifest is missing or
-    /// corrupt (such a record can never be used again).
-    fn references(&self, records: &[StepRecord]) -> Result<Vec<Option<BTreeSet<BlobDigest>>>> {
+    /// corrupt (such a record can never be used again). `known` holds references worked out
+    /// before, reused for records whose output has not changed since.
+    fn references(
+        &self,
+        records: &[StepRecord],
+        known: &HashMap<StepKey, (StepOutput, Refs)>,
+    ) -> Result<Vec<Refs>> {
         records
             .par_iter()
-            .map(|r| match self.output_blobs(&r.output) {
-                Ok(b) => Ok(Some(b)),
-                Err(e) if matches!(e, StoreError::MissingBlob(_)) || e.is_corrupt() => Ok(None),
-                Err(e) => Err(e),
+            .map(|r| {
+                if let Some((_, refs)) = known.get(&r.key).filter(|(o, _)| *o == r.output) {
+                    return Ok(refs.clone());
+                }
+                match self.output_blobs(&r.output) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if matches!(e, StoreError::MissingBlob(_)) || e.is_corrupt() => Ok(None),
+                    Err(e) => Err(e),
+                }
             })
             .collect()
     }
@@ -73,12 +119,17 @@ impl Store {
         let mut conn = self.conn();
 
         // Phase 1: choose and delete records.
+        let mut known = HashMap::new();
         {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let records = all_records(&tx)?; // most recently used first
-            let refs = self.references(&records)?;
-            let mut remove: HashSet<usize> =
-                refs.iter().enumerate().filter(|(_, r)| r.is_none()).map(|(i, _)| i).collect();
+            let (records, unparsable) = all_records(&tx)?; // most recently used first
+            let refs = self.references(&records, &known)?;
+            let mut remove: HashSet<usize> = refs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_none())
+                .map(|(i, _)| i)
+                .collect();
             match policy {
                 GcPolicy::Keep(keys) => {
                     let keep: HashSet<_> = keys.iter().collect();
@@ -99,7 +150,8 @@ impl Store {
                             }
                         }
                     }
-                    let size_of = |d: &BlobDigest| fs::metadata(self.blob_path(d)).map_or(0, |m| m.len());
+                    let size_of =
+                        |d: &BlobDigest| fs::metadata(self.blob_path(d)).map_or(0, |m| m.len());
                     let mut total: u64 = users.keys().map(size_of).sum();
                     for i in (0..records.len()).rev() {
                         if total <= *max {
@@ -120,19 +172,34 @@ impl Store {
                 }
             }
             for &i in &remove {
-                tx.execute("DELETE FROM steps WHERE key = ?1", params![records[i].key.to_hex()])?;
+                tx.execute(
+                    "DELETE FROM steps WHERE key = ?1",
+                    params![records[i].key.to_hex()],
+                )?;
             }
-            tx.execute("DELETE FROM last_build WHERE key NOT IN (SELECT key FROM steps)", [])?;
+            for key in &unparsable {
+                tx.execute("DELETE FROM steps WHERE key = ?1", params![key])?;
+            }
+            tx.execute(
+                "DELETE FROM last_build WHERE key NOT IN (SELECT key FROM steps)",
+                [],
+            )?;
+            prune_file_digests(&tx)?;
             tx.commit()?;
-            report.records_removed = remove.len();
+            report.records_removed = remove.len() + unparsable.len();
+            for (i, (r, refs)) in records.into_iter().zip(refs).enumerate() {
+                if !remove.contains(&i) {
+                    known.insert(r.key, (r.output, refs));
+                }
+            }
         }
 
         // Phase 2: mark from the records that remain, sweep the rest. The write lock is held
         // (and nothing written) so that no `record` can land between the mark and the sweep.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let records = all_records(&tx)?;
+        let (records, _) = all_records(&tx)?;
         let mut live: HashSet<BlobDigest> = HashSet::new();
-        for r in self.references(&records)? {
+        for r in self.references(&records, &known)? {
             // A record that lost its manifest since phase 1 keeps nothing alive: lookup will
             // drop it.
             live.extend(r.into_iter().flatten());
@@ -147,7 +214,12 @@ impl Store {
                     report.bytes_freed += b.size;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Io { path: b.path, source: e }),
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: b.path,
+                        source: e,
+                    })
+                }
             }
         }
         drop(tx); // rolls back: nothing was written
@@ -170,9 +242,12 @@ impl Store {
 
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let records = all_records(&tx)?;
+        let (records, unparsable) = all_records(&tx)?;
+        for key in &unparsable {
+            tx.execute("DELETE FROM steps WHERE key = ?1", params![key])?;
+        }
         let mut missing = BTreeSet::new();
-        let mut dropped = 0;
+        let mut dropped = unparsable.len();
         for r in &records {
             let blobs = match self.output_blobs(&r.output) {
                 Ok(b) => b,
@@ -213,7 +288,12 @@ impl Store {
         let ino = match fs::metadata(path) {
             Ok(m) => m.ino(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
-            Err(e) => return Err(StoreError::Io { path: path.to_path_buf(), source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })
+            }
         };
         let mut r = match self.open_blob(d) {
             Ok(r) => r,
@@ -239,7 +319,9 @@ impl Store {
 
     /// Records, blobs and the bytes the blobs take on disk.
     pub fn usage(&self) -> Result<Usage> {
-        let records: i64 = self.conn().query_row("SELECT count(*) FROM steps", [], |r| r.get(0))?;
+        let records: i64 = self
+            .conn()
+            .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))?;
         let blobs = self.blob_files()?;
         Ok(Usage {
             records: records as usize,

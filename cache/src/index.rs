@@ -64,7 +64,11 @@ pub(crate) fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {
-        return Err(StoreError::IndexTooNew { path: path.to_path_buf(), found: version, supported });
+        return Err(StoreError::IndexTooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported,
+        });
     }
     for sql in &MIGRATIONS[version as usize..] {
         tx.execute_batch(sql)?;
@@ -113,8 +117,11 @@ impl Row {
             key: self.key.clone(),
             source: serde::de::Error::custom("key is not a digest"),
         })?;
-        let output = serde_json::from_str(&self.output)
-            .map_err(|source| StoreError::BadRecord { key: self.key.clone(), source })?;
+        let output =
+            serde_json::from_str(&self.output).map_err(|source| StoreError::BadRecord {
+                key: self.key.clone(),
+                source,
+            })?;
         Ok(StepRecord {
             key,
             kind: self.kind,
@@ -127,12 +134,26 @@ impl Row {
     }
 }
 
-pub(crate) fn all_records(conn: &Connection) -> Result<Vec<StepRecord>> {
+/// Every record, most recently used first, and the keys of rows that do not parse (a damaged
+/// index; nothing can use them, so callers that write drop them).
+pub(crate) fn all_records(conn: &Connection) -> Result<(Vec<StepRecord>, Vec<String>)> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {ROW_COLUMNS} FROM steps ORDER BY last_used DESC, key"
     ))?;
-    let rows = stmt.query_map([], Row::from_sql)?.collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(Row::parse).collect()
+    let rows = stmt
+        .query_map([], Row::from_sql)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut records = Vec::with_capacity(rows.len());
+    let mut bad = Vec::new();
+    for row in rows {
+        let key = row.key.clone();
+        match row.parse() {
+            Ok(r) => records.push(r),
+            Err(e) if e.is_corrupt() => bad.push(key),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((records, bad))
 }
 
 impl Store {
@@ -147,6 +168,17 @@ impl Store {
         }
         blobs.extend(output.files.values().map(|f| f.digest));
         Ok(blobs)
+    }
+
+    /// A blob of `blobs` that is not in the store, if any. Checked in parallel: a root
+    /// filesystem references tens of thousands of blobs, and a no-op build looks up every step.
+    pub(crate) fn first_missing(&self, blobs: &BTreeSet<BlobDigest>) -> Option<BlobDigest> {
+        use rayon::prelude::*;
+        let blobs: Vec<&BlobDigest> = blobs.iter().collect();
+        blobs
+            .par_iter()
+            .find_any(|d| !self.has_blob(d))
+            .map(|d| **d)
     }
 
     /// Sum of on-disk sizes of `blobs`; `MissingBlob` names the first that is not there.
@@ -202,9 +234,13 @@ impl Store {
     /// The parsed record if it and every blob it references are there; `None` if something is
     /// missing or corrupt.
     fn complete_record(&self, row: Row) -> Result<Option<StepRecord>> {
-        let checked = row
-            .parse()
-            .and_then(|rec| self.output_blobs(&rec.output).and_then(|b| self.blobs_size(&b)).map(|_| rec));
+        let checked = row.parse().and_then(|rec| {
+            let blobs = self.output_blobs(&rec.output)?;
+            match self.first_missing(&blobs) {
+                Some(d) => Err(StoreError::MissingBlob(d)),
+                None => Ok(rec),
+            }
+        });
         match checked {
             Ok(rec) => Ok(Some(rec)),
             Err(e) if matches!(e, StoreError::MissingBlob(_)) || e.is_corrupt() => Ok(None),
@@ -236,7 +272,7 @@ impl Store {
 
     /// Every record, most recently used first.
     pub fn list(&self) -> Result<Vec<StepRecord>> {
-        all_records(&self.conn())
+        Ok(all_records(&self.conn())?.0)
     }
 
     /// The key and explanation last recorded for `step` of `image`.
@@ -254,7 +290,13 @@ impl Store {
 
     /// Remembers that `step` of `image` was last built with `key`; `explain` is the caller's
     /// opaque JSON saying what went into the key, so a later build can say why it changed.
-    pub fn set_last_build(&self, image: &str, step: &str, key: &StepKey, explain: &str) -> Result<()> {
+    pub fn set_last_build(
+        &self,
+        image: &str,
+        step: &str,
+        key: &StepKey,
+        explain: &str,
+    ) -> Result<()> {
         self.conn().execute(
             "INSERT INTO last_build (image, step, key, explain) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (image, step) DO UPDATE SET key = excluded.key, explain = excluded.explain",
@@ -320,7 +362,8 @@ mod tests {
     use super::*;
 
     fn user_version(conn: &Connection) -> i64 {
-        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap()
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -338,9 +381,13 @@ mod tests {
         migrate(&mut conn, &path).unwrap();
         let conn2 = open(&path).unwrap();
         assert_eq!(user_version(&conn2), MIGRATIONS.len() as i64);
-        let n: i64 = conn2.query_row("SELECT count(*) FROM last_build", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn2
+            .query_row("SELECT count(*) FROM last_build", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 1);
-        let mode: String = conn2.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let mode: String = conn2
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 

@@ -29,9 +29,9 @@
 //! **Architecture Invariant:** a file under `blobs-v1/` is either absent or complete, and a step
 //! record only points at blobs that exist.
 //!
-//! - A blob is written into a temp file under `tmp/`, hashed while it streams, `fsync`ed, and
-//!   only then renamed to its digest's name. Rename is atomic, and a target that already exists
-//!   is success (same digest, same bytes).
+//! - A blob is written into a temp file under `tmp/`, hashed while it streams, `fsync`ed, made
+//!   read-only, and only then renamed to its digest's name. Rename is atomic, and a blob that
+//!   is already there is success: same digest, same bytes.
 //! - Every read re-hashes what it decompresses and fails with [`StoreError::Corrupt`] instead of
 //!   returning wrong bytes; `blob_to_file` checks the digest before renaming its temp file into
 //!   place.
@@ -41,6 +41,9 @@
 //!   record whose blobs have gone (deleted by hand, lost in a crash) and reports a miss.
 //! - Killing the process at any point leaves at worst a temp file (removed by a later open) or
 //!   a blob no record references (removed by `gc`).
+//! - `gc` and `verify` only ever delete a record before (or together with) the blobs it needs.
+//!   A `gc` running while another build stores blobs it has not recorded yet may sweep them;
+//!   that build's `record` then fails with `MissingBlob` rather than point at nothing.
 //!
 //! # Trees
 //!
@@ -56,6 +59,17 @@
 //! the sorted struct; its [`TreeDigest`] is that blob's digest. Equal trees therefore have equal
 //! digests, and a tree costs one small blob beyond the file contents it shares with every other
 //! tree.
+//!
+//! # Code map
+//!
+//! - `blob`: put, read, `blob_to_file`; the only writer of `blobs-v1/`.
+//! - `tree`: manifest order and validation, `import_dir`, `export_dir`, `diff`.
+//! - `tarball`: `import_tar` (GNU and PAX) and the deterministic PAX `export_tar`.
+//! - `index`: the SQLite schema and its migrations, `record`, `lookup`, `last_build`,
+//!   `hash_file_cached`.
+//! - `gc`: `gc`, `verify`, `usage`.
+//! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
+//! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,7 +165,10 @@ pub enum StoreError {
     #[error("cache index error")]
     Sqlite(#[from] rusqlite::Error),
     #[error("blob `{digest}` is corrupt: its content hashes to `{actual}`")]
-    Corrupt { digest: BlobDigest, actual: BlobDigest },
+    Corrupt {
+        digest: BlobDigest,
+        actual: BlobDigest,
+    },
     #[error("blob `{0}` is not in the store")]
     MissingBlob(BlobDigest),
     #[error("bad tree entry `{path}`: {reason}")]
@@ -175,7 +192,11 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error("the cache index `{path}` has schema version {found}, newer than the {supported} this imgspec knows")]
-    IndexTooNew { path: PathBuf, found: i64, supported: i64 },
+    IndexTooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
 }
 
 impl StoreError {
@@ -197,7 +218,10 @@ impl StoreError {
     }
 
     pub(crate) fn bad_entry(path: impl Into<String>, reason: impl Into<String>) -> StoreError {
-        StoreError::BadEntry { path: path.into(), reason: reason.into() }
+        StoreError::BadEntry {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -224,12 +248,25 @@ pub struct Entry {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum EntryKind {
     Dir,
-    File { digest: BlobDigest, size: u64 },
-    Symlink { target: String },
+    File {
+        digest: BlobDigest,
+        size: u64,
+    },
+    Symlink {
+        target: String,
+    },
     /// A hard link to an earlier `File` entry of the same tree.
-    Hardlink { target: String },
-    Char { major: u32, minor: u32 },
-    Block { major: u32, minor: u32 },
+    Hardlink {
+        target: String,
+    },
+    Char {
+        major: u32,
+        minor: u32,
+    },
+    Block {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
 }
 
@@ -356,7 +393,7 @@ impl Store {
 
     /// A scratch directory inside the store's `tmp/`: on the store's filesystem, so files made
     /// there can be renamed into the store or into another scratch dir. Removed on drop, or by
-    /// a later `Store::open` if the process dies.
+    /// a later `Store::open` if the process dies. Drop it before the `Store` it came from.
     pub fn tmp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
         tempfile::Builder::new()
             .prefix(prefix)
@@ -384,7 +421,6 @@ pub enum TreeChange {
     Removed(Entry),
     Changed { old: Entry, new: Entry },
 }
-
 
 // A tree's digest is the digest of the blob holding its manifest.
 impl From<TreeDigest> for BlobDigest {

@@ -40,15 +40,18 @@ pub(crate) fn list_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let need = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
         if need < 0 {
             let e = io::Error::last_os_error();
-            return if unsupported(&e) { Ok(Vec::new()) } else { Err(e) };
+            return if unsupported(&e) {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            };
         }
         if need == 0 {
             return Ok(Vec::new());
         }
         names.resize(need as usize, 0u8);
         // SAFETY: the buffer is valid for `names.len()` bytes.
-        let got =
-            unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        let got = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
         if got < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ERANGE) {
@@ -75,10 +78,15 @@ fn get_xattr(path: &CString, name: &CString) -> io::Result<Option<Vec<u8>>> {
     let mut value = Vec::new();
     loop {
         // SAFETY: a null buffer of size 0 asks for the size needed.
-        let need = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        let need =
+            unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
         if need < 0 {
             let e = io::Error::last_os_error();
-            return if e.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(e) };
+            return if e.raw_os_error() == Some(libc::ENODATA) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
         }
         value.resize(need as usize, 0u8);
         if need == 0 {
@@ -86,7 +94,12 @@ fn get_xattr(path: &CString, name: &CString) -> io::Result<Option<Vec<u8>>> {
         }
         // SAFETY: the buffer is valid for `value.len()` bytes.
         let got = unsafe {
-            libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
         };
         if got < 0 {
             let e = io::Error::last_os_error();
@@ -108,7 +121,13 @@ pub(crate) fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()>
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "xattr name contains NUL"))?;
     // SAFETY: both strings are NUL-terminated and the value buffer is valid for its length.
     check(unsafe {
-        libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
     })
 }
 
@@ -128,17 +147,28 @@ pub(crate) fn mkfifo(path: &Path) -> io::Result<()> {
 }
 
 pub(crate) fn dev_major_minor(rdev: u64) -> (u32, u32) {
-    (libc::major(rdev as libc::dev_t), libc::minor(rdev as libc::dev_t))
+    (
+        libc::major(rdev as libc::dev_t),
+        libc::minor(rdev as libc::dev_t),
+    )
 }
 
 /// Sets atime and mtime of `path` itself (a symlink is not followed) to `secs`.
 pub(crate) fn set_times_nofollow(path: &Path, secs: i64) -> io::Result<()> {
     let c = cpath(path)?;
-    let t = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [t, t];
     // SAFETY: the path is NUL-terminated and `times` holds the two timespecs utimensat reads.
     check(unsafe {
-        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
 }
 

@@ -22,7 +22,10 @@ fn stream_err(source: io::Error) -> StoreError {
         let inner = source.into_inner().expect("checked above");
         return *inner.downcast::<StoreError>().expect("checked above");
     }
-    StoreError::Io { path: PathBuf::from("<tar stream>"), source }
+    StoreError::Io {
+        path: PathBuf::from("<tar stream>"),
+        source,
+    }
 }
 
 /// Where a manifest path goes in an archive: the root is `./`, every other entry `./path`,
@@ -139,7 +142,9 @@ impl Read for ExactBlob<'_> {
             }
             return Ok(0);
         }
-        let max = buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let max = buf
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.r.read(&mut buf[..max])?;
         if n == 0 {
             return Err(self.wrong_length());
@@ -154,9 +159,15 @@ fn normalize(raw: &str) -> Result<String> {
     if raw.starts_with('/') {
         return Err(StoreError::bad_entry(raw, "absolute path in archive"));
     }
-    let parts: Vec<&str> = raw.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let parts: Vec<&str> = raw
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     if parts.contains(&"..") {
-        return Err(StoreError::bad_entry(raw, "path escapes the tree through `..`"));
+        return Err(StoreError::bad_entry(
+            raw,
+            "path escapes the tree through `..`",
+        ));
     }
     if raw.contains('\0') {
         return Err(StoreError::bad_entry(raw, "path contains a NUL byte"));
@@ -165,8 +176,12 @@ fn normalize(raw: &str) -> Result<String> {
 }
 
 fn utf8(bytes: &[u8], what: &str) -> Result<String> {
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| StoreError::bad_entry(String::from_utf8_lossy(bytes), format!("{what} is not UTF-8")))
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        StoreError::bad_entry(
+            String::from_utf8_lossy(bytes),
+            format!("{what} is not UTF-8"),
+        )
+    })
 }
 
 /// A PAX time (`1700000000`, `1700000000.25`, `-1.5`) in whole seconds, rounded down.
@@ -174,7 +189,11 @@ fn parse_pax_time(v: &str) -> Option<i64> {
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
     let secs: i64 = int.parse().ok()?;
     let frac_nonzero = frac.bytes().any(|b| b != b'0');
-    Some(if secs < 0 || int.starts_with('-') { secs - i64::from(frac_nonzero) } else { secs })
+    Some(if secs < 0 || int.starts_with('-') {
+        secs - i64::from(frac_nonzero)
+    } else {
+        secs
+    })
 }
 
 /// Makes every group of hard-linked paths canonical: the first path in manifest order holds
@@ -182,7 +201,9 @@ fn parse_pax_time(v: &str) -> Option<i64> {
 fn canonicalize_hardlinks(entries: &mut BTreeMap<String, Entry>) -> Result<()> {
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (path, e) in entries.iter() {
-        let EntryKind::Hardlink { target } = &e.kind else { continue };
+        let EntryKind::Hardlink { target } = &e.kind else {
+            continue;
+        };
         let mut cur = target;
         let mut hops = 0;
         loop {
@@ -214,7 +235,9 @@ fn canonicalize_hardlinks(entries: &mut BTreeMap<String, Entry>) -> Result<()> {
                 kind: if *m == first {
                     proto.kind.clone()
                 } else {
-                    EntryKind::Hardlink { target: first.clone() }
+                    EntryKind::Hardlink {
+                        target: first.clone(),
+                    }
                 },
                 ..proto.clone()
             };
@@ -245,7 +268,9 @@ impl Store {
                     if let Some(name) = key.strip_prefix(PAX_XATTR) {
                         xattrs.insert(name.to_string(), ext.value_bytes().to_vec());
                     } else if key == "mtime" {
-                        pax_mtime = std::str::from_utf8(ext.value_bytes()).ok().and_then(parse_pax_time);
+                        pax_mtime = std::str::from_utf8(ext.value_bytes())
+                            .ok()
+                            .and_then(parse_pax_time);
                     }
                 }
             }
@@ -253,16 +278,27 @@ impl Store {
             let kind = match header.entry_type() {
                 EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                     let stored = self.put_reader(&mut te)?;
-                    EntryKind::File { digest: stored.digest, size: stored.size }
+                    EntryKind::File {
+                        digest: stored.digest,
+                        size: stored.size,
+                    }
                 }
                 EntryType::Directory => EntryKind::Dir,
                 EntryType::Symlink => {
-                    let target = te.link_name_bytes().ok_or_else(|| bad("symlink without target"))?;
-                    EntryKind::Symlink { target: utf8(&target, "symlink target")? }
+                    let target = te
+                        .link_name_bytes()
+                        .ok_or_else(|| bad("symlink without target"))?;
+                    EntryKind::Symlink {
+                        target: utf8(&target, "symlink target")?,
+                    }
                 }
                 EntryType::Link => {
-                    let target = te.link_name_bytes().ok_or_else(|| bad("hard link without target"))?;
-                    EntryKind::Hardlink { target: normalize(&utf8(&target, "hard link target")?)? }
+                    let target = te
+                        .link_name_bytes()
+                        .ok_or_else(|| bad("hard link without target"))?;
+                    EntryKind::Hardlink {
+                        target: normalize(&utf8(&target, "hard link target")?)?,
+                    }
                 }
                 EntryType::Char | EntryType::Block => {
                     let major = header.device_major().map_err(stream_err)?.unwrap_or(0);
@@ -275,14 +311,20 @@ impl Store {
                 }
                 EntryType::Fifo => EntryKind::Fifo,
                 EntryType::XGlobalHeader => continue,
-                other => return Err(bad(&format!("unsupported tar member type {:?}", other.as_byte() as char))),
+                other => {
+                    return Err(bad(&format!(
+                        "unsupported tar member type {:?}",
+                        other.as_byte() as char
+                    )))
+                }
             };
             let id = |v: io::Result<u64>| -> Result<u32> {
                 u32::try_from(v.map_err(stream_err)?).map_err(|_| bad("uid or gid out of range"))
             };
             let mtime = match pax_mtime {
                 Some(t) => t,
-                None => i64::try_from(header.mtime().map_err(stream_err)?).map_err(|_| bad("mtime out of range"))?,
+                None => i64::try_from(header.mtime().map_err(stream_err)?)
+                    .map_err(|_| bad("mtime out of range"))?,
             };
             let entry = Entry {
                 path: path.clone(),
@@ -321,7 +363,9 @@ impl Store {
             });
         }
         canonicalize_hardlinks(&mut entries)?;
-        let m = Manifest { entries: entries.into_values().collect() };
+        let m = Manifest {
+            entries: entries.into_values().collect(),
+        };
         m.validate()?;
         Ok(m)
     }
@@ -330,7 +374,12 @@ impl Store {
     /// empty user and group names, mtimes clamped to `mtime_clamp`, xattrs as
     /// `SCHILY.xattr.*` records, hard links as links. The same manifest (and clamp) always
     /// gives the same bytes.
-    pub fn export_tar(&self, m: &Manifest, w: &mut dyn Write, mtime_clamp: Option<i64>) -> Result<()> {
+    pub fn export_tar(
+        &self,
+        m: &Manifest,
+        w: &mut dyn Write,
+        mtime_clamp: Option<i64>,
+    ) -> Result<()> {
         m.validate()?;
         let mut builder = tar::Builder::new(w);
         for e in &m.entries {
@@ -369,7 +418,11 @@ impl Store {
                     } else {
                         h.set_size(*size);
                     }
-                    content = Some(ExactBlob { r: self.open_blob(digest)?, remaining: *size, path: &e.path });
+                    content = Some(ExactBlob {
+                        r: self.open_blob(digest)?,
+                        remaining: *size,
+                        path: &e.path,
+                    });
                 }
                 EntryKind::Symlink { target } => {
                     h.set_entry_type(EntryType::Symlink);
@@ -386,7 +439,10 @@ impl Store {
                         EntryType::Block
                     });
                     if u64::from(*major) > OCTAL8_MAX || u64::from(*minor) > OCTAL8_MAX {
-                        return Err(StoreError::bad_entry(&e.path, "device number too large for tar"));
+                        return Err(StoreError::bad_entry(
+                            &e.path,
+                            "device number too large for tar",
+                        ));
                     }
                     h.set_device_major(*major).map_err(stream_err)?;
                     h.set_device_minor(*minor).map_err(stream_err)?;
@@ -432,7 +488,11 @@ mod tests {
             let mut out = Vec::new();
             pax_record(&mut out, "path", &vec![b'x'; value_len]);
             let (len, _) = std::str::from_utf8(&out).unwrap().split_once(' ').unwrap();
-            assert_eq!(len.parse::<usize>().unwrap(), out.len(), "value of {value_len} bytes");
+            assert_eq!(
+                len.parse::<usize>().unwrap(),
+                out.len(),
+                "value of {value_len} bytes"
+            );
         }
     }
 

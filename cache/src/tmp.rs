@@ -22,9 +22,13 @@ pub(crate) fn write_cachedir_tag(root: &Path) -> Result<()> {
         return Ok(());
     }
     let mut f = tempfile::NamedTempFile::new_in(root).map_err(StoreError::io(root))?;
-    f.write_all(CACHEDIR_TAG.as_bytes()).map_err(StoreError::io(f.path()))?;
+    f.write_all(CACHEDIR_TAG.as_bytes())
+        .map_err(StoreError::io(f.path()))?;
     f.as_file().sync_all().map_err(StoreError::io(f.path()))?;
-    f.persist(&path).map_err(|e| StoreError::Io { path, source: e.error })?;
+    f.persist(&path).map_err(|e| StoreError::Io {
+        path,
+        source: e.error,
+    })?;
     Ok(())
 }
 
@@ -45,8 +49,15 @@ pub(crate) fn new_session(tmp: &Path) -> Result<(PathBuf, File)> {
             source: std::io::Error::other("a fresh session lock is already held"),
         });
     }
-    let name = staging.path().file_name().expect("temp dir has a name").to_string_lossy();
-    let session = tmp.join(format!("{SESSION_PREFIX}{}", name.trim_start_matches("new-")));
+    let name = staging
+        .path()
+        .file_name()
+        .expect("temp dir has a name")
+        .to_string_lossy();
+    let session = tmp.join(format!(
+        "{SESSION_PREFIX}{}",
+        name.trim_start_matches("new-")
+    ));
     fs::rename(staging.path(), &session).map_err(StoreError::io(&session))?;
     let _ = staging.keep(); // now lives under the session name
     Ok((session, lock))

@@ -24,7 +24,15 @@ fn cstr(p: &Path) -> CString {
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let (p, n) = (cstr(p), CString::new(name).unwrap());
     // SAFETY: NUL-terminated strings and a buffer valid for its length.
-    let r = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let r = unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     assert_eq!(r, 0, "setxattr {name}: {}", std::io::Error::last_os_error());
 }
 
@@ -42,10 +50,18 @@ fn mkfifo(p: &Path) {
 }
 
 fn set_mtime(p: &Path, secs: i64) {
-    let t = libc::timespec { tv_sec: secs, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
     // SAFETY: NUL-terminated path and two timespecs.
     let r = unsafe {
-        libc::utimensat(libc::AT_FDCWD, cstr(p).as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cstr(p).as_ptr(),
+            [t, t].as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     assert_eq!(r, 0);
 }
@@ -62,18 +78,28 @@ fn key(n: u8) -> StepKey {
 
 fn files_output(refs: &[(&str, &FileRef)]) -> StepOutput {
     StepOutput {
-        files: refs.iter().map(|(n, r)| (n.to_string(), (*r).clone())).collect(),
+        files: refs
+            .iter()
+            .map(|(n, r)| (n.to_string(), (*r).clone()))
+            .collect(),
         ..Default::default()
     }
 }
 
+/// Overwrites a blob's file (blobs are read-only) with `bytes`.
+fn overwrite_blob(store: &Store, d: &BlobDigest, bytes: &[u8]) {
+    let path = store.blob_path(d);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&path, bytes).unwrap();
+}
+
 /// Replaces a blob's file with a well-formed blob of other content.
 fn corrupt(store: &Store, d: &BlobDigest) {
-    let path = store.blob_path(d);
-    let mut perms = fs::metadata(&path).unwrap().permissions();
-    perms.set_mode(0o644);
-    fs::set_permissions(&path, perms).unwrap();
-    fs::write(&path, zstd::encode_all(&b"not what was stored"[..], 3).unwrap()).unwrap();
+    overwrite_blob(
+        store,
+        d,
+        &zstd::encode_all(&b"not what was stored"[..], 3).unwrap(),
+    );
 }
 
 /// A tree with one of everything a root filesystem holds.
@@ -90,11 +116,18 @@ fn sample_tree(root: &Path) {
     fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool-again")).unwrap();
     std::os::unix::fs::symlink("../etc/hostname", root.join("usr/hostname-link")).unwrap();
     mkfifo(&root.join("etc/initctl"));
-    set_xattr(&root.join("etc/hostname"), "user.imgspec", b"\x00binary\xff");
+    set_xattr(
+        &root.join("etc/hostname"),
+        "user.imgspec",
+        b"\x00binary\xff",
+    );
     if is_root() {
         let null = cstr(&root.join("null"));
         // SAFETY: NUL-terminated path.
-        assert_eq!(unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        assert_eq!(
+            unsafe { libc::mknod(null.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
         std::os::unix::fs::lchown(root.join("etc/ssh"), Some(1000), Some(1001)).unwrap();
     }
     set_mtime(&root.join("etc/hostname"), 1_000_000_000);
@@ -117,9 +150,21 @@ fn bytes_round_trip_and_layout() {
     let hex = r.digest.to_hex();
     let on_disk = root.join("blobs-v1").join(&hex[..2]).join(&hex[2..]);
     assert_eq!(store.blob_path(&r.digest), on_disk);
-    assert_eq!(zstd::decode_all(&fs::read(&on_disk).unwrap()[..]).unwrap(), b"hello");
+    assert_eq!(
+        fs::metadata(&on_disk).unwrap().mode() & 0o777,
+        0o444,
+        "blobs are read-only"
+    );
+    assert_eq!(
+        zstd::decode_all(&fs::read(&on_disk).unwrap()[..]).unwrap(),
+        b"hello"
+    );
     assert_eq!(store.read_blob(&r.digest).unwrap(), b"hello");
-    assert_eq!(store.put_bytes(b"hello").unwrap(), r, "storing twice is success");
+    assert_eq!(
+        store.put_bytes(b"hello").unwrap(),
+        r,
+        "storing twice is success"
+    );
 
     // Large and streamed: the multithreaded compressor, unknown length.
     let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -127,7 +172,11 @@ fn bytes_round_trip_and_layout() {
     assert_eq!(r2.digest, BlobDigest::from_hash(blake3::hash(&big)));
     assert_eq!(store.read_blob(&r2.digest).unwrap(), big);
     let mut streamed = Vec::new();
-    store.open_blob(&r2.digest).unwrap().read_to_end(&mut streamed).unwrap();
+    store
+        .open_blob(&r2.digest)
+        .unwrap()
+        .read_to_end(&mut streamed)
+        .unwrap();
     assert_eq!(streamed, big);
 
     let src = store.tmp_dir("test-").unwrap();
@@ -143,9 +192,15 @@ fn bytes_round_trip_and_layout() {
 
     // Nothing is left behind in tmp/ but the session's lock.
     drop(src);
-    let session: Vec<_> = fs::read_dir(root.join("tmp")).unwrap().map(|e| e.unwrap().path()).collect();
+    let session: Vec<_> = fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(session.len(), 1);
-    let left: Vec<_> = fs::read_dir(&session[0]).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = fs::read_dir(&session[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, [".lock"]);
 }
 
@@ -161,13 +216,29 @@ fn directory_tree_round_trips() {
     assert_eq!(get("").kind, EntryKind::Dir);
     assert_eq!(get("etc/initctl").kind, EntryKind::Fifo);
     assert_eq!(get("etc/initctl").mode, 0o640);
-    assert_eq!(get("usr/hostname-link").kind, EntryKind::Symlink { target: "../etc/hostname".into() });
+    assert_eq!(
+        get("usr/hostname-link").kind,
+        EntryKind::Symlink {
+            target: "../etc/hostname".into()
+        }
+    );
     assert_eq!(get("usr/hostname-link").mtime, 1_100_000_000);
-    assert!(matches!(get("usr/bin/tool").kind, EntryKind::File { size: 18, .. }));
+    assert!(matches!(
+        get("usr/bin/tool").kind,
+        EntryKind::File { size: 18, .. }
+    ));
     assert_eq!(get("usr/bin/tool").mode, 0o755);
-    assert_eq!(get("usr/bin/tool-again").kind, EntryKind::Hardlink { target: "usr/bin/tool".into() });
+    assert_eq!(
+        get("usr/bin/tool-again").kind,
+        EntryKind::Hardlink {
+            target: "usr/bin/tool".into()
+        }
+    );
     assert_eq!(get("usr/bin/su").mode, 0o4755);
-    assert_eq!(get("etc/hostname").xattrs.get("user.imgspec").unwrap(), b"\x00binary\xff");
+    assert_eq!(
+        get("etc/hostname").xattrs.get("user.imgspec").unwrap(),
+        b"\x00binary\xff"
+    );
     assert_eq!(get("etc/hostname").mtime, 1_000_000_000);
     if is_root() {
         assert_eq!(get("null").kind, EntryKind::Char { major: 1, minor: 3 });
@@ -182,22 +253,42 @@ fn directory_tree_round_trips() {
     fs::create_dir(&out).unwrap();
     store.export_dir(&m, &out).unwrap();
     let again = store.import_dir(&out, &ImportOptions::default()).unwrap();
-    assert_eq!(diff(&m, &again), vec![], "export then import changes nothing");
+    assert_eq!(
+        diff(&m, &again),
+        vec![],
+        "export then import changes nothing"
+    );
     assert_eq!(again, m);
 
     // What a person would check by hand on the exported tree.
-    assert_eq!(fs::read_to_string(out.join("etc/hostname")).unwrap(), "imgspec\n");
-    assert_eq!(fs::metadata(out.join("usr/bin/su")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(
+        fs::read_to_string(out.join("etc/hostname")).unwrap(),
+        "imgspec\n"
+    );
+    assert_eq!(
+        fs::metadata(out.join("usr/bin/su")).unwrap().mode() & 0o7777,
+        0o4755
+    );
     assert_eq!(
         fs::metadata(out.join("usr/bin/tool")).unwrap().ino(),
         fs::metadata(out.join("usr/bin/tool-again")).unwrap().ino()
     );
-    assert_eq!(fs::read_link(out.join("usr/hostname-link")).unwrap(), Path::new("../etc/hostname"));
-    assert!(fs::symlink_metadata(out.join("etc/initctl")).unwrap().file_type().is_fifo_like());
-    assert_eq!(fs::metadata(out.join("usr")).unwrap().mtime(), 1_200_000_000);
-    if is_root() {
-        assert_eq!(get_xattr(&out.join("etc/hostname"), "user.imgspec").unwrap(), b"\x00binary\xff");
-    }
+    assert_eq!(
+        fs::read_link(out.join("usr/hostname-link")).unwrap(),
+        Path::new("../etc/hostname")
+    );
+    assert!(fs::symlink_metadata(out.join("etc/initctl"))
+        .unwrap()
+        .file_type()
+        .is_fifo_like());
+    assert_eq!(
+        fs::metadata(out.join("usr")).unwrap().mtime(),
+        1_200_000_000
+    );
+    assert_eq!(
+        get_xattr(&out.join("etc/hostname"), "user.imgspec").unwrap(),
+        b"\x00binary\xff"
+    );
 
     // Exporting needs an empty destination.
     assert!(store.export_dir(&m, &out).is_err());
@@ -219,7 +310,14 @@ fn import_clamps_mtimes_and_refuses_non_utf8_names() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("new"), "x").unwrap();
     set_mtime(&src.join("new"), 2_000_000_000);
-    let m = store.import_dir(&src, &ImportOptions { clamp_mtime: Some(1_500_000_000) }).unwrap();
+    let m = store
+        .import_dir(
+            &src,
+            &ImportOptions {
+                clamp_mtime: Some(1_500_000_000),
+            },
+        )
+        .unwrap();
     assert_eq!(m.get("new").unwrap().mtime, 1_500_000_000);
 
     let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
@@ -236,14 +334,21 @@ fn a_corrupt_blob_is_never_handed_out() {
     let content = b"the real content".repeat(1000);
     let r = store.put_bytes(&content).unwrap();
     let other = store.put_bytes(b"unrelated").unwrap();
-    store.record(&key(1), "files", "one", &files_output(&[("f", &r)])).unwrap();
-    store.record(&key(2), "files", "two", &files_output(&[("g", &other)])).unwrap();
+    store
+        .record(&key(1), "files", "one", &files_output(&[("f", &r)]))
+        .unwrap();
+    store
+        .record(&key(2), "files", "two", &files_output(&[("g", &other)]))
+        .unwrap();
     corrupt(&store, &r.digest);
 
     match store.read_blob(&r.digest) {
         Err(StoreError::Corrupt { digest, actual }) => {
             assert_eq!(digest, r.digest);
-            assert_eq!(actual, BlobDigest::from_hash(blake3::hash(b"not what was stored")));
+            assert_eq!(
+                actual,
+                BlobDigest::from_hash(blake3::hash(b"not what was stored"))
+            );
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -251,12 +356,19 @@ fn a_corrupt_blob_is_never_handed_out() {
     let err = store.blob_to_file(&r.digest, &dest).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
     assert!(!dest.exists(), "nothing appears at the destination");
-    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1, "no temp file left beside it");
+    assert_eq!(
+        fs::read_dir(d.path()).unwrap().count(),
+        1,
+        "no temp file left beside it"
+    );
 
     // Bytes that are not zstd at all.
-    fs::write(store.blob_path(&other.digest), b"garbage").unwrap();
+    overwrite_blob(&store, &other.digest, b"garbage");
     let err = store.read_blob(&other.digest).unwrap_err();
-    assert!(matches!(err, StoreError::Undecodable { .. }) && err.is_corrupt(), "{err:?}");
+    assert!(
+        matches!(err, StoreError::Undecodable { .. }) && err.is_corrupt(),
+        "{err:?}"
+    );
 
     let report = store.verify().unwrap();
     assert_eq!(report.blobs_checked, 2);
@@ -284,7 +396,9 @@ fn a_corrupt_file_blob_fails_an_export() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("f"), "content").unwrap();
     let m = store.import_dir(&src, &ImportOptions::default()).unwrap();
-    let EntryKind::File { digest, .. } = m.get("f").unwrap().kind else { panic!() };
+    let EntryKind::File { digest, .. } = m.get("f").unwrap().kind else {
+        panic!()
+    };
     corrupt(&store, &digest);
     let out = d.path().join("out");
     fs::create_dir(&out).unwrap();
@@ -313,7 +427,9 @@ fn tar_export_is_deterministic_and_imports_back() {
     store.export_tar(&m, &mut b, None).unwrap();
     assert_eq!(a, b, "the same manifest gives the same bytes");
 
-    let back = store.import_tar(&mut &a[..], &ImportOptions::default()).unwrap();
+    let back = store
+        .import_tar(&mut &a[..], &ImportOptions::default())
+        .unwrap();
     assert_eq!(diff(&m, &back), vec![]);
     assert_eq!(back, m);
 
@@ -321,7 +437,9 @@ fn tar_export_is_deterministic_and_imports_back() {
     let mut c = Vec::new();
     store.export_tar(&m, &mut c, Some(1_050_000_000)).unwrap();
     assert_ne!(a, c);
-    let clamped = store.import_tar(&mut &c[..], &ImportOptions::default()).unwrap();
+    let clamped = store
+        .import_tar(&mut &c[..], &ImportOptions::default())
+        .unwrap();
     assert!(clamped.entries.iter().all(|e| e.mtime <= 1_050_000_000));
     assert_eq!(clamped.get("etc/hostname").unwrap().mtime, 1_000_000_000);
 
@@ -329,11 +447,22 @@ fn tar_export_is_deterministic_and_imports_back() {
     if Command::new("tar").arg("--version").output().is_ok() {
         let tarball = d.path().join("t.tar");
         fs::write(&tarball, &a).unwrap();
-        let listing = Command::new("tar").arg("-tvf").arg(&tarball).output().unwrap();
-        assert!(listing.status.success(), "{}", String::from_utf8_lossy(&listing.stderr));
+        let listing = Command::new("tar")
+            .arg("-tvf")
+            .arg(&tarball)
+            .output()
+            .unwrap();
+        assert!(
+            listing.status.success(),
+            "{}",
+            String::from_utf8_lossy(&listing.stderr)
+        );
         let listing = String::from_utf8(listing.stdout).unwrap();
         assert!(listing.contains(&format!("./etc/{long}")), "{listing}");
-        assert!(listing.contains("./usr/bin/tool-again link to ./usr/bin/tool"), "{listing}");
+        assert!(
+            listing.contains("./usr/bin/tool-again link to ./usr/bin/tool"),
+            "{listing}"
+        );
         if is_root() {
             let x = d.path().join("x");
             fs::create_dir(&x).unwrap();
@@ -347,7 +476,15 @@ fn tar_export_is_deterministic_and_imports_back() {
             assert!(st.success());
             let extracted = store.import_dir(&x, &ImportOptions::default()).unwrap();
             // GNU tar restores the root's mtime and mode only with `.` listed; compare the rest.
-            assert_eq!(diff(&m, &extracted).into_iter().filter(|c| !matches!(c, TreeChange::Changed { new, .. } if new.path.is_empty())).count(), 0);
+            assert_eq!(
+                diff(&m, &extracted)
+                    .into_iter()
+                    .filter(
+                        |c| !matches!(c, TreeChange::Changed { new, .. } if new.path.is_empty())
+                    )
+                    .count(),
+                0
+            );
         }
     }
 }
@@ -374,7 +511,8 @@ fn gnu_tar_import() {
     f.set_size(4);
     let long = format!("./a/{}/file", "x".repeat(120));
     b.append_data(&mut f, &long, &b"data"[..]).unwrap();
-    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])]).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+        .unwrap();
     let mut f2 = f.clone();
     b.append_data(&mut f2, "./z/x", &b"data"[..]).unwrap();
     let mut l = tar::Header::new_gnu();
@@ -397,22 +535,41 @@ fn gnu_tar_import() {
     b.append_data(&mut dev, "dev/sda1", &[][..]).unwrap();
     let bytes = b.into_inner().unwrap();
 
-    let m = store.import_tar(&mut &bytes[..], &ImportOptions::default()).unwrap();
+    let m = store
+        .import_tar(&mut &bytes[..], &ImportOptions::default())
+        .unwrap();
     let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
     let long_path = &long[2..];
     let long_dir = long_path.strip_suffix("/file").unwrap();
-    assert_eq!(paths, ["", "a", long_dir, long_path, "b", "b/link", "dev", "dev/sda1", "z", "z/x"]);
+    assert_eq!(
+        paths,
+        ["", "a", long_dir, long_path, "b", "b/link", "dev", "dev/sda1", "z", "z/x"]
+    );
     assert_eq!(m.get("").unwrap().mode, 0o700);
     let implied = m.get("a").unwrap();
-    assert_eq!((implied.kind.clone(), implied.mode, implied.uid), (EntryKind::Dir, 0o755, 0));
+    assert_eq!(
+        (implied.kind.clone(), implied.mode, implied.uid),
+        (EntryKind::Dir, 0o755, 0)
+    );
     let file = m.get(long_path).unwrap();
     assert_eq!((file.mode, file.uid, file.mtime), (0o600, 5, 1234));
     assert!(file.xattrs.is_empty());
     // The link comes first in manifest order, so it holds the content and z/x links to it.
-    assert!(matches!(m.get("b/link").unwrap().kind, EntryKind::File { size: 4, .. }));
-    assert_eq!(m.get("z/x").unwrap().kind, EntryKind::Hardlink { target: "b/link".into() });
+    assert!(matches!(
+        m.get("b/link").unwrap().kind,
+        EntryKind::File { size: 4, .. }
+    ));
+    assert_eq!(
+        m.get("z/x").unwrap().kind,
+        EntryKind::Hardlink {
+            target: "b/link".into()
+        }
+    );
     assert_eq!(m.get("z/x").unwrap().xattrs.get("user.k").unwrap(), b"v");
-    assert_eq!(m.get("dev/sda1").unwrap().kind, EntryKind::Block { major: 8, minor: 1 });
+    assert_eq!(
+        m.get("dev/sda1").unwrap().kind,
+        EntryKind::Block { major: 8, minor: 1 }
+    );
 }
 
 #[test]
@@ -427,8 +584,13 @@ fn tar_import_refuses_escapes() {
         let mut b = tar::Builder::new(Vec::new());
         b.append(&h, &b"x"[..]).unwrap();
         let bytes = b.into_inner().unwrap();
-        let err = store.import_tar(&mut &bytes[..], &ImportOptions::default()).unwrap_err();
-        assert!(matches!(err, StoreError::BadEntry { .. }), "{name}: {err:?}");
+        let err = store
+            .import_tar(&mut &bytes[..], &ImportOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::BadEntry { .. }),
+            "{name}: {err:?}"
+        );
     }
     let mut h = tar::Header::new_gnu();
     h.set_size(1);
@@ -449,15 +611,22 @@ fn reopening_keeps_everything() {
     let r = {
         let store = Store::open(dir.path()).unwrap();
         let r = store.put_bytes(b"kept").unwrap();
-        store.record(&key(1), "files", "kept", &files_output(&[("f", &r)])).unwrap();
-        store.set_last_build("img", "files", &key(1), "{\"why\":1}").unwrap();
+        store
+            .record(&key(1), "files", "kept", &files_output(&[("f", &r)]))
+            .unwrap();
+        store
+            .set_last_build("img", "files", &key(1), "{\"why\":1}")
+            .unwrap();
         r
     };
     let store = Store::open(dir.path()).unwrap();
     let rec = store.lookup(&key(1)).unwrap().unwrap();
     assert_eq!(rec.output.files["f"], r);
     assert_eq!((rec.kind.as_str(), rec.name.as_str()), ("files", "kept"));
-    assert_eq!(store.last_build("img", "files").unwrap(), Some((key(1), "{\"why\":1}".to_string())));
+    assert_eq!(
+        store.last_build("img", "files").unwrap(),
+        Some((key(1), "{\"why\":1}".to_string()))
+    );
     assert_eq!(store.last_build("img", "other").unwrap(), None);
 }
 
@@ -465,19 +634,36 @@ fn reopening_keeps_everything() {
 fn record_refuses_outputs_whose_blobs_are_missing() {
     let (_d, store) = store();
     let present = store.put_bytes(b"present").unwrap();
-    let absent = FileRef { digest: BlobDigest::from_hash(blake3::hash(b"absent")), size: 6 };
-    let err = store.record(&key(1), "k", "n", &files_output(&[("a", &present), ("b", &absent)]));
+    let absent = FileRef {
+        digest: BlobDigest::from_hash(blake3::hash(b"absent")),
+        size: 6,
+    };
+    let err = store.record(
+        &key(1),
+        "k",
+        "n",
+        &files_output(&[("a", &present), ("b", &absent)]),
+    );
     assert!(matches!(err, Err(StoreError::MissingBlob(d)) if d == absent.digest));
 
     let unstored_tree = TreeDigest([3; 32]);
-    let out = StepOutput { tree: Some(unstored_tree), ..Default::default() };
-    assert!(matches!(store.record(&key(2), "k", "n", &out), Err(StoreError::MissingBlob(_))));
+    let out = StepOutput {
+        tree: Some(unstored_tree),
+        ..Default::default()
+    };
+    assert!(matches!(
+        store.record(&key(2), "k", "n", &out),
+        Err(StoreError::MissingBlob(_))
+    ));
 
     // A stored manifest naming a file that is not stored.
     let m = Manifest {
         entries: vec![Entry {
             path: "f".into(),
-            kind: EntryKind::File { digest: absent.digest, size: 6 },
+            kind: EntryKind::File {
+                digest: absent.digest,
+                size: 6,
+            },
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -486,8 +672,13 @@ fn record_refuses_outputs_whose_blobs_are_missing() {
         }],
     };
     let tree = store.put_manifest(&m).unwrap();
-    let out = StepOutput { tree: Some(tree), ..Default::default() };
-    assert!(matches!(store.record(&key(3), "k", "n", &out), Err(StoreError::MissingBlob(d)) if d == absent.digest));
+    let out = StepOutput {
+        tree: Some(tree),
+        ..Default::default()
+    };
+    assert!(
+        matches!(store.record(&key(3), "k", "n", &out), Err(StoreError::MissingBlob(d)) if d == absent.digest)
+    );
     assert!(store.list().unwrap().is_empty(), "nothing was recorded");
 
     // Once the blob is there the same output is accepted, and its size counted once.
@@ -495,14 +686,19 @@ fn record_refuses_outputs_whose_blobs_are_missing() {
     store.record(&key(3), "k", "n", &out).unwrap();
     let rec = store.lookup(&key(3)).unwrap().unwrap();
     let on_disk = |d: BlobDigest| fs::metadata(store.blob_path(&d)).unwrap().len();
-    assert_eq!(rec.size, on_disk(BlobDigest::from(tree)) + on_disk(absent.digest));
+    assert_eq!(
+        rec.size,
+        on_disk(BlobDigest::from(tree)) + on_disk(absent.digest)
+    );
 }
 
 #[test]
 fn lookup_drops_a_record_whose_blob_vanished() {
     let (_d, store) = store();
     let r = store.put_bytes(b"soon gone").unwrap();
-    store.record(&key(1), "k", "n", &files_output(&[("f", &r)])).unwrap();
+    store
+        .record(&key(1), "k", "n", &files_output(&[("f", &r)]))
+        .unwrap();
     assert!(store.lookup(&key(1)).unwrap().is_some());
     fs::remove_file(store.blob_path(&r.digest)).unwrap();
     assert_eq!(store.lookup(&key(1)).unwrap(), None);
@@ -521,11 +717,26 @@ fn gc_keeps_what_is_referenced_and_frees_the_rest() {
     fs::write(src.join("in-tree"), "in a tree").unwrap();
     let m = store.import_dir(&src, &ImportOptions::default()).unwrap();
     let tree = store.put_manifest(&m).unwrap();
-    let EntryKind::File { digest: in_tree, .. } = m.get("in-tree").unwrap().kind else { panic!() };
+    let EntryKind::File {
+        digest: in_tree, ..
+    } = m.get("in-tree").unwrap().kind
+    else {
+        panic!()
+    };
 
-    let out_a = StepOutput { tree: Some(tree), ..files_output(&[("s", &shared), ("a", &only_a)]) };
+    let out_a = StepOutput {
+        tree: Some(tree),
+        ..files_output(&[("s", &shared), ("a", &only_a)])
+    };
     store.record(&key(1), "k", "a", &out_a).unwrap();
-    store.record(&key(2), "k", "b", &files_output(&[("s", &shared), ("b", &only_b)])).unwrap();
+    store
+        .record(
+            &key(2),
+            "k",
+            "b",
+            &files_output(&[("s", &shared), ("b", &only_b)]),
+        )
+        .unwrap();
     store.set_last_build("img", "a", &key(1), "{}").unwrap();
     store.set_last_build("img", "b", &key(2), "{}").unwrap();
     assert_eq!(store.usage().unwrap().blobs, 6);
@@ -535,19 +746,33 @@ fn gc_keeps_what_is_referenced_and_frees_the_rest() {
     let report = store.gc(&GcPolicy::Keep(vec![key(1)])).unwrap();
     assert_eq!((report.records_removed, report.blobs_removed), (1, 2));
     assert_eq!(report.bytes_freed, freed_size);
-    for kept in [shared.digest, only_a.digest, in_tree, BlobDigest::from(tree)] {
+    for kept in [
+        shared.digest,
+        only_a.digest,
+        in_tree,
+        BlobDigest::from(tree),
+    ] {
         assert!(store.has_blob(&kept), "{kept:?} is still referenced");
     }
     assert!(!store.has_blob(&only_b.digest) && !store.has_blob(&loose.digest));
     assert!(store.lookup(&key(1)).unwrap().is_some());
     assert!(store.lookup(&key(2)).unwrap().is_none());
     assert!(store.last_build("img", "a").unwrap().is_some());
-    assert!(store.last_build("img", "b").unwrap().is_none(), "its key is gone");
+    assert!(
+        store.last_build("img", "b").unwrap().is_none(),
+        "its key is gone"
+    );
     let usage = store.usage().unwrap();
     assert_eq!((usage.records, usage.blobs), (1, 4));
 
     // Nothing is old enough yet; then everything is.
-    assert_eq!(store.gc(&GcPolicy::OlderThan(3600)).unwrap().records_removed, 0);
+    assert_eq!(
+        store
+            .gc(&GcPolicy::OlderThan(3600))
+            .unwrap()
+            .records_removed,
+        0
+    );
     let report = store.gc(&GcPolicy::OlderThan(-1)).unwrap();
     assert_eq!((report.records_removed, report.blobs_removed), (1, 4));
     assert_eq!(store.usage().unwrap().bytes, 0);
@@ -567,14 +792,23 @@ fn gc_max_bytes_drops_least_recently_used_first() {
         store.put_bytes(&data).unwrap()
     };
     let (old, mid, new) = (blob(1), blob(2), blob(3));
-    store.record(&key(1), "k", "old", &files_output(&[("f", &old)])).unwrap();
-    store.record(&key(2), "k", "mid", &files_output(&[("f", &mid)])).unwrap();
-    store.record(&key(3), "k", "new", &files_output(&[("f", &new)])).unwrap();
+    store
+        .record(&key(1), "k", "old", &files_output(&[("f", &old)]))
+        .unwrap();
+    store
+        .record(&key(2), "k", "mid", &files_output(&[("f", &mid)]))
+        .unwrap();
+    store
+        .record(&key(3), "k", "new", &files_output(&[("f", &new)]))
+        .unwrap();
     // Make the order of use explicit: the clock has one-second resolution.
     let conn = rusqlite::Connection::open(store.root().join("index-v1.sqlite")).unwrap();
     for (k, t) in [(1, 100), (2, 200), (3, 300)] {
-        conn.execute("UPDATE steps SET last_used = ?1 WHERE key = ?2", rusqlite::params![t, key(k).to_hex()])
-            .unwrap();
+        conn.execute(
+            "UPDATE steps SET last_used = ?1 WHERE key = ?2",
+            rusqlite::params![t, key(k).to_hex()],
+        )
+        .unwrap();
     }
     let listed: Vec<String> = store.list().unwrap().into_iter().map(|r| r.name).collect();
     assert_eq!(listed, ["new", "mid", "old"]);
@@ -592,6 +826,47 @@ fn gc_max_bytes_drops_least_recently_used_first() {
 }
 
 #[test]
+fn gc_cleans_the_index() {
+    let (d, store) = store();
+    let conn = rusqlite::Connection::open(store.root().join("index-v1.sqlite")).unwrap();
+    conn.execute(
+        "INSERT INTO steps (key, kind, name, output, size, created, last_used)
+         VALUES ('not-a-key', 'k', 'damaged', '{', 0, 0, 0)",
+        [],
+    )
+    .unwrap();
+    assert!(
+        store.list().unwrap().is_empty(),
+        "an unparsable row is never handed out"
+    );
+    let f = d.path().join("overlay-file");
+    fs::write(&f, "x").unwrap();
+    set_mtime(&f, 1_000_000_000);
+    store.hash_file_cached(&f).unwrap();
+    let cached = || -> i64 {
+        conn.query_row("SELECT count(*) FROM file_digests", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(cached(), 1);
+    assert_eq!(
+        store
+            .gc(&GcPolicy::OlderThan(3600))
+            .unwrap()
+            .records_removed,
+        1,
+        "the damaged row"
+    );
+    assert_eq!(cached(), 1, "the file still exists");
+    fs::remove_file(&f).unwrap();
+    store.gc(&GcPolicy::OlderThan(3600)).unwrap();
+    assert_eq!(cached(), 0, "the digest of a deleted file is forgotten");
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM steps", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[test]
 fn sparse_blob_to_file_of_mostly_zeros() {
     let (d, store) = store();
     let mut data = vec![0u8; 64 << 20];
@@ -602,7 +877,10 @@ fn sparse_blob_to_file_of_mostly_zeros() {
     fs::write(&src, &data).unwrap();
     let r = store.put_file(&src).unwrap();
     assert_eq!(r.size, 64 << 20);
-    assert!(fs::metadata(store.blob_path(&r.digest)).unwrap().len() < 1 << 20, "zeros compress");
+    assert!(
+        fs::metadata(store.blob_path(&r.digest)).unwrap().len() < 1 << 20,
+        "zeros compress"
+    );
 
     let dest = d.path().join("out/disk.raw");
     fs::create_dir(dest.parent().unwrap()).unwrap();
@@ -610,43 +888,68 @@ fn sparse_blob_to_file_of_mostly_zeros() {
     let meta = fs::metadata(&dest).unwrap();
     assert_eq!(meta.len(), 64 << 20);
     assert_eq!(meta.mode() & 0o7777, 0o644);
-    assert!(meta.blocks() * 512 <= 1 << 20, "allocated {} bytes", meta.blocks() * 512);
+    assert!(
+        meta.blocks() * 512 <= 1 << 20,
+        "allocated {} bytes",
+        meta.blocks() * 512
+    );
     assert!(fs::read(&dest).unwrap() == data);
 
     // Replacing an existing file works too.
-    store.blob_to_file(&store.put_bytes(b"small").unwrap().digest, &dest).unwrap();
+    store
+        .blob_to_file(&store.put_bytes(b"small").unwrap().digest, &dest)
+        .unwrap();
     assert_eq!(fs::read(&dest).unwrap(), b"small");
 }
 
 #[test]
 fn two_stores_on_one_root_from_two_threads() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_path_buf();
-    let a = Store::open(&root).unwrap();
-    let b = Store::open(&root).unwrap();
+    let root = dir.path().join("shared");
+    let start = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
-        for (t, store) in [(0u8, &a), (1u8, &b)] {
+        for t in 0..2u8 {
+            let (root, start) = (&root, &start);
             s.spawn(move || {
+                // Both create and migrate the same new store at once.
+                start.wait();
+                let store = Store::open(root).unwrap();
+                start.wait();
                 for i in 0..40u8 {
                     let shared = store.put_bytes(b"both threads store this").unwrap();
                     let own = store.put_bytes(&[t, i]).unwrap();
                     let k = key(t * 100 + i);
-                    store.record(&k, "k", &format!("{t}-{i}"), &files_output(&[("s", &shared), ("o", &own)]))
-                        .unwrap();
+                    let out = files_output(&[("s", &shared), ("o", &own)]);
+                    store.record(&k, "k", &format!("{t}-{i}"), &out).unwrap();
                     assert!(store.lookup(&k).unwrap().is_some());
-                    store.set_last_build("img", &format!("{t}-{i}"), &k, "{}").unwrap();
+                    store
+                        .set_last_build("img", &format!("{t}-{i}"), &k, "{}")
+                        .unwrap();
+                    // The other thread's records, as far as it got.
+                    let other = key((1 - t) * 100 + i);
+                    if let Some(rec) = store.lookup(&other).unwrap() {
+                        let o = store.read_blob(&rec.output.files["o"].digest).unwrap();
+                        assert_eq!(o, [1 - t, i]);
+                    }
                 }
             });
         }
     });
-    assert_eq!(a.list().unwrap().len(), 80);
+    let store = Store::open(&root).unwrap();
+    assert_eq!(store.list().unwrap().len(), 80);
     for t in 0..2u8 {
         for i in 0..40u8 {
-            let rec = b.lookup(&key(t * 100 + i)).unwrap().expect("the other store's record");
-            assert_eq!(a.read_blob(&rec.output.files["o"].digest).unwrap(), [t, i]);
+            let rec = store
+                .lookup(&key(t * 100 + i))
+                .unwrap()
+                .expect("every record");
+            assert_eq!(
+                store.read_blob(&rec.output.files["o"].digest).unwrap(),
+                [t, i]
+            );
         }
     }
-    assert_eq!(a.verify().unwrap().records_dropped, 0);
+    assert_eq!(store.verify().unwrap().records_dropped, 0);
 }
 
 #[test]
@@ -655,18 +958,33 @@ fn hash_file_cached_follows_changes() {
     let f = d.path().join("overlay.conf");
     fs::write(&f, "one").unwrap();
     set_mtime(&f, 1_000_000_000);
-    assert_eq!(store.hash_file_cached(&f).unwrap(), BlobDigest::from_hash(blake3::hash(b"one")));
-    assert!(!store.has_blob(&BlobDigest::from_hash(blake3::hash(b"one"))), "nothing is stored");
-    assert_eq!(store.hash_file_cached(&f).unwrap(), BlobDigest::from_hash(blake3::hash(b"one")));
+    assert_eq!(
+        store.hash_file_cached(&f).unwrap(),
+        BlobDigest::from_hash(blake3::hash(b"one"))
+    );
+    assert!(
+        !store.has_blob(&BlobDigest::from_hash(blake3::hash(b"one"))),
+        "nothing is stored"
+    );
+    assert_eq!(
+        store.hash_file_cached(&f).unwrap(),
+        BlobDigest::from_hash(blake3::hash(b"one"))
+    );
     fs::write(&f, "two!").unwrap();
     set_mtime(&f, 1_000_000_000);
-    assert_eq!(store.hash_file_cached(&f).unwrap(), BlobDigest::from_hash(blake3::hash(b"two!")));
+    assert_eq!(
+        store.hash_file_cached(&f).unwrap(),
+        BlobDigest::from_hash(blake3::hash(b"two!"))
+    );
     // Same size, same mtime, new inode (written elsewhere and renamed over it).
     let g = d.path().join("new");
     fs::write(&g, "two?").unwrap();
     set_mtime(&g, 1_000_000_000);
     fs::rename(&g, &f).unwrap();
-    assert_eq!(store.hash_file_cached(&f).unwrap(), BlobDigest::from_hash(blake3::hash(b"two?")));
+    assert_eq!(
+        store.hash_file_cached(&f).unwrap(),
+        BlobDigest::from_hash(blake3::hash(b"two?"))
+    );
 }
 
 #[test]
@@ -676,7 +994,10 @@ fn stale_temp_files_are_removed_at_open() {
     let scratch = live.tmp_dir("step-").unwrap();
     fs::write(scratch.path().join("work"), "in use").unwrap();
     drop(Store::open(dir.path()).unwrap());
-    assert!(scratch.path().join("work").exists(), "a live store's scratch dir survives");
+    assert!(
+        scratch.path().join("work").exists(),
+        "a live store's scratch dir survives"
+    );
 
     // A session whose process died (its lock is free), a loose old file, a loose new one.
     let tmp = dir.path().join("tmp");
@@ -703,12 +1024,17 @@ fn diff_of_two_imports() {
     set_mtime(&src.join("etc/hostname"), 1_000_000_000);
     fs::remove_file(src.join("usr/hostname-link")).unwrap();
     fs::write(src.join("etc/motd"), "hi").unwrap();
-    let opts = ImportOptions { clamp_mtime: Some(1_300_000_000) };
+    let opts = ImportOptions {
+        clamp_mtime: Some(1_300_000_000),
+    };
     let before = Manifest {
         entries: before
             .entries
             .into_iter()
-            .map(|e| Entry { mtime: e.mtime.min(1_300_000_000), ..e })
+            .map(|e| Entry {
+                mtime: e.mtime.min(1_300_000_000),
+                ..e
+            })
             .collect(),
     };
     let after = store.import_dir(&src, &opts).unwrap();
@@ -720,7 +1046,12 @@ fn diff_of_two_imports() {
             TreeChange::Changed { new, .. } => (new.path.clone(), "changed"),
         })
         .collect();
-    let expected = [("etc/hostname", "changed"), ("etc/motd", "added"), ("usr", "changed"), ("usr/hostname-link", "removed")];
+    let expected = [
+        ("etc/hostname", "changed"),
+        ("etc/motd", "added"),
+        ("usr", "changed"),
+        ("usr/hostname-link", "removed"),
+    ];
     assert_eq!(changed, expected.map(|(p, c)| (p.to_string(), c)));
 }
 
@@ -735,5 +1066,39 @@ fn put_reader_streams_from_a_pipe() {
     let r = store.put_reader(child.stdout.as_mut().unwrap()).unwrap();
     assert!(child.wait().unwrap().success());
     assert_eq!(r.size, 3_000_000);
-    assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&vec![b'a'; 3_000_000])));
+    assert_eq!(
+        r.digest,
+        BlobDigest::from_hash(blake3::hash(&vec![b'a'; 3_000_000]))
+    );
+}
+
+/// A reader that fails after some bytes, like a pipe whose writer died.
+struct FailingReader(usize);
+impl Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.0 == 0 {
+            return Err(std::io::Error::other("writer died"));
+        }
+        let n = buf.len().min(self.0);
+        buf[..n].fill(b'z');
+        self.0 -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_failed_write_leaves_no_blob_and_no_temp_file() {
+    let (_d, store) = store();
+    assert!(store.put_reader(&mut FailingReader(3_000_000)).is_err());
+    assert_eq!(store.usage().unwrap().blobs, 0, "no blob, whole or partial");
+    let root = store.root().to_path_buf();
+    let sessions: Vec<_> = fs::read_dir(root.join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let left: Vec<_> = fs::read_dir(&sessions[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".lock"]);
 }

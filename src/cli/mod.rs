@@ -73,6 +73,9 @@ enum Command {
         /// Do not echo the serial console
         #[arg(long, short)]
         quiet: bool,
+        /// Accelerator: KVM when it works (auto), or force one
+        #[arg(long, value_enum, default_value = "auto", env = "IMGSPEC_ACCEL")]
+        accel: AccelArg,
     },
     /// The local cache
     Cache {
@@ -99,6 +102,13 @@ enum CacheCommand {
     },
     /// Re-hash every blob; drop corrupt ones and the results that used them
     Verify,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -200,7 +210,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             timeout,
             memory,
             quiet,
-        } => boot(image, firmware, timeout, memory, quiet),
+            accel,
+        } => boot(image, firmware, timeout, memory, quiet, accel),
         Command::Cache { command } => cache(&cache_dir, command, cli.json),
     }
 }
@@ -294,16 +305,26 @@ impl<'a> Context<'a> {
     /// Plans; fails with the install line when host tools are missing.
     fn plan(&self) -> Result<Plan, CliError> {
         let facts = self.facts();
-        let plan = crate::plan::plan(&self.spec, &facts).map_err(|e| CliError::Usage {
-            message: error_chain(&e),
-            help: None,
-        })?;
+        let plan = crate::plan::plan(&self.spec, &facts).map_err(plan_error)?;
         let missing = facts.missing.into_inner().unwrap();
         if !missing.is_empty() {
             return Err(missing_tools(&missing));
         }
         let _ = self.specs;
         Ok(plan)
+    }
+}
+
+fn plan_error(e: crate::plan::PlanError) -> CliError {
+    let help = match &e {
+        crate::plan::PlanError::Unsupported { .. } => {
+            Some("see CHANGELOG.md for what is built today".to_string())
+        }
+        crate::plan::PlanError::Fact { .. } => None,
+    };
+    CliError::Usage {
+        message: error_chain(&e),
+        help,
     }
 }
 
@@ -498,7 +519,10 @@ fn build(
     {
         let c = cancel.clone();
         // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
-        let _ = ctrlc::set_handler(move || c.store(true, Ordering::SeqCst));
+        let _ = ctrlc::set_handler(move || {
+            c.store(true, Ordering::SeqCst);
+            crate::runner::terminate_all();
+        });
     }
     let rep = reporter(json);
     let exec = Executor {
@@ -605,7 +629,7 @@ fn steps_to_run(store: &Store, plan: &Plan, targets: &[StepId]) -> Vec<StepId> {
 fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     let ctx = Context::open(cache_dir, specs)?;
     let facts = ctx.facts();
-    let plan = crate::plan::plan(&ctx.spec, &facts).map_err(internal)?;
+    let plan = crate::plan::plan(&ctx.spec, &facts).map_err(plan_error)?;
     let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
     tools.sort();
     tools.dedup();
@@ -744,8 +768,9 @@ fn boot(
     timeout: u64,
     memory: u32,
     quiet: bool,
+    accel: AccelArg,
 ) -> Result<(), CliError> {
-    use crate::boot::{BootError, BootOptions, Firmware};
+    use crate::boot::{Accel, BootError, BootOptions, Firmware};
     let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
         .into_iter()
         .filter(|t| crate::tools::which(t.program).is_none())
@@ -754,6 +779,11 @@ fn boot(
         return Err(missing_tools(&missing));
     }
     let o = BootOptions {
+        accel: match accel {
+            AccelArg::Auto => Accel::Auto,
+            AccelArg::Kvm => Accel::Kvm,
+            AccelArg::Tcg => Accel::Tcg,
+        },
         image,
         firmware: match firmware {
             FirmwareArg::Uefi => Firmware::Uefi,

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use imgspec_cache::StepKey;
 
 use crate::format::gpt;
-use crate::spec::model::{Base, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec};
+use crate::spec::model::{
+    Base, BootloaderKind, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec,
+};
 use crate::steps::{self, Action, FactError, Facts};
 use key::{KeyBuilder, KeyPart};
 
@@ -61,6 +63,8 @@ pub struct Plan {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    #[error("image `{image}`: {what} cannot be built yet")]
+    Unsupported { image: String, what: String },
     #[error("cannot plan step `{step}` of image `{image}`")]
     Fact {
         image: String,
@@ -104,6 +108,12 @@ struct Add<'a> {
 
 impl Builder {
     fn image(&mut self, image: &Image, facts: &dyn Facts) -> Result<(), PlanError> {
+        if let Some(what) = unsupported(image) {
+            return Err(PlanError::Unsupported {
+                image: image.name.clone(),
+                what,
+            });
+        }
         let mut steps = Vec::new();
         let mut counts: HashMap<&str, usize> = HashMap::new();
         let mut tree: Option<StepId> = None;
@@ -321,9 +331,25 @@ fn layer_step(
                 packages: p.packages.clone(),
             }),
         ),
-        Layer::User(_) | Layer::Element(_) => {
-            unimplemented!("planned in a later change")
+        Layer::User(_) | Layer::Element(_) => unreachable!("refused by `unsupported`"),
+    }
+}
+
+/// What the spec language accepts but the builder cannot build yet: refused before any work.
+fn unsupported(image: &Image) -> Option<String> {
+    for l in &image.layers {
+        match l {
+            Layer::User(u) => return Some(format!("`user \"{}\"`", u.name)),
+            Layer::Element(e) => return Some(format!("`element \"{}\"`", e.name)),
+            _ => {}
         }
+    }
+    match image.bootloader.as_ref().map(|b| b.kind) {
+        Some(k @ (BootloaderKind::GrubBios | BootloaderKind::Hybrid)) => Some(format!(
+            "`bootloader \"{}\"` (legacy BIOS boot)",
+            steps::bootloader::kind_name(k)
+        )),
+        _ => None,
     }
 }
 
@@ -500,3 +526,6 @@ fn human_size(n: u64) -> String {
         format!("{}MiB", n.div_ceil(MIB))
     }
 }
+
+#[cfg(test)]
+mod tests;

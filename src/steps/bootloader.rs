@@ -147,11 +147,6 @@ impl BootloaderStep {
             );
             s.run(ctx, &script)?;
         }
-        if matches!(self.kind, BootloaderKind::GrubBios | BootloaderKind::Hybrid) {
-            return Err(StepError::Invalid(
-                "legacy BIOS boot (`grub-bios`, `hybrid`) is not supported yet".into(),
-            ));
-        }
         let m = s.close(ctx)?;
         ctx.tree_output(&m)
     }

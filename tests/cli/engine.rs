@@ -217,3 +217,28 @@ fn cache_commands() {
     let r = w.run(&["build", "mini.kdl"]).ok();
     assert!(r.stderr.contains("3 steps built, 1 cached"), "{}", r.stderr);
 }
+
+#[test]
+fn a_missing_host_tool_stops_the_build_with_the_install_line() {
+    let w = mini();
+    w.write(
+        "deb.kdl",
+        "image \"d\" {\n    base \"debian\" suite=\"bookworm\"\n    output \"tar\"\n}\n",
+    );
+    let r = std::process::Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["build", "deb.kdl"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("PATH", w.path("empty-path"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("missing host tools: `mmdebstrap`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("apt-get install mmdebstrap"), "{stderr}");
+    assert!(!w.path("out").exists());
+}

@@ -1,4 +1,5 @@
 //! Integration tests: the real `imgspec` binary on spec files in a temporary workspace.
 
 mod common;
+mod debian;
 mod engine;

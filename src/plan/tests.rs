@@ -1,0 +1,182 @@
+//! The golden test: the keys of a fixed spec are pinned. A change to how anything is hashed
+//! fails here first, instead of silently sending every user's cache cold. When the change is
+//! meant, bump the version of the step kind (or `key::FORMAT_VERSION`) and update the keys.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::spec::model::*;
+use crate::tools::{Tool, ToolError};
+
+struct FixedFacts;
+
+impl Facts for FixedFacts {
+    fn tool_version(&self, tool: &Tool) -> Result<String, ToolError> {
+        Ok(format!("{} 1.0", tool.program))
+    }
+    fn file_digest(&self, path: &Path) -> Result<String, std::io::Error> {
+        Ok(blake3::hash(path.to_string_lossy().as_bytes())
+            .to_hex()
+            .to_string())
+    }
+}
+
+fn image(name: &str) -> Image {
+    Image {
+        name: name.into(),
+        file: PathBuf::from("/specs/golden.kdl"),
+        epoch: DEFAULT_EPOCH,
+        layers: vec![
+            Layer::Base(Base::Debian(Debian {
+                distro: "debian".into(),
+                suite: "bookworm".into(),
+                variant: "minbase".into(),
+                mirror: None,
+                components: vec!["main".into()],
+                architecture: "amd64".into(),
+                keyring: None,
+            })),
+            Layer::Packages(Packages {
+                name: "system".into(),
+                packages: vec!["linux-image-amd64".into(), "systemd-sysv".into()],
+            }),
+            Layer::Run(Run {
+                command: "systemctl enable ssh".into(),
+            }),
+        ],
+        bootloader: Some(Bootloader {
+            kind: BootloaderKind::GrubEfi,
+            cmdline: DEFAULT_CMDLINE.into(),
+        }),
+        disk: Some(Disk {
+            table: TableKind::Gpt,
+            size: 2 << 30,
+            partitions: vec![
+                Partition {
+                    name: "esp".into(),
+                    ptype: PartitionType::Esp,
+                    size: Some(200 << 20),
+                    format: Some(FsFormat::Vfat),
+                    mount: Some("/boot/efi".into()),
+                },
+                Partition {
+                    name: "root".into(),
+                    ptype: PartitionType::Root,
+                    size: None,
+                    format: Some(FsFormat::Ext4),
+                    mount: Some("/".into()),
+                },
+            ],
+        }),
+        outputs: vec![OutputFormat::Raw, OutputFormat::Qcow2],
+    }
+}
+
+fn keys(plan: &Plan) -> Vec<(String, String)> {
+    plan.steps
+        .iter()
+        .map(|s| (s.label.clone(), s.key.short()))
+        .collect()
+}
+
+#[test]
+fn golden_keys_of_a_fixed_spec() {
+    let spec = Spec {
+        images: vec![image("golden")],
+    };
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let got = keys(&plan);
+    let want: Vec<(String, String)> = GOLDEN
+        .iter()
+        .map(|(l, k)| (l.to_string(), k.to_string()))
+        .collect();
+    assert_eq!(got, want, "step keys changed: see the module doc");
+}
+
+const GOLDEN: &[(&str, &str)] = &[
+    ("base debian bookworm minbase", "f2be4c4ac537"),
+    ("packages system", "d5a82ba5b781"),
+    ("run `systemctl enable ssh`", "e3d1e8961c4a"),
+    ("bootloader grub-efi", "348560b51edd"),
+    ("filesystem esp vfat", "8cdcb30302dd"),
+    ("filesystem root ext4", "479e6da383f5"),
+    ("disk gpt 2GiB", "dbaa96a6d009"),
+    ("output raw", "ea26ee860771"),
+    ("output qcow2", "b7b43ed432d2"),
+];
+
+#[test]
+fn variants_share_layers_and_differ_after() {
+    let mut other = image("other");
+    other.layers.push(Layer::Run(Run {
+        command: "echo other".into(),
+    }));
+    let spec = Spec {
+        images: vec![image("golden"), other],
+    };
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let a = &plan.images[0].steps;
+    let b = &plan.images[1].steps;
+    // base, packages and the first run are shared; everything after differs.
+    assert_eq!(a[..3], b[..3]);
+    assert!(a[3..].iter().all(|s| !b.contains(s)));
+    assert_eq!(plan.steps[a[0]].uses.len(), 2);
+}
+
+#[test]
+fn bootloader_packages_join_the_first_package_set() {
+    let spec = Spec {
+        images: vec![image("golden")],
+    };
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let Action::Packages(p) = &plan.steps[1].action else {
+        panic!("step 1 is not packages")
+    };
+    assert_eq!(
+        p.packages,
+        [
+            "grub-efi-amd64-bin",
+            "grub-pc-bin",
+            "linux-image-amd64",
+            "systemd-sysv"
+        ]
+    );
+}
+
+#[test]
+fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
+    struct NewMke2fs;
+    impl Facts for NewMke2fs {
+        fn tool_version(&self, tool: &Tool) -> Result<String, ToolError> {
+            let v = if tool.program == "mke2fs" {
+                "2.0"
+            } else {
+                "1.0"
+            };
+            Ok(format!("{} {v}", tool.program))
+        }
+        fn file_digest(&self, path: &Path) -> Result<String, std::io::Error> {
+            FixedFacts.file_digest(path)
+        }
+    }
+    let spec = Spec {
+        images: vec![image("golden")],
+    };
+    let a = keys(&plan(&spec, &FixedFacts).unwrap());
+    let b = keys(&plan(&spec, &NewMke2fs).unwrap());
+    let changed: Vec<&str> = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "filesystem root ext4",
+            "disk gpt 2GiB",
+            "output raw",
+            "output qcow2"
+        ]
+    );
+}
