@@ -10,6 +10,8 @@ pub enum HostError {
     NoArchive { codename: String },
     #[error("cannot tell the host's release: /etc/os-release has no VERSION_CODENAME")]
     NoCodename,
+    #[error("the host runs `{host}`: its apt sources cannot build a `{wanted}` base")]
+    OtherDistro { host: String, wanted: String },
 }
 
 /// One `deb` source of the host.
@@ -50,10 +52,18 @@ impl HostSources {
     }
 }
 
-/// Reads the host's apt sources (`sources.list`, `sources.list.d/*.list` and `*.sources`).
-pub fn debian_sources() -> Result<HostSources, HostError> {
+/// Reads the host's apt sources (`sources.list`, `sources.list.d/*.list` and `*.sources`), for
+/// a base of `distro` (`debian`, `ubuntu`): the host must run that distribution.
+pub fn apt_sources(distro: &str) -> Result<HostSources, HostError> {
     let os = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let codename = parse_codename(&os).ok_or(HostError::NoCodename)?;
+    let host = os_field(&os, "ID").unwrap_or_default();
+    if host != distro {
+        return Err(HostError::OtherDistro {
+            host,
+            wanted: distro.to_string(),
+        });
+    }
+    let codename = os_field(&os, "VERSION_CODENAME").ok_or(HostError::NoCodename)?;
     let mut sources = Vec::new();
     let dir = Path::new("/etc/apt/sources.list.d");
     let mut files: Vec<_> = std::fs::read_dir(dir)
@@ -80,10 +90,10 @@ pub fn debian_sources() -> Result<HostSources, HostError> {
     Ok(h)
 }
 
-fn parse_codename(os_release: &str) -> Option<String> {
+fn os_field(os_release: &str, name: &str) -> Option<String> {
     os_release
         .lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
         .map(|v| v.trim_matches('"').to_string())
         .filter(|v| !v.is_empty())
 }
@@ -184,9 +194,8 @@ mod tests {
 
     #[test]
     fn codename_from_os_release() {
-        assert_eq!(
-            parse_codename("NAME=\"Debian\"\nVERSION_CODENAME=bookworm\n"),
-            Some("bookworm".into())
-        );
+        let os = "NAME=\"Debian\"\nID=debian\nVERSION_CODENAME=bookworm\n";
+        assert_eq!(os_field(os, "VERSION_CODENAME"), Some("bookworm".into()));
+        assert_eq!(os_field(os, "ID"), Some("debian".into()));
     }
 }

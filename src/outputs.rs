@@ -93,7 +93,7 @@ pub fn materialise(
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),
             })?;
             new.files.insert(name.clone(), st);
-            let sha = o.meta.get("sha256").cloned();
+            let sha = o.meta.get(&format!("sha256:{name}")).cloned();
             if let Some(s) = &sha {
                 sums.push(format!("{s}  {name}\n"));
             }

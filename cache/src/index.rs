@@ -49,13 +49,38 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) fn open(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // WAL: readers never block the writer, so several processes can share the store.
-    let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    retry_busy(|| {
+        // WAL: readers never block the writer, so several processes can share the store.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        Ok(())
+    })?;
     // In WAL mode NORMAL loses at most the last commits on power loss, never consistency; a
     // lost record is a cache miss.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    migrate(&mut conn, path)?;
+    retry_busy(|| migrate(&mut conn, path))?;
     Ok(conn)
+}
+
+/// Retries `f` while the database is busy. The busy timeout covers most waits, but SQLite
+/// answers "busy" at once, without waiting, where waiting could deadlock: two processes that
+/// create one new store together both reach the switch to WAL or the first migration.
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match f() {
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Applies the migrations this index lacks, all in one exclusive transaction.

@@ -189,7 +189,8 @@ fn parse_pax_time(v: &str) -> Option<i64> {
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
     let secs: i64 = int.parse().ok()?;
     let frac_nonzero = frac.bytes().any(|b| b != b'0');
-    Some(if secs < 0 || int.starts_with('-') {
+    // `-0.5` has integer part `-0`: the sign is in the text, not in `secs`.
+    Some(if int.starts_with('-') {
         secs - i64::from(frac_nonzero)
     } else {
         secs

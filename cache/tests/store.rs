@@ -914,7 +914,6 @@ fn two_stores_on_one_root_from_two_threads() {
                 // Both create and migrate the same new store at once.
                 start.wait();
                 let store = Store::open(root).unwrap();
-                start.wait();
                 for i in 0..40u8 {
                     let shared = store.put_bytes(b"both threads store this").unwrap();
                     let own = store.put_bytes(&[t, i]).unwrap();

@@ -73,6 +73,19 @@ enum Command {
         /// Do not echo the serial console
         #[arg(long, short)]
         quiet: bool,
+        /// Kernel for direct boot [default: IMAGE's NAME.vmlinuz when it exists: a partition
+        /// image set]
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Initramfs for direct boot [default: NAME.initrd beside the image]
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line for direct boot
+        #[arg(long, default_value = "root=/dev/vda ro console=ttyS0,115200")]
+        append: String,
+        /// What on the serial console means success
+        #[arg(long, default_value = "login:")]
+        expect: String,
         /// Accelerator: KVM when it works (auto), or force one
         #[arg(long, value_enum, default_value = "auto", env = "IMGSPEC_ACCEL")]
         accel: AccelArg,
@@ -211,7 +224,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
             memory,
             quiet,
             accel,
-        } => boot(image, firmware, timeout, memory, quiet, accel),
+            kernel,
+            initrd,
+            append,
+            expect,
+        } => {
+            let kernel = direct_kernel(&image, kernel, initrd, append)?;
+            let o = crate::boot::BootOptions {
+                accel: match accel {
+                    AccelArg::Auto => crate::boot::Accel::Auto,
+                    AccelArg::Kvm => crate::boot::Accel::Kvm,
+                    AccelArg::Tcg => crate::boot::Accel::Tcg,
+                },
+                image,
+                firmware: match firmware {
+                    FirmwareArg::Uefi => crate::boot::Firmware::Uefi,
+                    FirmwareArg::Bios => crate::boot::Firmware::Bios,
+                },
+                timeout: std::time::Duration::from_secs(timeout),
+                kernel,
+                memory_mib: memory,
+                expect,
+            };
+            boot(o, quiet)
+        }
         Command::Cache { command } => cache(&cache_dir, command, cli.json),
     }
 }
@@ -762,15 +798,8 @@ fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> 
     Ok(())
 }
 
-fn boot(
-    image: PathBuf,
-    firmware: FirmwareArg,
-    timeout: u64,
-    memory: u32,
-    quiet: bool,
-    accel: AccelArg,
-) -> Result<(), CliError> {
-    use crate::boot::{Accel, BootError, BootOptions, Firmware};
+fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
+    use crate::boot::{BootError, Firmware};
     let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
         .into_iter()
         .filter(|t| crate::tools::which(t.program).is_none())
@@ -778,22 +807,6 @@ fn boot(
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
-    let o = BootOptions {
-        accel: match accel {
-            AccelArg::Auto => Accel::Auto,
-            AccelArg::Kvm => Accel::Kvm,
-            AccelArg::Tcg => Accel::Tcg,
-        },
-        image,
-        firmware: match firmware {
-            FirmwareArg::Uefi => Firmware::Uefi,
-            FirmwareArg::Bios => Firmware::Bios,
-        },
-        timeout: std::time::Duration::from_secs(timeout),
-        kernel: None,
-        memory_mib: memory,
-        expect: "login:".into(),
-    };
     eprintln!(
         "[{}] booting `{}` ({})",
         report::clock(),
@@ -810,7 +823,7 @@ fn boot(
     };
     match crate::boot::boot(&o, &mut echo) {
         Ok(t) => {
-            eprintln!("login prompt after {:.1}s", t.as_secs_f64());
+            eprintln!("`{}` after {:.1}s", o.expect, t.as_secs_f64());
             Ok(())
         }
         Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
@@ -826,6 +839,31 @@ fn boot(
             }
             Err(CliError::BuildFailed(msg))
         }
+    }
+}
+
+/// The kernel, initrd and command line of a direct boot: given, or a partition image set's
+/// `NAME.vmlinuz` and `NAME.initrd` beside `NAME.qcow2`.
+fn direct_kernel(
+    image: &Path,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    append: String,
+) -> Result<Option<(PathBuf, PathBuf, String)>, CliError> {
+    let beside = |ext: &str| Some(image.with_extension(ext)).filter(|p| p.exists());
+    match (
+        kernel.or_else(|| beside("vmlinuz")),
+        initrd.or_else(|| beside("initrd")),
+    ) {
+        (Some(k), Some(i)) => Ok(Some((k, i, append))),
+        (None, None) => Ok(None),
+        (Some(_), None) | (None, Some(_)) => Err(CliError::Usage {
+            message: "a direct kernel boot needs both a kernel and an initrd".into(),
+            help: Some(
+                "give --kernel and --initrd, or put NAME.vmlinuz and NAME.initrd beside the image"
+                    .into(),
+            ),
+        }),
     }
 }
 

@@ -15,6 +15,7 @@
 //!
 //! External programs run only through the [`crate::runner::Runner`] the caller hands in.
 
+pub mod biosboot;
 pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
@@ -122,6 +123,31 @@ pub enum FormatError {
 
     #[error("`{path}` does not start with an MBR (no 0x55AA signature)")]
     NotAnMbr { path: PathBuf },
+
+    #[error("partition `{partition}` cannot hold GRUB's core image: {reason}")]
+    NotBiosBoot { partition: String, reason: String },
+
+    #[error("GRUB's boot.img cannot be used: {reason}")]
+    BootImage { reason: String },
+
+    #[error("GRUB's core.img cannot be used: {reason}")]
+    CoreImage { reason: String },
+
+    #[error(
+        "GRUB's core.img is {size} bytes, larger than the BIOS boot partition `{partition}` \
+         ({capacity} bytes); make the partition bigger (1 MiB is the usual size)"
+    )]
+    CoreTooLarge {
+        size: u64,
+        partition: String,
+        capacity: u64,
+    },
+
+    #[error(
+        "GRUB's core.img is {size} bytes, GRUB's BIOS loader reads at most {max} bytes; build \
+         it with fewer modules"
+    )]
+    CoreTooLargeToLoad { size: u64, max: u64 },
 
     #[error("invalid ext4 parameters for `{out}`: {reason}")]
     Ext4Params { out: PathBuf, reason: String },

@@ -135,8 +135,11 @@ impl Builder {
         let mut outputs = Vec::new();
         let mut tree = tree.expect("validation guarantees a base layer");
         let mut disk_step = None;
+        let mut root_fs = None;
         if let Some(disk) = &image.disk {
             let d = DiskPlan::new(image, disk);
+            // The bootloader step when it also makes GRUB's BIOS images for the disk step.
+            let mut bios_loader = None;
             if let Some(b) = &image.bootloader {
                 let action = Action::Bootloader(steps::bootloader::BootloaderStep {
                     kind: b.kind,
@@ -155,6 +158,9 @@ impl Builder {
                     facts,
                 )?;
                 steps.push(tree);
+                if matches!(b.kind, BootloaderKind::GrubBios | BootloaderKind::Hybrid) {
+                    bios_loader = Some(tree);
+                }
             }
             let mut fs_inputs = Vec::new();
             let mut contents = Vec::new();
@@ -180,11 +186,28 @@ impl Builder {
                 steps.push(id);
                 contents.push(Some(fs_inputs.len()));
                 fs_inputs.push(id);
+                if part.mount.as_deref() == Some("/") {
+                    root_fs = Some(id);
+                }
             }
+            // BIOS boot: the bootloader step's core.img and boot.img, as the disk's last input.
+            let bios = bios_loader.map(|id| {
+                let partition = disk
+                    .partitions
+                    .iter()
+                    .position(|p| matches!(p.ptype, PartitionType::BiosBoot))
+                    .expect("validation: grub-bios and hybrid need a bios-boot partition");
+                fs_inputs.push(id);
+                steps::disk::BiosBoot {
+                    partition,
+                    input: fs_inputs.len() - 1,
+                }
+            });
             let action = Action::Disk(steps::disk::DiskStep {
                 layout: d.layout.clone(),
                 disk_guid: d.guid("disk"),
                 contents,
+                bios,
             });
             let id = self.add(
                 Add {
@@ -216,6 +239,10 @@ impl Builder {
                         OutputFormat::Raw | OutputFormat::Qcow2 => {
                             vec![disk_step.expect("validation: disk outputs need a disk")]
                         }
+                        OutputFormat::Partition => vec![
+                            root_fs.expect("validation: a disk has a root filesystem"),
+                            tree,
+                        ],
                     },
                 },
                 facts,
@@ -280,7 +307,7 @@ fn file_extension(f: OutputFormat) -> &'static str {
     match f {
         OutputFormat::Tar => "tar",
         OutputFormat::Raw => "raw",
-        OutputFormat::Qcow2 => "qcow2",
+        OutputFormat::Qcow2 | OutputFormat::Partition => "qcow2",
     }
 }
 
@@ -331,26 +358,34 @@ fn layer_step(
                 packages: p.packages.clone(),
             }),
         ),
-        Layer::User(_) | Layer::Element(_) => unreachable!("refused by `unsupported`"),
+        Layer::User(u) => {
+            let step = steps::user::UserStep { user: u.clone() };
+            (format!("user:{}", u.name), step.label(), Action::User(step))
+        }
+        Layer::Element(e) => {
+            let kind = crate::spec::model::ELEMENTS
+                .iter()
+                .map(|(n, _, _)| *n)
+                .find(|n| *n == e.name)
+                .unwrap_or("element");
+            let step = steps::element::ElementStep {
+                name: e.name.clone(),
+                params: e.params.clone(),
+            };
+            (
+                format!("element:{}", nth(kind)),
+                step.label(),
+                Action::Element(step),
+            )
+        }
     }
 }
 
 /// What the spec language accepts but the builder cannot build yet: refused before any work.
-fn unsupported(image: &Image) -> Option<String> {
-    for l in &image.layers {
-        match l {
-            Layer::User(u) => return Some(format!("`user \"{}\"`", u.name)),
-            Layer::Element(e) => return Some(format!("`element \"{}\"`", e.name)),
-            _ => {}
-        }
-    }
-    match image.bootloader.as_ref().map(|b| b.kind) {
-        Some(k @ (BootloaderKind::GrubBios | BootloaderKind::Hybrid)) => Some(format!(
-            "`bootloader \"{}\"` (legacy BIOS boot)",
-            steps::bootloader::kind_name(k)
-        )),
-        _ => None,
-    }
+fn unsupported(_image: &Image) -> Option<String> {
+    // Every bootloader kind is built now (`grub-bios` and `hybrid` through
+    // `format::biosboot`); nothing is refused here at the moment.
+    None
 }
 
 /// A command shortened for one line of output.
@@ -367,27 +402,50 @@ fn short(s: &str) -> String {
 /// variants of one image share their package layers.
 pub const BOOT_PACKAGES: &[&str] = &["grub-efi-amd64-bin", "grub-pc-bin"];
 
-/// The image's layers, with GRUB's packages added to its first package set (or a set of their
-/// own after the base) when it has a bootloader.
+/// The image's layers, with the packages that other layers need added to a package set before
+/// them: GRUB's when the image has a bootloader, each element's
+/// ([`steps::element::packages`]: `cloud-init`, `cloud-guest-utils`, `tzdata`, …) and each
+/// user's ([`steps::user::packages`]: `passwd`, `sudo`). They join the image's first package
+/// set when it comes before every layer that needs them; otherwise they get a set of their own
+/// right after the base (named `bootloader` when only the bootloader needs it, else
+/// `implied`). Either way apt installs them once, with the rest, and variants that differ only
+/// in later layers share that layer.
 fn with_boot_packages(image: &Image) -> Vec<Layer> {
     let mut layers = image.layers.clone();
-    if image.bootloader.is_none() {
+    let mut wanted: Vec<&str> = Vec::new();
+    let mut first_user = None;
+    for (i, l) in layers.iter().enumerate() {
+        let p = match l {
+            Layer::Element(e) => steps::element::packages(&e.name, &e.params),
+            Layer::User(u) => steps::user::packages(u),
+            _ => continue,
+        };
+        if !p.is_empty() {
+            first_user.get_or_insert(i);
+            wanted.extend(p);
+        }
+    }
+    let layers_want = !wanted.is_empty();
+    if image.bootloader.is_some() {
+        wanted.extend(BOOT_PACKAGES);
+    }
+    if wanted.is_empty() {
         return layers;
     }
     let add = |p: &mut crate::spec::model::Packages| {
-        p.packages
-            .extend(BOOT_PACKAGES.iter().map(|s| s.to_string()));
+        p.packages.extend(wanted.iter().map(|s| s.to_string()));
         p.packages.sort();
         p.packages.dedup();
     };
-    match layers.iter_mut().find_map(|l| match l {
-        Layer::Packages(p) => Some(p),
-        _ => None,
-    }) {
-        Some(p) => add(p),
-        None => {
+    let first_set = layers
+        .iter()
+        .position(|l| matches!(l, Layer::Packages(_)))
+        .filter(|&i| first_user.is_none_or(|u| i < u));
+    match first_set.map(|i| &mut layers[i]) {
+        Some(Layer::Packages(p)) => add(p),
+        _ => {
             let mut p = crate::spec::model::Packages {
-                name: "bootloader".into(),
+                name: if layers_want { "implied" } else { "bootloader" }.into(),
                 packages: vec![],
             };
             add(&mut p);

@@ -324,6 +324,35 @@ pub enum SpecError {
         output: String,
     },
 
+    #[error("outputs `qcow2` and `partition` of image `{name}` would both write `{name}.qcow2`")]
+    #[diagnostic(
+        code("spec::output-clash"),
+        help("keep one: `qcow2` is the whole disk, `partition` the root filesystem with its kernel and initrd; for both, declare a second image that extends this one")
+    )]
+    OutputClash {
+        #[source_code]
+        src: Src,
+        #[label("clashes with `qcow2`")]
+        span: SourceSpan,
+        name: String,
+    },
+
+    #[error("{what} of image `{name}` needs a kernel, and no package set installs one")]
+    #[diagnostic(
+        code("spec::no-kernel"),
+        help(
+            "add a kernel package to a package set, e.g. `packages \"system\" linux-image-amd64`"
+        )
+    )]
+    NoKernel {
+        #[source_code]
+        src: Src,
+        #[label("needs /boot/vmlinuz and /boot/initrd.img")]
+        span: SourceSpan,
+        name: String,
+        what: String,
+    },
+
     #[error("{message}")]
     #[diagnostic(code("spec::bootloader-partition"))]
     BootloaderPartition {

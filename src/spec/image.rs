@@ -111,7 +111,7 @@ const BASE_DEBIAN: Shape<'static> = Shape {
     ..single("base \"debian\" suite=\"bookworm\" [variant=\"minbase\"] [mirror=\"URL\"] [components=\"main\"] [architecture=\"amd64\"] [keyring=\"PATH\"]")
 };
 const BASE_UBUNTU: Shape<'static> = Shape {
-    usage: "base \"ubuntu\" suite=\"noble\" mirror=\"http://archive.ubuntu.com/ubuntu\" [variant=\"minbase\"] [components=\"main universe\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
+    usage: "base \"ubuntu\" suite=\"noble\" [mirror=\"URL\"] [variant=\"minbase\"] [components=\"main universe\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
     ..BASE_DEBIAN
 };
 const PACKAGES: Shape<'static> = Shape {
@@ -136,7 +136,7 @@ const BOOTLOADER: Shape<'static> = Shape {
 };
 const OUTPUT: Shape<'static> = Shape {
     max_args: MANY,
-    ..single("output \"qcow2\" \"raw\" \"tar\"")
+    ..single("output \"qcow2\" \"raw\" \"tar\" \"partition\"")
 };
 
 /// Bootloader kinds by name.
@@ -147,10 +147,11 @@ pub(crate) const BOOTLOADERS: [(&str, BootloaderKind); 3] = [
 ];
 
 /// Output formats by name.
-pub(crate) const OUTPUTS: [(&str, OutputFormat); 3] = [
+pub(crate) const OUTPUTS: [(&str, OutputFormat); 4] = [
     ("tar", OutputFormat::Tar),
     ("raw", OutputFormat::Raw),
     ("qcow2", OutputFormat::Qcow2),
+    ("partition", OutputFormat::Partition),
 ];
 
 /// mmdebstrap variants.
@@ -317,18 +318,14 @@ fn read_base(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
     }
 }
 
-/// `base "debian"` and `base "ubuntu"`: the same options, but Ubuntu needs a mirror (the
-/// host's apt sources are Debian's) and has other default components.
+/// `base "debian"` and `base "ubuntu"`: the same options; Ubuntu has other default
+/// components. Without `mirror`, the build takes the host's apt sources, which must then be of
+/// the same distribution (checked when the step runs).
 fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
     let ubuntu = distro == "ubuntu";
     let shape = if ubuntu { &BASE_UBUNTU } else { &BASE_DEBIAN };
     cx.check_shape(node, shape);
-    let mirror = if ubuntu {
-        let help = "the host's apt sources are Debian's: give an Ubuntu mirror, e.g. `mirror=\"http://archive.ubuntu.com/ubuntu\"`";
-        cx.required_prop::<String>(node, "mirror", help)
-    } else {
-        cx.prop::<String>(node, "mirror")
-    };
+    let mirror = cx.prop::<String>(node, "mirror");
     let suite = cx.required_prop::<String>(node, "suite", format!("write it as `{}`", shape.usage));
     let variant = cx.prop::<String>(node, "variant");
     let components = cx.prop::<String>(node, "components");
@@ -354,7 +351,7 @@ fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
                 mirror.span,
                 format!("mirror `{}` is not a URL", mirror.value),
                 "not an http(s) or file URL",
-                "write the archive's URL, e.g. `http://deb.debian.org/debian`",
+                "write the archive's URL, e.g. `http://mirror.example/debian`",
             );
         }
     }

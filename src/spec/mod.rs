@@ -30,7 +30,7 @@
 //! epoch 1686355200                       // SOURCE_DATE_EPOCH; default 2023-06-10
 //! base "debian" suite="bookworm" [variant="minbase"] [mirror="http://…"]
 //!      [components="main contrib"] [architecture="amd64"] [keyring="PATH"]
-//! base "ubuntu" suite="noble" mirror="http://archive.ubuntu.com/ubuntu" [same options]
+//! base "ubuntu" suite="noble" [mirror="http://…"] [same options]
 //! base "tar" path="rootfs.tar"
 //! packages "NAME" openssh-server systemd-sysv …      // sorted, deduplicated
 //! files "overlay/" [dest="/"]             // a folder beside the spec, copied into the image

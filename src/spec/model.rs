@@ -198,4 +198,7 @@ pub enum OutputFormat {
     Raw,
     /// The whole disk, `NAME.qcow2`.
     Qcow2,
+    /// Ironic's partition image set: `NAME.qcow2` holding only the root filesystem (no
+    /// partition table), `NAME.vmlinuz` and `NAME.initrd` from the image's `/boot`.
+    Partition,
 }

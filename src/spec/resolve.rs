@@ -390,6 +390,55 @@ impl<'a> Resolver<'a> {
             }
             Some(_) => {}
         }
+        if let Some((owner, o)) = flat.outputs {
+            let outs = o.value.as_deref().unwrap_or_default();
+            let has = |f| outs.iter().find(|o| o.value == f);
+            if let (Some(_), Some(p)) = (has(OutputFormat::Qcow2), has(OutputFormat::Partition)) {
+                found.push(SpecError::OutputClash {
+                    src: self.src(id),
+                    span: if owner == id { p.span } else { decl.name.span },
+                    name: name.clone(),
+                });
+            }
+        }
+        // A partition image set and a bootloader both need a kernel in the image's /boot: with a
+        // distribution base, one of the image's package sets must install one.
+        let distro_base = matches!(
+            flat.base.and_then(|(_, b)| b.value.as_ref()),
+            Some(Base::Debian(_))
+        );
+        let has_kernel = flat.layers.iter().any(|l| {
+            matches!(l, Layer::Packages(p) if p.packages.iter().any(|p| p.starts_with("linux-image-")))
+        });
+        if distro_base && !has_kernel {
+            let partition = flat.outputs.and_then(|(owner, o)| {
+                o.value
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|o| o.value == OutputFormat::Partition)
+                    .map(|o| (owner, o.span))
+            });
+            let needed_by = match (partition, flat.bootloader) {
+                (Some((owner, span)), _) => Some((
+                    "output `partition`",
+                    if owner == id { span } else { decl.name.span },
+                )),
+                (None, Some((owner, b))) if b.value.is_some() => Some((
+                    "the bootloader",
+                    if owner == id { b.span } else { decl.name.span },
+                )),
+                _ => None,
+            };
+            if let Some((what, span)) = needed_by {
+                found.push(SpecError::NoKernel {
+                    src: self.src(id),
+                    span,
+                    name: name.clone(),
+                    what: what.to_string(),
+                });
+            }
+        }
         if let (Some((_, boot)), None) = (flat.bootloader, flat.disk) {
             if let Some(bootloader) = &boot.value {
                 let needed = needed_partitions(bootloader.kind);

@@ -272,7 +272,7 @@ fn a_file_imported_by_two_routes_is_read_once() {
     assert_eq!(base.variant, "apt");
     assert_eq!(
         base.mirror.as_deref(),
-        Some("http://archive.ubuntu.com/ubuntu")
+        Some("http://ubuntu-mirror.example/ubuntu")
     );
 }
 

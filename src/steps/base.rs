@@ -106,7 +106,12 @@ impl DebianBase {
         if let Some(m) = &s.mirror {
             return Ok(vec![format!("deb {m} {} {comps}", s.suite)]);
         }
-        let host = crate::host::debian_sources().map_err(|e| StepError::Invalid(e.to_string()))?;
+        let host = crate::host::apt_sources(&s.distro).map_err(|e| {
+            StepError::Invalid(format!(
+                "{e}: give `mirror=` with an archive of `{}` in the spec",
+                s.distro
+            ))
+        })?;
         Ok(host.lines_for(&s.suite, &comps))
     }
 
@@ -120,5 +125,51 @@ impl DebianBase {
         let mut tree = Tree::new(m);
         scrub(&mut tree, ctx.store, ctx.epoch)?;
         ctx.tree_output(&tree.into_manifest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::model::{Base, Layer};
+
+    fn base_of(spec: &str) -> DebianBase {
+        let spec = crate::spec::load(&[PathBuf::from(spec)]).unwrap();
+        match &spec.images[0].layers[0] {
+            Layer::Base(Base::Debian(d)) => DebianBase { spec: d.clone() },
+            other => panic!("not a distribution base: {other:?}"),
+        }
+    }
+
+    /// specs/ubuntu-efi.kdl cannot be built here (no Ubuntu archive): its mmdebstrap command
+    /// line is checked instead, with the sources an Ubuntu host would give.
+    #[test]
+    fn ubuntu_efi_mmdebstrap_command_line() {
+        let b = base_of("specs/ubuntu-efi.kdl");
+        let sources = ["deb http://mirror.example/ubuntu noble main universe".to_string()];
+        let cmd = b.command(Path::new("/w/base.tar"), 1_686_355_200, &sources);
+        assert_eq!(
+            cmd.display(),
+            "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
+             --components=main,universe \
+             --keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg \
+             noble /w/base.tar 'deb http://mirror.example/ubuntu noble main universe'"
+        );
+        assert!(cmd
+            .env
+            .contains(&("SOURCE_DATE_EPOCH".into(), "1686355200".into())));
+        assert_eq!(cmd.stdin, None, "standard input is /dev/null");
+    }
+
+    #[test]
+    fn debian_efi_mmdebstrap_command_line() {
+        let b = base_of("specs/debian-efi.kdl");
+        let sources = ["deb http://mirror.example/debian bookworm main".to_string()];
+        let cmd = b.command(Path::new("/w/base.tar"), 1, &sources);
+        assert_eq!(
+            cmd.display(),
+            "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
+             --components=main bookworm /w/base.tar 'deb http://mirror.example/debian bookworm main'"
+        );
     }
 }

@@ -1,17 +1,26 @@
-//! `bootloader "grub-efi"`: makes the image boot from its disk.
+//! `bootloader "grub-efi"|"grub-bios"|"hybrid"`: makes the image boot from its disk.
 //!
 //! Makes: the input tree plus
 //! - `/etc/fstab` naming every filesystem of the disk by UUID,
 //! - `/boot/grub/grub.cfg`: one entry booting the image's kernel (`/vmlinuz` resolved to the
 //!   real file) with `root=UUID=...` and the spec's command line, on serial and VGA consoles,
-//! - `/boot/efi/EFI/BOOT/BOOTX64.EFI`: GRUB's EFI image, made by the image's own `grub-mkimage`
-//!   (from `grub-efi-amd64-bin`, which the plan adds to the image's packages) with an embedded
-//!   config that finds the root filesystem by UUID and reads its grub.cfg. The EFI fallback
-//!   path needs no NVRAM entry.
+//! - `grub-efi`, `hybrid`: `/boot/efi/EFI/BOOT/BOOTX64.EFI`, GRUB's EFI image, made by the
+//!   image's own `grub-mkimage` (from `grub-efi-amd64-bin`, which the plan adds to the image's
+//!   packages) with an embedded config that finds the root filesystem by UUID and reads its
+//!   grub.cfg. The EFI fallback path needs no NVRAM entry.
+//!
+//! and, for `grub-bios` and `hybrid`, two files next to the tree (not in it), which the disk
+//! step writes into the BIOS boot partition and the MBR (see [`crate::format::biosboot`]):
+//! - `core.img`: GRUB's i386-pc core image, made by the image's own `grub-mkimage -O i386-pc`
+//!   (from `grub-pc-bin`) with the same embedded config as the EFI image and the modules that
+//!   read a GPT disk through the BIOS and an ext4 root ([`BIOS_MODULES`]),
+//! - `boot.img`: the image's own `/usr/lib/grub/i386-pc/boot.img`, unpatched.
 //!
 //! Needs root (grub-mkimage runs in a chroot of the image, so GRUB matches the distribution).
 //!
 //! Key: input tree key; bootloader kind; command line; root filesystem UUID; fstab lines.
+
+use std::path::PathBuf;
 
 use imgspec_cache::StepOutput;
 
@@ -43,6 +52,28 @@ const EFI_MODULES: &[&str] = &[
     "all_video",
     "boot",
 ];
+
+/// GRUB modules built into the BIOS core image: `biosdisk` reads disks through INT 13h.
+pub const BIOS_MODULES: &[&str] = &[
+    "biosdisk",
+    "part_gpt",
+    "part_msdos",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_fs_uuid",
+    "configfile",
+    "echo",
+    "test",
+    "serial",
+    "terminal",
+    "gzio",
+    "boot",
+];
+
+/// Where the BIOS images are made inside the image root, removed before the tree is imported.
+const BIOS_OUT: &str = ".imgspec-bios";
 
 /// One `/etc/fstab` line.
 #[derive(Clone, Debug)]
@@ -147,13 +178,69 @@ impl BootloaderStep {
             );
             s.run(ctx, &script)?;
         }
+        let bios = if matches!(self.kind, BootloaderKind::GrubBios | BootloaderKind::Hybrid) {
+            Some(self.make_bios_images(ctx, &s)?)
+        } else {
+            None
+        };
         let m = s.close(ctx)?;
-        ctx.tree_output(&m)
+        let mut out = ctx.tree_output(&m)?;
+        if let Some((core, boot)) = bios {
+            out.files
+                .insert("core.img".into(), ctx.store.put_file(&core)?);
+            out.files
+                .insert("boot.img".into(), ctx.store.put_file(&boot)?);
+            let _ = std::fs::remove_file(core);
+            let _ = std::fs::remove_file(boot);
+        }
+        Ok(out)
+    }
+
+    /// Runs the image's `grub-mkimage -O i386-pc` and takes `core.img` and `boot.img` out of
+    /// the tree into the step's scratch space: (core, boot).
+    fn make_bios_images(
+        &self,
+        ctx: &StepContext,
+        s: &Session,
+    ) -> Result<(PathBuf, PathBuf), StepError> {
+        // A fresh folder at the top of the root: `create_dir` fails rather than follow a
+        // symlink the image might have there.
+        let dir = s.root.join(BIOS_OUT);
+        std::fs::create_dir(&dir).map_err(StepError::io(&dir))?;
+        let cfg = dir.join("early.cfg");
+        std::fs::write(&cfg, self.early_cfg()).map_err(StepError::io(&cfg))?;
+        let script = format!(
+            "set -e\n\
+             command -v grub-mkimage >/dev/null || {{ echo 'the image has no grub-mkimage (grub-pc-bin)' >&2; exit 1; }}\n\
+             test -f /usr/lib/grub/i386-pc/boot.img || {{ echo 'the image has no /usr/lib/grub/i386-pc/boot.img (grub-pc-bin)' >&2; exit 1; }}\n\
+             grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -p /boot/grub -c /{BIOS_OUT}/early.cfg -o /{BIOS_OUT}/core.img {}\n\
+             cp /usr/lib/grub/i386-pc/boot.img /{BIOS_OUT}/boot.img\n",
+            BIOS_MODULES.join(" ")
+        );
+        let take = |name: &str| -> Result<PathBuf, StepError> {
+            let from = dir.join(name);
+            let meta = std::fs::symlink_metadata(&from).map_err(StepError::io(&from))?;
+            if !meta.file_type().is_file() {
+                return Err(StepError::Invalid(format!(
+                    "`/{BIOS_OUT}/{name}` made in the image is not a regular file"
+                )));
+            }
+            let to = ctx.work.join(name);
+            std::fs::rename(&from, &to).map_err(StepError::io(&from))?;
+            Ok(to)
+        };
+        let made = s
+            .run(ctx, &script)
+            .and_then(|()| Ok((take("core.img")?, take("boot.img")?)));
+        let cleaned = std::fs::remove_dir_all(&dir).map_err(StepError::io(&dir));
+        let made = made?;
+        cleaned?;
+        Ok(made)
     }
 }
 
 /// The real file behind a top-level kernel link (`vmlinuz` → `boot/vmlinuz-6.1.0-28-amd64`).
-fn kernel_path(tree: &Tree, link: &str) -> Result<Option<String>, StepError> {
+pub fn kernel_path(tree: &Tree, link: &str) -> Result<Option<String>, StepError> {
     for candidate in [link.to_string(), format!("boot/{link}")] {
         let p = tree.resolve(&candidate, true)?;
         if matches!(

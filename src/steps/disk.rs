@@ -2,10 +2,16 @@
 //! and partition arrays, CRCs) with each partition's filesystem image copied in at its 1 MiB
 //! aligned offset, sparse where the content is zeros.
 //!
+//! For legacy BIOS boot (`grub-bios`, `hybrid`), GRUB's `core.img` and `boot.img` (files of the
+//! bootloader step, its last input) then go into the BIOS boot partition and the protective MBR,
+//! patched to point at each other ([`crate::format::biosboot`]).
+//!
 //! Makes: `disk.raw`, with its SHA-256 in the metadata (`sha256`).
 //!
-//! Key: the filesystem steps' keys (inputs, in partition order); disk size; disk GUID; for every
-//! partition its name, type GUID, GUID, first and last LBA.
+//! Key: the filesystem steps' keys (inputs, in partition order), then the bootloader step's key
+//! for BIOS boot; disk size; disk GUID; for every partition its name, type GUID, GUID, first and
+//! last LBA; for BIOS boot only, `bios`: the index of the BIOS boot partition (absent otherwise,
+//! so UEFI-only disks keep their keys).
 
 use imgspec_cache::StepOutput;
 
@@ -22,6 +28,17 @@ pub struct DiskStep {
     pub disk_guid: Guid,
     /// For each partition of the layout: the index of the input whose `fs.img` fills it.
     pub contents: Vec<Option<usize>>,
+    /// Legacy BIOS boot: where GRUB's core image goes and which input made it.
+    pub bios: Option<BiosBoot>,
+}
+
+/// GRUB for BIOS on the disk: `core.img` in a BIOS boot partition, `boot.img` in the MBR.
+#[derive(Clone, Debug)]
+pub struct BiosBoot {
+    /// Index in the layout of the BIOS boot partition.
+    pub partition: usize,
+    /// Index of the input (the bootloader step) whose files `core.img` and `boot.img` to use.
+    pub input: usize,
 }
 
 impl DiskStep {
@@ -33,6 +50,9 @@ impl DiskStep {
                 &format!("partition {}", p.name),
                 &format!("{} {} {} {}", p.type_guid, p.guid, p.first_lba, p.last_lba),
             );
+        }
+        if let Some(b) = &self.bios {
+            k.param("bios", &format!("partition {}", b.partition));
         }
         Ok(())
     }
@@ -57,6 +77,20 @@ impl DiskStep {
         let raw = ctx.work.join("disk.raw");
         let contents: Vec<Option<&std::path::Path>> = files.iter().map(|f| f.as_deref()).collect();
         crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
+        if let Some(b) = &self.bios {
+            let file = |name: &str| -> Result<Vec<u8>, StepError> {
+                let r = ctx
+                    .inputs
+                    .get(b.input)
+                    .and_then(|o| o.files.get(name))
+                    .ok_or(StepError::Internal(
+                        "the bootloader input has no core.img or boot.img",
+                    ))?;
+                Ok(ctx.store.read_blob(&r.digest)?)
+            };
+            let (boot, core) = (file("boot.img")?, file("core.img")?);
+            crate::format::biosboot::install(&raw, &self.layout, b.partition, &boot, &core)?;
+        }
         for f in files.into_iter().flatten() {
             let _ = std::fs::remove_file(f);
         }
@@ -66,5 +100,54 @@ impl DiskStep {
         out.files.insert("disk.raw".into(), r);
         out.meta.insert("sha256".into(), sha);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::gpt;
+
+    fn step(bios: Option<BiosBoot>) -> DiskStep {
+        let part = |name: &str, type_guid, size| gpt::PartitionSpec {
+            name: name.into(),
+            type_guid,
+            size,
+            guid: gpt::derive_guid(&[1; 32], name),
+            attributes: 0,
+        };
+        DiskStep {
+            layout: gpt::layout(
+                64 * gpt::MIB,
+                &[
+                    part("bios", gpt::BIOS_BOOT, Some(gpt::MIB)),
+                    part("root", gpt::ROOT_X86_64, None),
+                ],
+            )
+            .unwrap(),
+            disk_guid: gpt::derive_guid(&[1; 32], "disk"),
+            contents: vec![None, Some(0)],
+            bios,
+        }
+    }
+
+    fn key(s: &DiskStep) -> (imgspec_cache::StepKey, Vec<crate::plan::key::KeyPart>) {
+        let mut k = KeyBuilder::new("disk", VERSION);
+        s.hash(&mut k).unwrap();
+        k.finish()
+    }
+
+    #[test]
+    fn bios_boot_is_in_the_key_only_when_asked_for() {
+        let (plain, parts) = key(&step(None));
+        assert!(parts.iter().all(|p| p.name != "bios"), "{parts:?}");
+        let bios = step(Some(BiosBoot {
+            partition: 0,
+            input: 1,
+        }));
+        let (with_bios, parts) = key(&bios);
+        assert_ne!(plain, with_bios);
+        let p = parts.iter().find(|p| p.name == "bios").unwrap();
+        assert_eq!(p.value, "partition 0");
     }
 }

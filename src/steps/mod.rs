@@ -6,6 +6,7 @@ pub mod base;
 pub mod bootloader;
 pub mod chroot;
 pub mod disk;
+pub mod element;
 pub mod files;
 pub mod filesystem;
 pub mod output;
@@ -13,6 +14,7 @@ pub mod packages;
 pub mod run;
 pub mod scrub;
 pub mod tree;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +32,8 @@ pub enum Action {
     Packages(packages::PackagesStep),
     Files(files::FilesStep),
     Run(run::RunStep),
+    User(user::UserStep),
+    Element(element::ElementStep),
     Bootloader(bootloader::BootloaderStep),
     Filesystem(filesystem::FilesystemStep),
     Disk(disk::DiskStep),
@@ -45,6 +49,8 @@ impl Action {
             Action::Packages(_) => "packages",
             Action::Files(_) => "files",
             Action::Run(_) => "run",
+            Action::User(_) => "user",
+            Action::Element(_) => "element",
             Action::Bootloader(_) => "bootloader",
             Action::Filesystem(_) => "filesystem",
             Action::Disk(_) => "disk",
@@ -60,6 +66,8 @@ impl Action {
             Action::Packages(_) => packages::VERSION,
             Action::Files(_) => files::VERSION,
             Action::Run(_) => run::VERSION,
+            Action::User(_) => user::VERSION,
+            Action::Element(_) => element::VERSION,
             Action::Bootloader(_) => bootloader::VERSION,
             Action::Filesystem(_) => filesystem::VERSION,
             Action::Disk(_) => disk::VERSION,
@@ -72,7 +80,10 @@ impl Action {
         match self {
             Action::BaseTar(_) | Action::Files(_) | Action::Disk(_) => vec![],
             Action::BaseDebian(_) => vec![crate::tools::MMDEBSTRAP],
-            Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) => run::TOOLS.to_vec(),
+            Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
+                run::TOOLS.to_vec()
+            }
+            Action::Element(e) => e.tools(),
             Action::Filesystem(f) => f.tools(),
             Action::Output(o) => o.tools(),
         }
@@ -80,10 +91,17 @@ impl Action {
 
     /// Whether the step must run as root (chroot, device nodes, file owners).
     pub fn needs_root(&self) -> bool {
-        matches!(
-            self,
-            Action::BaseDebian(_) | Action::Run(_) | Action::Packages(_) | Action::Bootloader(_)
-        )
+        match self {
+            Action::Element(e) => e.needs_root(),
+            _ => matches!(
+                self,
+                Action::BaseDebian(_)
+                    | Action::Run(_)
+                    | Action::Packages(_)
+                    | Action::Bootloader(_)
+                    | Action::User(_)
+            ),
+        }
     }
 
     /// Adds the step's own parameters, local files and tool versions to its key (the plan adds
@@ -95,6 +113,8 @@ impl Action {
             Action::Packages(s) => s.hash(k),
             Action::Files(s) => s.hash(k, facts),
             Action::Run(s) => s.hash(k),
+            Action::User(s) => s.hash(k),
+            Action::Element(s) => s.hash(k),
             Action::Bootloader(s) => s.hash(k),
             Action::Filesystem(s) => s.hash(k, facts),
             Action::Disk(s) => s.hash(k),
@@ -109,6 +129,8 @@ impl Action {
             Action::Packages(s) => s.run(ctx),
             Action::Files(s) => s.run(ctx),
             Action::Run(s) => s.run(ctx),
+            Action::User(s) => s.run(ctx),
+            Action::Element(s) => s.run(ctx),
             Action::Bootloader(s) => s.run(ctx),
             Action::Filesystem(s) => s.run(ctx),
             Action::Disk(s) => s.run(ctx),

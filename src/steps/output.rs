@@ -4,9 +4,13 @@
 //!   owners, mtimes clamped to the image epoch). Input: the last tree layer.
 //! - `raw`: the disk step's `disk.raw` under the image's name (no bytes copied in the store).
 //! - `qcow2`: `qemu-img convert` of the disk (deterministic: no timestamps in qcow2).
+//! - `partition`: Ironic's partition image set. Inputs: the root filesystem step and the final
+//!   tree. `NAME.qcow2` is the root filesystem alone (no partition table), `NAME.vmlinuz` and
+//!   `NAME.initrd` are the kernel and initramfs that the image's `/vmlinuz` and `/initrd.img`
+//!   point at (their blobs are referenced, not copied).
 //!
-//! Every output records its SHA-256 in the step output's metadata (`sha256`), so that
-//! `SHA256SUMS` is written without reading the files again.
+//! Every output records the SHA-256 of each of its files in the step output's metadata
+//! (`sha256:FILE`), so that `SHA256SUMS` is written without reading the files again.
 //!
 //! Key: input key; format; file name.
 
@@ -34,7 +38,7 @@ impl OutputStep {
     pub fn tools(&self) -> Vec<Tool> {
         match self.format {
             OutputFormat::Tar | OutputFormat::Raw => vec![],
-            OutputFormat::Qcow2 => vec![crate::tools::QEMU_IMG],
+            OutputFormat::Qcow2 | OutputFormat::Partition => vec![crate::tools::QEMU_IMG],
         }
     }
 
@@ -67,9 +71,14 @@ impl OutputStep {
                     .files
                     .get("disk.raw")
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
+                let sha = disk
+                    .meta
+                    .get("sha256")
+                    .ok_or(StepError::Internal("the disk step has no sha256"))?;
                 let mut out = StepOutput::default();
                 out.files.insert(self.file_name.clone(), r.clone());
-                out.meta = disk.meta.clone();
+                out.meta
+                    .insert(format!("sha256:{}", self.file_name), sha.clone());
                 return Ok(out);
             }
             OutputFormat::Qcow2 => {
@@ -86,16 +95,72 @@ impl OutputStep {
                 crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, false)?;
                 let _ = std::fs::remove_file(&raw);
             }
+            OutputFormat::Partition => return self.partition(ctx, &path),
         }
-        self.finish(ctx, &path)
+        let mut out = StepOutput::default();
+        self.add_file(ctx, &mut out, &self.file_name, &path)?;
+        Ok(out)
     }
 
-    fn finish(&self, ctx: &StepContext, path: &Path) -> Result<StepOutput, StepError> {
+    /// Stores `path` as the output file `name`, with its SHA-256.
+    fn add_file(
+        &self,
+        ctx: &StepContext,
+        out: &mut StepOutput,
+        name: &str,
+        path: &Path,
+    ) -> Result<(), StepError> {
         let sha = sha256_file(path)?;
         let r = ctx.store.put_file(path)?;
+        out.files.insert(name.to_string(), r);
+        out.meta.insert(format!("sha256:{name}"), sha);
+        Ok(())
+    }
+
+    fn partition(&self, ctx: &StepContext, qcow2: &Path) -> Result<StepOutput, StepError> {
+        let fs = ctx
+            .inputs
+            .first()
+            .and_then(|o| o.files.get("fs.img"))
+            .ok_or(StepError::Internal(
+                "partition output without a root filesystem",
+            ))?;
+        let img = ctx.work.join("root.img");
+        ctx.store.blob_to_file(&fs.digest, &img)?;
+        crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
+        let _ = std::fs::remove_file(&img);
         let mut out = StepOutput::default();
-        out.files.insert(self.file_name.clone(), r);
-        out.meta.insert("sha256".into(), sha);
+        self.add_file(ctx, &mut out, &self.file_name, qcow2)?;
+        let (_, m) = ctx.input_tree(1)?;
+        let tree = super::tree::Tree::new(m);
+        let stem = self.file_name.trim_end_matches(".qcow2");
+        for (link, ext) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd")] {
+            let path = super::bootloader::kernel_path(&tree, link)?.ok_or_else(|| {
+                StepError::Invalid(format!(
+                    "the image has no `/{link}`: a partition image needs a kernel package"
+                ))
+            })?;
+            let Some(imgspec_cache::Entry {
+                kind: imgspec_cache::EntryKind::File { digest, size },
+                ..
+            }) = tree.entries.get(&path)
+            else {
+                return Err(StepError::Internal("kernel_path returned a non-file"));
+            };
+            let bytes = ctx.store.read_blob(digest)?;
+            let name = format!("{stem}.{ext}");
+            out.meta.insert(
+                format!("sha256:{name}"),
+                format!("{:x}", Sha256::digest(&bytes)),
+            );
+            out.files.insert(
+                name,
+                imgspec_cache::FileRef {
+                    digest: *digest,
+                    size: *size,
+                },
+            );
+        }
         Ok(out)
     }
 }
@@ -105,6 +170,7 @@ pub fn format_name(f: OutputFormat) -> &'static str {
         OutputFormat::Tar => "tar",
         OutputFormat::Raw => "raw",
         OutputFormat::Qcow2 => "qcow2",
+        OutputFormat::Partition => "partition",
     }
 }
 

@@ -72,6 +72,12 @@ impl Workspace {
     /// A tiny root filesystem tarball made of this host's `sh`, `env` and a few coreutils with
     /// their libraries: enough for `run` steps to chroot into, with no network.
     pub fn rootfs_tar(&self, rel: &str) {
+        self.rootfs_tar_with(rel, &[], &[]);
+    }
+
+    /// [`Workspace::rootfs_tar`] with more of the host's programs (and their libraries) in
+    /// `/usr/bin`, and more files: (path in the image, content, mode).
+    pub fn rootfs_tar_with(&self, rel: &str, extra_bins: &[&str], files: &[(&str, &str, u32)]) {
         let root = self.path("rootfs-src");
         for d in ["usr/bin", "usr/lib", "usr/lib64", "etc", "tmp"] {
             std::fs::create_dir_all(root.join(d)).unwrap();
@@ -86,7 +92,7 @@ impl Workspace {
         let bins = [
             "sh", "env", "cat", "date", "echo", "mkdir", "touch", "rm", "ls", "chmod",
         ];
-        for b in bins {
+        for b in bins.iter().chain(extra_bins) {
             let src = which(b);
             copy_into(&root, &src, &format!("usr/bin/{b}"));
             for lib in libs_of(&src) {
@@ -97,6 +103,13 @@ impl Workspace {
             }
         }
         std::fs::write(root.join("etc/os-release"), "ID=fixture\n").unwrap();
+        for (path, content, mode) in files {
+            use std::os::unix::fs::PermissionsExt;
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+        }
         let out = Command::new("tar")
             .args([
                 "--sort=name",
@@ -122,7 +135,7 @@ impl Workspace {
 }
 
 fn which(b: &str) -> PathBuf {
-    for d in ["/usr/bin", "/bin"] {
+    for d in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
         let p = Path::new(d).join(b);
         if p.exists() {
             return std::fs::canonicalize(p).unwrap();

@@ -1,8 +1,10 @@
-//! The real thing: specs/debian-efi.kdl built from an empty cache with mmdebstrap from the
-//! host's mirror, booted under QEMU (UEFI) to a login prompt, built again from the cache.
+//! The real thing: every Debian image of specs/ built in one run from an empty cache with
+//! mmdebstrap from the host's mirror, each booted under QEMU in the way it is meant to boot
+//! (UEFI, BIOS, both, partition image with its kernel), a test image whose own unit checks DHCP,
+//! the user and growroot from inside, then everything again from the cache.
 //! Minutes, network and root: ignored by plain `cargo test`, run by `--include-ignored` (CI).
 
-use crate::common::{sha256, Workspace};
+use crate::common::{sha256, Run, Workspace};
 
 fn copy_specs(w: &Workspace) {
     let status = std::process::Command::new("cp")
@@ -11,65 +13,178 @@ fn copy_specs(w: &Workspace) {
         .status()
         .unwrap();
     assert!(status.success());
+    let status = std::process::Command::new("cp")
+        .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vm-checks")])
+        .arg(w.path("specs/vm-checks"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The image whose unit prints IMGSPEC-CHECK lines at boot.
+const CHECKS: &str = r#"
+import "debian-common.kdl"
+
+image "debian-checks" extends="debian-common" {
+    user "ops" groups="sudo" sudo=#true ssh-key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImgspecTestKeyOnlyForTestsXXXXXXXXXXXXXXXX imgspec-test@example"
+    element "growroot"
+    files "vm-checks/"
+    bootloader "grub-efi"
+    disk table="gpt" size="2GiB" {
+        partition "esp" type="esp" size="200MiB" format="vfat" mount="/boot/efi"
+        partition "root" type="root" format="ext4" mount="/"
+    }
+    output "qcow2"
+}
+"#;
+
+const IMAGES: &[&str] = &[
+    "debian-efi",
+    "debian-bios",
+    "debian-hybrid",
+    "debian-partition",
+    "debian-checks",
+];
+
+fn build(w: &Workspace) -> Run {
+    w.run(&[
+        "build",
+        "specs/debian-efi.kdl",
+        "specs/debian-bios.kdl",
+        "specs/debian-hybrid.kdl",
+        "specs/debian-partition.kdl",
+        "specs/checks.kdl",
+    ])
+}
+
+#[track_caller]
+fn boot(w: &Workspace, args: &[&str], expect: &str) -> String {
+    let mut all = vec!["boot", "--timeout", "900"];
+    all.extend_from_slice(args);
+    let r = w.run(&all);
+    assert_eq!(r.code, 0, "boot {args:?} failed:\n{}", r.stderr);
+    assert!(r.stderr.contains(expect), "boot {args:?}:\n{}", r.stderr);
+    r.stderr
+}
+
+fn outputs(w: &Workspace) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for i in IMAGES {
+        for e in std::fs::read_dir(w.path(&format!("out/{i}"))).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                v.push((format!("{i}/{name}"), sha256(&p)));
+            }
+        }
+    }
+    v.sort();
+    v
 }
 
 #[test]
-#[ignore = "builds and boots a real Debian image: minutes, root and the host's apt mirror"]
-fn debian_efi_builds_boots_and_rebuilds_from_cache() {
+#[ignore = "builds and boots real Debian images: minutes, root and the host's apt mirror"]
+fn debian_images_build_boot_and_rebuild_from_cache() {
     let w = Workspace::new();
     copy_specs(&w);
-    let r = w.run(&["build", "specs/debian-efi.kdl"]).ok();
+    w.write("specs/checks.kdl", CHECKS);
+
+    // One run: shared layers once, every image's outputs with their checksums.
+    let r = build(&w).ok();
     eprintln!("{}", r.stderr);
-    let qcow2 = w.path("out/debian-efi/debian-efi.qcow2");
-    let raw = w.path("out/debian-efi/debian-efi.raw");
-    assert!(qcow2.exists() && raw.exists());
-    let sums = std::fs::read_to_string(w.path("out/debian-efi/SHA256SUMS")).unwrap();
-    assert!(
-        sums.contains(&format!("{}  debian-efi.qcow2", sha256(&qcow2))),
-        "{sums}"
-    );
-    assert!(
-        sums.contains(&format!("{}  debian-efi.raw", sha256(&raw))),
-        "{sums}"
-    );
+    assert_eq!(r.stderr.matches("built    base debian").count(), 1, "{}", r.stderr);
+    // The bootable variants share their layers up to the bootloader.
+    let plan: serde_json::Value =
+        serde_json::from_str(&w.run(&["--json", "plan", "specs/debian-efi.kdl", "specs/debian-bios.kdl", "specs/debian-hybrid.kdl"]).ok().stdout).unwrap();
+    let layer_keys = |i: usize| -> Vec<String> {
+        plan["images"][i]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .take_while(|s| s["kind"] != "bootloader")
+            .map(|s| s["key"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(layer_keys(0).len(), 3, "{plan}");
+    assert_eq!(layer_keys(0), layer_keys(1));
+    assert_eq!(layer_keys(0), layer_keys(2));
+    for (image, files) in [
+        ("debian-efi", &["debian-efi.qcow2", "debian-efi.raw"][..]),
+        ("debian-bios", &["debian-bios.qcow2"]),
+        ("debian-hybrid", &["debian-hybrid.qcow2"]),
+        ("debian-partition", &["debian-partition.qcow2", "debian-partition.vmlinuz", "debian-partition.initrd"]),
+        ("debian-checks", &["debian-checks.qcow2"]),
+    ] {
+        let sums = std::fs::read_to_string(w.path(&format!("out/{image}/SHA256SUMS"))).unwrap();
+        for f in files {
+            let p = w.path(&format!("out/{image}/{f}"));
+            assert!(sums.contains(&format!("{}  {f}", sha256(&p))), "{image}: {sums}");
+        }
+    }
 
     // The partition table is one that the standard tools accept.
     let dump = std::process::Command::new("sfdisk")
         .arg("--dump")
-        .arg(&raw)
+        .arg(w.path("out/debian-efi/debian-efi.raw"))
         .output()
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("label: gpt"), "{dump}");
-    assert!(
-        dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
-        "ESP type: {dump}"
-    );
-    assert!(
-        dump.contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
-        "root type: {dump}"
-    );
+    assert!(dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "ESP type: {dump}");
+    assert!(dump.contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"), "root type: {dump}");
+    // A partition image has no partition table: it is an ext4 filesystem.
+    let info = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(w.path("out/debian-partition/debian-partition.qcow2"))
+        .arg(w.path("partition.raw"))
+        .status()
+        .unwrap();
+    assert!(info.success());
+    let fs = std::process::Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(w.path("partition.raw"))
+        .output()
+        .unwrap();
+    assert!(fs.status.success(), "not ext4: {}", String::from_utf8_lossy(&fs.stderr));
+    std::fs::remove_file(w.path("partition.raw")).unwrap();
 
-    let boot = w.run(&[
-        "boot",
-        "out/debian-efi/debian-efi.qcow2",
-        "--timeout",
-        "900",
-    ]);
-    assert_eq!(boot.code, 0, "no login prompt:\n{}", boot.stderr);
+    // Every way of booting reaches a login prompt.
+    boot(&w, &["out/debian-efi/debian-efi.qcow2"], "`login:` after");
+    boot(&w, &["--firmware", "bios", "out/debian-bios/debian-bios.qcow2"], "`login:` after");
+    boot(&w, &["out/debian-hybrid/debian-hybrid.qcow2"], "`login:` after");
+    boot(&w, &["--firmware", "bios", "out/debian-hybrid/debian-hybrid.qcow2"], "`login:` after");
+    let p = boot(&w, &["out/debian-partition/debian-partition.qcow2"], "`login:` after");
+    assert!(p.contains("partition image, kernel"), "{p}");
+
+    // Inside the test image: DHCP, the user and its key, growroot on a disk grown to 3 GiB.
+    std::fs::copy(
+        w.path("out/debian-checks/debian-checks.qcow2"),
+        w.path("grown.qcow2"),
+    )
+    .unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["resize", "-q"])
+        .arg(w.path("grown.qcow2"))
+        .arg("3G")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let console = boot(&w, &["--expect", "IMGSPEC-CHECKS-", "grown.qcow2"], "IMGSPEC-CHECKS-");
+    for check in ["dhcp", "user", "growroot"] {
+        assert!(console.contains(&format!("IMGSPEC-CHECK {check} ok")), "{check}:\n{console}");
+    }
+    assert!(console.contains("IMGSPEC-CHECKS-PASSED"), "{console}");
+
+    // Again: every step from the cache, the same bytes, outputs restored when deleted.
+    let before = outputs(&w);
+    std::fs::remove_file(w.path("out/debian-efi/debian-efi.qcow2")).unwrap();
+    let r = build(&w).ok();
     assert!(
-        boot.stderr.contains("login prompt after"),
+        r.stderr.lines().any(|l| l.starts_with("0 steps built")),
         "{}",
-        boot.stderr
+        r.stderr
     );
-
-    // Second build: every step from the cache, the same bytes.
-    let before = (sha256(&qcow2), sha256(&raw));
-    std::fs::remove_file(&qcow2).unwrap();
-    let r = w.run(&["build", "specs/debian-efi.kdl"]).ok();
-    assert!(r.stderr.contains(" 0 steps built"), "{}", r.stderr);
-    assert!(r.stderr.contains("0 failed"), "{}", r.stderr);
-    assert_eq!((sha256(&qcow2), sha256(&raw)), before);
+    assert_eq!(outputs(&w), before);
 
     // A package that does not exist fails its step, by name, and stores nothing.
     w.write(
@@ -79,16 +194,11 @@ fn debian_efi_builds_boots_and_rebuilds_from_cache() {
     let r = w.run(&["build", "specs/broken.kdl"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("apt cannot find package `no-such-package-imgspec`"),
+        r.stderr.contains("apt cannot find package `no-such-package-imgspec`"),
         "{}",
         r.stderr
     );
-    assert!(
-        r.stderr.contains("step `packages extra` failed"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("step `packages extra` failed"), "{}", r.stderr);
 
     // A suite that does not exist fails the base step with mmdebstrap's reason.
     w.write(
@@ -98,8 +208,7 @@ fn debian_efi_builds_boots_and_rebuilds_from_cache() {
     let r = w.run(&["build", "specs/nosuite.kdl"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr
-            .contains("step `base debian no-such-suite minbase` failed"),
+        r.stderr.contains("step `base debian no-such-suite minbase` failed"),
         "{}",
         r.stderr
     );

@@ -242,3 +242,56 @@ fn a_missing_host_tool_stops_the_build_with_the_install_line() {
     assert!(stderr.contains("apt-get install mmdebstrap"), "{stderr}");
     assert!(!w.path("out").exists());
 }
+
+/// Unmounts the test's tmpfs even when an assertion fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_step_and_leaves_the_store_as_it_was() {
+    let w = mini();
+    // 40 MiB of incompressible data in the overlay; the cache gets a 24 MiB tmpfs.
+    let mut data = vec![0u8; 40 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(w.path("overlay/big.bin"), data).unwrap();
+    let cache = w.path("small-cache");
+    std::fs::create_dir(&cache).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&cache)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a tmpfs for the test needs root");
+    let _m = Mounted(cache.clone());
+    let r = w.run_with_cache("small-cache", &["build", "mini.kdl"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("step `files overlay/` failed"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    let v = w
+        .run_with_cache("small-cache", &["cache", "verify"])
+        .ok()
+        .stdout;
+    assert!(v.contains("0 corrupt"), "{v}");
+    let ls = w
+        .run_with_cache("small-cache", &["cache", "ls"])
+        .ok()
+        .stdout;
+    assert!(ls.contains("base-tar") && !ls.contains("files"), "{ls}");
+    let tmp: Vec<_> = std::fs::read_dir(cache.join("tmp")).unwrap().collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+}

@@ -2,4 +2,5 @@
 
 mod common;
 mod debian;
+mod elements;
 mod engine;

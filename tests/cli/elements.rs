@@ -1,0 +1,328 @@
+//! `element` and `user` layers end to end with no network: the tiny root filesystem of
+//! `common.rs` plus this host's `useradd` (the real one, run in the chroot), a stand-in
+//! `apt-get` that records what it is asked to install and lays what the package would
+//! (`/fake-debs/PKG/`) into the image, and a stand-in `locale-gen`. What the real Debian packages
+//! do with these files is checked by the ignored test at the end (network, minutes).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::common::{sha256, Workspace};
+
+const FAKE_APT: &str = r#"#!/bin/sh
+# Stand-in for apt-get: records the packages it is asked to install, and lays what each would
+# install (/fake-debs/PKG/) into the image.
+set -e
+case "$1" in
+    update|clean) exit 0 ;;
+    install) shift ;;
+    *) echo "fake apt-get: unexpected $1" >&2; exit 100 ;;
+esac
+mkdir -p /var/lib/fake-apt
+for a in "$@"; do
+    case "$a" in -*) continue ;; esac
+    echo "$a" >> /var/lib/fake-apt/installed
+    if [ -d "/fake-debs/$a" ]; then cp -R "/fake-debs/$a/." /; fi
+done
+"#;
+
+const FAKE_LOCALE_GEN: &str = r#"#!/bin/sh
+# Stand-in for locales' locale-gen: "compiles" the enabled lines of /etc/locale.gen.
+set -e
+mkdir -p /usr/lib/locale
+grep -v '^#' /etc/locale.gen | grep . > /usr/lib/locale/locale-archive
+"#;
+
+const LOCALE_GEN: &str = "\
+# This file lists locales that you wish to have built.
+# en_US.UTF-8 UTF-8
+# fr_FR.UTF-8 UTF-8
+";
+
+const LOGIN_DEFS: &str = "\
+UID_MIN 1000
+UID_MAX 60000
+GID_MIN 1000
+GID_MAX 60000
+PASS_MAX_DAYS 99999
+PASS_MIN_DAYS 0
+PASS_WARN_AGE 7
+HOME_MODE 0700
+USERGROUPS_ENAB yes
+";
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIImgspecTestKey ops@example";
+const HASH: &str = "$6$saltsalt$0123456789abcdefghijklmnopqrstuvwxyzABCDEF";
+
+const SPEC: &str = r#"
+image "el" {
+    base "tar" path="rootfs.tar"
+    element "dhcp-all-interfaces"
+    element "serial-console" port="ttyS1" speed="57600"
+    element "timezone" zone="Europe/Paris"
+    element "locale" lang="fr_FR.UTF-8"
+    element "cloud-init" datasources="ConfigDrive NoCloud"
+    element "growroot"
+    element "grub2"
+    user "ops" groups="adm" ssh-key="KEY" sudo=#true shell="/bin/sh"
+    user "dev" password-hash="HASH" shell="/bin/sh"
+    element "hostname" name="web1.example.org"
+    output "tar"
+}
+"#;
+
+/// base, the implied package set, 8 elements, 2 users, the output.
+const STEPS: usize = 13;
+
+/// A workspace whose `rootfs.tar` can run `useradd`, a stand-in apt and locale-gen.
+fn workspace() -> Workspace {
+    let w = Workspace::new();
+    w.rootfs_tar_with(
+        "rootfs.tar",
+        &["useradd", "cp", "grep"],
+        &[
+            ("usr/bin/apt-get", FAKE_APT, 0o755),
+            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644),
+            ("etc/group", "root:x:0:\nadm:x:4:\nusers:x:100:\n", 0o644),
+            ("etc/shadow", "root:*:19000:0:99999:7:::\n", 0o640),
+            ("etc/gshadow", "root:*::\nadm:*::\nusers:*::\n", 0o640),
+            ("etc/login.defs", LOGIN_DEFS, 0o644),
+            ("etc/skel/.profile", "# skel\n", 0o644),
+            (
+                "usr/lib/systemd/system/serial-getty@.service",
+                "[Unit]\nDescription=Serial Getty on %I\n",
+                0o644,
+            ),
+            ("fake-debs/tzdata/usr/share/zoneinfo/Europe/Paris", "TZif2\n", 0o644),
+            ("fake-debs/locales/etc/locale.gen", LOCALE_GEN, 0o644),
+            ("fake-debs/locales/usr/sbin/locale-gen", FAKE_LOCALE_GEN, 0o755),
+            ("fake-debs/cloud-init/etc/cloud/cloud.cfg", "# cloud.cfg\n", 0o644),
+        ],
+    );
+    w.write(
+        "el.kdl",
+        &SPEC.replace("KEY", KEY).replace("HASH", HASH),
+    );
+    w
+}
+
+/// Extracts a tar as root, keeping owners and modes.
+fn extract(w: &Workspace, tar: &str, dir: &str) -> PathBuf {
+    let dest = w.path(dir);
+    std::fs::create_dir_all(&dest).unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--same-owner", "-xpf"])
+        .arg(w.path(tar))
+        .arg("-C")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dest
+}
+
+fn read(root: &Path, rel: &str) -> String {
+    std::fs::read_to_string(root.join(rel)).unwrap_or_else(|e| panic!("/{rel}: {e}"))
+}
+
+/// (mode, uid, gid) of a path, not following a last symlink.
+fn meta(root: &Path, rel: &str) -> (u32, u32, u32) {
+    let m = std::fs::symlink_metadata(root.join(rel)).unwrap_or_else(|e| panic!("/{rel}: {e}"));
+    (m.permissions().mode() & 0o7777, m.uid(), m.gid())
+}
+
+fn link(root: &Path, rel: &str) -> String {
+    std::fs::read_link(root.join(rel))
+        .unwrap_or_else(|e| panic!("/{rel} is not a link: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn elements_and_users_write_their_files_and_rebuild_from_cache() {
+    let w = workspace();
+    let r = w.run(&["build", "el.kdl"]).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("{STEPS} steps built, 0 cached, 0 failed")),
+        "{}",
+        r.stderr
+    );
+    let root = extract(&w, "out/el/el.tar", "x");
+
+    // The plan put every package the layers need in one set after the base, sorted.
+    assert_eq!(
+        read(&root, "var/lib/fake-apt/installed"),
+        "cloud-guest-utils\ncloud-init\ngrub-common\ngrub-efi-amd64-bin\ngrub-pc-bin\n\
+         grub2-common\nifupdown\nisc-dhcp-client\nlocales\npasswd\nsudo\ntzdata\n"
+    );
+
+    // dhcp-all-interfaces
+    let dhcp = read(&root, "etc/network/interfaces.d/imgspec-dhcp");
+    for l in ["auto /en*=eth", "allow-hotplug /eth*=eth", "iface eth inet dhcp"] {
+        assert!(dhcp.lines().any(|x| x == l), "{l}: {dhcp}");
+    }
+    assert_eq!(meta(&root, "etc/network/interfaces.d/imgspec-dhcp"), (0o644, 0, 0));
+    assert!(read(&root, "etc/network/interfaces")
+        .lines()
+        .any(|l| l == "source /etc/network/interfaces.d/*"));
+
+    // serial-console
+    assert_eq!(
+        link(&root, "etc/systemd/system/getty.target.wants/serial-getty@ttyS1.service"),
+        "/lib/systemd/system/serial-getty@.service"
+    );
+    assert!(read(
+        &root,
+        "etc/systemd/system/serial-getty@ttyS1.service.d/imgspec-speed.conf"
+    )
+    .contains(" 57600 - $TERM\n"));
+
+    // timezone
+    assert_eq!(link(&root, "etc/localtime"), "/usr/share/zoneinfo/Europe/Paris");
+    assert_eq!(read(&root, "etc/timezone"), "Europe/Paris\n");
+
+    // locale: the line enabled before locale-gen ran in the image.
+    assert_eq!(
+        read(&root, "etc/locale.gen"),
+        LOCALE_GEN.replace("# fr_FR", "fr_FR")
+    );
+    assert_eq!(
+        read(&root, "usr/lib/locale/locale-archive"),
+        "fr_FR.UTF-8 UTF-8\n"
+    );
+    assert!(read(&root, "etc/default/locale").ends_with("\nLANG=fr_FR.UTF-8\n"));
+
+    // cloud-init
+    assert!(read(&root, "etc/cloud/cloud.cfg.d/91-imgspec-datasources.cfg")
+        .ends_with("\ndatasource_list: [ ConfigDrive, NoCloud, None ]\n"));
+
+    // growroot
+    assert_eq!(meta(&root, "usr/local/sbin/imgspec-growroot"), (0o755, 0, 0));
+    assert!(read(&root, "usr/local/sbin/imgspec-growroot").contains("growpart \"$disk\" \"$part\""));
+    assert_eq!(
+        link(&root, "etc/systemd/system/sysinit.target.wants/imgspec-growroot.service"),
+        "/etc/systemd/system/imgspec-growroot.service"
+    );
+    assert!(read(&root, "etc/systemd/system/imgspec-growroot.service")
+        .contains("ExecStart=/usr/local/sbin/imgspec-growroot\n"));
+
+    // grub2
+    assert!(read(&root, "etc/default/grub")
+        .contains("\nGRUB_CMDLINE_LINUX=\"console=tty0 console=ttyS0,115200\"\n"));
+
+    // users: the first free ids, the distribution's login.defs, the epoch's day in shadow.
+    let passwd = read(&root, "etc/passwd");
+    assert!(passwd.contains("\nops:x:1000:1000::/home/ops:/bin/sh\n"), "{passwd}");
+    assert!(passwd.contains("\ndev:x:1001:1001::/home/dev:/bin/sh\n"), "{passwd}");
+    let group = read(&root, "etc/group");
+    assert!(group.contains("\nadm:x:4:ops\n"), "{group}");
+    assert!(group.contains("\nops:x:1000:\n"), "{group}");
+    let shadow = read(&root, "etc/shadow");
+    assert!(shadow.contains("\nops:!:19518:0:99999:7:::\n"), "{shadow}");
+    assert!(
+        shadow.contains(&format!("\ndev:{HASH}:19518:0:99999:7:::\n")),
+        "{shadow}"
+    );
+    assert_eq!(meta(&root, "etc/shadow"), (0o640, 0, 0));
+    assert_eq!(meta(&root, "home/ops"), (0o700, 1000, 1000));
+    assert_eq!(meta(&root, "home/ops/.profile").1, 1000, "skel copied");
+    assert_eq!(meta(&root, "home/ops/.ssh"), (0o700, 1000, 1000));
+    assert_eq!(meta(&root, "home/ops/.ssh/authorized_keys"), (0o600, 1000, 1000));
+    assert_eq!(read(&root, "home/ops/.ssh/authorized_keys"), format!("{KEY}\n"));
+    assert_eq!(meta(&root, "etc/sudoers.d/ops"), (0o440, 0, 0));
+    assert!(read(&root, "etc/sudoers.d/ops").ends_with("\nops ALL=(ALL:ALL) NOPASSWD: ALL\n"));
+    assert!(!root.join("home/dev/.ssh").exists());
+    assert!(!root.join("etc/sudoers.d/dev").exists());
+
+    // hostname
+    assert_eq!(read(&root, "etc/hostname"), "web1.example.org\n");
+    assert!(read(&root, "etc/hosts")
+        .lines()
+        .any(|l| l == "127.0.1.1\tweb1.example.org web1"));
+
+    // Again: everything from the cache.
+    let r = w.run(&["build", "el.kdl"]).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("0 steps built, {STEPS} cached, 0 failed")),
+        "{}",
+        r.stderr
+    );
+
+    // A changed parameter rebuilds that element and what follows, and `plan` says why.
+    w.write(
+        "el.kdl",
+        &SPEC
+            .replace("KEY", KEY)
+            .replace("HASH", HASH)
+            .replace("web1.example.org", "web2"),
+    );
+    let plan = w.run(&["plan", "el.kdl"]).ok().stdout;
+    let line = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("element hostname"))
+        .unwrap_or_else(|| panic!("{plan}"));
+    assert!(line.contains("param `param:name`: `web1.example.org` → `web2`"), "{plan}");
+    let r = w.run(&["build", "el.kdl"]).ok();
+    assert!(
+        r.stderr
+            .contains(&format!("2 steps built, {} cached", STEPS - 2)),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn two_cold_builds_of_elements_and_users_give_the_same_tar() {
+    let w = workspace();
+    w.run_with_cache("cache-a", &["build", "el.kdl", "--out-dir", "out-a"])
+        .ok();
+    w.run_with_cache("cache-b", &["build", "el.kdl", "--out-dir", "out-b"])
+        .ok();
+    assert_eq!(
+        sha256(&w.path("out-a/el/el.tar")),
+        sha256(&w.path("out-b/el/el.tar"))
+    );
+}
+
+#[test]
+fn a_missing_group_zone_or_locale_fails_its_step_by_name() {
+    let w = workspace();
+    let cases = [
+        (
+            "user \"ops\" groups=\"adm wheel\" shell=\"/bin/sh\"",
+            "step `user ops` failed",
+            "user `ops`: group `wheel` does not exist in the image",
+        ),
+        (
+            "user \"ops\"",
+            "step `user ops` failed",
+            "user `ops`: shell `/bin/bash` does not exist in the image",
+        ),
+        (
+            "element \"timezone\" zone=\"Mars/Olympus\"",
+            "step `element timezone zone=Mars/Olympus` failed",
+            "time zone `Mars/Olympus` does not exist in the image",
+        ),
+        (
+            "element \"locale\" lang=\"xx_YY.UTF-8\"",
+            "step `element locale lang=xx_YY.UTF-8` failed",
+            "locale `xx_YY.UTF-8` is not listed in the image's /etc/locale.gen",
+        ),
+    ];
+    for (i, (layer, step, why)) in cases.iter().enumerate() {
+        let spec = format!("bad{i}.kdl");
+        w.write(
+            &spec,
+            &format!(
+                "image \"bad{i}\" {{\n    base \"tar\" path=\"rootfs.tar\"\n    {layer}\n    output \"tar\"\n}}\n"
+            ),
+        );
+        let r = w.run(&["build", &spec]);
+        assert_eq!(r.code, 1, "{layer}: {}", r.stderr);
+        assert!(r.stderr.contains(step), "{layer}: {}", r.stderr);
+        assert!(r.stderr.contains(why), "{layer}: {}", r.stderr);
+        assert!(!w.path(&format!("out/bad{i}/bad{i}.tar")).exists());
+    }
+}
