@@ -15,8 +15,9 @@
 //!   one entry is patched at 0x1F4: start = the partition's first LBA + 1, count = the core
 //!   image's sectors after the first, segment 0x820 (GRUB loads `diskboot.img` at segment 0x800
 //!   and the rest right after it, 0x20 paragraphs further), and the entry below it (0x1E8) is
-//!   zeroed as the terminator. GRUB does not embed more than (0x78000 − 0x9000) / 512 = 888
-//!   sectors (the load area below its disk buffer), so a larger core image is refused too.
+//!   zeroed as the terminator. `util/setup.c` embeds at most (0x78000 − 0x9000) / 512 = 888
+//!   sectors (from the kernel's link address up to 0x78000), so a larger core image is refused
+//!   too.
 //! - **The MBR** is `boot.img` (`grub-core/boot/i386/pc/boot.S`) with the disk's own sector
 //!   merged in: the BIOS parameter block area 0x03..0x5A is kept from the disk (boot.S only uses
 //!   it as scratch space), the kernel sector at 0x5C (`u64`) is set to the partition's first
@@ -60,7 +61,7 @@ pub const BLOCKLIST: usize = SECTOR_BYTES - LIST_ENTRY;
 const KERNEL_SEG: u16 = 0x800;
 /// Segment where the rest of the core image goes: right after diskboot.img.
 pub const CORE_SEGMENT: u16 = KERNEL_SEG + (SECTOR_BYTES as u16 >> 4);
-/// The most sectors GRUB embeds: its load area, from the kernel link address 0x9000 up to
+/// The most sectors `grub-bios-setup` embeds: from the kernel's link address 0x9000 up to
 /// 0x78000.
 pub const MAX_CORE_SECTORS: u64 = (0x78000 - 0x9000) / SECTOR;
 

@@ -161,6 +161,20 @@ impl Builder {
                 if matches!(b.kind, BootloaderKind::GrubBios | BootloaderKind::Hybrid) {
                     bios_loader = Some(tree);
                 }
+            } else {
+                // No bootloader (a partition image set): the image still mounts its
+                // filesystems by UUID.
+                tree = self.add(
+                    Add {
+                        image,
+                        name: "fstab".into(),
+                        label: "fstab".into(),
+                        action: Action::Fstab(steps::fstab::FstabStep { mounts: d.mounts() }),
+                        inputs: vec![tree],
+                    },
+                    facts,
+                )?;
+                steps.push(tree);
             }
             let mut fs_inputs = Vec::new();
             let mut contents = Vec::new();
@@ -190,8 +204,13 @@ impl Builder {
                     root_fs = Some(id);
                 }
             }
+            // A partition image set needs the root filesystem, not the disk.
+            let whole_disk = image
+                .outputs
+                .iter()
+                .any(|o| matches!(o, OutputFormat::Raw | OutputFormat::Qcow2));
             // BIOS boot: the bootloader step's core.img and boot.img, as the disk's last input.
-            let bios = bios_loader.map(|id| {
+            let bios = bios_loader.filter(|_| whole_disk).map(|id| {
                 let partition = disk
                     .partitions
                     .iter()
@@ -209,18 +228,20 @@ impl Builder {
                 contents,
                 bios,
             });
-            let id = self.add(
-                Add {
-                    image,
-                    name: "disk".into(),
-                    label: format!("disk gpt {}", human_size(disk.size)),
-                    action,
-                    inputs: fs_inputs,
-                },
-                facts,
-            )?;
-            steps.push(id);
-            disk_step = Some(id);
+            if whole_disk {
+                let id = self.add(
+                    Add {
+                        image,
+                        name: "disk".into(),
+                        label: format!("disk gpt {}", human_size(disk.size)),
+                        action,
+                        inputs: fs_inputs,
+                    },
+                    facts,
+                )?;
+                steps.push(id);
+                disk_step = Some(id);
+            }
         }
         for &format in &image.outputs {
             let fname = steps::output::format_name(format);

@@ -105,14 +105,7 @@ impl BootloaderStep {
     }
 
     pub fn fstab(&self) -> String {
-        let mut s = String::from("# written by imgspec\n");
-        for m in &self.mounts {
-            s.push_str(&format!(
-                "{} {} {} {} 0 {}\n",
-                m.source, m.target, m.fstype, m.options, m.pass
-            ));
-        }
-        s
+        super::fstab::fstab_text(&self.mounts)
     }
 
     pub fn grub_cfg(&self, kernel: &str, initrd: Option<&str>) -> String {

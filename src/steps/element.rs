@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 
-use imgspec_cache::{EntryKind, Store, StepOutput};
+use imgspec_cache::{EntryKind, StepOutput, Store};
 
 use super::chroot::Session;
 use super::tree::Tree;
@@ -139,9 +139,8 @@ impl ElementStep {
     }
 
     fn parse(&self) -> Result<Element, StepError> {
-        parse(&self.name, &self.params).map_err(|m| {
-            StepError::Invalid(format!("element `{}`: {m}", self.name))
-        })
+        parse(&self.name, &self.params)
+            .map_err(|m| StepError::Invalid(format!("element `{}`: {m}", self.name)))
     }
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
@@ -150,8 +149,7 @@ impl ElementStep {
         let mut tree = Tree::new(m);
         match &element {
             Element::Locale { lang } if !BUILTIN_LOCALES.contains(&lang.as_str()) => {
-                let m = run_locale_gen(ctx, &tree, lang)
-                    .map_err(|e| in_element(e, &self.name))?;
+                let m = run_locale_gen(ctx, &tree, lang).map_err(|e| in_element(e, &self.name))?;
                 ctx.tree_output(&m)
             }
             _ => {
@@ -249,7 +247,10 @@ fn parse(name: &str, params: &BTreeMap<String, String>) -> Result<Element, Strin
                 }
             }
             if datasources.is_empty() {
-                return Err("`datasources` is empty: give at least one, e.g. `ConfigDrive OpenStack`".into());
+                return Err(
+                    "`datasources` is empty: give at least one, e.g. `ConfigDrive OpenStack`"
+                        .into(),
+                );
             }
             Element::CloudInit { datasources }
         }
@@ -388,8 +389,20 @@ fn apply(e: &Element, tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), 
             tree.put_file(store, "etc/hosts", new.as_bytes(), mode, epoch)?;
         }
         Element::Growroot => {
-            tree.put_file(store, GROWROOT_SCRIPT, GROWROOT_TEXT.as_bytes(), 0o755, epoch)?;
-            tree.put_file(store, GROWROOT_UNIT, GROWROOT_UNIT_TEXT.as_bytes(), 0o644, epoch)?;
+            tree.put_file(
+                store,
+                GROWROOT_SCRIPT,
+                GROWROOT_TEXT.as_bytes(),
+                0o755,
+                epoch,
+            )?;
+            tree.put_file(
+                store,
+                GROWROOT_UNIT,
+                GROWROOT_UNIT_TEXT.as_bytes(),
+                0o644,
+                epoch,
+            )?;
             tree.put_symlink(
                 "etc/systemd/system/sysinit.target.wants/imgspec-growroot.service",
                 &format!("/{GROWROOT_UNIT}"),
@@ -546,7 +559,8 @@ fn interfaces_with_source(old: Option<&str>) -> Option<String> {
             let sources = text.lines().any(|l| {
                 let w: Vec<&str> = l.split_whitespace().collect();
                 matches!(w.first(), Some(&"source") | Some(&"source-directory"))
-                    && w.get(1).is_some_and(|p| p.starts_with("/etc/network/interfaces.d"))
+                    && w.get(1)
+                        .is_some_and(|p| p.starts_with("/etc/network/interfaces.d"))
             });
             if sources {
                 return None;
@@ -806,8 +820,14 @@ mod tests {
             packages("dhcp-all-interfaces", &params(&[])),
             ["ifupdown", "isc-dhcp-client"]
         );
-        assert_eq!(packages("locale", &params(&[("lang", "C.UTF-8")])), [] as [&str; 0]);
-        assert_eq!(packages("locale", &params(&[("lang", "fr_FR.UTF-8")])), ["locales"]);
+        assert_eq!(
+            packages("locale", &params(&[("lang", "C.UTF-8")])),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            packages("locale", &params(&[("lang", "fr_FR.UTF-8")])),
+            ["locales"]
+        );
         assert!(packages("hostname", &params(&[("name", "a")])).is_empty());
         assert_eq!(packages("grub2", &params(&[])).len(), 4);
     }
@@ -845,10 +865,20 @@ mod tests {
     #[test]
     fn dhcp_writes_the_mapping_and_sources_interfaces_d() {
         let (_d, s) = store();
-        let mut t = tree(&s, &[("etc/network/interfaces", "auto lo\niface lo inet loopback\n")]);
+        let mut t = tree(
+            &s,
+            &[(
+                "etc/network/interfaces",
+                "auto lo\niface lo inet loopback\n",
+            )],
+        );
         run("dhcp-all-interfaces", &[], &mut t, &s).unwrap();
         let d = text(&t, &s, DHCP_FILE);
-        for l in ["auto /en*=eth", "allow-hotplug /eth*=eth", "iface eth inet dhcp"] {
+        for l in [
+            "auto /en*=eth",
+            "allow-hotplug /eth*=eth",
+            "iface eth inet dhcp",
+        ] {
             assert!(d.lines().any(|x| x == l), "{l} in {d}");
         }
         assert_eq!(t.entries[DHCP_FILE].mode, 0o644);
@@ -873,8 +903,14 @@ mod tests {
         let e = run("serial-console", &[], &mut t, &s).unwrap_err();
         assert!(e.contains("serial-getty@.service"), "{e}");
         // Merged /usr: the unit is found through /lib.
-        t.put_file(&s, "lib/systemd/system/serial-getty@.service", b"[Unit]\n", 0o644, 0)
-            .unwrap();
+        t.put_file(
+            &s,
+            "lib/systemd/system/serial-getty@.service",
+            b"[Unit]\n",
+            0o644,
+            0,
+        )
+        .unwrap();
         run("serial-console", &[("port", "ttyS1")], &mut t, &s).unwrap();
         let l = &t.entries["etc/systemd/system/getty.target.wants/serial-getty@ttyS1.service"];
         assert_eq!(
@@ -917,7 +953,10 @@ mod tests {
         );
         assert_eq!(text(&t, &s, "etc/timezone"), "Europe/Paris\n");
         for bad in ["../../etc/passwd", "/etc/passwd", "Europe/../UTC", "a b"] {
-            assert!(parse("timezone", &params(&[("zone", bad)])).is_err(), "{bad}");
+            assert!(
+                parse("timezone", &params(&[("zone", bad)])).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -1072,7 +1111,10 @@ mod tests {
                 set("more", &["vim"]),
             ]),
             [
-                ("system".to_string(), v(&["passwd", "sudo", "tzdata", "udev"])),
+                (
+                    "system".to_string(),
+                    v(&["passwd", "sudo", "tzdata", "udev"])
+                ),
                 ("more".to_string(), v(&["vim"])),
             ]
         );

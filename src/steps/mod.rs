@@ -9,6 +9,7 @@ pub mod disk;
 pub mod element;
 pub mod files;
 pub mod filesystem;
+pub mod fstab;
 pub mod output;
 pub mod packages;
 pub mod run;
@@ -35,6 +36,7 @@ pub enum Action {
     User(user::UserStep),
     Element(element::ElementStep),
     Bootloader(bootloader::BootloaderStep),
+    Fstab(fstab::FstabStep),
     Filesystem(filesystem::FilesystemStep),
     Disk(disk::DiskStep),
     Output(output::OutputStep),
@@ -52,6 +54,7 @@ impl Action {
             Action::User(_) => "user",
             Action::Element(_) => "element",
             Action::Bootloader(_) => "bootloader",
+            Action::Fstab(_) => "fstab",
             Action::Filesystem(_) => "filesystem",
             Action::Disk(_) => "disk",
             Action::Output(_) => "output",
@@ -69,6 +72,7 @@ impl Action {
             Action::User(_) => user::VERSION,
             Action::Element(_) => element::VERSION,
             Action::Bootloader(_) => bootloader::VERSION,
+            Action::Fstab(_) => fstab::VERSION,
             Action::Filesystem(_) => filesystem::VERSION,
             Action::Disk(_) => disk::VERSION,
             Action::Output(_) => output::VERSION,
@@ -78,7 +82,7 @@ impl Action {
     /// Host tools the step runs.
     pub fn tools(&self) -> Vec<Tool> {
         match self {
-            Action::BaseTar(_) | Action::Files(_) | Action::Disk(_) => vec![],
+            Action::BaseTar(_) | Action::Files(_) | Action::Disk(_) | Action::Fstab(_) => vec![],
             Action::BaseDebian(_) => vec![crate::tools::MMDEBSTRAP],
             Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
                 run::TOOLS.to_vec()
@@ -116,6 +120,7 @@ impl Action {
             Action::User(s) => s.hash(k),
             Action::Element(s) => s.hash(k),
             Action::Bootloader(s) => s.hash(k),
+            Action::Fstab(s) => s.hash(k),
             Action::Filesystem(s) => s.hash(k, facts),
             Action::Disk(s) => s.hash(k),
             Action::Output(s) => s.hash(k, facts),
@@ -132,6 +137,7 @@ impl Action {
             Action::User(s) => s.run(ctx),
             Action::Element(s) => s.run(ctx),
             Action::Bootloader(s) => s.run(ctx),
+            Action::Fstab(s) => s.run(ctx),
             Action::Filesystem(s) => s.run(ctx),
             Action::Disk(s) => s.run(ctx),
             Action::Output(s) => s.run(ctx),

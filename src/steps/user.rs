@@ -24,7 +24,7 @@
 //! (`locked`, or the BLAKE3 of the hash, so that the hash is not stored in the index); then
 //! `ssh-key#N` for each key in order.
 
-use imgspec_cache::{Entry, EntryKind, Store, StepOutput};
+use imgspec_cache::{Entry, EntryKind, StepOutput, Store};
 
 use super::chroot::Session;
 use super::tree::Tree;
@@ -104,7 +104,8 @@ impl UserStep {
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let (_, m) = ctx.input_tree(0)?;
-        let own_group = precheck(&self.user, &Tree::new(m), ctx.store).map_err(|e| self.named(e))?;
+        let own_group =
+            precheck(&self.user, &Tree::new(m), ctx.store).map_err(|e| self.named(e))?;
         let s = Session::open(ctx, 0, "useradd runs in a chroot of the image")?;
         s.run(ctx, &self.script(own_group))?;
         let m = s.close(ctx)?;
@@ -264,7 +265,10 @@ fn finish(u: &User, tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), St
     }
     if !u.ssh_keys.is_empty() {
         let home = tree.resolve(&acct.home, true)?;
-        if !matches!(tree.entries.get(&home).map(|e| &e.kind), Some(EntryKind::Dir)) {
+        if !matches!(
+            tree.entries.get(&home).map(|e| &e.kind),
+            Some(EntryKind::Dir)
+        ) {
             return Err(StepError::Invalid(format!(
                 "the home directory `{}` is not a directory of the image",
                 acct.home
@@ -288,7 +292,11 @@ fn finish(u: &User, tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), St
                 xattrs: Default::default(),
             },
         );
-        let keys: String = u.ssh_keys.iter().map(|k| format!("{}\n", k.trim())).collect();
+        let keys: String = u
+            .ssh_keys
+            .iter()
+            .map(|k| format!("{}\n", k.trim()))
+            .collect();
         let file = format!("{ssh}/authorized_keys");
         tree.put_file(store, &file, keys.as_bytes(), 0o600, epoch)?;
         chown(tree, &file, 0o600, acct.uid, acct.gid);
@@ -306,7 +314,9 @@ fn finish(u: &User, tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), St
 }
 
 fn sudoers(name: &str) -> String {
-    format!("# Written by imgspec (user \"{name}\" sudo=#true)\n{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    format!(
+        "# Written by imgspec (user \"{name}\" sudo=#true)\n{name} ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    )
 }
 
 #[cfg(test)]
@@ -378,8 +388,14 @@ mod tests {
         t.put_file(s, "etc/shadow", shadow.as_bytes(), 0o640, 0)
             .unwrap();
         t.entries.get_mut("etc/shadow").unwrap().gid = 42;
-        t.put_file(s, "etc/group", b"root:x:0:\nadm:x:4:\nsudo:x:27:\n", 0o644, 0)
-            .unwrap();
+        t.put_file(
+            s,
+            "etc/group",
+            b"root:x:0:\nadm:x:4:\nsudo:x:27:\n",
+            0o644,
+            0,
+        )
+        .unwrap();
         t
     }
 
@@ -408,7 +424,7 @@ mod tests {
     fn precheck_names_missing_groups_existing_users_and_missing_shells() {
         let (_d, s) = store();
         let t = tree(&s, false);
-        assert_eq!(precheck(&user(), &t, &s).unwrap(), false);
+        assert!(!precheck(&user(), &t, &s).unwrap());
         let mut u = user();
         u.groups = vec!["adm".into(), "wheel".into(), "docker".into()];
         let e = precheck(&u, &t, &s).unwrap_err().to_string();
@@ -418,17 +434,28 @@ mod tests {
         );
         u.groups = vec!["wheel".into()];
         let e = precheck(&u, &t, &s).unwrap_err().to_string();
-        assert!(e.starts_with("group `wheel` does not exist in the image"), "{e}");
+        assert!(
+            e.starts_with("group `wheel` does not exist in the image"),
+            "{e}"
+        );
         let mut u = user();
         u.shell = "/bin/zsh".into();
         let e = precheck(&u, &t, &s).unwrap_err().to_string();
         assert!(e.contains("shell `/bin/zsh` does not exist"), "{e}");
-        let e = precheck(&user(), &tree(&s, true), &s).unwrap_err().to_string();
+        let e = precheck(&user(), &tree(&s, true), &s)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("already exists"), "{e}");
         // A group named like the user becomes its primary group.
         let mut t = tree(&s, false);
-        t.put_file(&s, "etc/group", b"ops:x:500:\nadm:x:4:\nsudo:x:27:\n", 0o644, 0)
-            .unwrap();
+        t.put_file(
+            &s,
+            "etc/group",
+            b"ops:x:500:\nadm:x:4:\nsudo:x:27:\n",
+            0o644,
+            0,
+        )
+        .unwrap();
         assert!(precheck(&user(), &t, &s).unwrap());
     }
 
@@ -495,7 +522,15 @@ mod tests {
         let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
-            ["name", "groups", "shell", "sudo", "password", "ssh-key#1", "ssh-key#2"]
+            [
+                "name",
+                "groups",
+                "shell",
+                "sudo",
+                "password",
+                "ssh-key#1",
+                "ssh-key#2"
+            ]
         );
         assert_eq!(packages(&user()), ["passwd", "sudo"]);
     }

@@ -1,0 +1,73 @@
+//! `fstab`: `/etc/fstab` for an image that has a disk but no bootloader (a partition image set),
+//! naming every filesystem of the disk by UUID, as the bootloader step does for bootable disks.
+//!
+//! Makes: the input tree with `/etc/fstab` replaced. Edits the tree in memory: no chroot, no
+//! root.
+//!
+//! Key: input tree key; the fstab text.
+
+use imgspec_cache::StepOutput;
+
+use super::bootloader::Mount;
+use super::tree::Tree;
+use super::{FactError, StepContext, StepError};
+use crate::plan::key::KeyBuilder;
+
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct FstabStep {
+    pub mounts: Vec<Mount>,
+}
+
+/// The text of `/etc/fstab` for these mounts.
+pub fn fstab_text(mounts: &[Mount]) -> String {
+    let mut s = String::from("# written by imgspec\n");
+    for m in mounts {
+        s.push_str(&format!(
+            "{} {} {} {} 0 {}\n",
+            m.source, m.target, m.fstype, m.options, m.pass
+        ));
+    }
+    s
+}
+
+impl FstabStep {
+    pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
+        k.param("fstab", &fstab_text(&self.mounts));
+        Ok(())
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let (_, m) = ctx.input_tree(0)?;
+        let mut tree = Tree::new(m);
+        tree.put_file(
+            ctx.store,
+            "etc/fstab",
+            fstab_text(&self.mounts).as_bytes(),
+            0o644,
+            ctx.epoch,
+        )?;
+        ctx.tree_output(&tree.into_manifest())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_per_mount() {
+        let m = Mount {
+            source: "UUID=1234".into(),
+            target: "/".into(),
+            fstype: "ext4".into(),
+            options: "errors=remount-ro".into(),
+            pass: 1,
+        };
+        assert_eq!(
+            fstab_text(&[m]),
+            "# written by imgspec\nUUID=1234 / ext4 errors=remount-ro 0 1\n"
+        );
+    }
+}
