@@ -9,7 +9,7 @@ imgspec=${1:-target/release/imgspec}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # The spec's packages, plus the GRUB packages the plan adds for the bootloader.
-pkgs=$(grep -E '^\s*packages ' specs/debian-efi.kdl | sed -E 's/^\s*packages "[^"]*"//' | xargs)
+pkgs=$(grep -hE '^\s*packages ' specs/debian-common.kdl specs/debian-efi.kdl | sed -E 's/^\s*packages "[^"]*"//' | xargs)
 pkgs="$pkgs grub-efi-amd64-bin grub-pc-bin"
 # The host's sources, as imgspec uses them (no mirror is written here).
 mapfile -t sources < <(grep -hE '^(URIs|Suites):' /etc/apt/sources.list.d/debian.sources 2>/dev/null \

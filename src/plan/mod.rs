@@ -419,9 +419,10 @@ fn short(s: &str) -> String {
     format!("`{out}`")
 }
 
-/// Packages the bootloader step needs in the image, both firmwares' so that BIOS and UEFI
-/// variants of one image share their package layers.
-pub const BOOT_PACKAGES: &[&str] = &["grub-efi-amd64-bin", "grub-pc-bin"];
+/// Packages the bootloader step needs in the image: both firmwares' modules, and the same set
+/// as `element "grub2"`, so that BIOS, UEFI and partition-image variants of one image share
+/// their package layers.
+pub const BOOT_PACKAGES: &[&str] = steps::element::GRUB2_PACKAGES;
 
 /// The image's layers, with the packages that other layers need added to a package set before
 /// them: GRUB's when the image has a bootloader, each element's

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::StepOutput;
 
-use super::scrub::scrub;
+use super::scrub::{scrub, After};
 use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
@@ -123,7 +123,7 @@ impl DebianBase {
         let mut r = std::io::BufReader::with_capacity(1 << 20, f);
         let m = ctx.store.import_tar(&mut r, &ctx.import_options())?;
         let mut tree = Tree::new(m);
-        scrub(&mut tree, ctx.store, ctx.epoch)?;
+        scrub(&mut tree, ctx.store, ctx.epoch, After::Bootstrap)?;
         ctx.tree_output(&tree.into_manifest())
     }
 }

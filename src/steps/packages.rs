@@ -13,12 +13,12 @@
 use imgspec_cache::StepOutput;
 
 use super::chroot::Session;
-use super::scrub::scrub;
+use super::scrub::{scrub, After};
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct PackagesStep {
@@ -50,7 +50,7 @@ impl PackagesStep {
             .map_err(|e| apt_error(e, &self.packages))?;
         let m = s.close(ctx)?;
         let mut tree = Tree::new(m);
-        scrub(&mut tree, ctx.store, ctx.epoch)?;
+        scrub(&mut tree, ctx.store, ctx.epoch, After::Packages)?;
         ctx.tree_output(&tree.into_manifest())
     }
 }

@@ -3,7 +3,9 @@
 //!
 //! - SSH host keys are removed; an `imgspec-ssh-keygen.service` unit that the image carries
 //!   creates new ones at first boot.
-//! - `/etc/hostname` becomes `localhost`; `/etc/resolv.conf` is removed (DHCP writes it).
+//! - `/etc/hostname` becomes `localhost` after a bootstrap (mmdebstrap copies the host's);
+//!   later layers leave it alone, so that `element "hostname"` survives package layers.
+//! - `/etc/resolv.conf` is removed (DHCP writes it).
 //! - `/etc/machine-id` is left empty (systemd fills it at first boot), the D-Bus copy removed.
 //! - Logs under `/var/log`, apt's lists and caches, `*-old` backups of dpkg and debconf, the
 //!   ldconfig aux cache and `/tmp`'s content are removed.
@@ -27,7 +29,15 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 ";
 
-pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), StepError> {
+/// Where the tree comes from: a bootstrap copies some of the host's identity, a package layer
+/// on top of an image does not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Bootstrap,
+    Packages,
+}
+
+pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64, after: After) -> Result<(), StepError> {
     tree.remove_children("etc/ssh", |n| n.starts_with("ssh_host_"));
     if tree.entries.contains_key("etc/ssh/sshd_config") {
         tree.put_file(
@@ -43,7 +53,7 @@ pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), StepError
             epoch,
         )?;
     }
-    if tree.entries.contains_key("etc/hostname") {
+    if after == After::Bootstrap && tree.entries.contains_key("etc/hostname") {
         tree.put_file(store, "etc/hostname", b"localhost\n", 0o644, epoch)?;
     }
     tree.remove("etc/resolv.conf");

@@ -14,7 +14,10 @@ fn copy_specs(w: &Workspace) {
         .unwrap();
     assert!(status.success());
     let status = std::process::Command::new("cp")
-        .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vm-checks")])
+        .args([
+            "-r",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vm-checks"),
+        ])
         .arg(w.path("specs/vm-checks"))
         .status()
         .unwrap();
@@ -92,10 +95,25 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
     // One run: shared layers once, every image's outputs with their checksums.
     let r = build(&w).ok();
     eprintln!("{}", r.stderr);
-    assert_eq!(r.stderr.matches("built    base debian").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("built    base debian").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     // The bootable variants share their layers up to the bootloader.
-    let plan: serde_json::Value =
-        serde_json::from_str(&w.run(&["--json", "plan", "specs/debian-efi.kdl", "specs/debian-bios.kdl", "specs/debian-hybrid.kdl"]).ok().stdout).unwrap();
+    let plan: serde_json::Value = serde_json::from_str(
+        &w.run(&[
+            "--json",
+            "plan",
+            "specs/debian-efi.kdl",
+            "specs/debian-bios.kdl",
+            "specs/debian-hybrid.kdl",
+        ])
+        .ok()
+        .stdout,
+    )
+    .unwrap();
     let layer_keys = |i: usize| -> Vec<String> {
         plan["images"][i]["steps"]
             .as_array()
@@ -112,13 +130,23 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         ("debian-efi", &["debian-efi.qcow2", "debian-efi.raw"][..]),
         ("debian-bios", &["debian-bios.qcow2"]),
         ("debian-hybrid", &["debian-hybrid.qcow2"]),
-        ("debian-partition", &["debian-partition.qcow2", "debian-partition.vmlinuz", "debian-partition.initrd"]),
+        (
+            "debian-partition",
+            &[
+                "debian-partition.qcow2",
+                "debian-partition.vmlinuz",
+                "debian-partition.initrd",
+            ],
+        ),
         ("debian-checks", &["debian-checks.qcow2"]),
     ] {
         let sums = std::fs::read_to_string(w.path(&format!("out/{image}/SHA256SUMS"))).unwrap();
         for f in files {
             let p = w.path(&format!("out/{image}/{f}"));
-            assert!(sums.contains(&format!("{}  {f}", sha256(&p))), "{image}: {sums}");
+            assert!(
+                sums.contains(&format!("{}  {f}", sha256(&p))),
+                "{image}: {sums}"
+            );
         }
     }
 
@@ -130,8 +158,14 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         .unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains("label: gpt"), "{dump}");
-    assert!(dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "ESP type: {dump}");
-    assert!(dump.contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"), "root type: {dump}");
+    assert!(
+        dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "ESP type: {dump}"
+    );
+    assert!(
+        dump.contains("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"),
+        "root type: {dump}"
+    );
     // A partition image has no partition table: it is an ext4 filesystem.
     let info = std::process::Command::new("qemu-img")
         .args(["convert", "-O", "raw"])
@@ -145,15 +179,39 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         .arg(w.path("partition.raw"))
         .output()
         .unwrap();
-    assert!(fs.status.success(), "not ext4: {}", String::from_utf8_lossy(&fs.stderr));
+    assert!(
+        fs.status.success(),
+        "not ext4: {}",
+        String::from_utf8_lossy(&fs.stderr)
+    );
     std::fs::remove_file(w.path("partition.raw")).unwrap();
 
     // Every way of booting reaches a login prompt.
     boot(&w, &["out/debian-efi/debian-efi.qcow2"], "`login:` after");
-    boot(&w, &["--firmware", "bios", "out/debian-bios/debian-bios.qcow2"], "`login:` after");
-    boot(&w, &["out/debian-hybrid/debian-hybrid.qcow2"], "`login:` after");
-    boot(&w, &["--firmware", "bios", "out/debian-hybrid/debian-hybrid.qcow2"], "`login:` after");
-    let p = boot(&w, &["out/debian-partition/debian-partition.qcow2"], "`login:` after");
+    boot(
+        &w,
+        &["--firmware", "bios", "out/debian-bios/debian-bios.qcow2"],
+        "`login:` after",
+    );
+    boot(
+        &w,
+        &["out/debian-hybrid/debian-hybrid.qcow2"],
+        "`login:` after",
+    );
+    boot(
+        &w,
+        &[
+            "--firmware",
+            "bios",
+            "out/debian-hybrid/debian-hybrid.qcow2",
+        ],
+        "`login:` after",
+    );
+    let p = boot(
+        &w,
+        &["out/debian-partition/debian-partition.qcow2"],
+        "`login:` after",
+    );
     assert!(p.contains("partition image, kernel"), "{p}");
 
     // Inside the test image: DHCP, the user and its key, growroot on a disk grown to 3 GiB.
@@ -169,9 +227,16 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         .status()
         .unwrap();
     assert!(st.success());
-    let console = boot(&w, &["--expect", "IMGSPEC-CHECKS-", "grown.qcow2"], "IMGSPEC-CHECKS-");
+    let console = boot(
+        &w,
+        &["--expect", "IMGSPEC-CHECKS-", "grown.qcow2"],
+        "IMGSPEC-CHECKS-",
+    );
     for check in ["dhcp", "user", "growroot"] {
-        assert!(console.contains(&format!("IMGSPEC-CHECK {check} ok")), "{check}:\n{console}");
+        assert!(
+            console.contains(&format!("IMGSPEC-CHECK {check} ok")),
+            "{check}:\n{console}"
+        );
     }
     assert!(console.contains("IMGSPEC-CHECKS-PASSED"), "{console}");
 
@@ -194,11 +259,16 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
     let r = w.run(&["build", "specs/broken.kdl"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("apt cannot find package `no-such-package-imgspec`"),
+        r.stderr
+            .contains("apt cannot find package `no-such-package-imgspec`"),
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("step `packages extra` failed"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("step `packages extra` failed"),
+        "{}",
+        r.stderr
+    );
 
     // A suite that does not exist fails the base step with mmdebstrap's reason.
     w.write(
@@ -208,7 +278,8 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
     let r = w.run(&["build", "specs/nosuite.kdl"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
-        r.stderr.contains("step `base debian no-such-suite minbase` failed"),
+        r.stderr
+            .contains("step `base debian no-such-suite minbase` failed"),
         "{}",
         r.stderr
     );
