@@ -208,7 +208,7 @@ impl Builder {
             let whole_disk = image
                 .outputs
                 .iter()
-                .any(|o| matches!(o, OutputFormat::Raw | OutputFormat::Qcow2));
+                .any(|o| matches!(o, OutputFormat::Raw | OutputFormat::Qcow2 { .. }));
             // BIOS boot: the bootloader step's core.img and boot.img, as the disk's last input.
             let bios = bios_loader.filter(|_| whole_disk).map(|id| {
                 let partition = disk
@@ -257,7 +257,7 @@ impl Builder {
                     action,
                     inputs: match format {
                         OutputFormat::Tar => vec![tree],
-                        OutputFormat::Raw | OutputFormat::Qcow2 => {
+                        OutputFormat::Raw | OutputFormat::Qcow2 { .. } => {
                             vec![disk_step.expect("validation: disk outputs need a disk")]
                         }
                         OutputFormat::Partition => vec![
@@ -328,7 +328,7 @@ fn file_extension(f: OutputFormat) -> &'static str {
     match f {
         OutputFormat::Tar => "tar",
         OutputFormat::Raw => "raw",
-        OutputFormat::Qcow2 | OutputFormat::Partition => "qcow2",
+        OutputFormat::Qcow2 { .. } | OutputFormat::Partition => "qcow2",
     }
 }
 

@@ -68,7 +68,7 @@ fn image(name: &str) -> Image {
                 },
             ],
         }),
-        outputs: vec![OutputFormat::Raw, OutputFormat::Qcow2],
+        outputs: vec![OutputFormat::Raw, OutputFormat::Qcow2 { compressed: false }],
     }
 }
 
@@ -181,4 +181,18 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
             "output qcow2"
         ]
     );
+}
+
+#[test]
+fn compressed_qcow2_has_its_own_key_and_leaves_the_others_alone() {
+    let mut img = image("golden");
+    img.outputs = vec![OutputFormat::Qcow2 { compressed: true }];
+    let plan = plan(&Spec { images: vec![img] }, &FixedFacts).unwrap();
+    let out = plan.steps.last().unwrap();
+    assert_eq!(out.label, "output qcow2");
+    assert_ne!(out.key.short(), "9b4c6b3cb3d8");
+    assert!(out.parts.iter().any(|p| p.name == "compress"));
+    // Everything before the output is the same as in the golden plan.
+    assert_eq!(plan.steps[0].key.short(), GOLDEN[0].1);
+    assert_eq!(plan.steps[6].key.short(), GOLDEN[6].1);
 }

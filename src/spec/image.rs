@@ -136,7 +136,8 @@ const BOOTLOADER: Shape<'static> = Shape {
 };
 const OUTPUT: Shape<'static> = Shape {
     max_args: MANY,
-    ..single("output \"qcow2\" \"raw\" \"tar\" \"partition\"")
+    props: &["compress"],
+    ..single("output \"qcow2\" \"raw\" \"tar\" \"partition\" [compress=#true]")
 };
 
 /// Bootloader kinds by name.
@@ -150,7 +151,7 @@ pub(crate) const BOOTLOADERS: [(&str, BootloaderKind); 3] = [
 pub(crate) const OUTPUTS: [(&str, OutputFormat); 4] = [
     ("tar", OutputFormat::Tar),
     ("raw", OutputFormat::Raw),
-    ("qcow2", OutputFormat::Qcow2),
+    ("qcow2", OutputFormat::Qcow2 { compressed: false }),
     ("partition", OutputFormat::Partition),
 ];
 
@@ -555,13 +556,17 @@ fn read_bootloader(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Bootloader> {
 fn read_outputs(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Vec<Spanned<OutputFormat>>> {
     cx.check_shape(node, &OUTPUT);
     let formats = cx.args_from::<String>(node, 0);
+    let compressed = cx.prop::<bool>(node, "compress").is_some_and(|c| c.value);
     if arg_count(node) == 0 {
         cx.missing_argument(node, &OUTPUT, "at least one format");
     }
     let mut outputs: Vec<Spanned<OutputFormat>> = formats
         .iter()
         .filter_map(|f| {
-            let value = cx.choice(f, "output format", &OUTPUTS)?;
+            let value = match cx.choice(f, "output format", &OUTPUTS)? {
+                OutputFormat::Qcow2 { .. } => OutputFormat::Qcow2 { compressed },
+                other => other,
+            };
             Some(Spanned {
                 value,
                 span: f.span,

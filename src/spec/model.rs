@@ -196,8 +196,9 @@ pub enum OutputFormat {
     Tar,
     /// The whole disk, `NAME.raw`.
     Raw,
-    /// The whole disk, `NAME.qcow2`.
-    Qcow2,
+    /// The whole disk, `NAME.qcow2`; zlib-compressed clusters with `compress=#true` (smaller,
+    /// slower to write and to read).
+    Qcow2 { compressed: bool },
     /// Ironic's partition image set: `NAME.qcow2` holding only the root filesystem (no
     /// partition table), `NAME.vmlinuz` and `NAME.initrd` from the image's `/boot`.
     Partition,

@@ -392,8 +392,11 @@ impl<'a> Resolver<'a> {
         }
         if let Some((owner, o)) = flat.outputs {
             let outs = o.value.as_deref().unwrap_or_default();
-            let has = |f| outs.iter().find(|o| o.value == f);
-            if let (Some(_), Some(p)) = (has(OutputFormat::Qcow2), has(OutputFormat::Partition)) {
+            let qcow2 = outs
+                .iter()
+                .find(|o| matches!(o.value, OutputFormat::Qcow2 { .. }));
+            let partition = outs.iter().find(|o| o.value == OutputFormat::Partition);
+            if let (Some(_), Some(p)) = (qcow2, partition) {
                 found.push(SpecError::OutputClash {
                     src: self.src(id),
                     span: if owner == id { p.span } else { decl.name.span },
@@ -491,6 +494,6 @@ fn needed_partitions(
 fn name_of<T: Copy + PartialEq>(table: &[(&'static str, T)], value: T) -> &'static str {
     table
         .iter()
-        .find(|(_, v)| *v == value)
+        .find(|(_, v)| std::mem::discriminant(v) == std::mem::discriminant(&value))
         .map_or("?", |(name, _)| name)
 }

@@ -221,7 +221,7 @@ fn inheritance_puts_parent_layers_first_and_replaces_single_nodes() {
     );
     assert_eq!(
         efi.outputs,
-        [OutputFormat::Raw, OutputFormat::Qcow2],
+        [OutputFormat::Raw, OutputFormat::Qcow2 { compressed: false }],
         "sorted, deduplicated"
     );
 
@@ -241,7 +241,7 @@ fn inheritance_puts_parent_layers_first_and_replaces_single_nodes() {
         [Some(1 << 20), Some(1431 << 20)],
         "1500MB rounds up to 1431MiB"
     );
-    assert_eq!(bios.outputs, [OutputFormat::Qcow2]);
+    assert_eq!(bios.outputs, [OutputFormat::Qcow2 { compressed: false }]);
 }
 
 #[test]
@@ -341,4 +341,19 @@ fn kdl_files(folder: &str) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+#[test]
+fn compress_applies_to_qcow2_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.kdl"),
+        "image \"c\" {\n    base \"debian\" suite=\"bookworm\"\n    packages \"k\" linux-image-amd64\n    disk size=\"2GiB\" {\n        partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\"\n    }\n    output \"raw\" \"qcow2\" compress=#true\n}\n",
+    )
+    .unwrap();
+    let spec = crate::spec::load(&[dir.path().join("c.kdl")]).unwrap();
+    assert_eq!(
+        spec.images[0].outputs,
+        [OutputFormat::Raw, OutputFormat::Qcow2 { compressed: true }]
+    );
 }

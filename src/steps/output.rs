@@ -38,13 +38,17 @@ impl OutputStep {
     pub fn tools(&self) -> Vec<Tool> {
         match self.format {
             OutputFormat::Tar | OutputFormat::Raw => vec![],
-            OutputFormat::Qcow2 | OutputFormat::Partition => vec![crate::tools::QEMU_IMG],
+            OutputFormat::Qcow2 { .. } | OutputFormat::Partition => vec![crate::tools::QEMU_IMG],
         }
     }
 
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
         k.param("format", format_name(self.format))
             .param("file", &self.file_name);
+        if let OutputFormat::Qcow2 { compressed: true } = self.format {
+            // Only when asked: the keys of uncompressed outputs stay as they were.
+            k.param("compress", "zlib");
+        }
         for t in self.tools() {
             k.tool(t.program, &facts.tool_version(&t)?);
         }
@@ -81,7 +85,7 @@ impl OutputStep {
                     .insert(format!("sha256:{}", self.file_name), sha.clone());
                 return Ok(out);
             }
-            OutputFormat::Qcow2 => {
+            OutputFormat::Qcow2 { compressed } => {
                 let disk = ctx
                     .inputs
                     .first()
@@ -92,7 +96,7 @@ impl OutputStep {
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
                 let raw = ctx.work.join("disk.raw");
                 ctx.store.blob_to_file(&r.digest, &raw)?;
-                crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, false)?;
+                crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, compressed)?;
                 let _ = std::fs::remove_file(&raw);
             }
             OutputFormat::Partition => return self.partition(ctx, &path),
@@ -169,7 +173,7 @@ pub fn format_name(f: OutputFormat) -> &'static str {
     match f {
         OutputFormat::Tar => "tar",
         OutputFormat::Raw => "raw",
-        OutputFormat::Qcow2 => "qcow2",
+        OutputFormat::Qcow2 { .. } => "qcow2",
         OutputFormat::Partition => "partition",
     }
 }
