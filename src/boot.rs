@@ -219,7 +219,8 @@ fn boot_with(
         ));
     }
     let mut vars = None;
-    if o.firmware == Firmware::Uefi {
+    // A direct kernel boot needs no firmware of its own choosing: SeaBIOS starts it fastest.
+    if o.firmware == Firmware::Uefi && o.kernel.is_none() {
         let (code, v) = OVMF
             .iter()
             .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())

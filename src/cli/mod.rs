@@ -807,14 +807,15 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
+    let how = match (&o.kernel, o.firmware) {
+        (Some((k, _, _)), _) => format!("partition image, kernel `{}`", k.display()),
+        (None, Firmware::Uefi) => "UEFI, OVMF".to_string(),
+        (None, Firmware::Bios) => "BIOS, SeaBIOS".to_string(),
+    };
     eprintln!(
-        "[{}] booting `{}` ({})",
+        "[{}] booting `{}` ({how})",
         report::clock(),
-        o.image.display(),
-        match o.firmware {
-            Firmware::Uefi => "UEFI, OVMF",
-            Firmware::Bios => "BIOS, SeaBIOS",
-        }
+        o.image.display()
     );
     let mut echo = |l: &str| {
         if !quiet {
