@@ -283,6 +283,9 @@ fn check(specs: &[PathBuf], json: bool) -> Result<(), CliError> {
         for i in &spec.images {
             eprintln!("ok: image `{}` ({} layers)", i.name, i.layers.len());
         }
+        if spec.images.is_empty() {
+            eprintln!("ok: no buildable image (templates only)");
+        }
     }
     Ok(())
 }
@@ -316,26 +319,31 @@ impl Facts for HostFacts<'_> {
     }
 }
 
-struct Context<'a> {
+struct Context {
     store: Store,
     spec: spec::model::Spec,
-    specs: &'a [PathBuf],
 }
 
-impl<'a> Context<'a> {
-    fn open(cache_dir: &Path, specs: &'a [PathBuf]) -> Result<Self, CliError> {
+impl HostFacts<'_> {
+    fn new(store: &Store) -> HostFacts<'_> {
+        HostFacts {
+            store,
+            tools: ToolBox::new(Some(store.root().join("tool-versions.json"))),
+            missing: Mutex::default(),
+        }
+    }
+}
+
+impl Context {
+    fn open(cache_dir: &Path, specs: &[PathBuf]) -> Result<Self, CliError> {
         need_specs(specs)?;
         let spec = spec::load(specs)?;
         let store = open_store(cache_dir)?;
-        Ok(Context { store, spec, specs })
+        Ok(Context { store, spec })
     }
 
     fn facts(&self) -> HostFacts<'_> {
-        HostFacts {
-            store: &self.store,
-            tools: ToolBox::new(Some(self.store.root().join("tool-versions.json"))),
-            missing: Mutex::default(),
-        }
+        HostFacts::new(&self.store)
     }
 
     /// Plans; fails with the install line when host tools are missing.
@@ -346,7 +354,6 @@ impl<'a> Context<'a> {
         if !missing.is_empty() {
             return Err(missing_tools(&missing));
         }
-        let _ = self.specs;
         Ok(plan)
     }
 }
@@ -747,11 +754,7 @@ fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> 
         } => {
             let policy = if !specs.is_empty() {
                 let spec = spec::load(&specs)?;
-                let facts = HostFacts {
-                    store: &store,
-                    tools: ToolBox::new(Some(store.root().join("tool-versions.json"))),
-                    missing: Mutex::default(),
-                };
+                let facts = HostFacts::new(&store);
                 let plan = crate::plan::plan(&spec, &facts).map_err(internal)?;
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
