@@ -229,8 +229,8 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
     assert!(st.success());
     let console = boot(
         &w,
-        &["--expect", "IMGSPEC-CHECKS-", "grown.qcow2"],
-        "IMGSPEC-CHECKS-",
+        &["--expect", "IMGSPEC-CHECKS-END", "grown.qcow2"],
+        "IMGSPEC-CHECKS-END",
     );
     for check in ["dhcp", "user", "growroot"] {
         assert!(
