@@ -1,5 +1,6 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod lock;
 mod report;
 
 use std::io::IsTerminal;
@@ -58,6 +59,17 @@ enum Command {
     },
     /// Host tools the specs need: found or missing, with the install line
     Doctor { specs: Vec<PathBuf> },
+    /// Resolve every package set to exact versions and write SPEC.lock beside each spec
+    Lock {
+        specs: Vec<PathBuf>,
+        /// Resolve everything again from the mirror as it is now (default: keep what the lock
+        /// has and resolve only sets it lacks or that the spec changed)
+        #[arg(long)]
+        update: bool,
+        /// Steps run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+    },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
     Boot {
         /// A whole-disk image (`.qcow2` or `.raw`)
@@ -217,6 +229,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             build(&ctx, jobs, out_dir, images, cli.json)
         }
         Command::Doctor { ref specs } => doctor(&cache_dir, specs),
+        Command::Lock {
+            ref specs,
+            update,
+            jobs,
+        } => lock::lock(&cache_dir, specs, update, jobs, cli.json),
         Command::Boot {
             image,
             firmware,
@@ -322,6 +339,8 @@ impl Facts for HostFacts<'_> {
 struct Context {
     store: Store,
     spec: spec::model::Spec,
+    /// The locks beside the specs, merged.
+    lock: Option<crate::lock::Lock>,
 }
 
 impl HostFacts<'_> {
@@ -338,8 +357,9 @@ impl Context {
     fn open(cache_dir: &Path, specs: &[PathBuf]) -> Result<Self, CliError> {
         need_specs(specs)?;
         let spec = spec::load(specs)?;
+        let lock = lock::load_locks(specs)?;
         let store = open_store(cache_dir)?;
-        Ok(Context { store, spec })
+        Ok(Context { store, spec, lock })
     }
 
     fn facts(&self) -> HostFacts<'_> {
@@ -349,7 +369,8 @@ impl Context {
     /// Plans; fails with the install line when host tools are missing.
     fn plan(&self) -> Result<Plan, CliError> {
         let facts = self.facts();
-        let plan = crate::plan::plan(&self.spec, &facts).map_err(plan_error)?;
+        let plan =
+            crate::plan::plan_locked(&self.spec, &facts, self.lock.as_ref()).map_err(plan_error)?;
         let missing = facts.missing.into_inner().unwrap();
         if !missing.is_empty() {
             return Err(missing_tools(&missing));
@@ -364,6 +385,10 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Lock { .. } => Some(
+            "lock the spec as it is now with `imgspec lock SPEC` (`--update` to refresh every set)"
+                .to_string(),
+        ),
     };
     CliError::Usage {
         message: error_chain(&e),
@@ -539,6 +564,8 @@ fn build(
         .filter(|i| only.is_empty() || only.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
+    // Locked packages: every file in the cache (or fetched now) before any step starts.
+    lock::preflight(ctx, &plan, &steps_to_run(&ctx.store, &plan, &targets))?;
 
     // Root is needed only by steps that will really run.
     if !is_root() {
@@ -574,6 +601,7 @@ fn build(
         reporter: rep.as_ref(),
         jobs: jobs.max(1),
         cancel: &cancel,
+        fresh: &[],
     };
     let t = std::time::Instant::now();
     let outcome = exec.run(&plan, &targets);

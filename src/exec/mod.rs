@@ -93,6 +93,9 @@ pub struct Executor<'a> {
     pub jobs: usize,
     /// Set by the CLI on Ctrl-C: no new step starts.
     pub cancel: &'a AtomicBool,
+    /// Steps run even when their result is cached (`imgspec lock --update`: the packages as
+    /// the mirror has them now).
+    pub fresh: &'a [StepId],
 }
 
 #[derive(Clone, Debug)]
@@ -124,7 +127,12 @@ impl Executor<'_> {
                 continue;
             }
             let step = &plan.steps[id];
-            match self.store.lookup(&step.key) {
+            let lookup = if self.fresh.contains(&id) {
+                Ok(None)
+            } else {
+                self.store.lookup(&step.key)
+            };
+            match lookup {
                 Ok(Some(rec)) => {
                     state[id] = State::Done;
                     out.outputs.insert(id, rec.output);
