@@ -608,6 +608,36 @@ pub fn packages_stanza(control: &str, d: &LockedDeb, filename: &str) -> String {
     out
 }
 
+/// The `Release` file of a flat repository whose only index is `Packages`: unsigned (the
+/// repository is `[trusted=yes]`: the index's SHA-256 of each file is the pin), with a fixed
+/// date so that nothing of the build time gets in.
+pub fn release(suite: &str, packages: &[u8]) -> String {
+    let sha = hex(&Sha256::digest(packages));
+    format!(
+        "Origin: imgspec\nLabel: imgspec lock\nSuite: {suite}\nCodename: {suite}\n\
+         Date: Sat, 10 Jun 2023 00:00:00 UTC\nArchitectures: all amd64 arm64 armel armhf i386 \
+         mips64el ppc64el riscv64 s390x\nSHA256:\n {sha} {} Packages\n",
+        packages.len()
+    )
+}
+
+/// (name, architecture) → version of each installed package of a dpkg `status` file.
+pub fn installed(status: &str) -> BTreeMap<(String, String), String> {
+    status
+        .split("\n\n")
+        .filter(|s| field(s, "Status").is_some_and(|v| v.ends_with(" installed")))
+        .filter_map(|s| {
+            Some((
+                (
+                    field(s, "Package")?.to_string(),
+                    field(s, "Architecture")?.to_string(),
+                ),
+                field(s, "Version")?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 /// The `Packages` index of a flat repository holding `debs` as `pool/<sha256>.deb`, given each
 /// package's control fields.
 pub fn packages_index(debs: &[(LockedDeb, String)]) -> String {
@@ -762,6 +792,26 @@ mod tests {
         assert!(stanzas[0].starts_with("Package: apt\n"));
         assert!(stanzas[0].contains(&format!("Filename: pool/{}.deb", b.sha256)));
         assert!(stanzas[1].starts_with("Package: zlib1g\n"));
+    }
+
+    #[test]
+    fn installed_packages_of_a_status_file() {
+        let status = "Package: apt\nStatus: install ok installed\nArchitecture: amd64\n\
+                      Version: 2.6.1\n\nPackage: gone\nStatus: deinstall ok config-files\n\
+                      Architecture: amd64\nVersion: 1\n";
+        let i = installed(status);
+        assert_eq!(i.len(), 1);
+        assert_eq!(i[&("apt".into(), "amd64".into())], "2.6.1");
+    }
+
+    #[test]
+    fn release_names_the_suite_and_pins_the_index() {
+        let r = release("bookworm", b"Package: apt\n");
+        assert!(r.contains("Suite: bookworm\nCodename: bookworm\n"));
+        assert!(r.ends_with(&format!(
+            " {} 13 Packages\n",
+            hex(&Sha256::digest(b"Package: apt\n"))
+        )));
     }
 
     #[test]

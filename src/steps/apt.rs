@@ -127,9 +127,15 @@ pub fn harvest(
 }
 
 /// Writes a flat apt repository of `debs` at `dir` (`pool/<sha256>.deb` hard-linked from the
-/// deb store, and `Packages`). Every file must be in the store (the build's pre-flight fetched
-/// the missing ones).
-pub fn write_repo(ctx: &StepContext, debs: &[LockedDeb], dir: &Path) -> Result<(), StepError> {
+/// deb store, `Packages`, and a `Release` naming it `suite`: mmdebstrap picks the essential and
+/// required packages of its suite argument by archive and codename). Every file must be in the
+/// store (the build's pre-flight fetched the missing ones).
+pub fn write_repo(
+    ctx: &StepContext,
+    debs: &[LockedDeb],
+    dir: &Path,
+    suite: &str,
+) -> Result<(), StepError> {
     let store = deb_store(ctx);
     let pool = dir.join("pool");
     std::fs::create_dir_all(&pool).map_err(StepError::io(&pool))?;
@@ -152,6 +158,43 @@ pub fn write_repo(ctx: &StepContext, debs: &[LockedDeb], dir: &Path) -> Result<(
         with_control.push((d.clone(), control(ctx, &store, &d.sha256)?));
     }
     let p = dir.join("Packages");
-    std::fs::write(&p, lock::packages_index(&with_control)).map_err(StepError::io(&p))?;
+    let index = lock::packages_index(&with_control);
+    std::fs::write(&p, &index).map_err(StepError::io(&p))?;
+    let r = dir.join("Release");
+    std::fs::write(&r, lock::release(suite, index.as_bytes())).map_err(StepError::io(&r))?;
     Ok(())
+}
+
+/// Checks that a locked step's tree has every locked package installed at its locked version
+/// and architecture (`var/lib/dpkg/status`): a repository apt did not take, or a package it
+/// left out, fails the step instead of storing a tree that is not what the lock says.
+pub fn check_installed(
+    ctx: &StepContext,
+    tree: &super::tree::Tree,
+    debs: &[LockedDeb],
+) -> Result<(), StepError> {
+    let status = tree
+        .read(ctx.store, "var/lib/dpkg/status")?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let installed = lock::installed(&status);
+    let wrong: Vec<String> = debs
+        .iter()
+        .filter(|d| installed.get(&(d.name.clone(), d.arch.clone())) != Some(&d.version))
+        .map(|d| {
+            let got = installed
+                .get(&(d.name.clone(), d.arch.clone()))
+                .map_or("not installed".to_string(), |v| format!("{v} installed"));
+            format!("`{}` {} ({}): {got}", d.name, d.version, d.arch)
+        })
+        .collect();
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    Err(StepError::Invalid(format!(
+        "the image does not have the locked versions of {} package{}:\n    {}",
+        wrong.len(),
+        if wrong.len() == 1 { "" } else { "s" },
+        wrong.join("\n    ")
+    )))
 }

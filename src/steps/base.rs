@@ -162,7 +162,7 @@ impl DebianBase {
             }
             Some(l) => {
                 let repo = ctx.work.join("repo");
-                apt::write_repo(ctx, &l.debs, &repo)?;
+                apt::write_repo(ctx, &l.debs, &repo, &self.spec.suite)?;
                 let local = format!("deb [trusted=yes] copy://{} ./", repo.display());
                 self.command(&out, ctx.epoch, &[local], &[])
             }
@@ -176,6 +176,7 @@ impl DebianBase {
         let installed = match &self.locked {
             None => apt::harvest(ctx, &debs, &lists)?,
             Some(l) => {
+                apt::check_installed(ctx, &tree, &l.debs)?;
                 // As mmdebstrap writes it from the real mirrors.
                 let text: String = real.iter().map(|l| format!("{l}\n")).collect();
                 tree.put_file(

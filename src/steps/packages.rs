@@ -77,7 +77,7 @@ impl PackagesStep {
         match &self.locked {
             None => s.with_network()?,
             Some(l) => {
-                apt::write_repo(ctx, &l.debs, &repo)?;
+                apt::write_repo(ctx, &l.debs, &repo, "imgspec-lock")?;
                 let parts = repo.join("sources.list.d");
                 std::fs::create_dir_all(&parts).map_err(StepError::io(&parts))?;
                 let list = repo.join("sources.list");
@@ -101,6 +101,9 @@ impl PackagesStep {
         };
         let m = s.close(ctx)?;
         let mut tree = Tree::new(m);
+        if let Some(l) = &self.locked {
+            apt::check_installed(ctx, &tree, &l.debs)?;
+        }
         scrub(&mut tree, ctx.store, ctx.epoch, After::Packages)?;
         let mut output = ctx.tree_output(&tree.into_manifest())?;
         output
