@@ -328,21 +328,14 @@ fn quote(s: &str) -> String {
     out
 }
 
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+/// A lock file that cannot be read: the message names the file and the line.
+#[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("{}:{line}: {message}", path.display())]
-    #[diagnostic(
-        code(imgspec::lock),
-        help("fix the line, or write the lock again with `imgspec lock --update SPEC`")
-    )]
     Bad {
         path: PathBuf,
         line: usize,
         message: String,
-        #[source_code]
-        src: miette::NamedSource<String>,
-        #[label("here")]
-        span: miette::SourceSpan,
     },
     #[error("cannot read `{}`", path.display())]
     Io {
@@ -355,14 +348,15 @@ pub enum LockError {
 impl LockError {
     fn at(path: &Path, text: &str, offset: usize, message: String) -> LockError {
         let offset = offset.min(text.len());
-        let line = text[..offset].matches('\n').count() + 1;
-        let end = text[offset..].find('\n').map_or(text.len(), |n| offset + n);
+        let line = text.as_bytes()[..offset]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
         LockError::Bad {
             path: path.to_path_buf(),
             line,
             message,
-            src: miette::NamedSource::new(path.display().to_string(), text.to_string()),
-            span: (offset, end - offset).into(),
         }
     }
 }
@@ -525,12 +519,11 @@ pub fn field<'a>(stanza: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Reads apt's `*_Packages` lists in `lists_dir`, keeping the stanzas of `wanted` packages:
-/// (name, version, architecture) → where the archive has it.
-pub fn read_lists(
-    lists_dir: &Path,
-    wanted: &BTreeSet<String>,
-) -> Result<BTreeMap<(String, String, String), Vec<IndexEntry>>, DebError> {
+/// (name, version, architecture) → where the archive has that package.
+pub type Index = BTreeMap<(String, String, String), Vec<IndexEntry>>;
+
+/// Reads apt's `*_Packages` lists in `lists_dir`, keeping the stanzas of `wanted` packages.
+pub fn read_lists(lists_dir: &Path, wanted: &BTreeSet<String>) -> Result<Index, DebError> {
     let mut out: BTreeMap<_, Vec<IndexEntry>> = BTreeMap::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(lists_dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),

@@ -203,25 +203,74 @@ fn wanted_sets(plan: &Plan) -> Vec<Wanted> {
     out
 }
 
+/// What `imgspec lock` resolves again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Update {
+    /// Only the sets the lock lacks or that the spec changed.
+    Missing,
+    /// Every set, from the mirror as it is now.
+    All,
+    /// These packages (and what their new versions bring in); the rest stays pinned.
+    Only(Vec<String>),
+}
+
+impl Update {
+    pub(super) fn from_arg(arg: Option<Vec<String>>) -> Update {
+        match arg {
+            None => Update::Missing,
+            Some(p) if p.is_empty() => Update::All,
+            Some(p) => Update::Only(p),
+        }
+    }
+}
+
 /// `imgspec lock SPEC…`.
 pub(super) fn lock(
     cache_dir: &Path,
     specs: &[PathBuf],
-    update: bool,
+    update: Update,
     jobs: usize,
     json: bool,
 ) -> Result<(), CliError> {
     need_specs(specs)?;
     for s in specs {
-        lock_one(cache_dir, s, update, jobs, json)?;
+        lock_one(cache_dir, s, &update, jobs, json)?;
     }
     Ok(())
+}
+
+/// `--update PKG…`: a set of the fresh resolution `lock` that installs none of the named
+/// packages is the `old` lock's set again; in the others, the packages not named take their
+/// entry of the old set back when it has one (same name and architecture), and new ones (what
+/// the named packages' new versions need) stay. Returns how many entries differ from the old
+/// lock.
+fn pin_others(lock: &mut Lock, old: &Lock, named: &[String]) -> usize {
+    let mut changed = 0;
+    for s in &mut lock.sets {
+        let old_set = s.images.iter().find_map(|i| old.set_for(i, &s.step));
+        let touched = s.debs.iter().any(|d| named.contains(&d.name));
+        if let (false, Some(o)) = (touched, old_set) {
+            s.debs = o.debs.clone();
+            continue;
+        }
+        for d in &mut s.debs {
+            let before =
+                old_set.and_then(|o| o.debs.iter().find(|o| o.name == d.name && o.arch == d.arch));
+            match before {
+                Some(o) if !named.contains(&d.name) => *d = o.clone(),
+                Some(o) if o == d => {}
+                _ => changed += 1,
+            }
+        }
+        s.debs.sort();
+    }
+    changed
 }
 
 fn lock_one(
     cache_dir: &Path,
     spec_path: &Path,
-    update: bool,
+    update: &Update,
     jobs: usize,
     json: bool,
 ) -> Result<(), CliError> {
@@ -235,9 +284,18 @@ fn lock_one(
     // A broken lock is replaced by --update, and refused otherwise.
     let old = match Lock::load(&path) {
         Ok(l) => l.unwrap_or_default(),
-        Err(_) if update => Lock::default(),
+        Err(_) if *update == Update::All => Lock::default(),
         Err(e) => return Err(lock_error(e)),
     };
+    if matches!(update, Update::Only(_)) && old.sets.is_empty() {
+        return Err(CliError::Usage {
+            message: format!("`{}` pins nothing yet", path.display()),
+            help: Some(format!(
+                "write it first with `imgspec lock {}`",
+                spec_path.display()
+            )),
+        });
+    }
     let plan = ctx.plan()?;
     let wanted = wanted_sets(&plan);
     if wanted.is_empty() {
@@ -251,7 +309,7 @@ fn lock_one(
     }
     // Sets kept as they are: everything without --update, when the spec still asks for it.
     let keep = |w: &Wanted| -> Option<LockSet> {
-        if update {
+        if *update != Update::Missing {
             return None;
         }
         let set = w
@@ -276,7 +334,10 @@ fn lock_one(
         }
     }
     let targets: Vec<StepId> = resolve.iter().map(|w| w.id).collect();
-    let fresh: Vec<StepId> = if update { targets.clone() } else { vec![] };
+    let fresh: Vec<StepId> = match update {
+        Update::Missing => vec![],
+        Update::All | Update::Only(_) => targets.clone(),
+    };
     if !targets.is_empty() {
         let outputs = resolve_steps(&ctx, &plan, &targets, &fresh, jobs, json)?;
         for w in &resolve {
@@ -304,6 +365,33 @@ fn lock_one(
         }
     }
     lock.sort();
+    if let Update::Only(named) = update {
+        let known: BTreeSet<&str> = lock
+            .sets
+            .iter()
+            .flat_map(|s| s.debs.iter().map(|d| d.name.as_str()))
+            .collect();
+        let unknown: Vec<String> = named
+            .iter()
+            .filter(|p| !known.contains(p.as_str()))
+            .map(|p| format!("`{p}`"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(CliError::Usage {
+                message: format!("no package set installs {}", unknown.join(", ")),
+                help: Some("name packages of the lock file, or give `--update` alone".into()),
+            });
+        }
+        let changed = pin_others(&mut lock, &old, named);
+        eprintln!(
+            "[{}] {changed} package{} of the lock change{}; checking that the pinned rest \
+             installs with them",
+            super::report::clock(),
+            if changed == 1 { "" } else { "s" },
+            if changed == 1 { "s" } else { "" },
+        );
+        check_locked(cache_dir, spec_path, &lock, jobs, json)?;
+    }
     let text = lock.render();
     let changed = std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str());
     if changed {
@@ -347,6 +435,33 @@ fn lock_one(
             t.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+/// Builds the package-installing steps of `spec_path` with `lock` (a partial update): apt in
+/// a repository of exactly the locked files must install them all, or the update is refused.
+fn check_locked(
+    cache_dir: &Path,
+    spec_path: &Path,
+    lock: &Lock,
+    jobs: usize,
+    json: bool,
+) -> Result<(), CliError> {
+    let ctx = Context {
+        spec: spec::load(&[spec_path.to_path_buf()])?,
+        store: open_store(cache_dir)?,
+        lock: Some(lock.clone()),
+    };
+    let plan = ctx.plan()?;
+    let targets: Vec<StepId> = wanted_sets(&plan).iter().map(|w| w.id).collect();
+    preflight(&ctx, &plan, &steps_to_run(&ctx.store, &plan, &targets))?;
+    resolve_steps(&ctx, &plan, &targets, &[], jobs, json).map_err(|e| match e {
+        CliError::BuildFailed(m) => CliError::BuildFailed(format!(
+            "the named packages cannot be updated with the rest pinned (the lock is left as it \
+             was): name more packages, or refresh everything with `--update` alone\n{m}"
+        )),
+        other => other,
+    })?;
     Ok(())
 }
 
@@ -419,4 +534,66 @@ fn resolve_steps(
         )));
     }
     Ok(outcome.outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deb(name: &str, version: &str) -> LockedDeb {
+        LockedDeb {
+            name: name.into(),
+            arch: "amd64".into(),
+            version: version.into(),
+            sha256: "0".repeat(64),
+            size: 1,
+            suite: "bookworm".into(),
+            priority: String::new(),
+            filename: format!("pool/{name}_{version}.deb"),
+        }
+    }
+
+    fn set(step: &str, debs: Vec<LockedDeb>) -> LockSet {
+        LockSet {
+            step: step.into(),
+            images: vec!["a".into()],
+            request: "r".into(),
+            debs,
+        }
+    }
+
+    #[test]
+    fn a_partial_update_keeps_the_rest_pinned() {
+        let old = Lock {
+            sets: vec![
+                set("base", vec![deb("libc6", "1"), deb("apt", "1")]),
+                set("packages:x", vec![deb("less", "1"), deb("libtinfo", "1")]),
+            ],
+        };
+        // The mirror moved on: everything is newer, and less now needs libnew.
+        let mut fresh = Lock {
+            sets: vec![
+                set(
+                    "base",
+                    vec![deb("libc6", "2"), deb("apt", "2"), deb("libz", "2")],
+                ),
+                set(
+                    "packages:x",
+                    vec![deb("less", "2"), deb("libtinfo", "2"), deb("libnew", "2")],
+                ),
+            ],
+        };
+        let changed = pin_others(&mut fresh, &old, &["less".into()]);
+        assert_eq!(
+            fresh.sets[0], old.sets[0],
+            "a set without `less` stays as it was"
+        );
+        let got: Vec<(&str, &str)> = fresh.sets[1]
+            .debs
+            .iter()
+            .map(|d| (d.name.as_str(), d.version.as_str()))
+            .collect();
+        assert_eq!(got, [("less", "2"), ("libnew", "2"), ("libtinfo", "1")]);
+        assert_eq!(changed, 2);
+    }
 }

@@ -62,10 +62,11 @@ enum Command {
     /// Resolve every package set to exact versions and write SPEC.lock beside each spec
     Lock {
         specs: Vec<PathBuf>,
-        /// Resolve everything again from the mirror as it is now (default: keep what the lock
-        /// has and resolve only sets it lacks or that the spec changed)
-        #[arg(long)]
-        update: bool,
+        /// Resolve again from the mirror as it is now: everything, or only the packages named
+        /// (the rest stays pinned; put the specs first: `lock SPEC --update PKG…`). Default:
+        /// keep what the lock has and resolve only sets it lacks or that the spec changed
+        #[arg(long, num_args = 0.., value_name = "PKG")]
+        update: Option<Vec<String>>,
         /// Steps run at once
         #[arg(long, short, default_value_t = default_jobs())]
         jobs: usize,
@@ -233,7 +234,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref specs,
             update,
             jobs,
-        } => lock::lock(&cache_dir, specs, update, jobs, cli.json),
+        } => lock::lock(
+            &cache_dir,
+            specs,
+            lock::Update::from_arg(update.clone()),
+            jobs,
+            cli.json,
+        ),
         Command::Boot {
             image,
             firmware,

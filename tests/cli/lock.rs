@@ -73,7 +73,10 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     assert!(lock.len() > 50, "{text}");
     assert!(lock.iter().any(|(n, _, _)| n == "less"), "{text}");
     assert!(text.contains("set \"base\" images=\"locktest\""), "{text}");
-    assert!(text.contains("set \"packages:extra\" images=\"locktest\""), "{text}");
+    assert!(
+        text.contains("set \"packages:extra\" images=\"locktest\""),
+        "{text}"
+    );
     let names: Vec<&str> = text
         .split("set \"packages:extra\"")
         .next()
@@ -86,7 +89,10 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     std::fs::remove_file(w.path("spec.kdl.lock")).unwrap();
     let r = w.run_with_cache("cache-lock", &["lock", "spec.kdl"]).ok();
     assert!(!r.stderr.contains("started"), "{}", r.stderr);
-    assert_eq!(std::fs::read_to_string(w.path("spec.kdl.lock")).unwrap(), text);
+    assert_eq!(
+        std::fs::read_to_string(w.path("spec.kdl.lock")).unwrap(),
+        text
+    );
 
     // Build from the lock into an empty cache: the files come from the mirror by their lock
     // entries, and the image has exactly the locked versions.
@@ -97,7 +103,10 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     let tree = w.path("out/locktest/locktest.tar.d");
     let sources = std::fs::read_to_string(tree.join("etc/apt/sources.list")).unwrap();
     assert!(sources.starts_with("deb http"), "{sources}");
-    assert!(!sources.contains("trusted") && !sources.contains("copy:"), "{sources}");
+    assert!(
+        !sources.contains("trusted") && !sources.contains("copy:"),
+        "{sources}"
+    );
     assert_eq!(std::fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
     let first = sha256(&w.path("out/locktest/locktest.tar"));
 
