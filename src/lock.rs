@@ -90,6 +90,13 @@ impl Lock {
             .find(|s| s.step == step && s.images.iter().any(|i| i == image))
     }
 
+    /// Whether any set belongs to `image` (an image of a spec without a lock has none).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.sets
+            .iter()
+            .any(|s| s.images.iter().any(|i| i == image))
+    }
+
     pub fn sort(&mut self) {
         for s in &mut self.sets {
             s.images.sort();

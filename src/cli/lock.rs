@@ -28,16 +28,43 @@ use crate::spec::model::{Base, Layer};
 use crate::steps::apt::DEBS_META;
 use crate::steps::{is_root, Action};
 
-/// The locks beside `specs` (`SPEC.lock`), merged; `None` when no spec has one.
-pub(super) fn load_locks(specs: &[PathBuf]) -> Result<Option<Lock>, CliError> {
+/// The locks beside `specs` (`SPEC.lock`), merged; `None` when no spec has one. Every image
+/// that a spec with a lock declares must be in that lock (an image added since `imgspec lock`
+/// is refused, not built unlocked).
+pub(super) fn load_locks(
+    specs: &[PathBuf],
+    model: &spec::model::Spec,
+) -> Result<Option<Lock>, CliError> {
     let mut all: Option<Lock> = None;
     for s in specs {
-        let l = Lock::load(&lock_path(s)).map_err(lock_error)?;
-        if let Some(l) = l {
-            all.get_or_insert_with(Lock::default).extend(l);
+        let path = lock_path(s);
+        let Some(l) = Lock::load(&path).map_err(lock_error)? else {
+            continue;
+        };
+        let this = s.canonicalize().ok();
+        for img in &model.images {
+            let declared_here = this.is_some() && img.file.canonicalize().ok() == this;
+            if declared_here && !l.has_image(&img.name) && installs_packages(img) {
+                return Err(CliError::Usage {
+                    message: format!(
+                        "image `{}` of `{}` is not in its lock `{}`",
+                        img.name,
+                        s.display(),
+                        path.display()
+                    ),
+                    help: Some(format!("lock it with `imgspec lock {}`", s.display())),
+                });
+            }
         }
+        all.get_or_insert_with(Lock::default).extend(l);
     }
     Ok(all)
+}
+
+fn installs_packages(img: &spec::model::Image) -> bool {
+    img.layers
+        .iter()
+        .any(|l| matches!(l, Layer::Base(Base::Debian(_)) | Layer::Packages(_)))
 }
 
 fn lock_error(e: crate::lock::LockError) -> CliError {

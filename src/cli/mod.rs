@@ -364,7 +364,7 @@ impl Context {
     fn open(cache_dir: &Path, specs: &[PathBuf]) -> Result<Self, CliError> {
         need_specs(specs)?;
         let spec = spec::load(specs)?;
-        let lock = lock::load_locks(specs)?;
+        let lock = lock::load_locks(specs, &spec)?;
         let store = open_store(cache_dir)?;
         Ok(Context { store, spec, lock })
     }
@@ -789,8 +789,10 @@ fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> 
         } => {
             let policy = if !specs.is_empty() {
                 let spec = spec::load(&specs)?;
+                let locks = lock::load_locks(&specs, &spec)?;
                 let facts = HostFacts::new(&store);
-                let plan = crate::plan::plan(&spec, &facts).map_err(internal)?;
+                let plan =
+                    crate::plan::plan_locked(&spec, &facts, locks.as_ref()).map_err(internal)?;
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
                 let n = spec::parse_size(&s).map_err(|e| CliError::Usage {

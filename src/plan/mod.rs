@@ -134,7 +134,8 @@ impl Builder<'_> {
         let mut tree: Option<StepId> = None;
         for layer in &with_boot_packages(image) {
             let (name, label, mut action) = layer_step(layer, &mut counts);
-            if let Some(lock) = self.lock {
+            // Images of specs without a lock (built together with locked ones) stay unlocked.
+            if let Some(lock) = self.lock.filter(|l| l.has_image(&image.name)) {
                 pin(&mut action, lock, image, &name)?;
             }
             let id = self.add(

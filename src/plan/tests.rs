@@ -172,6 +172,20 @@ fn a_changed_lock_changes_the_steps_it_governs_and_what_follows() {
 }
 
 #[test]
+fn images_a_lock_does_not_name_stay_unlocked() {
+    let spec = Spec {
+        images: vec![image("golden")],
+    };
+    let mut lock = golden_lock("1");
+    for s in &mut lock.sets {
+        s.images = vec!["other".into()];
+    }
+    let plan = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap();
+    assert_eq!(plan.steps[0].key.short(), GOLDEN[0].1);
+    assert_eq!(plan.steps[1].key.short(), GOLDEN[1].1);
+}
+
+#[test]
 fn a_stale_or_incomplete_lock_is_refused() {
     let spec = Spec {
         images: vec![image("golden")],
