@@ -62,12 +62,17 @@
 //!
 //! # Code map
 //!
-//! - `blob`: put, read, `blob_to_file`; the only writer of `blobs-v1/`.
+//! - `blob`: put, read, `blob_to_file`, `adopt_compressed` (a blob that arrives compressed, from
+//!   a remote or a bundle, checked before it is renamed in); the only writer of `blobs-v1/`.
 //! - `tree`: manifest order and validation, `import_dir`, `export_dir`, `diff`.
 //! - `tarball`: `import_tar` (GNU and PAX) and the deterministic PAX `export_tar`.
 //! - `index`: the SQLite schema and its migrations, `record`, `lookup`, `last_build`,
 //!   `hash_file_cached`.
 //! - `gc`: `gc`, `verify`, `usage`.
+//! - `remote`: the HTTP remote cache (`cas-v1/`, `ac-v1/` on the server), fetch and push of a
+//!   step with its blobs; see its module doc for the layout and the checks.
+//! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
+//!   sharing; every blob checked on import, all records or none.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
 //! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
 
@@ -77,14 +82,18 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod blob;
+mod bundle;
 mod gc;
 mod index;
+pub mod remote;
 mod sys;
 mod tarball;
 mod tmp;
 mod tree;
 
 pub use blob::BlobReader;
+pub use bundle::BundleStats;
+pub use remote::{Credentials, Remote, RemoteError};
 pub use tree::diff;
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.
@@ -191,6 +200,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("bad bundle: entry `{entry}`: {reason}")]
+    BadBundle { entry: String, reason: String },
     #[error("the cache index `{path}` has schema version {found}, newer than the {supported} this imgspec knows")]
     IndexTooNew {
         path: PathBuf,
