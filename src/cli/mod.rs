@@ -1,5 +1,6 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod remote;
 mod report;
 
 use std::io::IsTerminal;
@@ -34,6 +35,8 @@ struct Cli {
     /// Machine-readable output: JSON lines of events (build) or one JSON document
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +118,19 @@ enum CacheCommand {
     },
     /// Re-hash every blob; drop corrupt ones and the results that used them
     Verify,
+    /// Upload what the specs need (every step result in the local cache) to the remote cache
+    Push { specs: Vec<PathBuf> },
+    /// Download what the specs need from the remote cache, each object checked
+    Pull { specs: Vec<PathBuf> },
+    /// Write what the specs need (step results and their blobs) to a bundle file
+    Export {
+        specs: Vec<PathBuf>,
+        /// The bundle to write, e.g. bundle.tar.zst
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Read a bundle made by `cache export` into the local cache, every object checked
+    Import { bundle: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -214,7 +230,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref images,
         } => {
             let ctx = Context::open(&cache_dir, specs)?;
-            build(&ctx, jobs, out_dir, images, cli.json)
+            let remote = remote::open(&cli.remote)?;
+            build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
         }
         Command::Doctor { ref specs } => doctor(&cache_dir, specs),
         Command::Boot {
@@ -248,7 +265,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             boot(o, quiet)
         }
-        Command::Cache { command } => cache(&cache_dir, command, cli.json),
+        Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
     }
 }
 
@@ -521,6 +538,7 @@ fn build(
     jobs: usize,
     out_dir: &Path,
     only: &[String],
+    remote: Option<&(imgspec_cache::Remote, bool)>,
     json: bool,
 ) -> Result<(), CliError> {
     let plan = ctx.plan()?;
@@ -574,6 +592,8 @@ fn build(
         reporter: rep.as_ref(),
         jobs: jobs.max(1),
         cancel: &cancel,
+        remote: remote.map(|(r, _)| r),
+        remote_write: remote.is_some_and(|(_, w)| *w),
     };
     let t = std::time::Instant::now();
     let outcome = exec.run(&plan, &targets);
@@ -612,6 +632,7 @@ fn build(
             "event": "build-finished",
             "built": outcome.built.len(),
             "cached": up_to_date,
+            "from_remote": outcome.from_remote.len(),
             "failed": outcome.failed.len(),
             "seconds": seconds,
             "images": summary.iter().map(|(n, w)| serde_json::json!({"name": n, "files": w})).collect::<Vec<_>>(),
@@ -628,8 +649,12 @@ fn build(
                 );
             }
         }
+        let fetched = match outcome.from_remote.len() {
+            0 => String::new(),
+            n => format!(" ({n} fetched from the remote cache)"),
+        };
         eprintln!(
-            "{} steps built, {} cached, {} failed in {:.2}s",
+            "{} steps built, {} cached, {} failed in {:.2}s{fetched}",
             outcome.built.len(),
             up_to_date,
             outcome.failed.len(),
@@ -711,7 +736,12 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> {
+fn cache(
+    dir: &Path,
+    command: CacheCommand,
+    remote_args: &remote::RemoteArgs,
+    json: bool,
+) -> Result<(), CliError> {
     let store = open_store(dir)?;
     match command {
         CacheCommand::Ls => {
@@ -797,6 +827,10 @@ fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> 
                 return Err(CliError::BuildFailed(String::new()));
             }
         }
+        CacheCommand::Push { specs } => remote::push(&store, &specs, remote_args, json)?,
+        CacheCommand::Pull { specs } => remote::pull(&store, &specs, remote_args, json)?,
+        CacheCommand::Export { specs, output } => remote::export(&store, &specs, &output, json)?,
+        CacheCommand::Import { bundle } => remote::import(&store, &bundle, json)?,
     }
     Ok(())
 }
