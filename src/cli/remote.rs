@@ -14,9 +14,7 @@ use std::path::{Path, PathBuf};
 use imgspec_cache::{Credentials, Remote, StepKey, Store};
 use rayon::prelude::*;
 
-use super::{
-    error_chain, human_bytes, missing_tools, need_specs, plan_error, CliError, HostFacts,
-};
+use super::{error_chain, human_bytes, missing_tools, need_specs, plan_error, CliError, HostFacts};
 use crate::plan::Plan;
 use crate::spec;
 
@@ -160,7 +158,10 @@ fn plan_of(store: &Store, specs: &[PathBuf]) -> Result<Plan, CliError> {
     let spec = spec::load(specs)?;
     let facts = HostFacts::new(store);
     let plan = crate::plan::plan(&spec, &facts).map_err(plan_error)?;
-    let missing = facts.missing.into_inner().unwrap_or_else(|e| e.into_inner());
+    let missing = facts
+        .missing
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
@@ -415,7 +416,12 @@ mod tests {
             }
         );
         assert_eq!(parse_config("", p).unwrap(), Config::default());
-        for bad in ["remote 1", "remote-write \"yes\"", "cache-dir \"/x\"", "remote {"] {
+        for bad in [
+            "remote 1",
+            "remote-write \"yes\"",
+            "cache-dir \"/x\"",
+            "remote {",
+        ] {
             assert!(parse_config(bad, p).is_err(), "{bad}");
         }
     }

@@ -165,7 +165,7 @@ impl Executor<'_> {
 
     /// The lookup phase's last resort: the step's result from the remote cache, if there is
     /// one and it arrives whole. Trouble is reported, never fatal.
-    fn from_remote(&self, plan: &Plan, id: StepId) -> Option<StepRecord> {
+    fn fetch_from_remote(&self, plan: &Plan, id: StepId) -> Option<StepRecord> {
         let remote = self.remote?;
         let step = &plan.steps[id];
         match remote.fetch_step(self.store, &step.key) {
@@ -203,15 +203,13 @@ impl Executor<'_> {
         for (id, output) in rx {
             let step = &plan.steps[id];
             match remote.push_step(self.store, &step.key, step.kind(), &step.label, &output) {
-                Ok(stats) if !stats.already_there => {
-                    self.reporter.event(&Event::StepUploaded {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        blobs: stats.blobs_sent,
-                        bytes: stats.bytes_sent,
-                    })
-                }
+                Ok(stats) if !stats.already_there => self.reporter.event(&Event::StepUploaded {
+                    key: step.key.to_hex(),
+                    kind: step.kind().into(),
+                    label: step.label.clone(),
+                    blobs: stats.blobs_sent,
+                    bytes: stats.bytes_sent,
+                }),
                 Ok(_) => {}
                 Err(e) => self.remote_trouble(remote, &e, plan, id),
             }
@@ -247,7 +245,7 @@ impl Executor<'_> {
                 }
                 // A broken index row is a miss: the step is built again, unless the remote
                 // cache has it.
-                Ok(None) | Err(_) => match self.from_remote(plan, id) {
+                Ok(None) | Err(_) => match self.fetch_from_remote(plan, id) {
                     Some(rec) => {
                         state[id] = State::Done;
                         out.outputs.insert(id, rec.output);

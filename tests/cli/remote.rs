@@ -269,15 +269,29 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
         "{}",
         b.stderr
     );
-    assert!(!b.stderr.contains("uploaded"), "read-only by default: {}", b.stderr);
+    assert!(
+        !b.stderr.contains("uploaded"),
+        "read-only by default: {}",
+        b.stderr
+    );
     assert_eq!(
         sha256(&w.path("out-a/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
     );
     // The fetched result is a local hit from now on, even without the remote.
     std::fs::remove_file(w.path("config/imgspec/config.kdl")).unwrap();
-    let again = imgspec(&w, "cache-b", &["build", "mini.kdl", "--out-dir", "out-b"], &[]).ok();
-    assert!(again.stderr.contains("0 steps built, 4 cached"), "{}", again.stderr);
+    let again = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
+    assert!(
+        again.stderr.contains("0 steps built, 4 cached"),
+        "{}",
+        again.stderr
+    );
 
     // Credentials in the URL, JSON events: a remote hit says so; the secret is nowhere.
     let in_url = n
@@ -286,7 +300,15 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
     let c = imgspec(
         &w,
         "cache-c",
-        &["build", "mini.kdl", "--out-dir", "out-c", "--json", "--remote", &in_url],
+        &[
+            "build",
+            "mini.kdl",
+            "--out-dir",
+            "out-c",
+            "--json",
+            "--remote",
+            &in_url,
+        ],
         &[],
     )
     .ok();
@@ -297,7 +319,9 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
     );
     // Wrong credentials: the server refuses, the build goes on locally and says so once,
     // without the secret.
-    let bad = n.url().replace("http://", &format!("http://{USER}:wrong-{SECRET}@"));
+    let bad = n
+        .url()
+        .replace("http://", &format!("http://{USER}:wrong-{SECRET}@"));
     let d = imgspec(
         &w,
         "cache-d",
@@ -305,7 +329,12 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
         &[],
     )
     .ok();
-    assert_eq!(d.stderr.matches("is unavailable").count(), 1, "{}", d.stderr);
+    assert_eq!(
+        d.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        d.stderr
+    );
     assert!(d.stderr.contains("HTTP 401"), "{}", d.stderr);
     assert!(d.stderr.contains("4 steps built"), "{}", d.stderr);
 
@@ -326,7 +355,15 @@ fn a_corrupt_remote_object_is_refused_reported_once_and_the_step_rebuilt() {
     imgspec(
         &w,
         "cache-a",
-        &["build", "mini.kdl", "--out-dir", "out-a", "--remote", &url, "--remote-write"],
+        &[
+            "build",
+            "mini.kdl",
+            "--out-dir",
+            "out-a",
+            "--remote",
+            &url,
+            "--remote-write",
+        ],
         &[],
     )
     .ok();
@@ -383,7 +420,11 @@ fn a_corrupt_remote_object_is_refused_reported_once_and_the_step_rebuilt() {
     }
     // The two refused steps are built here; the files step below them came from the remote.
     assert!(b.stderr.contains("2 steps built, 2 cached"), "{}", b.stderr);
-    assert!(b.stderr.contains("(1 fetched from the remote cache)"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains("(1 fetched from the remote cache)"),
+        "{}",
+        b.stderr
+    );
     assert_eq!(
         sha256(&w.path("out-a/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
@@ -404,10 +445,20 @@ fn an_unreachable_remote_does_not_fail_the_build_and_is_reported_once() {
         &[],
     )
     .ok();
-    assert_eq!(r.stderr.matches("is unavailable").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("4 steps built"), "{}", r.stderr);
     // `cache push` cannot go on locally: it fails, saying where.
-    let p = imgspec(&w, "cache", &["cache", "push", "mini.kdl", "--remote", &url], &[]);
+    let p = imgspec(
+        &w,
+        "cache",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    );
     assert_eq!(p.code, 3, "{}", p.stderr);
     assert!(p.stderr.contains(&url), "{}", p.stderr);
 }
@@ -441,7 +492,12 @@ fn the_server_killed_mid_build_does_not_fail_it() {
     let r: Run = child.wait_with_output().unwrap().into();
     let r = r.ok();
     assert!(r.stderr.contains("4 steps built"), "{}", r.stderr);
-    assert_eq!(r.stderr.matches("is unavailable").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        r.stderr
+    );
     assert!(w.path("out/mini/mini.tar").exists());
 }
 
@@ -451,17 +507,41 @@ fn push_then_pull_moves_what_a_spec_needs() {
     let w = mini();
     let url = n.url();
     imgspec(&w, "cache-a", &["build", "mini.kdl"], &[]).ok();
-    let p = imgspec(&w, "cache-a", &["cache", "push", "mini.kdl", "--remote", &url], &[]).ok();
+    let p = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
     assert!(p.stderr.contains("pushed 4 step results"), "{}", p.stderr);
-    let p = imgspec(&w, "cache-a", &["cache", "push", "mini.kdl", "--remote", &url], &[]).ok();
+    let p = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
     assert!(
         p.stderr.contains("pushed 0 step results") && p.stderr.contains("4 already there"),
         "{}",
         p.stderr
     );
-    let q = imgspec(&w, "cache-b", &["cache", "pull", "mini.kdl", "--remote", &url], &[]).ok();
+    let q = imgspec(
+        &w,
+        "cache-b",
+        &["cache", "pull", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
     assert!(q.stderr.contains("pulled 4 step results"), "{}", q.stderr);
-    let b = imgspec(&w, "cache-b", &["build", "mini.kdl", "--out-dir", "out-b"], &[]).ok();
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
     assert!(b.stderr.contains("0 steps built, 4 cached"), "{}", b.stderr);
     assert_eq!(
         sha256(&w.path("out/mini/mini.tar")),
@@ -507,14 +587,24 @@ fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
         let r = imgspec(&w, &cache, &["cache", "import", name], &[]);
         assert_eq!(r.code, 2, "{name}: {}", r.stderr);
         assert!(r.stderr.contains("refused"), "{name}: {}", r.stderr);
-        assert!(r.stderr.contains("nothing from it was recorded"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("nothing from it was recorded"),
+            "{}",
+            r.stderr
+        );
         let ls = imgspec(&w, &cache, &["cache", "ls"], &[]).ok();
         assert_eq!(ls.stdout, "", "{name}: half imported");
     }
 
     let i = imgspec(&w, "cache-b", &["cache", "import", "bundle.tar.zst"], &[]).ok();
     assert!(i.stderr.contains("imported 4 step results"), "{}", i.stderr);
-    let b = imgspec(&w, "cache-b", &["build", "mini.kdl", "--out-dir", "out-b"], &[]).ok();
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
     assert!(b.stderr.contains("0 steps built, 4 cached"), "{}", b.stderr);
     assert_eq!(
         sha256(&w.path("out/mini/mini.tar")),
