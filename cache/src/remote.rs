@@ -483,12 +483,13 @@ impl Remote {
                 404 | 410 => return Ok(false),
                 s => return Err(self.status_error(object, s, "GET")),
             }
+            let start = file.stream_position().map_err(local)?;
             let mut body = resp.body_mut().as_reader();
-            match io::copy(&mut body, file) {
-                Ok(n) => {
-                    self.bytes_down.fetch_add(n, Ordering::Relaxed);
-                    return Ok(true);
-                }
+            let copied = io::copy(&mut body, file);
+            let end = file.seek(SeekFrom::End(0)).map_err(local)?;
+            self.bytes_down.fetch_add(end - start, Ordering::Relaxed);
+            match copied {
+                Ok(_) => return Ok(true),
                 Err(e) => {
                     broken += 1;
                     if broken >= ATTEMPTS {
@@ -707,6 +708,87 @@ mod tests {
         let mut newer = rec.clone();
         newer.format = 2;
         assert!(SharedRecord::parse(&newer.to_json(), &k).is_err());
+    }
+
+    /// Reads one request's head; returns it.
+    fn read_head(s: &mut std::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).unwrap() == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
+    #[test]
+    fn a_broken_download_resumes_with_range_into_the_same_file() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        // Incompressible content, so the compressed blob is large enough to cut.
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes()[..4].to_vec())
+            .collect();
+        let r = a.put_bytes(&data).unwrap();
+        let blob = std::fs::read(a.blob_path(&r.digest)).unwrap();
+        let n = blob.len();
+        let half = n / 2;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut heads = Vec::new();
+            // First request: promise everything, send half, hang up.
+            let (mut s, _) = listener.accept().unwrap();
+            heads.push(read_head(&mut s));
+            write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").unwrap();
+            s.write_all(&blob[..half]).unwrap();
+            drop(s);
+            // Second: the rest, as asked.
+            let (mut s, _) = listener.accept().unwrap();
+            let head = read_head(&mut s);
+            heads.push(head.clone());
+            let from: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(String::from)
+                })
+                .and_then(|v| v.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
+            write!(
+                s,
+                "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {from}-{}/{n}\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n",
+                n - 1,
+                n - from
+            )
+            .unwrap();
+            s.write_all(&blob[from..]).unwrap();
+            heads
+        });
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        let remote = Remote::new(&format!("http://127.0.0.1:{port}"), Credentials::None).unwrap();
+        assert!(remote.fetch_blob(&b, &r.digest).unwrap());
+        assert_eq!(b.read_blob(&r.digest).unwrap(), data);
+        let heads = server.join().unwrap();
+        assert!(
+            !heads[0].to_ascii_lowercase().contains("range:"),
+            "{}",
+            heads[0]
+        );
+        assert!(
+            heads[1]
+                .to_ascii_lowercase()
+                .contains(&format!("range: bytes={half}-")),
+            "{}",
+            heads[1]
+        );
+        // Nothing was downloaded twice.
+        assert_eq!(remote.traffic().0, n as u64);
     }
 
     #[test]
