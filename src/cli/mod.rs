@@ -560,7 +560,7 @@ fn build(
 
     // Root is needed only by steps that will really run.
     if !is_root() {
-        let to_run: Vec<&str> = steps_to_run(&ctx.store, &plan, &targets)
+        let to_run: Vec<&str> = steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets)
             .into_iter()
             .filter(|&i| plan.steps[i].action.needs_root())
             .map(|i| plan.steps[i].label.as_str())
@@ -679,13 +679,26 @@ fn build(
     Ok(())
 }
 
-/// The steps a build of `targets` would run (not in the cache, needed by something not cached).
-fn steps_to_run(store: &Store, plan: &Plan, targets: &[StepId]) -> Vec<StepId> {
+/// The steps a build of `targets` would run (not in the cache, needed by something not cached;
+/// a step the remote cache has a record of counts as cached).
+fn steps_to_run(
+    store: &Store,
+    remote: Option<&imgspec_cache::Remote>,
+    plan: &Plan,
+    targets: &[StepId],
+) -> Vec<StepId> {
+    let on_remote = |key: &imgspec_cache::StepKey| {
+        remote.is_some_and(|r| {
+            r.exists(&imgspec_cache::remote::record_object(key))
+                .unwrap_or(false)
+        })
+    };
     let mut seen = vec![false; plan.steps.len()];
     let mut out = Vec::new();
     let mut stack = targets.to_vec();
     while let Some(id) = stack.pop() {
-        if std::mem::replace(&mut seen[id], true) || cached(store, &plan.steps[id].key) {
+        let key = &plan.steps[id].key;
+        if std::mem::replace(&mut seen[id], true) || cached(store, key) || on_remote(key) {
             continue;
         }
         out.push(id);

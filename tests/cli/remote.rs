@@ -611,3 +611,52 @@ fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
         sha256(&w.path("out-b/mini/mini.tar"))
     );
 }
+
+#[test]
+fn a_developer_without_root_builds_from_a_warm_remote() {
+    let Some(n) = Nginx::start(false) else { return };
+    let w = mini();
+    let url = n.url();
+    imgspec(
+        &w,
+        "cache-a",
+        &["build", "mini.kdl", "--remote", &url, "--remote-write"],
+        &[],
+    )
+    .ok();
+    // The same workspace as user `nobody`: the run step would need root, but its result (and
+    // the output's) is on the remote, so nothing needs root.
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &Path, mode: u32| {
+        std::fs::create_dir_all(p).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    open(w.dir.path(), 0o755);
+    open(&w.path("cache-b"), 0o777);
+    open(&w.path("out-b"), 0o777);
+    let c = imgspec_cmd(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b", "--remote", &url],
+        &[],
+    );
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(c.get_program())
+        .args(c.get_args())
+        .current_dir(w.dir.path());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => setpriv.env(k, v),
+            None => setpriv.env_remove(k),
+        };
+    }
+    let r: Run = setpriv.output().unwrap().into();
+    let r = r.ok();
+    assert!(r.stderr.contains("0 steps built, 4 cached"), "{}", r.stderr);
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
