@@ -35,6 +35,9 @@ pub fn clock() -> String {
 fn line(e: &Event) -> Option<String> {
     Some(match e {
         Event::StepCached { .. } => return None,
+        Event::StepWaiting { label, .. } => {
+            format!("waiting  {label}: another build on this cache is building it")
+        }
         Event::StepStarted { label, .. } => format!("started  {label}"),
         Event::StepFinished { label, seconds, .. } => format!("built    {label} ({seconds:.1}s)"),
         Event::StepFailed {

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use imgspec_cache::{StepOutput, Store};
+use imgspec_cache::{Claim, StepOutput, Store};
 use serde::Serialize;
 
 use crate::plan::{Plan, StepId};
@@ -24,6 +24,13 @@ use crate::steps::{StepContext, StepError};
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     StepCached {
+        key: String,
+        kind: String,
+        label: String,
+    },
+    /// Another build (another process on the same store) is building this step; this one
+    /// waits for it and then takes its result.
+    StepWaiting {
         key: String,
         kind: String,
         label: String,
@@ -176,7 +183,7 @@ impl Executor<'_> {
                 return out;
             }
         };
-        let (tx, rx) = mpsc::channel::<(StepId, Result<StepOutput, StepError>, f64)>();
+        let (tx, rx) = mpsc::channel::<(StepId, Result<Ran, StepError>, f64)>();
         let mut running = 0usize;
         pool.in_place_scope(|scope| loop {
             while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
@@ -185,12 +192,6 @@ impl Executor<'_> {
                 let inputs: Vec<StepOutput> =
                     step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
                 let log = self.log_path(plan, id);
-                self.reporter.event(&Event::StepStarted {
-                    key: step.key.to_hex(),
-                    kind: step.kind().into(),
-                    label: step.label.clone(),
-                    log: log.clone(),
-                });
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move |_| {
@@ -208,16 +209,29 @@ impl Executor<'_> {
             running -= 1;
             let step = &plan.steps[id];
             match result {
-                Ok(o) => {
+                Ok(ran) => {
                     state[id] = State::Done;
-                    out.outputs.insert(id, o);
-                    out.built.push(id);
-                    self.reporter.event(&Event::StepFinished {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        seconds,
-                    });
+                    match ran {
+                        Ran::Built(o) => {
+                            out.outputs.insert(id, o);
+                            out.built.push(id);
+                            self.reporter.event(&Event::StepFinished {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                                seconds,
+                            });
+                        }
+                        Ran::Reused(o) => {
+                            out.outputs.insert(id, o);
+                            out.cached.push(id);
+                            self.reporter.event(&Event::StepCached {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                            });
+                        }
+                    }
                     for (&d, n) in waiting.iter_mut() {
                         if plan.steps[d].inputs.contains(&id) {
                             *n -= 1;
@@ -278,14 +292,53 @@ impl Executor<'_> {
         out
     }
 
+    /// Builds one step under its lock. When another process held the lock and recorded the
+    /// step meanwhile, its record is taken instead.
     fn run_one(
         &self,
         plan: &Plan,
         id: StepId,
         inputs: Vec<StepOutput>,
         log: PathBuf,
-    ) -> Result<StepOutput, StepError> {
+    ) -> Result<Ran, StepError> {
         let step = &plan.steps[id];
+        let event = |e: fn(String, String, String) -> Event| {
+            self.reporter.event(&e(
+                step.key.to_hex(),
+                step.kind().into(),
+                step.label.clone(),
+            ));
+        };
+        let claim = self.store.lock_step(
+            &step.key,
+            &mut || event(|key, kind, label| Event::StepWaiting { key, kind, label }),
+            &|| self.cancel.load(Ordering::SeqCst),
+        )?;
+        let Claim::Held { lock, waited } = claim else {
+            return Err(StepError::Invalid("interrupted".into()));
+        };
+        if waited {
+            if let Ok(Some(rec)) = self.store.lookup(&step.key) {
+                return Ok(Ran::Reused(rec.output));
+            }
+        }
+        self.reporter.event(&Event::StepStarted {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            log: log.clone(),
+        });
+        let result = self.build_one(step, inputs, log)?;
+        drop(lock);
+        Ok(Ran::Built(result))
+    }
+
+    fn build_one(
+        &self,
+        step: &crate::plan::Step,
+        inputs: Vec<StepOutput>,
+        log: PathBuf,
+    ) -> Result<StepOutput, StepError> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(StepError::io(dir))?;
         }
@@ -311,6 +364,13 @@ impl Executor<'_> {
         drop(work);
         Ok(result)
     }
+}
+
+/// What running a step came to.
+enum Ran {
+    Built(StepOutput),
+    /// Another process built it while this one waited for the step's lock.
+    Reused(StepOutput),
 }
 
 /// An error and its sources, one per line.
