@@ -328,7 +328,12 @@ impl Executor<'_> {
             label: step.label.clone(),
             log: log.clone(),
         });
-        let result = self.build_one(step, inputs, log)?;
+        let input_keys = step
+            .inputs
+            .iter()
+            .map(|&i| plan.steps[i].key.to_hex())
+            .collect();
+        let result = self.build_one(step, inputs, input_keys, log)?;
         drop(lock);
         Ok(Ran::Built(result))
     }
@@ -337,6 +342,7 @@ impl Executor<'_> {
         &self,
         step: &crate::plan::Step,
         inputs: Vec<StepOutput>,
+        input_keys: Vec<String>,
         log: PathBuf,
     ) -> Result<StepOutput, StepError> {
         if let Some(dir) = log.parent() {
@@ -350,6 +356,7 @@ impl Executor<'_> {
             runner: self.runner,
             log,
             inputs,
+            input_keys,
             epoch: step.epoch,
             work: work.path().to_path_buf(),
         };
