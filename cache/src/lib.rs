@@ -13,6 +13,8 @@
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   locks/<key hex>          flock-ed by the process building that step; removed when it is
+//!                            done (see `steplock`)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       .lock                  flock-ed while that `Store` lives; a session whose lock is
@@ -74,6 +76,7 @@
 //! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
 //!   sharing; every blob checked on import, all records or none.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
+//! - `steplock`: per-step locks across processes (build a shared step once).
 //! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
 
 use std::collections::BTreeMap;
@@ -86,6 +89,7 @@ mod bundle;
 mod gc;
 mod index;
 pub mod remote;
+mod steplock;
 mod sys;
 mod tarball;
 mod tmp;
@@ -94,6 +98,7 @@ mod tree;
 pub use blob::BlobReader;
 pub use bundle::BundleStats;
 pub use remote::{Credentials, Remote, RemoteError};
+pub use steplock::{Claim, StepLock, LOCKS_DIR};
 pub use tree::diff;
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.

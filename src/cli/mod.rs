@@ -2,6 +2,7 @@
 
 mod remote;
 mod report;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,24 @@ enum Command {
         /// Build only these images (default: all in the specs)
         #[arg(long = "image")]
         images: Vec<String>,
+    },
+    /// Rebuild every step in an empty scratch store and compare it with the cache (or with a
+    /// published SHA256SUMS): exit 0 only when every output is identical
+    Verify {
+        specs: Vec<PathBuf>,
+        /// Steps run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Verify only these images (default: all in the specs)
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// Compare the rebuilt output files with this SHA256SUMS (out/IMAGE/SHA256SUMS of a
+        /// published build) instead of with the cache
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Keep the scratch store (it is removed otherwise)
+        #[arg(long)]
+        keep: bool,
     },
     /// Host tools the specs need: found or missing, with the install line
     Doctor { specs: Vec<PathBuf> },
@@ -232,6 +251,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let ctx = Context::open(&cache_dir, specs)?;
             let remote = remote::open(&cli.remote)?;
             build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
+        }
+        Command::Verify {
+            ref specs,
+            jobs,
+            ref images,
+            ref against,
+            keep,
+        } => {
+            let ctx = Context::open(&cache_dir, specs)?;
+            verify::verify(
+                &ctx,
+                &verify::VerifyOptions {
+                    jobs,
+                    images: images.clone(),
+                    against: against.clone(),
+                    keep,
+                    json: cli.json,
+                },
+            )
         }
         Command::Doctor { ref specs } => doctor(&cache_dir, specs),
         Command::Boot {
@@ -576,15 +614,7 @@ fn build(
         }
     }
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let c = cancel.clone();
-        // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
-        let _ = ctrlc::set_handler(move || {
-            c.store(true, Ordering::SeqCst);
-            crate::runner::terminate_all();
-        });
-    }
+    let cancel = interrupt_flag();
     let rep = reporter(json);
     let exec = Executor {
         store: &ctx.store,
@@ -677,6 +707,18 @@ fn build(
         return Err(CliError::BuildFailed(msg.join("\n")));
     }
     Ok(())
+}
+
+/// Set on Ctrl-C or SIGTERM, which also stops the running child processes.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
+    let _ = ctrlc::set_handler(move || {
+        c.store(true, Ordering::SeqCst);
+        crate::runner::terminate_all();
+    });
+    cancel
 }
 
 /// The steps a build of `targets` would run (not in the cache, needed by something not cached;

@@ -43,6 +43,9 @@ fn line(e: &Event) -> Option<String> {
             source: CacheSource::Remote,
             ..
         } => format!("fetched  {label} (from the remote cache)"),
+        Event::StepWaiting { label, .. } => {
+            format!("waiting  {label}: another build on this cache is building it")
+        }
         Event::StepStarted { label, .. } => format!("started  {label}"),
         Event::StepFinished { label, seconds, .. } => format!("built    {label} ({seconds:.1}s)"),
         Event::StepFailed {

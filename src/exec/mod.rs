@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use imgspec_cache::{Remote, RemoteError, StepOutput, StepRecord, Store};
+use imgspec_cache::{Claim, Remote, RemoteError, StepOutput, StepRecord, Store};
 use serde::Serialize;
 
 use crate::plan::{Plan, StepId};
@@ -30,6 +30,13 @@ pub enum Event {
         /// Where the result was found: the local store, or the remote cache (fetched, checked
         /// and recorded locally).
         source: CacheSource,
+    },
+    /// Another build (another process on the same store) is building this step; this one
+    /// waits for it and then takes its result.
+    StepWaiting {
+        key: String,
+        kind: String,
+        label: String,
     },
     StepStarted {
         key: String,
@@ -299,7 +306,7 @@ impl Executor<'_> {
                 return out;
             }
         };
-        let (tx, rx) = mpsc::channel::<(StepId, Result<StepOutput, StepError>, f64)>();
+        let (tx, rx) = mpsc::channel::<(StepId, Result<Ran, StepError>, f64)>();
         let mut running = 0usize;
         pool.in_place_scope(|scope| loop {
             while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
@@ -308,12 +315,6 @@ impl Executor<'_> {
                 let inputs: Vec<StepOutput> =
                     step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
                 let log = self.log_path(plan, id);
-                self.reporter.event(&Event::StepStarted {
-                    key: step.key.to_hex(),
-                    kind: step.kind().into(),
-                    label: step.label.clone(),
-                    log: log.clone(),
-                });
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move |_| {
@@ -331,19 +332,33 @@ impl Executor<'_> {
             running -= 1;
             let step = &plan.steps[id];
             match result {
-                Ok(o) => {
+                Ok(ran) => {
                     state[id] = State::Done;
-                    if let Some(tx) = upload {
-                        let _ = tx.send((id, o.clone()));
+                    match ran {
+                        Ran::Built(o) => {
+                            if let Some(tx) = upload {
+                                let _ = tx.send((id, o.clone()));
+                            }
+                            out.outputs.insert(id, o);
+                            out.built.push(id);
+                            self.reporter.event(&Event::StepFinished {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                                seconds,
+                            });
+                        }
+                        Ran::Reused(o) => {
+                            out.outputs.insert(id, o);
+                            out.cached.push(id);
+                            self.reporter.event(&Event::StepCached {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                                source: CacheSource::Local,
+                            });
+                        }
                     }
-                    out.outputs.insert(id, o);
-                    out.built.push(id);
-                    self.reporter.event(&Event::StepFinished {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        seconds,
-                    });
                     for (&d, n) in waiting.iter_mut() {
                         if plan.steps[d].inputs.contains(&id) {
                             *n -= 1;
@@ -404,14 +419,59 @@ impl Executor<'_> {
         out
     }
 
+    /// Builds one step under its lock. When another process held the lock and recorded the
+    /// step meanwhile, its record is taken instead.
     fn run_one(
         &self,
         plan: &Plan,
         id: StepId,
         inputs: Vec<StepOutput>,
         log: PathBuf,
-    ) -> Result<StepOutput, StepError> {
+    ) -> Result<Ran, StepError> {
         let step = &plan.steps[id];
+        let event = |e: fn(String, String, String) -> Event| {
+            self.reporter.event(&e(
+                step.key.to_hex(),
+                step.kind().into(),
+                step.label.clone(),
+            ));
+        };
+        let claim = self.store.lock_step(
+            &step.key,
+            &mut || event(|key, kind, label| Event::StepWaiting { key, kind, label }),
+            &|| self.cancel.load(Ordering::SeqCst),
+        )?;
+        let Claim::Held { lock, waited } = claim else {
+            return Err(StepError::Invalid("interrupted".into()));
+        };
+        if waited {
+            if let Ok(Some(rec)) = self.store.lookup(&step.key) {
+                return Ok(Ran::Reused(rec.output));
+            }
+        }
+        self.reporter.event(&Event::StepStarted {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            log: log.clone(),
+        });
+        let input_keys = step
+            .inputs
+            .iter()
+            .map(|&i| plan.steps[i].key.to_hex())
+            .collect();
+        let result = self.build_one(step, inputs, input_keys, log)?;
+        drop(lock);
+        Ok(Ran::Built(result))
+    }
+
+    fn build_one(
+        &self,
+        step: &crate::plan::Step,
+        inputs: Vec<StepOutput>,
+        input_keys: Vec<String>,
+        log: PathBuf,
+    ) -> Result<StepOutput, StepError> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(StepError::io(dir))?;
         }
@@ -423,6 +483,7 @@ impl Executor<'_> {
             runner: self.runner,
             log,
             inputs,
+            input_keys,
             epoch: step.epoch,
             work: work.path().to_path_buf(),
         };
@@ -437,6 +498,13 @@ impl Executor<'_> {
         drop(work);
         Ok(result)
     }
+}
+
+/// What running a step came to.
+enum Ran {
+    Built(StepOutput),
+    /// Another process built it while this one waited for the step's lock.
+    Reused(StepOutput),
 }
 
 /// An error and its sources, one per line.

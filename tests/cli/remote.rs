@@ -17,6 +17,9 @@ image "mini" {
 }
 "#;
 
+/// Steps of SPEC: base, files, run, output, and the SBOM and manifest every build writes.
+const STEPS: usize = 6;
+
 const USER: &str = "ci-robot";
 const SECRET: &str = "s3cret-Pa55word";
 
@@ -247,9 +250,13 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
     let mut args = vec!["build", "mini.kdl", "--out-dir", "out-a"];
     args.extend(["--remote", url.as_str(), "--remote-write"]);
     let a = imgspec(&w, "cache-a", &args, &creds).ok();
-    assert!(a.stderr.contains("4 steps built, 0 cached"), "{}", a.stderr);
-    assert_eq!(a.stderr.matches("uploaded ").count(), 4, "{}", a.stderr);
-    assert_eq!(server_records(&n).len(), 4);
+    assert!(
+        a.stderr.contains(&format!("{STEPS} steps built, 0 cached")),
+        "{}",
+        a.stderr
+    );
+    assert_eq!(a.stderr.matches("uploaded ").count(), STEPS, "{}", a.stderr);
+    assert_eq!(server_records(&n).len(), STEPS);
 
     // A developer with an empty cache, the remote from the config file: nothing is built.
     w.write(
@@ -263,7 +270,11 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
         &creds,
     )
     .ok();
-    assert!(b.stderr.contains("0 steps built, 4 cached"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
     assert!(
         b.stderr.contains("fetched  output tar") && b.stderr.contains("fetched from the remote"),
         "{}",
@@ -288,7 +299,9 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
     )
     .ok();
     assert!(
-        again.stderr.contains("0 steps built, 4 cached"),
+        again
+            .stderr
+            .contains(&format!("0 steps built, {STEPS} cached")),
         "{}",
         again.stderr
     );
@@ -336,7 +349,11 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
         d.stderr
     );
     assert!(d.stderr.contains("HTTP 401"), "{}", d.stderr);
-    assert!(d.stderr.contains("4 steps built"), "{}", d.stderr);
+    assert!(
+        d.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        d.stderr
+    );
 
     for r in [&a, &b, &c, &d] {
         assert!(!all(r).contains(SECRET), "secret printed: {}", all(r));
@@ -418,10 +435,17 @@ fn a_corrupt_remote_object_is_refused_reported_once_and_the_step_rebuilt() {
             b.stderr
         );
     }
-    // The two refused steps are built here; the files step below them came from the remote.
-    assert!(b.stderr.contains("2 steps built, 2 cached"), "{}", b.stderr);
+    // The two refused steps are built here; the files step below them, and the SBOM and
+    // manifest (whose own blobs are intact), came from the remote.
     assert!(
-        b.stderr.contains("(1 fetched from the remote cache)"),
+        b.stderr
+            .contains(&format!("2 steps built, {} cached", STEPS - 2)),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        b.stderr.contains("fetched  files overlay/")
+            && b.stderr.contains("(3 fetched from the remote cache)"),
         "{}",
         b.stderr
     );
@@ -451,7 +475,11 @@ fn an_unreachable_remote_does_not_fail_the_build_and_is_reported_once() {
         "{}",
         r.stderr
     );
-    assert!(r.stderr.contains("4 steps built"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        r.stderr
+    );
     // `cache push` cannot go on locally: it fails, saying where.
     let p = imgspec(
         &w,
@@ -491,7 +519,11 @@ fn the_server_killed_mid_build_does_not_fail_it() {
     n.kill();
     let r: Run = child.wait_with_output().unwrap().into();
     let r = r.ok();
-    assert!(r.stderr.contains("4 steps built"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         r.stderr.matches("is unavailable").count(),
         1,
@@ -514,7 +546,11 @@ fn push_then_pull_moves_what_a_spec_needs() {
         &[],
     )
     .ok();
-    assert!(p.stderr.contains("pushed 4 step results"), "{}", p.stderr);
+    assert!(
+        p.stderr.contains(&format!("pushed {STEPS} step results")),
+        "{}",
+        p.stderr
+    );
     let p = imgspec(
         &w,
         "cache-a",
@@ -523,7 +559,8 @@ fn push_then_pull_moves_what_a_spec_needs() {
     )
     .ok();
     assert!(
-        p.stderr.contains("pushed 0 step results") && p.stderr.contains("4 already there"),
+        p.stderr.contains("pushed 0 step results")
+            && p.stderr.contains(&format!("{STEPS} already there")),
         "{}",
         p.stderr
     );
@@ -534,7 +571,11 @@ fn push_then_pull_moves_what_a_spec_needs() {
         &[],
     )
     .ok();
-    assert!(q.stderr.contains("pulled 4 step results"), "{}", q.stderr);
+    assert!(
+        q.stderr.contains(&format!("pulled {STEPS} step results")),
+        "{}",
+        q.stderr
+    );
     let b = imgspec(
         &w,
         "cache-b",
@@ -542,7 +583,11 @@ fn push_then_pull_moves_what_a_spec_needs() {
         &[],
     )
     .ok();
-    assert!(b.stderr.contains("0 steps built, 4 cached"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
     assert_eq!(
         sha256(&w.path("out/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
@@ -560,7 +605,11 @@ fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
         &[],
     )
     .ok();
-    assert!(e.stderr.contains("exported 4 step results"), "{}", e.stderr);
+    assert!(
+        e.stderr.contains(&format!("exported {STEPS} step results")),
+        "{}",
+        e.stderr
+    );
     // Deterministic: the same cache gives the same bundle.
     imgspec(
         &w,
@@ -597,7 +646,11 @@ fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
     }
 
     let i = imgspec(&w, "cache-b", &["cache", "import", "bundle.tar.zst"], &[]).ok();
-    assert!(i.stderr.contains("imported 4 step results"), "{}", i.stderr);
+    assert!(
+        i.stderr.contains(&format!("imported {STEPS} step results")),
+        "{}",
+        i.stderr
+    );
     let b = imgspec(
         &w,
         "cache-b",
@@ -605,7 +658,11 @@ fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
         &[],
     )
     .ok();
-    assert!(b.stderr.contains("0 steps built, 4 cached"), "{}", b.stderr);
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
     assert_eq!(
         sha256(&w.path("out/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
@@ -654,7 +711,11 @@ fn a_developer_without_root_builds_from_a_warm_remote() {
     }
     let r: Run = setpriv.output().unwrap().into();
     let r = r.ok();
-    assert!(r.stderr.contains("0 steps built, 4 cached"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        r.stderr
+    );
     assert_eq!(
         sha256(&w.path("out/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
