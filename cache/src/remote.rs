@@ -225,6 +225,21 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// A transport error that says the server cannot be reached at all.
+fn unreachable(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::TimedOut
+        ),
+        _ => false,
+    }
+}
+
 /// An error and its sources on one line.
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -384,13 +399,21 @@ impl Remote {
             self.check_up()?;
             match f() {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < ATTEMPTS && !matches!(e, ureq::Error::HostNotFound) => {
+                // Nobody there (no such host, nothing listening, no answer to connect): the
+                // next attempt would wait as long again. Anything after connecting is retried.
+                Err(e) if attempt < ATTEMPTS && !unreachable(&e) => {
                     std::thread::sleep(Duration::from_millis(100 << attempt));
                     attempt += 1;
                 }
                 Err(e) => return Err(self.unavailable(e.to_string())),
             }
         }
+    }
+
+    /// Whether the server answers us: a `HEAD` of a record no step has (all zeros) must say
+    /// 404, not 401/403/5xx or nothing.
+    pub fn probe(&self) -> Result<()> {
+        self.exists(&record_object(&StepKey([0; 32]))).map(drop)
     }
 
     /// Whether the server has `object`.

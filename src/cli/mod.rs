@@ -271,7 +271,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
         }
-        Command::Doctor { ref specs } => doctor(&cache_dir, specs),
+        Command::Doctor { ref specs } => {
+            remote::doctor(&cli.remote)?;
+            doctor(&cache_dir, specs)
+        }
         Command::Boot {
             image,
             firmware,

@@ -186,6 +186,25 @@ fn report(json: bool, value: serde_json::Value, text: String) {
     }
 }
 
+/// `doctor`: whether the configured remote cache answers, and to whom.
+pub fn doctor(args: &RemoteArgs) -> Result<(), CliError> {
+    let Some((remote, write)) = open(args)? else {
+        println!("remote cache: none configured");
+        return Ok(());
+    };
+    let mode = if write { "read-write" } else { "read-only" };
+    match remote.probe() {
+        Ok(()) => println!("remote cache: {} answers ({mode})", remote.url()),
+        Err(e) => println!(
+            "remote cache: {} UNAVAILABLE ({mode}): builds go on with the local cache only
+  {}",
+            remote.url(),
+            error_chain(&e)
+        ),
+    }
+    Ok(())
+}
+
 /// `cache push`: the results of every step of the specs that the local cache holds, to the
 /// remote; what the remote has is skipped.
 pub fn push(

@@ -355,7 +355,21 @@ fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials
         d.stderr
     );
 
-    for r in [&a, &b, &c, &d] {
+    let doc = imgspec(
+        &w,
+        "cache-d",
+        &["doctor", "mini.kdl", "--remote", &url],
+        &creds,
+    );
+    assert!(doc.stdout.contains("answers (read-only)"), "{}", doc.stdout);
+    let doc_bad = imgspec(
+        &w,
+        "cache-d",
+        &["doctor", "mini.kdl", "--remote", &bad],
+        &[],
+    );
+    assert!(doc_bad.stdout.contains("HTTP 401"), "{}", doc_bad.stdout);
+    for r in [&a, &b, &c, &d, &doc, &doc_bad] {
         assert!(!all(r).contains(SECRET), "secret printed: {}", all(r));
     }
     let leaks = files_containing(w.dir.path(), SECRET);
@@ -479,6 +493,13 @@ fn an_unreachable_remote_does_not_fail_the_build_and_is_reported_once() {
         r.stderr.contains(&format!("{STEPS} steps built")),
         "{}",
         r.stderr
+    );
+    let doc = imgspec(&w, "cache", &["doctor", "mini.kdl", "--remote", &url], &[]);
+    assert!(
+        doc.stdout
+            .contains(&format!("remote cache: {url} UNAVAILABLE")),
+        "{}",
+        doc.stdout
     );
     // `cache push` cannot go on locally: it fails, saying where.
     let p = imgspec(
