@@ -12,7 +12,6 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use imgspec_cache::{Credentials, Remote, StepKey, Store};
-use rayon::prelude::*;
 
 use super::{error_chain, human_bytes, missing_tools, need_specs, plan_error, CliError, HostFacts};
 use crate::plan::Plan;
@@ -220,8 +219,10 @@ pub fn push(
         Pushed(imgspec_cache::remote::PushStats),
         NotLocal(String),
     }
+    // One step after the other (each step's blobs go in parallel): steps share blobs, and two
+    // steps at once would both find a shared blob missing and both send it.
     let results: Vec<Result<Done, imgspec_cache::RemoteError>> = steps
-        .par_iter()
+        .iter()
         .map(|(key, label)| match store.lookup(key) {
             Ok(Some(rec)) => remote
                 .push_step(store, key, &rec.kind, &rec.name, &rec.output)
@@ -281,8 +282,9 @@ pub fn pull(
         Pulled,
         NotThere(String),
     }
+    // One step after the other, each step's blobs in parallel (as for push).
     let results: Vec<(String, Result<Done, imgspec_cache::RemoteError>)> = steps
-        .par_iter()
+        .iter()
         .map(|(key, label)| {
             let r = match store.lookup(key) {
                 Ok(Some(_)) => Ok(Done::Local),
