@@ -4,3 +4,4 @@ mod common;
 mod debian;
 mod elements;
 mod engine;
+mod repro;
