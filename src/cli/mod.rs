@@ -220,6 +220,10 @@ fn internal(e: impl std::error::Error) -> CliError {
 }
 
 pub fn main() -> ExitCode {
+    // The caller's umask must not reach the image: every file a step creates (apt's lists, a
+    // `run` command's output, the store's blobs) gets the same modes on every machine.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o022) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -141,7 +141,8 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         (None, None) => unreachable!("either a reference build or --against"),
     });
     drop(scratch);
-    if o.keep {
+    // A failed rebuild's log lives in the scratch store: keep it for the user to read.
+    if o.keep || !rebuilt.ok() {
         let kept = scratch_dir.keep();
         eprintln!("verify: scratch store kept at `{}`", kept.display());
     }

@@ -5,3 +5,4 @@ mod debian;
 mod elements;
 mod engine;
 mod remote;
+mod repro;
