@@ -10,8 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use rayon::prelude::*;
 
@@ -481,7 +479,11 @@ fn check_locked(
     };
     let plan = ctx.plan()?;
     let targets: Vec<StepId> = wanted_sets(&plan).iter().map(|w| w.id).collect();
-    preflight(&ctx, &plan, &steps_to_run(&ctx.store, &plan, &targets))?;
+    preflight(
+        &ctx,
+        &plan,
+        &steps_to_run(&ctx.store, None, &plan, &targets),
+    )?;
     resolve_steps(&ctx, &plan, &targets, &[], jobs, json).map_err(|e| match e {
         CliError::BuildFailed(m) => CliError::BuildFailed(format!(
             "the named packages cannot be updated with the rest pinned (the lock is left as it \
@@ -502,7 +504,7 @@ fn resolve_steps(
     json: bool,
 ) -> Result<BTreeMap<StepId, imgspec_cache::StepOutput>, CliError> {
     if !is_root() {
-        let mut to_run = steps_to_run(&ctx.store, plan, targets);
+        let mut to_run = steps_to_run(&ctx.store, None, plan, targets);
         to_run.extend(fresh);
         let mut labels: Vec<&str> = to_run
             .into_iter()
@@ -521,14 +523,7 @@ fn resolve_steps(
             });
         }
     }
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let c = cancel.clone();
-        let _ = ctrlc::set_handler(move || {
-            c.store(true, Ordering::SeqCst);
-            crate::runner::terminate_all();
-        });
-    }
+    let cancel = super::interrupt_flag();
     let rep = reporter(json);
     let exec = Executor {
         store: &ctx.store,
@@ -537,6 +532,8 @@ fn resolve_steps(
         jobs: jobs.max(1),
         cancel: &cancel,
         fresh,
+        remote: None,
+        remote_write: false,
     };
     let outcome = exec.run(plan, targets);
     if outcome.interrupted {

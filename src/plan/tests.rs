@@ -83,6 +83,7 @@ fn keys(plan: &Plan) -> Vec<(String, String)> {
 fn golden_keys_of_a_fixed_spec() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let got = keys(&plan);
@@ -103,6 +104,8 @@ const GOLDEN: &[(&str, &str)] = &[
     ("disk gpt 2GiB", "4b645f5ed21e"),
     ("output raw", "ea559c2fe1ac"),
     ("output qcow2", "096a4adaec65"),
+    ("sbom", "1ef801565805"),
+    ("manifest", "ae69e3d29647"),
 ];
 
 /// A fixed lock of the golden image: one package in the base, one in the package set.
@@ -143,6 +146,7 @@ fn golden_lock(udev_version: &str) -> crate::lock::Lock {
 fn golden_keys_with_a_lock() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let lock = golden_lock("252.38-1~deb12u1");
     let plan = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap();
@@ -164,6 +168,7 @@ fn golden_keys_with_a_lock() {
 fn a_changed_lock_changes_the_steps_it_governs_and_what_follows() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let a = keys(&plan_locked(&spec, &FixedFacts, Some(&golden_lock("252.38-1~deb12u1"))).unwrap());
     let b = keys(&plan_locked(&spec, &FixedFacts, Some(&golden_lock("252.39-1~deb12u1"))).unwrap());
@@ -175,6 +180,7 @@ fn a_changed_lock_changes_the_steps_it_governs_and_what_follows() {
 fn images_a_lock_does_not_name_stay_unlocked() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let mut lock = golden_lock("1");
     for s in &mut lock.sets {
@@ -189,6 +195,7 @@ fn images_a_lock_does_not_name_stay_unlocked() {
 fn a_stale_or_incomplete_lock_is_refused() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let mut lock = golden_lock("1");
     lock.sets[1].request = "linux-image-amd64".into();
@@ -210,6 +217,26 @@ fn a_stale_or_incomplete_lock_is_refused() {
 }
 
 #[test]
+fn a_changed_spec_file_changes_only_the_manifest() {
+    let with = |digest: &str| Spec {
+        images: vec![image("golden")],
+        sources: vec![crate::spec::model::SpecSource {
+            name: "golden.kdl".into(),
+            blake3: digest.into(),
+        }],
+    };
+    let a = keys(&plan(&with("aa"), &FixedFacts).unwrap());
+    let b = keys(&plan(&with("bb"), &FixedFacts).unwrap());
+    let changed: Vec<&str> = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(changed, ["manifest"]);
+}
+
+#[test]
 fn variants_share_layers_and_differ_after() {
     let mut other = image("other");
     other.layers.push(Layer::Run(Run {
@@ -217,6 +244,7 @@ fn variants_share_layers_and_differ_after() {
     }));
     let spec = Spec {
         images: vec![image("golden"), other],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let a = &plan.images[0].steps;
@@ -231,6 +259,7 @@ fn variants_share_layers_and_differ_after() {
 fn bootloader_packages_join_the_first_package_set() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let Action::Packages(p) = &plan.steps[1].action else {
@@ -267,6 +296,7 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
     }
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let a = keys(&plan(&spec, &FixedFacts).unwrap());
     let b = keys(&plan(&spec, &NewMke2fs).unwrap());
@@ -282,7 +312,9 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
             "filesystem root ext4",
             "disk gpt 2GiB",
             "output raw",
-            "output qcow2"
+            "output qcow2",
+            "sbom",
+            "manifest"
         ]
     );
 }
@@ -291,8 +323,19 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
 fn compressed_qcow2_has_its_own_key_and_leaves_the_others_alone() {
     let mut img = image("golden");
     img.outputs = vec![OutputFormat::Qcow2 { compressed: true }];
-    let plan = plan(&Spec { images: vec![img] }, &FixedFacts).unwrap();
-    let out = plan.steps.last().unwrap();
+    let plan = plan(
+        &Spec {
+            images: vec![img],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let out = plan
+        .steps
+        .iter()
+        .find(|s| s.label == "output qcow2")
+        .unwrap();
     assert_eq!(out.label, "output qcow2");
     assert_ne!(out.key.short(), "096a4adaec65");
     assert!(out.parts.iter().any(|p| p.name == "compress"));

@@ -5,3 +5,5 @@ mod debian;
 mod elements;
 mod engine;
 mod lock;
+mod remote;
+mod repro;
