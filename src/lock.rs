@@ -61,6 +61,8 @@ pub struct LockSet {
     pub request: String,
     /// Sorted by name, architecture.
     pub debs: Vec<LockedDeb>,
+    /// The lock file it was read from: its file name and BLAKE3 (for the build manifest).
+    pub origin: Option<(String, String)>,
 }
 
 impl LockSet {
@@ -88,6 +90,29 @@ impl Lock {
         self.sets
             .iter()
             .find(|s| s.step == step && s.images.iter().any(|i| i == image))
+    }
+
+    /// Every `.deb` of `image`'s sets: `name:arch:version` → SHA-256 (for the SBOM).
+    pub fn deb_sha256(&self, image: &str) -> BTreeMap<String, String> {
+        self.sets
+            .iter()
+            .filter(|s| s.images.iter().any(|i| i == image))
+            .flat_map(|s| &s.debs)
+            .map(|d| {
+                (
+                    format!("{}:{}:{}", d.name, d.arch, d.version),
+                    d.sha256.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The lock file `image`'s sets were read from: its name and BLAKE3.
+    pub fn origin(&self, image: &str) -> Option<(String, String)> {
+        self.sets
+            .iter()
+            .filter(|s| s.images.iter().any(|i| i == image))
+            .find_map(|s| s.origin.clone())
     }
 
     /// Whether any set belongs to `image` (an image of a spec without a lock has none).
@@ -197,6 +222,7 @@ impl Lock {
                         images,
                         request,
                         debs,
+                        origin: None,
                     });
                 }
                 other => return Err(bad(at, format!("unknown node `{other}` in a lock file"))),
@@ -217,7 +243,19 @@ impl Lock {
     /// Reads `path`; `Ok(None)` when there is no such file.
     pub fn load(path: &Path) -> Result<Option<Lock>, LockError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => Lock::parse(path, &text).map(Some),
+            Ok(text) => {
+                let mut lock = Lock::parse(path, &text)?;
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let digest = blake3::hash(text.as_bytes()).to_hex().to_string();
+                for s in &mut lock.sets {
+                    s.origin = Some((name.clone(), digest.clone()));
+                }
+                Ok(Some(lock))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(LockError::Io {
                 path: path.to_path_buf(),
@@ -678,12 +716,14 @@ mod tests {
                         deb("udev", "252.38-1~deb12u1"),
                         deb("libc6", "2.36-9+deb12u10"),
                     ],
+                    origin: None,
                 },
                 LockSet {
                     step: "base".into(),
                     images: vec!["a".into()],
                     request: "debian bookworm minbase amd64 main".into(),
                     debs: vec![deb("zlib1g", "1:1.2.13.dfsg-1"), deb("apt", "2.6.1")],
+                    origin: None,
                 },
             ],
         };

@@ -348,6 +348,7 @@ fn lock_one(
             images: w.images.clone(),
             request: w.request.clone(),
             debs: first.debs.clone(),
+            origin: None,
         })
     };
     let mut lock = Lock::default();
@@ -386,6 +387,7 @@ fn lock_one(
                 images: w.images.clone(),
                 request: w.request.clone(),
                 debs,
+                origin: None,
             });
         }
     }
@@ -583,6 +585,7 @@ mod tests {
             images: vec!["a".into()],
             request: "r".into(),
             debs,
+            origin: None,
         }
     }
 

@@ -301,7 +301,10 @@ impl Builder<'_> {
                 action: Action::Sbom(steps::meta::SbomStep {
                     image: image.name.clone(),
                     file_name: format!("{}.spdx.json", image.name),
-                    deb_sha256: Default::default(),
+                    deb_sha256: self
+                        .lock
+                        .map(|l| l.deb_sha256(&image.name))
+                        .unwrap_or_default(),
                 }),
                 inputs: std::iter::once(tree)
                     .chain(outputs.iter().copied())
@@ -342,7 +345,7 @@ impl Builder<'_> {
                         .iter()
                         .map(|s| (s.name.clone(), s.blake3.clone()))
                         .collect(),
-                    lock: None,
+                    lock: self.lock.and_then(|l| l.origin(&image.name)),
                     steps: steps.iter().map(|&id| names(self, id)).collect(),
                     tools,
                 }),

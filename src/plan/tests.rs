@@ -128,6 +128,7 @@ fn golden_lock(udev_version: &str) -> crate::lock::Lock {
                 images: vec!["golden".into()],
                 request: "debian bookworm minbase amd64 main".into(),
                 debs: vec![deb("apt", "2.6.1", 'a')],
+                origin: Some(("golden.kdl.lock".into(), "ab".repeat(32))),
             },
             LockSet {
                 step: "packages:system".into(),
@@ -136,6 +137,7 @@ fn golden_lock(udev_version: &str) -> crate::lock::Lock {
                           linux-image-amd64 systemd-sysv"
                     .into(),
                 debs: vec![deb("udev", udev_version, 'b')],
+                origin: Some(("golden.kdl.lock".into(), "ab".repeat(32))),
             },
         ],
     }
@@ -162,6 +164,20 @@ fn golden_keys_with_a_lock() {
         .any(|p| p.class == "file" && p.name == "lock"));
     // Unlocked keys differ from locked ones.
     assert_ne!(got[0].1, GOLDEN[0].1);
+    // The SBOM gets the pinned checksums, the manifest the lock file.
+    for s in &plan.steps {
+        match &s.action {
+            Action::Sbom(m) => assert_eq!(
+                m.deb_sha256.get("udev:amd64:252.38-1~deb12u1"),
+                Some(&"b".repeat(64))
+            ),
+            Action::Manifest(m) => assert_eq!(
+                m.lock,
+                Some(("golden.kdl.lock".to_string(), "ab".repeat(32)))
+            ),
+            _ => {}
+        }
+    }
 }
 
 #[test]

@@ -109,6 +109,17 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     );
     assert_eq!(std::fs::read_dir(tree.join("tmp")).unwrap().count(), 0);
     let first = sha256(&w.path("out/locktest/locktest.tar"));
+    // The SBOM carries the locked checksums, the manifest names the lock.
+    let less_sha = text
+        .lines()
+        .find(|l| l.trim().starts_with("deb \"less\""))
+        .and_then(|l| l.split("sha256=\"").nth(1))
+        .map(|s| s[..64].to_string())
+        .unwrap();
+    let sbom = std::fs::read_to_string(w.path("out/locktest/locktest.spdx.json")).unwrap();
+    assert!(sbom.contains(&less_sha), "{sbom}");
+    let manifest = std::fs::read_to_string(w.path("out/locktest/locktest.manifest.json")).unwrap();
+    assert!(manifest.contains("spec.kdl.lock"), "{manifest}");
 
     // A version that exists nowhere: the build stops before any step and names the package.
     let less = text
@@ -154,7 +165,7 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
         .into();
     let r = r.ok();
     eprintln!("{}", r.stderr);
-    assert!(r.stderr.contains("3 steps built"), "{}", r.stderr);
+    assert!(r.stderr.contains("0 cached, 0 failed"), "{}", r.stderr);
     assert!(!r.stderr.contains("fetching"), "{}", r.stderr);
     assert_eq!(sha256(&w.path("out-offline/locktest/locktest.tar")), first);
 }
