@@ -562,6 +562,59 @@ fn resolve_steps(
     Ok(outcome.outputs)
 }
 
+/// `cache gc SPEC…`: removes the `.deb` files (and their control fields) that neither `locks`
+/// (the specs' lock files) nor any step result left in the store names. Returns how many files
+/// went and their bytes.
+pub(super) fn gc_debs(
+    store: &imgspec_cache::Store,
+    locks: &Lock,
+) -> Result<(usize, u64), CliError> {
+    let mut keep: BTreeSet<String> = locks
+        .sets
+        .iter()
+        .flat_map(|s| s.debs.iter().map(|d| d.sha256.clone()))
+        .collect();
+    for r in store.list().map_err(internal)? {
+        if let Some(text) = r.output.meta.get(DEBS_META) {
+            let debs = parse_debs(text).map_err(|e| {
+                CliError::Internal(format!("step `{}` has unreadable packages: {e}", r.name))
+            })?;
+            keep.extend(debs.into_iter().map(|d| d.sha256));
+        }
+    }
+    let dir = store.root().join("debs-v1");
+    let (mut n, mut bytes) = (0, 0);
+    let Ok(shards) = std::fs::read_dir(&dir) else {
+        return Ok((0, 0));
+    };
+    for shard in shards.flatten() {
+        let Ok(files) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let p = f.path();
+            if p.extension().is_none_or(|e| e != "deb") {
+                continue;
+            }
+            let sha = p
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if keep.contains(&sha) {
+                continue;
+            }
+            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(&p).is_ok() {
+                let _ = std::fs::remove_file(p.with_extension("control"));
+                n += 1;
+                bytes += size;
+            }
+        }
+    }
+    Ok((n, bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -883,12 +883,14 @@ fn cache(
             max_size,
             older_than_days,
         } => {
+            let mut keep_locks = None;
             let policy = if !specs.is_empty() {
                 let spec = spec::load(&specs)?;
                 let locks = lock::load_locks(&specs, &spec)?;
                 let facts = HostFacts::new(&store);
                 let plan =
                     crate::plan::plan_locked(&spec, &facts, locks.as_ref()).map_err(internal)?;
+                keep_locks = Some(locks.unwrap_or_default());
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
                 let n = spec::parse_size(&s).map_err(|e| CliError::Usage {
@@ -914,6 +916,15 @@ fn cache(
                 r.blobs_removed,
                 human_bytes(r.bytes_freed)
             );
+            // Locked `.deb` files go only when specs say what to keep (they may be the only
+            // copy left once the mirror has moved on).
+            if let Some(locks) = keep_locks {
+                let (n, bytes) = lock::gc_debs(&store, &locks)?;
+                println!(
+                    "removed {n} .deb files no lock or step result needs, freed {}",
+                    human_bytes(bytes)
+                );
+            }
         }
         CacheCommand::Verify => {
             let r = store.verify().map_err(internal)?;

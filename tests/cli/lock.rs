@@ -196,3 +196,24 @@ fn a_broken_lock_is_refused_with_its_line() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("installs no packages"), "{}", r.stderr);
 }
+
+#[test]
+fn cache_gc_by_spec_drops_debs_nothing_needs() {
+    let w = Workspace::new();
+    w.rootfs_tar("rootfs.tar");
+    w.write(
+        "mini.kdl",
+        "image \"mini\" {\n    base \"tar\" path=\"rootfs.tar\"\n    output \"tar\"\n}\n",
+    );
+    w.run(&["build", "mini.kdl"]).ok();
+    let sha = "ab".repeat(32);
+    w.write(&format!("cache/debs-v1/ab/{sha}.deb"), "not needed");
+    w.write(&format!("cache/debs-v1/ab/{sha}.control"), "Package: x\n");
+    // By size: locked files are never collected (they may be the only copy left).
+    w.run(&["cache", "gc", "--max-size", "1TiB"]).ok();
+    assert!(w.path(&format!("cache/debs-v1/ab/{sha}.deb")).exists());
+    let r = w.run(&["cache", "gc", "mini.kdl"]).ok();
+    assert!(r.stdout.contains("removed 1 .deb files"), "{}", r.stdout);
+    assert!(!w.path(&format!("cache/debs-v1/ab/{sha}.deb")).exists());
+    assert!(!w.path(&format!("cache/debs-v1/ab/{sha}.control")).exists());
+}
