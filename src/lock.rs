@@ -80,6 +80,9 @@ impl LockSet {
 /// A whole lock file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lock {
+    /// The epoch of the images the lock pins whose spec gives none: the newest `Date:` of the
+    /// archive's Release files when the packages were resolved.
+    pub epoch: Option<i64>,
     /// Sorted by step name, then images.
     pub sets: Vec<LockSet>,
 }
@@ -147,6 +150,12 @@ impl Lock {
              the spec, under version control.\n",
         );
         out.push_str(&format!("version {LOCK_VERSION}\n"));
+        if let Some(e) = self.epoch {
+            out.push_str(&format!(
+                "// SOURCE_DATE_EPOCH of the images whose spec gives no `epoch`: the archive's \
+                 date\nepoch {e}\n"
+            ));
+        }
         for s in &self.sets {
             out.push_str(&format!(
                 "set {} images={} request={} {{\n",
@@ -196,6 +205,10 @@ impl Lock {
                         None => return Err(bad(at, "`version` needs a number".into())),
                     }
                 }
+                "epoch" => match node.entry(0).and_then(|e| e.value().as_integer()) {
+                    Some(e) => lock.epoch = i64::try_from(e).ok(),
+                    None => return Err(bad(at, "`epoch` needs a number (seconds)".into())),
+                },
                 "set" => {
                     let step = string_arg(node, 0)
                         .ok_or_else(|| bad(at, "`set` needs the step's name".into()))?;
@@ -707,6 +720,7 @@ mod tests {
 
     fn lock() -> Lock {
         let mut l = Lock {
+            epoch: Some(1_762_593_055),
             sets: vec![
                 LockSet {
                     step: "packages:system".into(),
@@ -741,6 +755,8 @@ mod tests {
         // Sets by step name, packages by name, one package per line.
         let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("//")).collect();
         assert_eq!(lines[0], "version 1");
+        assert_eq!(lines[1], "epoch 1762593055");
+        let lines = &lines[1..];
         assert!(lines[1].starts_with("set \"base\" images=\"a\""));
         assert!(lines[2].trim_start().starts_with("deb \"apt\" \"2.6.1\""));
         assert!(lines[3]
@@ -759,7 +775,7 @@ mod tests {
         let e = Lock::parse(Path::new("specs/x.kdl.lock"), &text).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "specs/x.kdl.lock:5: `deb \"apt\"` needs `size=` (a number of bytes)"
+            "specs/x.kdl.lock:7: `deb \"apt\"` needs `size=` (a number of bytes)"
         );
         let e = Lock::parse(Path::new("l"), "version 1\nset \"base\" {\n").unwrap_err();
         assert!(e.to_string().starts_with("l:"), "{e}");

@@ -355,7 +355,11 @@ fn lock_one(
     let mut resolve: Vec<&Wanted> = Vec::new();
     for w in &wanted {
         match keep(w) {
-            Some(s) => lock.sets.push(s),
+            Some(s) => {
+                lock.sets.push(s);
+                // A set kept from the old lock keeps the date it was resolved at.
+                lock.epoch = lock.epoch.max(old.epoch);
+            }
             None => resolve.push(w),
         }
     }
@@ -389,6 +393,11 @@ fn lock_one(
                 debs,
                 origin: None,
             });
+            let date = outputs
+                .get(&w.id)
+                .and_then(|o| o.meta.get(crate::steps::apt::ARCHIVE_DATE_META))
+                .and_then(|d| d.parse::<i64>().ok());
+            lock.epoch = lock.epoch.max(date);
         }
     }
     lock.sort();
@@ -645,6 +654,7 @@ mod tests {
     #[test]
     fn a_partial_update_keeps_the_rest_pinned() {
         let old = Lock {
+            epoch: None,
             sets: vec![
                 set("base", vec![deb("libc6", "1"), deb("apt", "1")]),
                 set("packages:x", vec![deb("less", "1"), deb("libtinfo", "1")]),
@@ -652,6 +662,7 @@ mod tests {
         };
         // The mirror moved on: everything is newer, and less now needs libnew.
         let mut fresh = Lock {
+            epoch: None,
             sets: vec![
                 set(
                     "base",

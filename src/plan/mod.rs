@@ -95,6 +95,22 @@ pub fn plan(spec: &Spec, facts: &dyn Facts) -> Result<Plan, PlanError> {
 /// Plans every image of the spec; with a lock, every step that installs packages is pinned to
 /// its set of the lock (and its key hashes that set's digest).
 pub fn plan_locked(spec: &Spec, facts: &dyn Facts, lock: Option<&Lock>) -> Result<Plan, PlanError> {
+    // An image the lock pins and whose spec gives no epoch takes the lock's (the archive's
+    // date when its packages were resolved).
+    let with_lock_epoch;
+    let spec = match lock.and_then(|l| Some((l, l.epoch?))) {
+        Some((l, epoch)) => {
+            let mut s = spec.clone();
+            for i in s.images.iter_mut() {
+                if !i.epoch_given && l.has_image(&i.name) {
+                    i.epoch = epoch;
+                }
+            }
+            with_lock_epoch = s;
+            &with_lock_epoch
+        }
+        None => spec,
+    };
     let mut b = Builder {
         plan: Plan::default(),
         by_key: HashMap::new(),

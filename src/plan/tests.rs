@@ -26,6 +26,7 @@ fn image(name: &str) -> Image {
         name: name.into(),
         file: PathBuf::from("/specs/golden.kdl"),
         epoch: DEFAULT_EPOCH,
+        epoch_given: false,
         layers: vec![
             Layer::Base(Base::Debian(Debian {
                 distro: "debian".into(),
@@ -122,6 +123,7 @@ fn golden_lock(udev_version: &str) -> crate::lock::Lock {
         filename: format!("pool/main/{name}_{version}_amd64.deb"),
     };
     Lock {
+        epoch: None,
         sets: vec![
             LockSet {
                 step: "base".into(),
@@ -358,4 +360,24 @@ fn compressed_qcow2_has_its_own_key_and_leaves_the_others_alone() {
     // Everything before the output is the same as in the golden plan.
     assert_eq!(plan.steps[0].key.short(), GOLDEN[0].1);
     assert_eq!(plan.steps[6].key.short(), GOLDEN[6].1);
+}
+
+#[test]
+fn a_lock_gives_its_epoch_to_images_whose_spec_gives_none() {
+    let mut lock = golden_lock("252.38-1~deb12u1");
+    lock.epoch = Some(1_762_593_055);
+    let spec = |given: bool| Spec {
+        images: vec![Image {
+            epoch_given: given,
+            ..image("golden")
+        }],
+        sources: vec![],
+    };
+    let unlocked = plan(&spec(false), &FixedFacts).unwrap();
+    let locked = plan_locked(&spec(false), &FixedFacts, Some(&lock)).unwrap();
+    assert!(locked.steps.iter().all(|s| s.epoch == 1_762_593_055));
+    assert!(unlocked.steps.iter().all(|s| s.epoch == DEFAULT_EPOCH));
+    // The spec's own epoch wins.
+    let given = plan_locked(&spec(true), &FixedFacts, Some(&lock)).unwrap();
+    assert!(given.steps.iter().all(|s| s.epoch == DEFAULT_EPOCH));
 }

@@ -31,6 +31,8 @@ pub struct Image {
     pub file: PathBuf,
     /// SOURCE_DATE_EPOCH for every step of the image: the spec's `epoch`, else [`DEFAULT_EPOCH`].
     pub epoch: i64,
+    /// True when the spec gave `epoch`; otherwise a lock file's epoch replaces the default.
+    pub epoch_given: bool,
     /// The root filesystem, layer by layer, base first. Never empty: validation requires a base.
     pub layers: Vec<Layer>,
     pub bootloader: Option<Bootloader>,

@@ -93,6 +93,7 @@ impl<'d> Flat<'d> {
             name: decl.name.value.clone(),
             file: file.info.path.clone(),
             epoch: self.epoch.unwrap_or(DEFAULT_EPOCH),
+            epoch_given: self.epoch.is_some(),
             layers: self.layers,
             bootloader: value(self.bootloader),
             disk: value(self.disk),

@@ -102,6 +102,7 @@ fn tar_based_image_loads() {
         name: "rootfs".to_string(),
         file: canonical(VALID, "tar-rootfs.kdl"),
         epoch: DEFAULT_EPOCH,
+        epoch_given: false,
         layers: vec![
             Layer::Base(Base::Tar {
                 path: canonical(VALID, "rootfs.tar"),

@@ -19,6 +19,64 @@ use crate::runner::Cmd;
 
 /// The key of a step output's `meta` that holds the `deb` lines of what the step installed.
 pub const DEBS_META: &str = "debs";
+/// Step output metadata: the newest `Date:` of the archive's `Release` files apt read, in
+/// seconds since the epoch. `imgspec lock` takes it as the lock's epoch.
+pub const ARCHIVE_DATE_META: &str = "archive-date";
+
+/// The newest `Date:` among the `*Release` files of an apt lists folder.
+pub fn archive_date(lists_dir: &Path) -> Option<i64> {
+    let rd = std::fs::read_dir(lists_dir).ok()?;
+    rd.filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.ends_with("_InRelease") || n.ends_with("_Release")
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("Date:"))
+                .and_then(|d| parse_release_date(d.trim()))
+        })
+        .max()
+}
+
+/// `Sat, 08 Nov 2025 09:10:55 UTC` (the `Date:` of a Release file) in seconds since the epoch.
+pub fn parse_release_date(s: &str) -> Option<i64> {
+    let s = s.split_once(',').map_or(s, |(_, rest)| rest).trim();
+    let mut it = s.split_whitespace();
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if !matches!(it.next(), None | Some("UTC" | "GMT" | "+0000")) {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
+}
 
 /// A step's locked packages, with the digest its key hashes.
 #[derive(Clone, Debug)]
@@ -197,4 +255,24 @@ pub fn check_installed(
         if wrong.len() == 1 { "" } else { "s" },
         wrong.join("\n    ")
     )))
+}
+
+#[cfg(test)]
+mod date_tests {
+    use super::parse_release_date;
+
+    #[test]
+    fn release_dates() {
+        assert_eq!(
+            parse_release_date("Sat, 08 Nov 2025 09:10:55 UTC"),
+            Some(1_762_593_055)
+        );
+        assert_eq!(parse_release_date("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
+        assert_eq!(
+            parse_release_date("Sat, 10 Jun 2023 00:00:00 UTC"),
+            Some(1_686_355_200)
+        );
+        assert_eq!(parse_release_date("Sat, 08 Nov 2025 09:10:55 CET"), None);
+        assert_eq!(parse_release_date("yesterday"), None);
+    }
 }

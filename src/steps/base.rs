@@ -173,6 +173,7 @@ impl DebianBase {
         let m = ctx.store.import_tar(&mut r, &ctx.import_options())?;
         let mut tree = Tree::new(m);
         scrub(&mut tree, ctx.store, ctx.epoch, After::Bootstrap)?;
+        let archive_date = apt::archive_date(&lists);
         let installed = match &self.locked {
             None => apt::harvest(ctx, &debs, &lists)?,
             Some(l) => {
@@ -193,6 +194,11 @@ impl DebianBase {
         output
             .meta
             .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
+        if let (None, Some(d)) = (&self.locked, archive_date) {
+            output
+                .meta
+                .insert(apt::ARCHIVE_DATE_META.into(), d.to_string());
+        }
         Ok(output)
     }
 }

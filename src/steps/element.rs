@@ -1085,6 +1085,7 @@ mod tests {
                     name: "i".into(),
                     file: "/i.kdl".into(),
                     epoch: DEFAULT_EPOCH,
+                    epoch_given: false,
                     layers: all,
                     bootloader: None,
                     disk: None,

@@ -88,6 +88,7 @@ impl PackagesStep {
         s.without_services()?;
         s.run(ctx, &self.script())
             .map_err(|e| apt_error(e, &self.packages))?;
+        let archive_date = apt::archive_date(&s.root.join("var/lib/apt/lists"));
         let installed = match &self.locked {
             None => apt::harvest(
                 ctx,
@@ -109,6 +110,11 @@ impl PackagesStep {
         output
             .meta
             .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
+        if let (None, Some(d)) = (&self.locked, archive_date) {
+            output
+                .meta
+                .insert(apt::ARCHIVE_DATE_META.into(), d.to_string());
+        }
         Ok(output)
     }
 }

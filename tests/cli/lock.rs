@@ -85,6 +85,15 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
         .filter_map(|l| l.trim().strip_prefix("deb \""))
         .collect();
     assert!(names.windows(2).all(|p| p[0] <= p[1]), "sorted: {names:?}");
+    // The lock's epoch: the archive's date when the packages were resolved (after bookworm's
+    // release, the default epoch of a spec without one).
+    let epoch: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch "))
+        .unwrap_or_else(|| panic!("no epoch: {text}"))
+        .parse()
+        .unwrap();
+    assert!(epoch > 1_686_355_200, "{epoch}");
     // Again, from the cache: the same lock, at once.
     std::fs::remove_file(w.path("spec.kdl.lock")).unwrap();
     let r = w.run_with_cache("cache-lock", &["lock", "spec.kdl"]).ok();
@@ -120,6 +129,8 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     assert!(sbom.contains(&less_sha), "{sbom}");
     let manifest = std::fs::read_to_string(w.path("out/locktest/locktest.manifest.json")).unwrap();
     assert!(manifest.contains("spec.kdl.lock"), "{manifest}");
+    let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(m["epoch"], epoch, "the image takes the lock's epoch");
 
     // A version that exists nowhere: the build stops before any step and names the package.
     let less = text
