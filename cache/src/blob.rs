@@ -18,6 +18,11 @@ const SMALL: u64 = 256 << 10;
 const MULTITHREAD_FROM: u64 = 32 << 20;
 /// `blob_to_file` leaves aligned all-zero blocks of this size as holes.
 const HOLE_BLOCK: usize = 4096;
+/// Blobs stored in at least this many (compressed) bytes are decompressed on a thread of their
+/// own while the caller's thread hashes and writes what it decompressed: two cores, not one.
+const PIPELINE_FROM: u64 = 4 << 20;
+/// Decompressed chunks in flight between that thread and the writer.
+const PIPELINE_DEPTH: usize = 4;
 
 /// Hashes one chunk, spreading large ones over rayon's threads.
 fn hash_update(h: &mut blake3::Hasher, data: &[u8]) {
@@ -75,12 +80,32 @@ impl Store {
         self.put_open_file(file, path)
     }
 
+    /// Like `put_file`, and hands every byte of the file to `tap` on the way (for a second
+    /// digest, say the SHA-256 of an output), so the file is read once for both. A large file
+    /// is hashed and compressed in that same single pass.
+    pub fn put_file_tap(&self, path: &Path, tap: &mut dyn FnMut(&[u8])) -> Result<FileRef> {
+        let mut file = File::open(path).map_err(StoreError::io(path))?;
+        let size = file.metadata().map_err(StoreError::io(path))?.len();
+        if size <= SMALL {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data).map_err(StoreError::io(path))?;
+            tap(&data);
+            return self.put_bytes(&data);
+        }
+        self.write_blob(&mut file, Some(size), path, Some(tap))
+    }
+
     fn put_open_file(&self, mut file: File, path: &Path) -> Result<FileRef> {
         let size = file.metadata().map_err(StoreError::io(path))?.len();
         if size <= SMALL {
             let mut data = Vec::with_capacity(size as usize);
             file.read_to_end(&mut data).map_err(StoreError::io(path))?;
             return self.put_bytes(&data);
+        }
+        if size >= MULTITHREAD_FROM {
+            // A large file is almost always new (a filesystem or disk a step just wrote):
+            // hash and compress it in one pass instead of hashing it first.
+            return self.write_blob(&mut file, Some(size), path, None);
         }
         // Hash first: storing a file whose content is already there costs one read.
         let mut h = blake3::Hasher::new();
@@ -102,7 +127,7 @@ impl Store {
             });
         }
         file.rewind().map_err(StoreError::io(path))?;
-        self.write_blob(&mut file, Some(size), path)
+        self.write_blob(&mut file, Some(size), path, None)
     }
 
     pub fn put_bytes(&self, data: &[u8]) -> Result<FileRef> {
@@ -113,17 +138,23 @@ impl Store {
         if self.has_blob(&digest) {
             return Ok(FileRef { digest, size });
         }
-        self.write_blob(&mut &data[..], Some(size), Path::new("<bytes>"))
+        self.write_blob(&mut &data[..], Some(size), Path::new("<bytes>"), None)
     }
 
     /// Stores everything `r` yields, streaming.
     pub fn put_reader(&self, r: &mut dyn Read) -> Result<FileRef> {
-        self.write_blob(r, None, Path::new("<reader>"))
+        self.write_blob(r, None, Path::new("<reader>"), None)
     }
 
     /// The one place a blob is written: into a temp file of this session, hashed while it
-    /// streams, synced, then renamed to its digest's name.
-    fn write_blob(&self, r: &mut dyn Read, size_hint: Option<u64>, what: &Path) -> Result<FileRef> {
+    /// streams, synced, then renamed to its digest's name. `tap` sees every byte read.
+    fn write_blob(
+        &self,
+        r: &mut dyn Read,
+        size_hint: Option<u64>,
+        what: &Path,
+        mut tap: Option<&mut dyn FnMut(&[u8])>,
+    ) -> Result<FileRef> {
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(&self.session)
@@ -150,6 +181,9 @@ impl Store {
         let mut size = 0u64;
         while n > 0 {
             hash_update(&mut h, &buf[..n]);
+            if let Some(t) = tap.as_mut() {
+                t(&buf[..n]);
+            }
             enc.write_all(&buf[..n])
                 .map_err(StoreError::io(&tmp_path))?;
             size += n as u64;
@@ -243,12 +277,115 @@ impl Store {
         Ok(())
     }
 
+    /// Writes blob `d` to the new file `dest` (which must not exist), sparse, without the
+    /// temp file, rename and `fsync` of [`Store::blob_to_file`]: for a step's scratch files,
+    /// which nobody reads after a crash. On a digest mismatch `dest` is removed.
+    pub fn blob_to_scratch(&self, d: &BlobDigest, dest: &Path) -> Result<u64> {
+        let f = fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(dest)
+            .map_err(StoreError::io(dest))?;
+        match self.write_sparse(d, &f, dest) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let _ = fs::remove_file(dest);
+                Err(e)
+            }
+        }
+    }
+
     /// Decompresses blob `d` into the empty file `f`, seeking over aligned zero blocks so they
     /// stay holes, and fails if the content does not match the digest.
     pub(crate) fn write_sparse(&self, d: &BlobDigest, f: &File, path: &Path) -> Result<u64> {
+        let n = self.blob_into_file_at(d, f, path, 0)?;
+        // Trailing holes: extend to the full length without writing.
+        f.set_len(n).map_err(StoreError::io(path))?;
+        Ok(n)
+    }
+
+    /// Decompresses blob `d` into `f` from byte `offset` on (a multiple of 4 KiB, in a region
+    /// that reads as zeros: a new file, or holes), writing only the 4 KiB blocks that are not
+    /// all zeros, and returns the blob's length. Fails if the content does not match the
+    /// digest; what was written is then garbage the caller must throw away. Large blobs are
+    /// decompressed on a second thread while this one hashes and writes.
+    pub fn blob_into_file_at(
+        &self,
+        d: &BlobDigest,
+        f: &File,
+        path: &Path,
+        offset: u64,
+    ) -> Result<u64> {
+        let stored = self.blob_path(d);
+        let stored_len = match fs::metadata(&stored) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::MissingBlob(*d))
+            }
+            Err(e) => return Err(StoreError::io(&stored)(e)),
+        };
+        if stored_len < PIPELINE_FROM {
+            return self.write_sparse_serial(d, f, path, offset);
+        }
+        let file = File::open(&stored).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::MissingBlob(*d),
+            _ => StoreError::io(&stored)(e),
+        })?;
+        let mut decoder = zstd::Decoder::new(file).map_err(StoreError::io(&stored))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || -> io::Result<()> {
+                loop {
+                    let mut buf = back_rx.try_recv().unwrap_or_default();
+                    buf.resize(CHUNK, 0);
+                    let n = read_full(&mut decoder, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.truncate(n);
+                    if tx.send(buf).is_err() {
+                        return Ok(()); // the writer stopped on an error of its own
+                    }
+                }
+            });
+            let mut h = blake3::Hasher::new();
+            let mut pos = 0u64;
+            let mut written = Ok(());
+            while let Ok(buf) = rx.recv() {
+                hash_update(&mut h, &buf);
+                // Chunks are full but the last, so every block starts 4 KiB-aligned.
+                written = write_non_zero_runs(f, &buf, offset + pos);
+                if written.is_err() {
+                    break;
+                }
+                pos += buf.len() as u64;
+                let _ = back_tx.send(buf);
+            }
+            drop(rx);
+            let read = reader
+                .join()
+                .expect("the decompression thread does not panic");
+            written.map_err(StoreError::io(path))?;
+            read.map_err(|source| StoreError::Undecodable { digest: *d, source })?;
+            let actual = BlobDigest::from_hash(h.finalize());
+            if actual != *d {
+                return Err(StoreError::Corrupt { digest: *d, actual });
+            }
+            Ok(pos)
+        })
+    }
+
+    fn write_sparse_serial(
+        &self,
+        d: &BlobDigest,
+        f: &File,
+        path: &Path,
+        offset: u64,
+    ) -> Result<u64> {
         let mut r = self.open_blob(d)?;
         let mut buf = vec![0u8; CHUNK];
-        let mut offset = 0u64;
+        let mut pos = 0u64;
         loop {
             // Fill whole chunks so every block starts at a multiple of HOLE_BLOCK.
             let mut n = 0;
@@ -262,12 +399,11 @@ impl Store {
             if n == 0 {
                 break;
             }
-            write_non_zero_runs(f, &buf[..n], offset).map_err(StoreError::io(path))?;
-            offset += n as u64;
+            write_non_zero_runs(f, &buf[..n], offset + pos).map_err(StoreError::io(path))?;
+            pos += n as u64;
         }
-        // Trailing holes: extend to the full length without writing.
-        f.set_len(offset).map_err(StoreError::io(path))?;
-        Ok(offset)
+        // `read_checked` has seen the end, so the digest matched.
+        Ok(pos)
     }
 }
 

@@ -85,7 +85,7 @@ mod tmp;
 mod tree;
 
 pub use blob::BlobReader;
-pub use tree::diff;
+pub use tree::{diff, Checkout};
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.
 pub const BLOBS_DIR: &str = "blobs-v1";

@@ -180,6 +180,58 @@ fn io_pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// What [`Store::export_dir_stamped`] wrote: for each regular file, the inode's identity and
+/// times right after the export, and the blob it holds. [`Store::import_dir_since`] takes a
+/// file whose inode still has exactly these (same device and inode, size, mtime and ctime to
+/// the nanosecond) as unchanged and does not read it again.
+///
+/// ctime is the witness: the kernel sets it to the current time on every change of content
+/// or metadata, and nothing but a change of the system clock can set it back. The export
+/// waits until the clock has moved past the newest ctime it recorded, so even a change made
+/// in the same clock tick as the export shows.
+#[derive(Debug, Default)]
+pub struct Checkout {
+    files: HashMap<String, (Stamp, BlobDigest)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl Checkout {
+    /// Regular files recorded.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The content of `rel` as exported, if `meta` shows its inode untouched since.
+    fn unchanged(&self, rel: &str, meta: &fs::Metadata) -> Option<BlobDigest> {
+        let (stamp, digest) = self.files.get(rel)?;
+        (*stamp == Stamp::of(meta)).then_some(*digest)
+    }
+}
+
 /// One filesystem object found by the walk of `import_dir`.
 struct Found {
     rel: String,
@@ -226,6 +278,18 @@ impl Store {
     /// entered (their mount points are kept as directories), sockets are skipped, and files
     /// that share an inode become hard links to the first of their paths.
     pub fn import_dir(&self, dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
+        self.import_dir_since(dir, opts, &Checkout::default())
+    }
+
+    /// Like [`Store::import_dir`], for a tree that [`Store::export_dir_stamped`] wrote: the
+    /// regular files still as exported (see [`Checkout`]) are taken from `since` without
+    /// reading them; only what changed is hashed and stored.
+    pub fn import_dir_since(
+        &self,
+        dir: &Path,
+        opts: &ImportOptions,
+        since: &Checkout,
+    ) -> Result<Manifest> {
         let root_meta = fs::metadata(dir).map_err(StoreError::io(dir))?;
         if !root_meta.is_dir() {
             return Err(StoreError::bad_entry(
@@ -290,7 +354,7 @@ impl Store {
             found
                 .par_iter()
                 .zip(links.par_iter())
-                .map(|(f, link)| self.import_entry(f, link.as_deref(), opts))
+                .map(|(f, link)| self.import_entry(f, link.as_deref(), opts, since))
                 .collect::<Result<Vec<Entry>>>()
         })?;
         let m = Manifest { entries };
@@ -298,7 +362,13 @@ impl Store {
         Ok(m)
     }
 
-    fn import_entry(&self, f: &Found, link: Option<&str>, opts: &ImportOptions) -> Result<Entry> {
+    fn import_entry(
+        &self,
+        f: &Found,
+        link: Option<&str>,
+        opts: &ImportOptions,
+        since: &Checkout,
+    ) -> Result<Entry> {
         let ft = f.meta.file_type();
         let kind = if ft.is_dir() {
             EntryKind::Dir
@@ -315,13 +385,19 @@ impl Store {
                 Some(target) => EntryKind::Hardlink {
                     target: target.to_string(),
                 },
-                None => {
-                    let r = self.put_file_nofollow(&f.abs)?;
-                    EntryKind::File {
-                        digest: r.digest,
-                        size: r.size,
+                None => match since.unchanged(&f.rel, &f.meta) {
+                    Some(digest) => EntryKind::File {
+                        digest,
+                        size: f.meta.size(),
+                    },
+                    None => {
+                        let r = self.put_file_nofollow(&f.abs)?;
+                        EntryKind::File {
+                            digest: r.digest,
+                            size: r.size,
+                        }
                     }
-                }
+                },
             }
         } else if ft.is_fifo() {
             EntryKind::Fifo
@@ -357,6 +433,67 @@ impl Store {
     /// and device nodes are skipped and only `user.*` xattrs are set, all silently: the
     /// caller that needs them exact must run as root.
     pub fn export_dir(&self, m: &Manifest, dest: &Path) -> Result<()> {
+        self.export_dir_inner(m, dest)
+    }
+
+    /// Like [`Store::export_dir`], and returns the [`Checkout`] that lets
+    /// [`Store::import_dir_since`] skip the files nobody changed. Returns once the clock has
+    /// moved past the last change the export made.
+    pub fn export_dir_stamped(&self, m: &Manifest, dest: &Path) -> Result<Checkout> {
+        self.export_dir_inner(m, dest)?;
+        let at = |rel: &str| {
+            if rel.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(rel)
+            }
+        };
+        let files = m
+            .entries
+            .par_iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { digest, .. } => Some((e, *digest)),
+                _ => None,
+            })
+            .map(|(e, digest)| {
+                let p = at(&e.path);
+                let meta = fs::symlink_metadata(&p).map_err(StoreError::io(&p))?;
+                Ok((e.path.clone(), (Stamp::of(&meta), digest)))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
+        let newest = files.values().map(|(s, _)| s.ctime).max().unwrap_or((0, 0));
+        self.wait_past(newest)?;
+        Ok(Checkout { files })
+    }
+
+    /// Waits until a change made now would get a ctime after `t` (the kernel stamps ctimes
+    /// with a clock that ticks every few milliseconds), by touching a probe file.
+    fn wait_past(&self, t: (i64, i64)) -> Result<()> {
+        let probe = tempfile::Builder::new()
+            .prefix("clock-")
+            .tempfile_in(&self.session)
+            .map_err(StoreError::io(&self.session))?;
+        for _ in 0..1000 {
+            probe
+                .as_file()
+                .set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(StoreError::io(probe.path()))?;
+            let m = probe
+                .as_file()
+                .metadata()
+                .map_err(StoreError::io(probe.path()))?;
+            if (m.ctime(), m.ctime_nsec()) > t {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Err(StoreError::Io {
+            path: probe.path().to_path_buf(),
+            source: std::io::Error::other("the clock did not move past the export's last change"),
+        })
+    }
+
+    fn export_dir_inner(&self, m: &Manifest, dest: &Path) -> Result<()> {
         m.validate()?;
         if fs::read_dir(dest)
             .map_err(StoreError::io(dest))?

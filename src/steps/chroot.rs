@@ -1,6 +1,9 @@
 //! Running commands inside an image tree: materialise the tree in scratch space, run the
 //! command under `chroot` in a private mount and PID namespace (`unshare`), with `/dev` and
-//! `/proc` mounted only inside that namespace, then import the result.
+//! `/proc` mounted only inside that namespace, then import the result. The import reads only
+//! the files the command changed: the others still have the inode, size, mtime and ctime the
+//! export left them with, and keep the digest they were exported from
+//! ([`imgspec_cache::Checkout`]).
 //!
 //! What the host lends the command (`/etc/resolv.conf` for the network, a `policy-rc.d` that
 //! keeps services from starting) is put in before and taken out after, so it never reaches the
@@ -8,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::Manifest;
+use imgspec_cache::{Checkout, Manifest};
 
 use super::{is_root, StepContext, StepError};
 use crate::runner::Cmd;
@@ -33,6 +36,7 @@ exec chroot "$root" /usr/bin/env -i "$@" /bin/sh -c "$script"
 
 pub struct Session {
     pub root: PathBuf,
+    checkout: Checkout,
     created: Vec<PathBuf>,
     resolv: Option<Option<Vec<u8>>>,
     policy: bool,
@@ -47,9 +51,10 @@ impl Session {
         let (_, m) = ctx.input_tree(i)?;
         let root = ctx.work.join("root");
         std::fs::create_dir(&root).map_err(StepError::io(&root))?;
-        ctx.store.export_dir(&m, &root)?;
+        let checkout = ctx.store.export_dir_stamped(&m, &root)?;
         let mut s = Session {
             root,
+            checkout,
             created: Vec::new(),
             resolv: None,
             policy: false,
@@ -128,7 +133,9 @@ impl Session {
         for p in &self.created {
             let _ = std::fs::remove_dir(p);
         }
-        Ok(ctx.store.import_dir(&self.root, &ctx.import_options())?)
+        Ok(ctx
+            .store
+            .import_dir_since(&self.root, &ctx.import_options(), &self.checkout)?)
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! Key: input key; format; file name.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use imgspec_cache::StepOutput;
@@ -95,7 +95,7 @@ impl OutputStep {
                     .get("disk.raw")
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
                 let raw = ctx.work.join("disk.raw");
-                ctx.store.blob_to_file(&r.digest, &raw)?;
+                ctx.store.blob_to_scratch(&r.digest, &raw)?;
                 crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, compressed)?;
                 let _ = std::fs::remove_file(&raw);
             }
@@ -114,8 +114,7 @@ impl OutputStep {
         name: &str,
         path: &Path,
     ) -> Result<(), StepError> {
-        let sha = sha256_file(path)?;
-        let r = ctx.store.put_file(path)?;
+        let (r, sha) = put_with_sha256(ctx, path)?;
         out.files.insert(name.to_string(), r);
         out.meta.insert(format!("sha256:{name}"), sha);
         Ok(())
@@ -130,7 +129,7 @@ impl OutputStep {
                 "partition output without a root filesystem",
             ))?;
         let img = ctx.work.join("root.img");
-        ctx.store.blob_to_file(&fs.digest, &img)?;
+        ctx.store.blob_to_scratch(&fs.digest, &img)?;
         crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
         let _ = std::fs::remove_file(&img);
         let mut out = StepOutput::default();
@@ -178,16 +177,12 @@ pub fn format_name(f: OutputFormat) -> &'static str {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Result<String, StepError> {
-    let mut f = std::fs::File::open(path).map_err(StepError::io(path))?;
+/// Stores the file at `path` and takes its SHA-256 in the same read.
+pub fn put_with_sha256(
+    ctx: &StepContext,
+    path: &Path,
+) -> Result<(imgspec_cache::FileRef, String), StepError> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(StepError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
+    let r = ctx.store.put_file_tap(path, &mut |b| h.update(b))?;
+    Ok((r, format!("{:x}", h.finalize())))
 }
