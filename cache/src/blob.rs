@@ -497,6 +497,92 @@ impl Read for BlobReader {
 mod tests {
     use super::*;
 
+    /// Bytes zstd cannot shrink: the blob's stored file is as large as its content.
+    fn noise(seed: &[u8], len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(seed)
+            .finalize_xof()
+            .fill(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_large_blob_decompresses_on_two_threads_to_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        // Noise, a run of zeros that must stay a hole, noise: stored above PIPELINE_FROM.
+        let mut data = noise(b"a", 3 << 20);
+        data.extend(vec![0u8; 2 << 20]);
+        data.extend(noise(b"b", (3 << 20) + 123));
+        let r = store.put_bytes(&data).unwrap();
+        assert!(fs::metadata(store.blob_path(&r.digest)).unwrap().len() >= PIPELINE_FROM);
+        let dest = dir.path().join("out");
+        store.blob_to_file(&r.digest, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), data);
+
+        // Into a larger file at an offset: the bytes around it stay as they were.
+        let disk = dir.path().join("disk");
+        let f = File::create(&disk).unwrap();
+        f.set_len(16 << 20).unwrap();
+        let n = store
+            .blob_into_file_at(&r.digest, &f, &disk, 1 << 20)
+            .unwrap();
+        assert_eq!(n, data.len() as u64);
+        let back = fs::read(&disk).unwrap();
+        assert!(back[..1 << 20].iter().all(|&b| b == 0));
+        assert_eq!(&back[1 << 20..(1 << 20) + data.len()], &data[..]);
+        assert!(back[(1 << 20) + data.len()..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_corrupt_large_blob_is_refused_by_the_two_thread_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let data = noise(b"c", 6 << 20);
+        let r = store.put_bytes(&data).unwrap();
+        // Another content's valid zstd under this digest's name.
+        let other = zstd::encode_all(&noise(b"d", 6 << 20)[..], 1).unwrap();
+        let path = store.blob_path(&r.digest);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&path, other).unwrap();
+        let dest = dir.path().join("out");
+        let err = store.blob_to_file(&r.digest, &dest).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(!dest.exists(), "no output for a corrupt blob");
+        let err = store
+            .blob_to_scratch(&r.digest, &dir.path().join("scratch"))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(!dir.path().join("scratch").exists());
+        // Truncated: does not decompress.
+        let whole = fs::read(&path).unwrap();
+        fs::write(&path, &whole[..whole.len() / 2]).unwrap();
+        let err = store.blob_to_file(&r.digest, &dest).unwrap_err();
+        assert!(
+            matches!(err, StoreError::Undecodable { .. } | StoreError::Corrupt { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_tap_sees_every_byte_of_small_and_large_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        for len in [10usize, (SMALL as usize) + 1, (MULTITHREAD_FROM as usize) + 5] {
+            let data = noise(&len.to_le_bytes(), len);
+            let p = dir.path().join(format!("f{len}"));
+            fs::write(&p, &data).unwrap();
+            let mut seen = Vec::new();
+            let r = store
+                .put_file_tap(&p, &mut |b| seen.extend_from_slice(b))
+                .unwrap();
+            assert_eq!(seen, data);
+            assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&data)));
+            assert_eq!(store.read_blob(&r.digest).unwrap(), data);
+        }
+    }
+
     #[test]
     fn only_non_zero_blocks_are_written() {
         let dir = tempfile::tempdir().unwrap();

@@ -552,6 +552,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn export_across_prefetch_batches_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        // More than two batches of small files, with a large file (streamed, not prefetched)
+        // and a directory in between.
+        let mut entries = vec![Entry {
+            path: String::new(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: BTreeMap::new(),
+        }];
+        let mut file = |path: String, len: usize| {
+            let mut data = vec![0u8; len];
+            blake3::Hasher::new()
+                .update(path.as_bytes())
+                .finalize_xof()
+                .fill(&mut data);
+            let r = store.put_bytes(&data).unwrap();
+            Entry {
+                path,
+                kind: EntryKind::File {
+                    digest: r.digest,
+                    size: r.size,
+                },
+                ..entries[0].clone()
+            }
+        };
+        let mut files: Vec<Entry> = (0..40).map(|i| file(format!("f{i:02}"), 2 << 20)).collect();
+        files.push(file("g-large".into(), (PREFETCH_FILE_MAX as usize) + 1));
+        files.extend((40..80).map(|i| file(format!("h{i:02}"), 1 << 20)));
+        entries.extend(files);
+        let m = Manifest { entries };
+        assert!(m.is_sorted());
+        let mut tar = Vec::new();
+        store.export_tar(&m, &mut tar, None).unwrap();
+        let back = store
+            .import_tar(&mut &tar[..], &ImportOptions::default())
+            .unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
     fn paths_are_normalised_and_escapes_refused() {
         assert_eq!(normalize("./").unwrap(), "");
         assert_eq!(normalize(".").unwrap(), "");

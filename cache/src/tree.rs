@@ -644,6 +644,52 @@ mod tests {
     }
 
     #[test]
+    fn import_since_an_export_reads_only_what_changed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        for name in ["etc/a", "etc/b", "etc/c", "etc/d"] {
+            fs::write(src.join(name), format!("{name} content")).unwrap();
+        }
+        let m = store.import_dir(&src, &ImportOptions::default()).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut checkout = store.export_dir_stamped(&m, &root).unwrap();
+        assert_eq!(checkout.len(), 4);
+        // A file nobody touched is taken from the checkout without being read: give the
+        // checkout a digest the file does not have and it comes back.
+        let planted = BlobDigest([7; 32]);
+        checkout.files.get_mut("etc/a").unwrap().1 = planted;
+        // The same size and mtime, new content, right after the export: ctime shows it.
+        let b = root.join("etc/b");
+        let mtime = fs::metadata(&b).unwrap().mtime();
+        let mut f = fs::OpenOptions::new().write(true).open(&b).unwrap();
+        f.write_all(b"etc/b CONTENT").unwrap();
+        drop(f);
+        crate::sys::set_times_nofollow(&b, mtime).unwrap();
+        // Replaced by another file (new inode); a new file.
+        fs::remove_file(root.join("etc/c")).unwrap();
+        fs::write(root.join("etc/c"), "etc/c content").unwrap();
+        fs::write(root.join("etc/new"), "new").unwrap();
+        let back = store
+            .import_dir_since(&root, &ImportOptions::default(), &checkout)
+            .unwrap();
+        let digest = |path: &str| match &back.get(path).unwrap().kind {
+            EntryKind::File { digest, .. } => *digest,
+            k => panic!("{path}: {k:?}"),
+        };
+        let hash = |b: &[u8]| BlobDigest::from_hash(blake3::hash(b));
+        assert_eq!(digest("etc/a"), planted, "untouched: not read");
+        assert_eq!(digest("etc/b"), hash(b"etc/b CONTENT"), "edited in place: read");
+        assert_eq!(digest("etc/c"), hash(b"etc/c content"), "replaced: read");
+        assert_eq!(digest("etc/d"), hash(b"etc/d content"));
+        assert_eq!(digest("etc/new"), hash(b"new"));
+        assert!(store.has_blob(&hash(b"etc/b CONTENT")));
+    }
+
+    #[test]
     fn canonical_order_is_byte_order_with_parents_first() {
         let mut m = Manifest {
             entries: vec![
