@@ -8,13 +8,17 @@
 //!   CACHEDIR.TAG             standard cache-directory tag, so backup tools skip the store
 //!   blobs-v1/ab/cdef…        one file per blob; `ab` is the first two hex digits of the BLAKE3
 //!                            of the blob's *uncompressed* bytes and `cdef…` the other 62; the
-//!                            file holds those bytes zstd-compressed (level 3)
+//!                            file holds those bytes zstd-compressed (level 3; level 1 for
+//!                            blobs from 32 MiB, disk and filesystem images)
 //!   index-v1.sqlite          the step index (WAL mode, so `-wal` and `-shm` files beside it):
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
+//!       fresh/ab…              plain copies of large blobs this session stored from files
+//!                              (`put_file_keep`), handed to the next step of the same build
+//!                              and moved to the output folder, never read by another session
 //!       .lock                  flock-ed while that `Store` lives; a session whose lock is
 //!                              free, and any other entry older than an hour, is removed by
 //!                              the next `Store::open`

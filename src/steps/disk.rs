@@ -76,14 +76,27 @@ impl DiskStep {
             fills.push((p, r));
         }
         let raw = ctx.work.join("disk.raw");
-        let none: Vec<Option<&std::path::Path>> = vec![None; self.layout.partitions.len()];
-        crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &none)?;
+        // A filesystem this build has just made is copied from its plain file (its data
+        // extents only); one from the cache is decompressed into place.
+        let mut plain: Vec<Option<std::path::PathBuf>> = vec![None; self.layout.partitions.len()];
+        let mut packed = Vec::new();
+        for (p, r) in fills {
+            match ctx.store.fresh_file(&r.digest) {
+                Some(f) => {
+                    let n = self.layout.partitions.iter().position(|q| std::ptr::eq(q, p));
+                    plain[n.expect("p is one of the layout's partitions")] = Some(f);
+                }
+                None => packed.push((p, r)),
+            }
+        }
+        let contents: Vec<Option<&std::path::Path>> = plain.iter().map(|f| f.as_deref()).collect();
+        crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
         {
             let disk = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&raw)
                 .map_err(StepError::io(&raw))?;
-            for (p, r) in fills {
+            for (p, r) in packed {
                 let n = ctx
                     .store
                     .blob_into_file_at(&r.digest, &disk, &raw, p.offset_bytes)?;

@@ -94,10 +94,22 @@ impl OutputStep {
                     .files
                     .get("disk.raw")
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
-                let raw = ctx.work.join("disk.raw");
-                ctx.store.blob_to_scratch(&r.digest, &raw)?;
-                crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, compressed)?;
-                let _ = std::fs::remove_file(&raw);
+                // The disk this build has just made, or the cached one decompressed.
+                match ctx.store.fresh_file(&r.digest) {
+                    Some(raw) => {
+                        crate::format::qcow2::convert(
+                            ctx.runner, &ctx.log, &raw, &path, compressed,
+                        )?;
+                    }
+                    None => {
+                        let raw = ctx.work.join("disk.raw");
+                        ctx.store.blob_to_scratch(&r.digest, &raw)?;
+                        crate::format::qcow2::convert(
+                            ctx.runner, &ctx.log, &raw, &path, compressed,
+                        )?;
+                        let _ = std::fs::remove_file(&raw);
+                    }
+                }
             }
             OutputFormat::Partition => return self.partition(ctx, &path),
         }
@@ -128,10 +140,15 @@ impl OutputStep {
             .ok_or(StepError::Internal(
                 "partition output without a root filesystem",
             ))?;
-        let img = ctx.work.join("root.img");
-        ctx.store.blob_to_scratch(&fs.digest, &img)?;
-        crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
-        let _ = std::fs::remove_file(&img);
+        match ctx.store.fresh_file(&fs.digest) {
+            Some(img) => crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?,
+            None => {
+                let img = ctx.work.join("root.img");
+                ctx.store.blob_to_scratch(&fs.digest, &img)?;
+                crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
+                let _ = std::fs::remove_file(&img);
+            }
+        }
         let mut out = StepOutput::default();
         self.add_file(ctx, &mut out, &self.file_name, qcow2)?;
         let (_, m) = ctx.input_tree(1)?;
@@ -177,12 +194,13 @@ pub fn format_name(f: OutputFormat) -> &'static str {
     }
 }
 
-/// Stores the file at `path` and takes its SHA-256 in the same read.
+/// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the
+/// blob's plain copy for the rest of the build ([`imgspec_cache::Store::put_file_keep`]).
 pub fn put_with_sha256(
     ctx: &StepContext,
     path: &Path,
 ) -> Result<(imgspec_cache::FileRef, String), StepError> {
     let mut h = Sha256::new();
-    let r = ctx.store.put_file_tap(path, &mut |b| h.update(b))?;
+    let r = ctx.store.put_file_keep(path, &mut |b| h.update(b))?;
     Ok((r, format!("{:x}", h.finalize())))
 }
