@@ -31,6 +31,9 @@ const FRESH_DIR: &str = "fresh";
 /// Decompressed chunks in flight between that thread and the writer.
 const PIPELINE_DEPTH: usize = 4;
 
+/// Sees every byte a blob is stored from (for a second digest of the same read).
+type Tap<'a> = &'a mut dyn FnMut(&[u8]);
+
 /// Hashes one chunk, spreading very large ones over rayon's threads. Streams hash 1 MiB chunks
 /// on the calling thread: one AVX2/AVX-512 core hashes several GB/s, faster than zstd runs
 /// beside it, and rayon's idle spinning would take CPU from the compression threads.
@@ -204,7 +207,7 @@ impl Store {
         r: &mut dyn Read,
         size_hint: Option<u64>,
         what: &Path,
-        mut tap: Option<&mut dyn FnMut(&[u8])>,
+        mut tap: Option<Tap<'_>>,
     ) -> Result<FileRef> {
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
@@ -613,7 +616,10 @@ mod tests {
         fs::write(&path, &whole[..whole.len() / 2]).unwrap();
         let err = store.blob_to_file(&r.digest, &dest).unwrap_err();
         assert!(
-            matches!(err, StoreError::Undecodable { .. } | StoreError::Corrupt { .. }),
+            matches!(
+                err,
+                StoreError::Undecodable { .. } | StoreError::Corrupt { .. }
+            ),
             "{err:?}"
         );
     }
@@ -622,7 +628,11 @@ mod tests {
     fn the_tap_sees_every_byte_of_small_and_large_files() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        for len in [10usize, (SMALL as usize) + 1, (MULTITHREAD_FROM as usize) + 5] {
+        for len in [
+            10usize,
+            (SMALL as usize) + 1,
+            (MULTITHREAD_FROM as usize) + 5,
+        ] {
             let data = noise(&len.to_le_bytes(), len);
             let p = dir.path().join(format!("f{len}"));
             fs::write(&p, &data).unwrap();
@@ -658,7 +668,10 @@ mod tests {
         let other = Store::open(&dir.path().join("store")).unwrap();
         let r2 = store.put_bytes(&noise(b"other", 1 << 20)).unwrap();
         assert!(other.fresh_file(&r2.digest).is_none());
-        assert!(store.fresh_file(&r2.digest).is_none(), "put_bytes keeps nothing");
+        assert!(
+            store.fresh_file(&r2.digest).is_none(),
+            "put_bytes keeps nothing"
+        );
     }
 
     #[test]

@@ -566,7 +566,7 @@ mod tests {
             mtime: 1,
             xattrs: BTreeMap::new(),
         }];
-        let mut file = |path: String, len: usize| {
+        let file = |path: String, len: usize| {
             let mut data = vec![0u8; len];
             blake3::Hasher::new()
                 .update(path.as_bytes())

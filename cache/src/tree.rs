@@ -682,7 +682,11 @@ mod tests {
         };
         let hash = |b: &[u8]| BlobDigest::from_hash(blake3::hash(b));
         assert_eq!(digest("etc/a"), planted, "untouched: not read");
-        assert_eq!(digest("etc/b"), hash(b"etc/b CONTENT"), "edited in place: read");
+        assert_eq!(
+            digest("etc/b"),
+            hash(b"etc/b CONTENT"),
+            "edited in place: read"
+        );
         assert_eq!(digest("etc/c"), hash(b"etc/c content"), "replaced: read");
         assert_eq!(digest("etc/d"), hash(b"etc/d content"));
         assert_eq!(digest("etc/new"), hash(b"new"));

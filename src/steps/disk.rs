@@ -73,19 +73,16 @@ impl DiskStep {
             if r.size > p.size_bytes {
                 return Err(too_large(&p.name, r.size, p.size_bytes));
             }
-            fills.push((p, r));
+            fills.push((n, p, r));
         }
         let raw = ctx.work.join("disk.raw");
         // A filesystem this build has just made is copied from its plain file (its data
         // extents only); one from the cache is decompressed into place.
         let mut plain: Vec<Option<std::path::PathBuf>> = vec![None; self.layout.partitions.len()];
         let mut packed = Vec::new();
-        for (p, r) in fills {
+        for (n, p, r) in fills {
             match ctx.store.fresh_file(&r.digest) {
-                Some(f) => {
-                    let n = self.layout.partitions.iter().position(|q| std::ptr::eq(q, p));
-                    plain[n.expect("p is one of the layout's partitions")] = Some(f);
-                }
+                Some(f) => plain[n] = Some(f),
                 None => packed.push((p, r)),
             }
         }
