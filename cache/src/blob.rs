@@ -273,6 +273,58 @@ impl Store {
         Ok(FileRef { digest, size })
     }
 
+    /// An empty temp file in this session's dir (on the store's filesystem), for a blob that
+    /// arrives already compressed: fill it, then hand it to [`Store::adopt_compressed`].
+    pub(crate) fn incoming_file(&self) -> Result<tempfile::NamedTempFile> {
+        tempfile::Builder::new()
+            .prefix("incoming-")
+            .tempfile_in(&self.session)
+            .map_err(StoreError::io(&self.session))
+    }
+
+    /// Adopts `tmp`, a blob as another store keeps it (the zstd encoding of its bytes, from a
+    /// remote cache or a bundle): decompresses it to check that it hashes to `d`, then renames
+    /// the compressed file itself into place, so nothing is recompressed. A file that does not
+    /// decompress (truncated, not zstd, trailing garbage) or hashes to another digest is
+    /// refused with [`StoreError::Undecodable`] or [`StoreError::Corrupt`] and removed.
+    pub(crate) fn adopt_compressed(
+        &self,
+        d: &BlobDigest,
+        tmp: tempfile::NamedTempFile,
+    ) -> Result<FileRef> {
+        let path = tmp.path().to_path_buf();
+        let file = File::open(&path).map_err(StoreError::io(&path))?;
+        let mut dec = zstd::Decoder::new(file).map_err(StoreError::io(&path))?;
+        let mut h = blake3::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = read_full(&mut dec, &mut buf)
+                .map_err(|source| StoreError::Undecodable { digest: *d, source })?;
+            if n == 0 {
+                break;
+            }
+            hash_update(&mut h, &buf[..n]);
+            size += n as u64;
+        }
+        let actual = BlobDigest::from_hash(h.finalize());
+        if actual != *d {
+            return Err(StoreError::Corrupt { digest: *d, actual });
+        }
+        let f = tmp.as_file();
+        f.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io(&path))?;
+        f.sync_all().map_err(StoreError::io(&path))?;
+        let target = self.blob_path(d);
+        let shard = target.parent().expect("blob path has a shard dir");
+        fs::create_dir_all(shard).map_err(StoreError::io(shard))?;
+        tmp.persist(&target).map_err(|e| StoreError::Io {
+            path: target.clone(),
+            source: e.error,
+        })?;
+        Ok(FileRef { digest: *d, size })
+    }
+
     /// A reader of the blob's uncompressed bytes that checks the digest when it reaches the end:
     /// the final `read` fails (with a [`StoreError`] inside the `io::Error`) if the content was
     /// wrong. Data read before the end is not yet trusted.
@@ -672,6 +724,51 @@ mod tests {
             store.fresh_file(&r2.digest).is_none(),
             "put_bytes keeps nothing"
         );
+    }
+
+    fn incoming(store: &Store, bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut tmp = store.incoming_file().unwrap();
+        tmp.write_all(bytes).unwrap();
+        tmp
+    }
+
+    #[test]
+    fn a_compressed_blob_is_adopted_as_is_only_when_it_matches_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Store::open(&dir.path().join("a")).unwrap();
+        let b = Store::open(&dir.path().join("b")).unwrap();
+        let data = b"some content worth sharing\n".repeat(1000);
+        let r = a.put_bytes(&data).unwrap();
+        let compressed = fs::read(a.blob_path(&r.digest)).unwrap();
+
+        // The right bytes: adopted byte for byte, no recompression.
+        let got = b
+            .adopt_compressed(&r.digest, incoming(&b, &compressed))
+            .unwrap();
+        assert_eq!(got, r);
+        assert_eq!(fs::read(b.blob_path(&r.digest)).unwrap(), compressed);
+        assert_eq!(b.read_blob(&r.digest).unwrap(), data);
+
+        // Another blob's bytes under this digest: refused, nothing lands.
+        let other = a.put_bytes(b"other").unwrap();
+        let other_bytes = fs::read(a.blob_path(&other.digest)).unwrap();
+        let c = Store::open(&dir.path().join("c")).unwrap();
+        let e = c
+            .adopt_compressed(&r.digest, incoming(&c, &other_bytes))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        // Truncated, and with trailing garbage: refused as undecodable.
+        let e = c
+            .adopt_compressed(&r.digest, incoming(&c, &compressed[..compressed.len() / 2]))
+            .unwrap_err();
+        assert!(e.is_corrupt(), "{e:?}");
+        let mut garbage = compressed.clone();
+        garbage.extend_from_slice(b"garbage");
+        let e = c
+            .adopt_compressed(&r.digest, incoming(&c, &garbage))
+            .unwrap_err();
+        assert!(e.is_corrupt(), "{e:?}");
+        assert!(!c.has_blob(&r.digest));
     }
 
     #[test]

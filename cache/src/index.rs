@@ -276,21 +276,33 @@ impl Store {
     /// Records that step `key` produced `output`. Fails with `MissingBlob` unless every blob the
     /// output references is in the store, so the index never points at missing data.
     pub fn record(&self, key: &StepKey, kind: &str, name: &str, output: &StepOutput) -> Result<()> {
-        let blobs = self.output_blobs(output)?;
-        let json = serde_json::to_string(output).expect("a step output always encodes");
+        self.record_all(&[(*key, kind, name, output)])
+    }
+
+    /// Records several steps at once: all of them or, if one references a missing blob, none.
+    pub fn record_all(&self, records: &[(StepKey, &str, &str, &StepOutput)]) -> Result<()> {
+        let mut rows = Vec::with_capacity(records.len());
+        for (key, kind, name, output) in records {
+            let blobs = self.output_blobs(output)?;
+            let json = serde_json::to_string(output).expect("a step output always encodes");
+            rows.push((key, kind, name, json, blobs));
+        }
         let now = now();
         let mut conn = self.conn();
         // The existence check and the insert share one write transaction, the kind `gc` holds
         // while it sweeps: a sweep cannot delete a blob between the two.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let size = self.blobs_size(&blobs)?;
-        tx.execute(
-            "INSERT INTO steps (key, kind, name, output, size, created, last_used)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
-             ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, name = excluded.name,
-                 output = excluded.output, size = excluded.size, last_used = excluded.last_used",
-            params![key.to_hex(), kind, name, json, size as i64, now],
-        )?;
+        for (key, kind, name, json, blobs) in rows {
+            let size = self.blobs_size(&blobs)?;
+            tx.execute(
+                "INSERT INTO steps (key, kind, name, output, size, created, last_used)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, name = excluded.name,
+                     output = excluded.output, size = excluded.size,
+                     last_used = excluded.last_used",
+                params![key.to_hex(), kind, name, json, size as i64, now],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }

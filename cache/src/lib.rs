@@ -14,6 +14,8 @@
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   locks/<key hex>          flock-ed by the process building that step; removed when it is
+//!                            done (see `steplock`)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       fresh/ab…              plain copies of large blobs this session stored from files
@@ -66,13 +68,19 @@
 //!
 //! # Code map
 //!
-//! - `blob`: put, read, `blob_to_file`; the only writer of `blobs-v1/`.
+//! - `blob`: put, read, `blob_to_file`, `adopt_compressed` (a blob that arrives compressed, from
+//!   a remote or a bundle, checked before it is renamed in); the only writer of `blobs-v1/`.
 //! - `tree`: manifest order and validation, `import_dir`, `export_dir`, `diff`.
 //! - `tarball`: `import_tar` (GNU and PAX) and the deterministic PAX `export_tar`.
 //! - `index`: the SQLite schema and its migrations, `record`, `lookup`, `last_build`,
 //!   `hash_file_cached`.
 //! - `gc`: `gc`, `verify`, `usage`.
+//! - `remote`: the HTTP remote cache (`cas-v1/`, `ac-v1/` on the server), fetch and push of a
+//!   step with its blobs; see its module doc for the layout and the checks.
+//! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
+//!   sharing; every blob checked on import, all records or none.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
+//! - `steplock`: per-step locks across processes (build a shared step once).
 //! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
 
 use std::collections::BTreeMap;
@@ -81,14 +89,20 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod blob;
+mod bundle;
 mod gc;
 mod index;
+pub mod remote;
+mod steplock;
 mod sys;
 mod tarball;
 mod tmp;
 mod tree;
 
 pub use blob::BlobReader;
+pub use bundle::BundleStats;
+pub use remote::{Credentials, Remote, RemoteError};
+pub use steplock::{Claim, StepLock, LOCKS_DIR};
 pub use tree::{diff, Checkout};
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.
@@ -195,6 +209,8 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("bad bundle: entry `{entry}`: {reason}")]
+    BadBundle { entry: String, reason: String },
     #[error("the cache index `{path}` has schema version {found}, newer than the {supported} this imgspec knows")]
     IndexTooNew {
         path: PathBuf,

@@ -1,6 +1,8 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod remote;
 mod report;
+mod verify;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -34,6 +36,8 @@ struct Cli {
     /// Machine-readable output: JSON lines of events (build) or one JSON document
     #[arg(long, global = true)]
     json: bool,
+    #[command(flatten)]
+    remote: remote::RemoteArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -55,6 +59,24 @@ enum Command {
         /// Build only these images (default: all in the specs)
         #[arg(long = "image")]
         images: Vec<String>,
+    },
+    /// Rebuild every step in an empty scratch store and compare it with the cache (or with a
+    /// published SHA256SUMS): exit 0 only when every output is identical
+    Verify {
+        specs: Vec<PathBuf>,
+        /// Steps run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+        /// Verify only these images (default: all in the specs)
+        #[arg(long = "image")]
+        images: Vec<String>,
+        /// Compare the rebuilt output files with this SHA256SUMS (out/IMAGE/SHA256SUMS of a
+        /// published build) instead of with the cache
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Keep the scratch store (it is removed otherwise)
+        #[arg(long)]
+        keep: bool,
     },
     /// Host tools the specs need: found or missing, with the install line
     Doctor { specs: Vec<PathBuf> },
@@ -115,6 +137,19 @@ enum CacheCommand {
     },
     /// Re-hash every blob; drop corrupt ones and the results that used them
     Verify,
+    /// Upload what the specs need (every step result in the local cache) to the remote cache
+    Push { specs: Vec<PathBuf> },
+    /// Download what the specs need from the remote cache, each object checked
+    Pull { specs: Vec<PathBuf> },
+    /// Write what the specs need (step results and their blobs) to a bundle file
+    Export {
+        specs: Vec<PathBuf>,
+        /// The bundle to write, e.g. bundle.tar.zst
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Read a bundle made by `cache export` into the local cache, every object checked
+    Import { bundle: PathBuf },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -185,6 +220,10 @@ fn internal(e: impl std::error::Error) -> CliError {
 }
 
 pub fn main() -> ExitCode {
+    // The caller's umask must not reach the image: every file a step creates (apt's lists, a
+    // `run` command's output, the store's blobs) gets the same modes on every machine.
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o022) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -214,9 +253,32 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref images,
         } => {
             let ctx = Context::open(&cache_dir, specs)?;
-            build(&ctx, jobs, out_dir, images, cli.json)
+            let remote = remote::open(&cli.remote)?;
+            build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
         }
-        Command::Doctor { ref specs } => doctor(&cache_dir, specs),
+        Command::Verify {
+            ref specs,
+            jobs,
+            ref images,
+            ref against,
+            keep,
+        } => {
+            let ctx = Context::open(&cache_dir, specs)?;
+            verify::verify(
+                &ctx,
+                &verify::VerifyOptions {
+                    jobs,
+                    images: images.clone(),
+                    against: against.clone(),
+                    keep,
+                    json: cli.json,
+                },
+            )
+        }
+        Command::Doctor { ref specs } => {
+            remote::doctor(&cli.remote)?;
+            doctor(&cache_dir, specs)
+        }
         Command::Boot {
             image,
             firmware,
@@ -248,7 +310,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             boot(o, quiet)
         }
-        Command::Cache { command } => cache(&cache_dir, command, cli.json),
+        Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
     }
 }
 
@@ -521,6 +583,7 @@ fn build(
     jobs: usize,
     out_dir: &Path,
     only: &[String],
+    remote: Option<&(imgspec_cache::Remote, bool)>,
     json: bool,
 ) -> Result<(), CliError> {
     let plan = ctx.plan()?;
@@ -542,7 +605,7 @@ fn build(
 
     // Root is needed only by steps that will really run.
     if !is_root() {
-        let to_run: Vec<&str> = steps_to_run(&ctx.store, &plan, &targets)
+        let to_run: Vec<&str> = steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets)
             .into_iter()
             .filter(|&i| plan.steps[i].action.needs_root())
             .map(|i| plan.steps[i].label.as_str())
@@ -558,15 +621,7 @@ fn build(
         }
     }
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let c = cancel.clone();
-        // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
-        let _ = ctrlc::set_handler(move || {
-            c.store(true, Ordering::SeqCst);
-            crate::runner::terminate_all();
-        });
-    }
+    let cancel = interrupt_flag();
     let rep = reporter(json);
     let exec = Executor {
         store: &ctx.store,
@@ -574,6 +629,8 @@ fn build(
         reporter: rep.as_ref(),
         jobs: jobs.max(1),
         cancel: &cancel,
+        remote: remote.map(|(r, _)| r),
+        remote_write: remote.is_some_and(|(_, w)| *w),
     };
     let t = std::time::Instant::now();
     let outcome = exec.run(&plan, &targets);
@@ -612,6 +669,7 @@ fn build(
             "event": "build-finished",
             "built": outcome.built.len(),
             "cached": up_to_date,
+            "from_remote": outcome.from_remote.len(),
             "failed": outcome.failed.len(),
             "seconds": seconds,
             "images": summary.iter().map(|(n, w)| serde_json::json!({"name": n, "files": w})).collect::<Vec<_>>(),
@@ -628,8 +686,12 @@ fn build(
                 );
             }
         }
+        let fetched = match outcome.from_remote.len() {
+            0 => String::new(),
+            n => format!(" ({n} fetched from the remote cache)"),
+        };
         eprintln!(
-            "{} steps built, {} cached, {} failed in {:.2}s",
+            "{} steps built, {} cached, {} failed in {:.2}s{fetched}",
             outcome.built.len(),
             up_to_date,
             outcome.failed.len(),
@@ -654,13 +716,38 @@ fn build(
     Ok(())
 }
 
-/// The steps a build of `targets` would run (not in the cache, needed by something not cached).
-fn steps_to_run(store: &Store, plan: &Plan, targets: &[StepId]) -> Vec<StepId> {
+/// Set on Ctrl-C or SIGTERM, which also stops the running child processes.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let c = cancel.clone();
+    // A second Ctrl-C while stopping is ignored: steps clean up before we exit.
+    let _ = ctrlc::set_handler(move || {
+        c.store(true, Ordering::SeqCst);
+        crate::runner::terminate_all();
+    });
+    cancel
+}
+
+/// The steps a build of `targets` would run (not in the cache, needed by something not cached;
+/// a step the remote cache has a record of counts as cached).
+fn steps_to_run(
+    store: &Store,
+    remote: Option<&imgspec_cache::Remote>,
+    plan: &Plan,
+    targets: &[StepId],
+) -> Vec<StepId> {
+    let on_remote = |key: &imgspec_cache::StepKey| {
+        remote.is_some_and(|r| {
+            r.exists(&imgspec_cache::remote::record_object(key))
+                .unwrap_or(false)
+        })
+    };
     let mut seen = vec![false; plan.steps.len()];
     let mut out = Vec::new();
     let mut stack = targets.to_vec();
     while let Some(id) = stack.pop() {
-        if std::mem::replace(&mut seen[id], true) || cached(store, &plan.steps[id].key) {
+        let key = &plan.steps[id].key;
+        if std::mem::replace(&mut seen[id], true) || cached(store, key) || on_remote(key) {
             continue;
         }
         out.push(id);
@@ -711,7 +798,12 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     Ok(())
 }
 
-fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> {
+fn cache(
+    dir: &Path,
+    command: CacheCommand,
+    remote_args: &remote::RemoteArgs,
+    json: bool,
+) -> Result<(), CliError> {
     let store = open_store(dir)?;
     match command {
         CacheCommand::Ls => {
@@ -797,6 +889,10 @@ fn cache(dir: &Path, command: CacheCommand, json: bool) -> Result<(), CliError> 
                 return Err(CliError::BuildFailed(String::new()));
             }
         }
+        CacheCommand::Push { specs } => remote::push(&store, &specs, remote_args, json)?,
+        CacheCommand::Pull { specs } => remote::pull(&store, &specs, remote_args, json)?,
+        CacheCommand::Export { specs, output } => remote::export(&store, &specs, &output, json)?,
+        CacheCommand::Import { bundle } => remote::import(&store, &bundle, json)?,
     }
     Ok(())
 }

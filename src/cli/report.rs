@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::exec::{Event, Reporter};
+use crate::exec::{CacheSource, Event, Reporter};
 
 /// One JSON object per line on standard output.
 pub struct JsonReporter;
@@ -34,7 +34,18 @@ pub fn clock() -> String {
 
 fn line(e: &Event) -> Option<String> {
     Some(match e {
-        Event::StepCached { .. } => return None,
+        Event::StepCached {
+            source: CacheSource::Local,
+            ..
+        } => return None,
+        Event::StepCached {
+            label,
+            source: CacheSource::Remote,
+            ..
+        } => format!("fetched  {label} (from the remote cache)"),
+        Event::StepWaiting { label, .. } => {
+            format!("waiting  {label}: another build on this cache is building it")
+        }
         Event::StepStarted { label, .. } => format!("started  {label}"),
         Event::StepFinished { label, seconds, .. } => format!("built    {label} ({seconds:.1}s)"),
         Event::StepFailed {
@@ -45,6 +56,23 @@ fn line(e: &Event) -> Option<String> {
             log.display()
         ),
         Event::StepSkipped { label, because, .. } => format!("skipped  {label}: {because}"),
+        Event::RemoteUnavailable { remote, error } => format!(
+            "WARNING  the remote cache {remote} is unavailable; going on with the local cache \
+             only\n         ({error})"
+        ),
+        Event::RemoteRefused { label, error, .. } => format!(
+            "WARNING  {label}: the remote cache's result was refused and the step will be built \
+             here\n         ({error})"
+        ),
+        Event::StepUploaded {
+            label,
+            blobs,
+            bytes,
+            ..
+        } => format!(
+            "uploaded {label} ({blobs} blobs, {})",
+            super::human_bytes(*bytes)
+        ),
     })
 }
 

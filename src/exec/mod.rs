@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use imgspec_cache::{StepOutput, Store};
+use imgspec_cache::{Claim, Remote, RemoteError, StepOutput, StepRecord, Store};
 use serde::Serialize;
 
 use crate::plan::{Plan, StepId};
@@ -24,6 +24,16 @@ use crate::steps::{StepContext, StepError};
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     StepCached {
+        key: String,
+        kind: String,
+        label: String,
+        /// Where the result was found: the local store, or the remote cache (fetched, checked
+        /// and recorded locally).
+        source: CacheSource,
+    },
+    /// Another build (another process on the same store) is building this step; this one
+    /// waits for it and then takes its result.
+    StepWaiting {
         key: String,
         kind: String,
         label: String,
@@ -53,6 +63,32 @@ pub enum Event {
         label: String,
         because: String,
     },
+    /// The remote cache cannot be used for the rest of this build (unreachable, or refusing
+    /// us): the build goes on locally. Sent once.
+    RemoteUnavailable { remote: String, error: String },
+    /// The remote's result of a step was wrong (an object failed its check, or is missing):
+    /// refused, and the step is built locally.
+    RemoteRefused {
+        key: String,
+        kind: String,
+        label: String,
+        error: String,
+    },
+    /// A step built here was uploaded to the remote cache.
+    StepUploaded {
+        key: String,
+        kind: String,
+        label: String,
+        blobs: usize,
+        bytes: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CacheSource {
+    Local,
+    Remote,
 }
 
 /// Receives progress. Implementations live in the CLI.
@@ -74,6 +110,8 @@ pub struct Outcome {
     pub outputs: BTreeMap<StepId, StepOutput>,
     pub built: Vec<StepId>,
     pub cached: Vec<StepId>,
+    /// The cached steps that came from the remote cache.
+    pub from_remote: Vec<StepId>,
     pub failed: Vec<Failure>,
     pub skipped: Vec<StepId>,
     pub interrupted: bool,
@@ -93,6 +131,10 @@ pub struct Executor<'a> {
     pub jobs: usize,
     /// Set by the CLI on Ctrl-C: no new step starts.
     pub cancel: &'a AtomicBool,
+    /// A remote cache: asked on a local miss; and when `remote_write`, given every step built
+    /// here (uploaded in the background, done before `run` returns).
+    pub remote: Option<&'a Remote>,
+    pub remote_write: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -115,6 +157,78 @@ impl Executor<'_> {
 
     /// Runs what `targets` need.
     pub fn run(&self, plan: &Plan, targets: &[StepId]) -> Outcome {
+        let upload_to = self.remote.filter(|_| self.remote_write);
+        std::thread::scope(|s| {
+            let (tx, rx) = mpsc::channel::<(StepId, StepOutput)>();
+            let uploader = upload_to.map(|r| s.spawn(move || self.upload(r, plan, rx)));
+            let out = self.run_steps(plan, targets, uploader.as_ref().map(|_| &tx));
+            drop(tx);
+            if let Some(u) = uploader {
+                let _ = u.join();
+            }
+            out
+        })
+    }
+
+    /// The lookup phase's last resort: the step's result from the remote cache, if there is
+    /// one and it arrives whole. Trouble is reported, never fatal.
+    fn fetch_from_remote(&self, plan: &Plan, id: StepId) -> Option<StepRecord> {
+        let remote = self.remote?;
+        let step = &plan.steps[id];
+        match remote.fetch_step(self.store, &step.key) {
+            Ok(r) => r,
+            Err(e) => {
+                self.remote_trouble(remote, &e, plan, id);
+                None
+            }
+        }
+    }
+
+    /// Tells the user about a remote failure: once for an unavailable remote, once per step for
+    /// a refused object.
+    fn remote_trouble(&self, remote: &Remote, e: &RemoteError, plan: &Plan, id: StepId) {
+        if e.is_unavailable() {
+            if let Some(reason) = remote.down_notice() {
+                self.reporter.event(&Event::RemoteUnavailable {
+                    remote: remote.url().to_string(),
+                    error: reason,
+                });
+            }
+            return;
+        }
+        let step = &plan.steps[id];
+        self.reporter.event(&Event::RemoteRefused {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            error: error_chain(e),
+        });
+    }
+
+    /// Uploads each step the build sends, in the order they were built.
+    fn upload(&self, remote: &Remote, plan: &Plan, rx: mpsc::Receiver<(StepId, StepOutput)>) {
+        for (id, output) in rx {
+            let step = &plan.steps[id];
+            match remote.push_step(self.store, &step.key, step.kind(), &step.label, &output) {
+                Ok(stats) if !stats.already_there => self.reporter.event(&Event::StepUploaded {
+                    key: step.key.to_hex(),
+                    kind: step.kind().into(),
+                    label: step.label.clone(),
+                    blobs: stats.blobs_sent,
+                    bytes: stats.bytes_sent,
+                }),
+                Ok(_) => {}
+                Err(e) => self.remote_trouble(remote, &e, plan, id),
+            }
+        }
+    }
+
+    fn run_steps(
+        &self,
+        plan: &Plan,
+        targets: &[StepId],
+        upload: Option<&mpsc::Sender<(StepId, StepOutput)>>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         let mut state = vec![State::Unseen; plan.steps.len()];
         // Top-down: a cached step cuts off everything above it.
@@ -133,13 +247,29 @@ impl Executor<'_> {
                         key: step.key.to_hex(),
                         kind: step.kind().into(),
                         label: step.label.clone(),
+                        source: CacheSource::Local,
                     });
                 }
-                // A broken index row is a miss: the step is built again.
-                Ok(None) | Err(_) => {
-                    state[id] = State::Needed;
-                    stack.extend(&step.inputs);
-                }
+                // A broken index row is a miss: the step is built again, unless the remote
+                // cache has it.
+                Ok(None) | Err(_) => match self.fetch_from_remote(plan, id) {
+                    Some(rec) => {
+                        state[id] = State::Done;
+                        out.outputs.insert(id, rec.output);
+                        out.cached.push(id);
+                        out.from_remote.push(id);
+                        self.reporter.event(&Event::StepCached {
+                            key: step.key.to_hex(),
+                            kind: step.kind().into(),
+                            label: step.label.clone(),
+                            source: CacheSource::Remote,
+                        });
+                    }
+                    None => {
+                        state[id] = State::Needed;
+                        stack.extend(&step.inputs);
+                    }
+                },
             }
         }
         let needed: Vec<StepId> = (0..plan.steps.len())
@@ -176,7 +306,7 @@ impl Executor<'_> {
                 return out;
             }
         };
-        let (tx, rx) = mpsc::channel::<(StepId, Result<StepOutput, StepError>, f64)>();
+        let (tx, rx) = mpsc::channel::<(StepId, Result<Ran, StepError>, f64)>();
         let mut running = 0usize;
         pool.in_place_scope(|scope| loop {
             while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
@@ -185,12 +315,6 @@ impl Executor<'_> {
                 let inputs: Vec<StepOutput> =
                     step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
                 let log = self.log_path(plan, id);
-                self.reporter.event(&Event::StepStarted {
-                    key: step.key.to_hex(),
-                    kind: step.kind().into(),
-                    label: step.label.clone(),
-                    log: log.clone(),
-                });
                 running += 1;
                 let tx = tx.clone();
                 scope.spawn(move |_| {
@@ -208,16 +332,33 @@ impl Executor<'_> {
             running -= 1;
             let step = &plan.steps[id];
             match result {
-                Ok(o) => {
+                Ok(ran) => {
                     state[id] = State::Done;
-                    out.outputs.insert(id, o);
-                    out.built.push(id);
-                    self.reporter.event(&Event::StepFinished {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        seconds,
-                    });
+                    match ran {
+                        Ran::Built(o) => {
+                            if let Some(tx) = upload {
+                                let _ = tx.send((id, o.clone()));
+                            }
+                            out.outputs.insert(id, o);
+                            out.built.push(id);
+                            self.reporter.event(&Event::StepFinished {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                                seconds,
+                            });
+                        }
+                        Ran::Reused(o) => {
+                            out.outputs.insert(id, o);
+                            out.cached.push(id);
+                            self.reporter.event(&Event::StepCached {
+                                key: step.key.to_hex(),
+                                kind: step.kind().into(),
+                                label: step.label.clone(),
+                                source: CacheSource::Local,
+                            });
+                        }
+                    }
                     for (&d, n) in waiting.iter_mut() {
                         if plan.steps[d].inputs.contains(&id) {
                             *n -= 1;
@@ -278,14 +419,59 @@ impl Executor<'_> {
         out
     }
 
+    /// Builds one step under its lock. When another process held the lock and recorded the
+    /// step meanwhile, its record is taken instead.
     fn run_one(
         &self,
         plan: &Plan,
         id: StepId,
         inputs: Vec<StepOutput>,
         log: PathBuf,
-    ) -> Result<StepOutput, StepError> {
+    ) -> Result<Ran, StepError> {
         let step = &plan.steps[id];
+        let event = |e: fn(String, String, String) -> Event| {
+            self.reporter.event(&e(
+                step.key.to_hex(),
+                step.kind().into(),
+                step.label.clone(),
+            ));
+        };
+        let claim = self.store.lock_step(
+            &step.key,
+            &mut || event(|key, kind, label| Event::StepWaiting { key, kind, label }),
+            &|| self.cancel.load(Ordering::SeqCst),
+        )?;
+        let Claim::Held { lock, waited } = claim else {
+            return Err(StepError::Invalid("interrupted".into()));
+        };
+        if waited {
+            if let Ok(Some(rec)) = self.store.lookup(&step.key) {
+                return Ok(Ran::Reused(rec.output));
+            }
+        }
+        self.reporter.event(&Event::StepStarted {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            log: log.clone(),
+        });
+        let input_keys = step
+            .inputs
+            .iter()
+            .map(|&i| plan.steps[i].key.to_hex())
+            .collect();
+        let result = self.build_one(step, inputs, input_keys, log)?;
+        drop(lock);
+        Ok(Ran::Built(result))
+    }
+
+    fn build_one(
+        &self,
+        step: &crate::plan::Step,
+        inputs: Vec<StepOutput>,
+        input_keys: Vec<String>,
+        log: PathBuf,
+    ) -> Result<StepOutput, StepError> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(StepError::io(dir))?;
         }
@@ -297,6 +483,7 @@ impl Executor<'_> {
             runner: self.runner,
             log,
             inputs,
+            input_keys,
             epoch: step.epoch,
             work: work.path().to_path_buf(),
         };
@@ -311,6 +498,13 @@ impl Executor<'_> {
         drop(work);
         Ok(result)
     }
+}
+
+/// What running a step came to.
+enum Ran {
+    Built(StepOutput),
+    /// Another process built it while this one waited for the step's lock.
+    Reused(StepOutput),
 }
 
 /// An error and its sources, one per line.

@@ -87,7 +87,7 @@ pub fn plan(spec: &Spec, facts: &dyn Facts) -> Result<Plan, PlanError> {
         by_key: HashMap::new(),
     };
     for image in &spec.images {
-        b.image(image, facts)?;
+        b.image(image, spec, facts)?;
     }
     Ok(b.plan)
 }
@@ -107,7 +107,7 @@ struct Add<'a> {
 }
 
 impl Builder {
-    fn image(&mut self, image: &Image, facts: &dyn Facts) -> Result<(), PlanError> {
+    fn image(&mut self, image: &Image, spec: &Spec, facts: &dyn Facts) -> Result<(), PlanError> {
         if let Some(what) = unsupported(image) {
             return Err(PlanError::Unsupported {
                 image: image.name.clone(),
@@ -271,6 +271,69 @@ impl Builder {
             steps.push(id);
             outputs.push(id);
         }
+        let mut seen = std::collections::HashSet::new();
+        steps.retain(|id| seen.insert(*id));
+        // The SBOM and the build manifest, written beside the outputs.
+        let sbom = self.add(
+            Add {
+                image,
+                name: "sbom".into(),
+                label: "sbom".into(),
+                action: Action::Sbom(steps::meta::SbomStep {
+                    image: image.name.clone(),
+                    file_name: format!("{}.spdx.json", image.name),
+                    deb_sha256: Default::default(),
+                }),
+                inputs: std::iter::once(tree)
+                    .chain(outputs.iter().copied())
+                    .collect(),
+            },
+            facts,
+        )?;
+        steps.push(sbom);
+        let names = |b: &Self, id: StepId| {
+            let s = &b.plan.steps[id];
+            let name = s
+                .uses
+                .iter()
+                .find(|(img, _)| img == &image.name)
+                .map_or_else(|| s.kind().to_string(), |(_, n)| n.clone());
+            (name, s.kind().to_string(), s.label.clone())
+        };
+        let mut tools = std::collections::BTreeMap::new();
+        for &id in &steps {
+            for p in self.plan.steps[id]
+                .parts
+                .iter()
+                .filter(|p| p.class == "tool")
+            {
+                tools.insert(p.name.clone(), p.value.clone());
+            }
+        }
+        let manifest = self.add(
+            Add {
+                image,
+                name: "manifest".into(),
+                label: "manifest".into(),
+                action: Action::Manifest(steps::meta::ManifestStep {
+                    image: image.name.clone(),
+                    file_name: format!("{}.manifest.json", image.name),
+                    spec: spec
+                        .sources
+                        .iter()
+                        .map(|s| (s.name.clone(), s.blake3.clone()))
+                        .collect(),
+                    lock: None,
+                    steps: steps.iter().map(|&id| names(self, id)).collect(),
+                    tools,
+                }),
+                inputs: steps.clone(),
+            },
+            facts,
+        )?;
+        steps.push(manifest);
+        outputs.push(sbom);
+        outputs.push(manifest);
         self.plan.images.push(ImagePlan {
             name: image.name.clone(),
             steps,

@@ -83,6 +83,7 @@ fn keys(plan: &Plan) -> Vec<(String, String)> {
 fn golden_keys_of_a_fixed_spec() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let got = keys(&plan);
@@ -103,7 +104,29 @@ const GOLDEN: &[(&str, &str)] = &[
     ("disk gpt 2GiB", "8db4beba454b"),
     ("output raw", "a98b6b71de4d"),
     ("output qcow2", "9b4c6b3cb3d8"),
+    ("sbom", "b9fb00104f57"),
+    ("manifest", "19895fffc25d"),
 ];
+
+#[test]
+fn a_changed_spec_file_changes_only_the_manifest() {
+    let with = |digest: &str| Spec {
+        images: vec![image("golden")],
+        sources: vec![crate::spec::model::SpecSource {
+            name: "golden.kdl".into(),
+            blake3: digest.into(),
+        }],
+    };
+    let a = keys(&plan(&with("aa"), &FixedFacts).unwrap());
+    let b = keys(&plan(&with("bb"), &FixedFacts).unwrap());
+    let changed: Vec<&str> = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(changed, ["manifest"]);
+}
 
 #[test]
 fn variants_share_layers_and_differ_after() {
@@ -113,6 +136,7 @@ fn variants_share_layers_and_differ_after() {
     }));
     let spec = Spec {
         images: vec![image("golden"), other],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let a = &plan.images[0].steps;
@@ -127,6 +151,7 @@ fn variants_share_layers_and_differ_after() {
 fn bootloader_packages_join_the_first_package_set() {
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let Action::Packages(p) = &plan.steps[1].action else {
@@ -163,6 +188,7 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
     }
     let spec = Spec {
         images: vec![image("golden")],
+        sources: vec![],
     };
     let a = keys(&plan(&spec, &FixedFacts).unwrap());
     let b = keys(&plan(&spec, &NewMke2fs).unwrap());
@@ -178,7 +204,9 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
             "filesystem root ext4",
             "disk gpt 2GiB",
             "output raw",
-            "output qcow2"
+            "output qcow2",
+            "sbom",
+            "manifest"
         ]
     );
 }
@@ -187,8 +215,19 @@ fn a_changed_tool_version_changes_only_the_steps_that_run_it() {
 fn compressed_qcow2_has_its_own_key_and_leaves_the_others_alone() {
     let mut img = image("golden");
     img.outputs = vec![OutputFormat::Qcow2 { compressed: true }];
-    let plan = plan(&Spec { images: vec![img] }, &FixedFacts).unwrap();
-    let out = plan.steps.last().unwrap();
+    let plan = plan(
+        &Spec {
+            images: vec![img],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let out = plan
+        .steps
+        .iter()
+        .find(|s| s.label == "output qcow2")
+        .unwrap();
     assert_eq!(out.label, "output qcow2");
     assert_ne!(out.key.short(), "9b4c6b3cb3d8");
     assert!(out.parts.iter().any(|p| p.name == "compress"));

@@ -89,7 +89,21 @@ pub fn load(paths: &[PathBuf]) -> Result<model::Spec, SpecErrors> {
     if problems.len() > 0 {
         return Err(SpecErrors::new(problems.into_sorted()));
     }
-    Ok(model::Spec { images })
+    let sources = files
+        .iter()
+        .map(|f| model::SpecSource {
+            name: f
+                .info
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            blake3: blake3::hash(f.info.src.inner().as_bytes())
+                .to_hex()
+                .to_string(),
+        })
+        .collect();
+    Ok(model::Spec { images, sources })
 }
 
 /// Parses a size: a whole number of bytes, optionally with a unit: `B`, `KiB`, `MiB`, `GiB`,

@@ -11,6 +11,17 @@ use std::path::PathBuf;
 pub struct Spec {
     /// Buildable images (not templates), in the order they were declared.
     pub images: Vec<Image>,
+    /// Every spec file read (given or imported), in the order first read: for the build
+    /// manifest.
+    pub sources: Vec<SpecSource>,
+}
+
+/// A spec file as the build manifest names it: its file name (never the folder it sits in,
+/// which differs between machines) and the BLAKE3 of its text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecSource {
+    pub name: String,
+    pub blake3: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1090,6 +1090,7 @@ mod tests {
                     disk: None,
                     outputs: vec![OutputFormat::Tar],
                 }],
+                sources: vec![],
             };
             plan(&spec, &NoFacts)
                 .unwrap()

@@ -10,6 +10,7 @@ pub mod element;
 pub mod files;
 pub mod filesystem;
 pub mod fstab;
+pub mod meta;
 pub mod output;
 pub mod packages;
 pub mod run;
@@ -40,6 +41,8 @@ pub enum Action {
     Filesystem(filesystem::FilesystemStep),
     Disk(disk::DiskStep),
     Output(output::OutputStep),
+    Sbom(meta::SbomStep),
+    Manifest(meta::ManifestStep),
 }
 
 impl Action {
@@ -58,6 +61,8 @@ impl Action {
             Action::Filesystem(_) => "filesystem",
             Action::Disk(_) => "disk",
             Action::Output(_) => "output",
+            Action::Sbom(_) => "sbom",
+            Action::Manifest(_) => "manifest",
         }
     }
 
@@ -76,13 +81,20 @@ impl Action {
             Action::Filesystem(_) => filesystem::VERSION,
             Action::Disk(_) => disk::VERSION,
             Action::Output(_) => output::VERSION,
+            Action::Sbom(_) => meta::SBOM_VERSION,
+            Action::Manifest(_) => meta::MANIFEST_VERSION,
         }
     }
 
     /// Host tools the step runs.
     pub fn tools(&self) -> Vec<Tool> {
         match self {
-            Action::BaseTar(_) | Action::Files(_) | Action::Disk(_) | Action::Fstab(_) => vec![],
+            Action::BaseTar(_)
+            | Action::Files(_)
+            | Action::Disk(_)
+            | Action::Fstab(_)
+            | Action::Sbom(_)
+            | Action::Manifest(_) => vec![],
             Action::BaseDebian(_) => vec![crate::tools::MMDEBSTRAP],
             Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
                 run::TOOLS.to_vec()
@@ -124,6 +136,8 @@ impl Action {
             Action::Filesystem(s) => s.hash(k, facts),
             Action::Disk(s) => s.hash(k),
             Action::Output(s) => s.hash(k, facts),
+            Action::Sbom(s) => s.hash(k),
+            Action::Manifest(s) => s.hash(k),
         }
     }
 
@@ -141,6 +155,8 @@ impl Action {
             Action::Filesystem(s) => s.run(ctx),
             Action::Disk(s) => s.run(ctx),
             Action::Output(s) => s.run(ctx),
+            Action::Sbom(s) => s.run(ctx),
+            Action::Manifest(s) => s.run(ctx),
         }
     }
 }
@@ -173,6 +189,8 @@ pub struct StepContext<'a> {
     pub log: PathBuf,
     /// The outputs of the step's inputs, in the order the plan listed them.
     pub inputs: Vec<StepOutput>,
+    /// The keys (hex) of the step's inputs, in the same order.
+    pub input_keys: Vec<String>,
     /// SOURCE_DATE_EPOCH of the image.
     pub epoch: i64,
     /// Scratch space inside the store (same filesystem), removed after the step.

@@ -71,8 +71,8 @@ image "el" {
 }
 "#;
 
-/// base, the implied package set, 8 elements, 2 users, the output.
-const STEPS: usize = 13;
+/// base, the implied package set, 8 elements, 2 users, the output, the SBOM and the manifest.
+const STEPS: usize = 15;
 
 /// A workspace whose `rootfs.tar` can run `useradd`, a stand-in apt and locale-gen.
 fn workspace() -> Workspace {
@@ -316,7 +316,7 @@ fn elements_and_users_write_their_files_and_rebuild_from_cache() {
     let r = w.run(&["build", "el.kdl"]).ok();
     assert!(
         r.stderr
-            .contains(&format!("2 steps built, {} cached", STEPS - 2)),
+            .contains(&format!("4 steps built, {} cached", STEPS - 4)),
         "{}",
         r.stderr
     );
@@ -687,7 +687,7 @@ fn debian_elements_and_user_work_in_a_booted_image() {
     // Again: all from the cache.
     let r = w.run(&["build", "el.kdl"]).ok();
     assert!(
-        r.stderr.contains("0 steps built, 19 cached, 0 failed"),
+        r.stderr.contains("0 steps built, 21 cached, 0 failed"),
         "{}",
         r.stderr
     );

@@ -34,7 +34,7 @@ fn builds_a_tar_image_and_the_second_build_is_all_cached() {
     let w = mini();
     let r = w.run(&["build", "mini.kdl"]).ok();
     assert!(
-        r.stderr.contains("4 steps built, 0 cached, 0 failed"),
+        r.stderr.contains("6 steps built, 0 cached, 0 failed"),
         "{}",
         r.stderr
     );
@@ -50,14 +50,18 @@ fn builds_a_tar_image_and_the_second_build_is_all_cached() {
     // Merged /usr: the overlay's usr/share lands in the real usr, not beside the link.
     assert!(listing.contains("usr/share/doc/mini/README"), "{listing}");
     let sums = std::fs::read_to_string(w.path("out/mini/SHA256SUMS")).unwrap();
-    assert_eq!(
-        sums,
-        format!("{}  mini.tar\n", sha256(&w.path("out/mini/mini.tar")))
+    assert!(
+        sums.contains(&format!(
+            "{}  mini.tar\n",
+            sha256(&w.path("out/mini/mini.tar"))
+        )),
+        "{sums}"
     );
+    assert_eq!(sums.lines().count(), 3, "{sums}");
 
     let r = w.run(&["build", "mini.kdl"]).ok();
     assert!(
-        r.stderr.contains("0 steps built, 4 cached, 0 failed"),
+        r.stderr.contains("0 steps built, 6 cached, 0 failed"),
         "{}",
         r.stderr
     );
@@ -71,10 +75,127 @@ fn two_empty_caches_give_identical_bytes() {
         .ok();
     w.run_with_cache("cache-b", &["build", "mini.kdl", "--out-dir", "out-b"])
         .ok();
+    // Every output file, the SBOM and the manifest included, and SHA256SUMS listing them.
+    let sums = std::fs::read_to_string(w.path("out-a/mini/SHA256SUMS")).unwrap();
+    for f in ["mini.tar", "mini.spdx.json", "mini.manifest.json"] {
+        assert!(sums.contains(&format!("  {f}\n")), "{sums}");
+        assert_eq!(
+            sha256(&w.path(&format!("out-a/mini/{f}"))),
+            sha256(&w.path(&format!("out-b/mini/{f}"))),
+            "{f}"
+        );
+    }
     assert_eq!(
-        sha256(&w.path("out-a/mini/mini.tar")),
-        sha256(&w.path("out-b/mini/mini.tar"))
+        std::fs::read(w.path("out-a/mini/SHA256SUMS")).unwrap(),
+        std::fs::read(w.path("out-b/mini/SHA256SUMS")).unwrap()
     );
+}
+
+#[test]
+fn sbom_and_manifest_describe_the_build() {
+    let w = mini();
+    w.run(&["build", "mini.kdl"]).ok();
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(w.path(&format!("out/mini/{f}"))).unwrap()).unwrap()
+    };
+    let sbom = read("mini.spdx.json");
+    assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    assert_eq!(sbom["packages"][0]["name"], "mini.tar");
+    assert_eq!(
+        sbom["packages"][0]["checksums"][0]["checksumValue"],
+        sha256(&w.path("out/mini/mini.tar"))
+    );
+    let m = read("mini.manifest.json");
+    assert_eq!(m["image"], "mini");
+    assert_eq!(m["spec"][0]["file"], "mini.kdl");
+    let steps = m["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["base", "files#1", "run#1", "output:tar", "sbom"]);
+    assert!(steps.iter().all(|s| s["key"].as_str().unwrap().len() == 64));
+    assert_eq!(
+        m["outputs"]["mini.tar"]["sha256"],
+        sha256(&w.path("out/mini/mini.tar"))
+    );
+    // No build path in either document.
+    let text = std::fs::read_to_string(w.path("out/mini/mini.manifest.json")).unwrap()
+        + &std::fs::read_to_string(w.path("out/mini/mini.spdx.json")).unwrap();
+    let dir = w.dir.path().to_string_lossy().into_owned();
+    assert!(!text.contains(&dir), "the build folder leaked: {text}");
+}
+
+#[test]
+fn verify_passes_for_a_deterministic_spec_and_against_its_sums() {
+    let w = mini();
+    let r = w.run(&["verify", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("all 6 steps identical"), "{}", r.stderr);
+    // The scratch store is gone afterwards.
+    let left: Vec<_> = std::fs::read_dir(w.path("cache"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("verify-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    w.run(&["build", "mini.kdl"]).ok();
+    let r = w
+        .run(&["verify", "mini.kdl", "--against", "out/mini/SHA256SUMS"])
+        .ok();
+    assert!(r.stderr.contains("all 3 files identical"), "{}", r.stderr);
+    // A published build with other bytes.
+    let sums = std::fs::read_to_string(w.path("out/mini/SHA256SUMS")).unwrap();
+    let tar_sum = sha256(&w.path("out/mini/mini.tar"));
+    w.write(
+        "published/SHA256SUMS",
+        &sums.replace(&tar_sum, &"0".repeat(64)),
+    );
+    let r = w.run(&["verify", "mini.kdl", "--against", "published/SHA256SUMS"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("DIFFERENT"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 of 3 files differ"), "{}", r.stderr);
+}
+
+#[test]
+fn verify_names_the_step_and_file_that_are_not_reproducible() {
+    let w = mini();
+    w.write(
+        "clock.kdl",
+        r#"
+image "clock" {
+    base "tar" path="rootfs.tar"
+    run "date +%s%N > /etc/built-at"
+    output "tar"
+}
+"#,
+    );
+    let r = w.run(&["verify", "clock.kdl"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let first = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("first difference"))
+        .unwrap_or_else(|| panic!("{}", r.stderr));
+    assert!(
+        first.contains("run `date +%s%N > /etc/built-at`"),
+        "{first}"
+    );
+    assert!(r.stderr.contains("~ /etc/built-at"), "{}", r.stderr);
+    // The text diff of the file.
+    assert!(r.stderr.contains("--- cached/etc/built-at"), "{}", r.stderr);
+    assert!(
+        r.stderr.lines().any(|l| l.trim_start().starts_with("+1")),
+        "{}",
+        r.stderr
+    );
+    // The base is reproducible; the run step and what follows are not.
+    let row = |label: &str| {
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("clock") && l.contains(label))
+            .unwrap_or_else(|| panic!("{label}: {}", r.stderr))
+            .to_string()
+    };
+    assert!(row("base").ends_with("identical"), "{}", r.stderr);
+    assert!(row("run").ends_with("DIFFERENT"), "{}", r.stderr);
 }
 
 #[test]
@@ -98,12 +219,12 @@ fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
     let json: serde_json::Value =
         serde_json::from_str(&w.run(&["--json", "plan", "mini.kdl"]).ok().stdout).unwrap();
     let steps = json["images"][0]["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 4);
+    assert_eq!(steps.len(), 6);
     assert_eq!(steps[0]["cached"], true);
     assert_eq!(steps[1]["cached"], false);
 
     let r = w.run(&["build", "mini.kdl"]).ok();
-    assert!(r.stderr.contains("3 steps built, 1 cached"), "{}", r.stderr);
+    assert!(r.stderr.contains("5 steps built, 1 cached"), "{}", r.stderr);
 }
 
 #[test]
@@ -146,7 +267,7 @@ fn a_deleted_output_is_restored_without_rebuilding() {
     let before = sha256(&w.path("out/mini/mini.tar"));
     std::fs::remove_file(w.path("out/mini/mini.tar")).unwrap();
     let r = w.run(&["build", "mini.kdl"]).ok();
-    assert!(r.stderr.contains("0 steps built, 4 cached"), "{}", r.stderr);
+    assert!(r.stderr.contains("0 steps built, 6 cached"), "{}", r.stderr);
     assert_eq!(sha256(&w.path("out/mini/mini.tar")), before);
 }
 
@@ -213,8 +334,12 @@ image "two" extends="common" {
 "#,
     );
     let r = w.run(&["build", "variants.kdl"]).ok();
-    // base + files once, then a run and an output for each image.
-    assert!(r.stderr.contains("6 steps built, 0 cached"), "{}", r.stderr);
+    // base + files once, then a run, an output, an SBOM and a manifest for each image.
+    assert!(
+        r.stderr.contains("10 steps built, 0 cached"),
+        "{}",
+        r.stderr
+    );
     assert!(w.path("out/one/one.tar").exists() && w.path("out/two/two.tar").exists());
 }
 
@@ -237,7 +362,7 @@ fn cache_commands() {
     let w = mini();
     w.run(&["build", "mini.kdl"]).ok();
     let du = w.run(&["cache", "du"]).ok().stdout;
-    assert!(du.contains("4 step results"), "{du}");
+    assert!(du.contains("6 step results"), "{du}");
     let v = w.run(&["cache", "verify"]).ok().stdout;
     assert!(v.contains("0 corrupt"), "{v}");
     // Keep only what another spec needs: everything of mini goes.
@@ -246,9 +371,9 @@ fn cache_commands() {
         "image \"o\" {\n    base \"tar\" path=\"rootfs.tar\"\n    output \"tar\"\n}\n",
     );
     let gc = w.run(&["cache", "gc", "other.kdl"]).ok().stdout;
-    assert!(gc.contains("removed 3 step results"), "{gc}");
+    assert!(gc.contains("removed 5 step results"), "{gc}");
     let r = w.run(&["build", "mini.kdl"]).ok();
-    assert!(r.stderr.contains("3 steps built, 1 cached"), "{}", r.stderr);
+    assert!(r.stderr.contains("5 steps built, 1 cached"), "{}", r.stderr);
 }
 
 #[test]
@@ -327,4 +452,61 @@ fn a_full_disk_fails_the_step_and_leaves_the_store_as_it_was() {
     assert!(ls.contains("base-tar") && !ls.contains("files"), "{ls}");
     let tmp: Vec<_> = std::fs::read_dir(cache.join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "{tmp:?}");
+}
+
+#[test]
+fn two_builds_on_one_cache_build_a_shared_step_once() {
+    let w = Workspace::new();
+    w.rootfs_tar_with("rootfs.tar", &["sleep"], &[]);
+    w.write(
+        "slow.kdl",
+        r#"
+image "slow" {
+    base "tar" path="rootfs.tar"
+    run "sleep 3 && echo slow > /etc/slow"
+    output "tar"
+}
+"#,
+    );
+    let spawn = |out: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_imgspec"))
+            .args(["build", "slow.kdl", "--out-dir", out])
+            .current_dir(w.dir.path())
+            .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("out-a");
+    let b = spawn("out-b");
+    let runs: Vec<crate::common::Run> = [a, b]
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap().into())
+        .collect();
+    let mut built_run = 0;
+    for r in &runs {
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        built_run += r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("built ") && l.contains("run"))
+            .count();
+    }
+    let all = format!("{}\n---\n{}", runs[0].stderr, runs[1].stderr);
+    assert_eq!(
+        built_run, 1,
+        "the run step was built {built_run} times:\n{all}"
+    );
+    assert!(all.contains("waiting"), "{all}");
+    assert_eq!(
+        sha256(&w.path("out-a/slow/slow.tar")),
+        sha256(&w.path("out-b/slow/slow.tar"))
+    );
+    // Nothing is left locked, and the index is consistent: a third build is all cached.
+    let locks: Vec<_> = std::fs::read_dir(w.path("cache/locks")).unwrap().collect();
+    assert!(locks.is_empty(), "{locks:?}");
+    let r = w.run(&["build", "slow.kdl", "--out-dir", "out-c"]).ok();
+    assert!(r.stderr.contains("0 steps built"), "{}", r.stderr);
 }

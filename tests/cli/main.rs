@@ -4,3 +4,5 @@ mod common;
 mod debian;
 mod elements;
 mod engine;
+mod remote;
+mod repro;

@@ -1,0 +1,477 @@
+//! The two documents every build writes beside its outputs, each a cheap step of its own, so
+//! they are cached, keyed and reproducible like everything else.
+//!
+//! - `sbom`: `IMAGE.spdx.json`, an SPDX 2.3 document. Inputs: the final root filesystem tree,
+//!   then the image's output steps. Every installed Debian package of the tree (from
+//!   `var/lib/dpkg/status`) is an SPDX package with its version, architecture, a purl and,
+//!   when a lock file pins it, the SHA-256 of its `.deb`; every output file is a package of
+//!   purpose `FILE` with its SHA-256, described by the document and containing the packages.
+//!   The creation time is the image epoch, the namespace a URN derived from the content.
+//!   Key: input keys, image name, the lock's `.deb` checksums.
+//! - `manifest`: `IMAGE.manifest.json`. Inputs: every other step of the image. Names each
+//!   spec file by file name with its BLAKE3, every step with its name, kind, key and output
+//!   digest (BLAKE3 of the step output's canonical JSON), the tool versions the keys hold, and
+//!   every output file with its size and SHA-256.
+//!   Key: input keys, image name, spec file digests, step names, tool versions.
+
+use std::collections::BTreeMap;
+
+use imgspec_cache::StepOutput;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{FactError, StepContext, StepError};
+use crate::plan::key::KeyBuilder;
+
+pub const SBOM_VERSION: u32 = 1;
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// The BLAKE3 of a step output's canonical encoding: what `verify` and the manifest compare.
+pub fn output_digest(o: &StepOutput) -> String {
+    let json = serde_json::to_vec(o).expect("a step output always encodes");
+    blake3::hash(&json).to_hex().to_string()
+}
+
+#[derive(Clone, Debug)]
+pub struct SbomStep {
+    pub image: String,
+    pub file_name: String,
+    /// SHA-256 of `.deb`s a lock pins, by `name:arch:version`.
+    pub deb_sha256: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ManifestStep {
+    pub image: String,
+    pub file_name: String,
+    /// (file name, BLAKE3) of each spec file.
+    pub spec: Vec<(String, String)>,
+    /// The lock file's name and BLAKE3, when the image has one.
+    pub lock: Option<(String, String)>,
+    /// (stable name, kind, label) of each input, in input order.
+    pub steps: Vec<(String, String, String)>,
+    pub tools: BTreeMap<String, String>,
+}
+
+/// An installed Debian package.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Installed {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub source: Option<String>,
+}
+
+/// The installed packages in a `dpkg/status` file, sorted by name and architecture.
+pub fn installed_packages(status: &str) -> Vec<Installed> {
+    let mut out = Vec::new();
+    for stanza in status.split("\n\n") {
+        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        for line in stanza.lines() {
+            if line.starts_with([' ', '\t']) {
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                fields.insert(k, v.trim());
+            }
+        }
+        let installed = fields
+            .get("Status")
+            .is_some_and(|s| s.ends_with(" installed"));
+        let (Some(name), Some(version), true) =
+            (fields.get("Package"), fields.get("Version"), installed)
+        else {
+            continue;
+        };
+        out.push(Installed {
+            name: name.to_string(),
+            version: version.to_string(),
+            arch: fields.get("Architecture").unwrap_or(&"all").to_string(),
+            source: fields
+                .get("Source")
+                .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
+        });
+    }
+    out.sort();
+    out
+}
+
+/// `ID` and `VERSION_ID` from an os-release file.
+fn os_release(text: &str) -> (Option<String>, Option<String>) {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(|v| v.trim().trim_matches('"').to_string())
+    };
+    (get("ID"), get("VERSION_ID"))
+}
+
+/// Percent-encodes what a purl component may not hold as is.
+fn purl_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' | b'+' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// An SPDX identifier: letters, digits, `.` and `-` only.
+fn spdx_id(prefix: &str, s: &str) -> String {
+    let clean: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("SPDXRef-{prefix}-{clean}")
+}
+
+/// `1970-01-01T00:00:00Z` for seconds since the epoch (UTC, proleptic Gregorian calendar).
+pub fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Output files of `outputs`: name → (size, SHA-256).
+fn output_files(outputs: &[StepOutput]) -> BTreeMap<String, (u64, String)> {
+    let mut files = BTreeMap::new();
+    for o in outputs {
+        for (name, r) in &o.files {
+            let sha = o
+                .meta
+                .get(&format!("sha256:{name}"))
+                .cloned()
+                .unwrap_or_default();
+            files.insert(name.clone(), (r.size, sha));
+        }
+    }
+    files
+}
+
+/// A document as a step output: the file, and its SHA-256 for `SHA256SUMS`.
+fn document_output(
+    ctx: &StepContext,
+    name: &str,
+    doc: &serde_json::Value,
+) -> Result<StepOutput, StepError> {
+    let mut bytes = serde_json::to_vec_pretty(doc).expect("JSON values always encode");
+    bytes.push(b'\n');
+    let mut out = StepOutput::default();
+    out.files
+        .insert(name.to_string(), ctx.store.put_bytes(&bytes)?);
+    out.meta.insert(
+        format!("sha256:{name}"),
+        format!("{:x}", Sha256::digest(&bytes)),
+    );
+    Ok(out)
+}
+
+impl SbomStep {
+    pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
+        k.param("image", &self.image).param("file", &self.file_name);
+        for (pkg, sha) in &self.deb_sha256 {
+            k.param(&format!("deb {pkg}"), sha);
+        }
+        Ok(())
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        let (_, tree) = ctx.input_tree(0)?;
+        let read = |path: &str| -> Result<Option<String>, StepError> {
+            match tree.get(path).map(|e| &e.kind) {
+                Some(imgspec_cache::EntryKind::File { digest, .. }) => Ok(Some(
+                    String::from_utf8_lossy(&ctx.store.read_blob(digest)?).into_owned(),
+                )),
+                _ => Ok(None),
+            }
+        };
+        let packages = installed_packages(&read("var/lib/dpkg/status")?.unwrap_or_default());
+        let os = match read("etc/os-release")? {
+            Some(t) => Some(t),
+            None => read("usr/lib/os-release")?,
+        };
+        let (distro, distro_version) = os.as_deref().map(os_release).unwrap_or((None, None));
+        let files = output_files(&ctx.inputs[1..]);
+        document_output(
+            ctx,
+            &self.file_name,
+            &self.document(&packages, distro, distro_version, &files, ctx.epoch),
+        )
+    }
+
+    fn document(
+        &self,
+        packages: &[Installed],
+        distro: Option<String>,
+        distro_version: Option<String>,
+        files: &BTreeMap<String, (u64, String)>,
+        epoch: i64,
+    ) -> serde_json::Value {
+        let namespace = {
+            let mut h = blake3::Hasher::new();
+            for (name, (size, sha)) in files {
+                h.update(format!("{name} {size} {sha}\n").as_bytes());
+            }
+            for p in packages {
+                h.update(format!("{} {} {}\n", p.name, p.version, p.arch).as_bytes());
+            }
+            format!("urn:imgspec:{}:{}", self.image, h.finalize().to_hex())
+        };
+        let namespace_distro = distro.clone().unwrap_or_else(|| "debian".into());
+        let mut spdx_packages = Vec::new();
+        let mut relationships = Vec::new();
+        for (name, (_, sha)) in files {
+            let id = spdx_id("File", name);
+            spdx_packages.push(json!({
+                "SPDXID": id,
+                "name": name,
+                "packageFileName": name,
+                "downloadLocation": "NOASSERTION",
+                "filesAnalyzed": false,
+                "primaryPackagePurpose": "FILE",
+                "checksums": [{"algorithm": "SHA256", "checksumValue": sha}],
+                "copyrightText": "NOASSERTION",
+                "licenseConcluded": "NOASSERTION",
+                "licenseDeclared": "NOASSERTION",
+            }));
+            relationships.push(json!({
+                "spdxElementId": "SPDXRef-DOCUMENT",
+                "relationshipType": "DESCRIBES",
+                "relatedSpdxElement": id,
+            }));
+        }
+        for p in packages {
+            let id = spdx_id("Package", &format!("{}-{}", p.name, p.arch));
+            let mut purl = format!(
+                "pkg:deb/{}/{}@{}?arch={}",
+                purl_escape(&namespace_distro),
+                purl_escape(&p.name),
+                purl_escape(&p.version),
+                purl_escape(&p.arch)
+            );
+            if let (Some(d), Some(v)) = (&distro, &distro_version) {
+                purl.push_str(&format!("&distro={}-{}", purl_escape(d), purl_escape(v)));
+            }
+            let mut pkg = json!({
+                "SPDXID": id,
+                "name": p.name,
+                "versionInfo": p.version,
+                "downloadLocation": "NOASSERTION",
+                "filesAnalyzed": false,
+                "primaryPackagePurpose": "LIBRARY",
+                "copyrightText": "NOASSERTION",
+                "licenseConcluded": "NOASSERTION",
+                "licenseDeclared": "NOASSERTION",
+                "externalRefs": [{
+                    "referenceCategory": "PACKAGE-MANAGER",
+                    "referenceType": "purl",
+                    "referenceLocator": purl,
+                }],
+            });
+            if let Some(src) = &p.source {
+                pkg["sourceInfo"] = json!(format!("built from the source package {src}"));
+            }
+            let lock_key = format!("{}:{}:{}", p.name, p.arch, p.version);
+            match self.deb_sha256.get(&lock_key) {
+                Some(sha) => {
+                    pkg["checksums"] = json!([{"algorithm": "SHA256", "checksumValue": sha}]);
+                }
+                None => {
+                    pkg["comment"] =
+                        json!("no lock file pins this package: the .deb's checksum is unknown");
+                }
+            }
+            spdx_packages.push(pkg);
+            for file in files.keys() {
+                relationships.push(json!({
+                    "spdxElementId": spdx_id("File", file),
+                    "relationshipType": "CONTAINS",
+                    "relatedSpdxElement": id,
+                }));
+            }
+        }
+        json!({
+            "spdxVersion": "SPDX-2.3",
+            "dataLicense": "CC0-1.0",
+            "SPDXID": "SPDXRef-DOCUMENT",
+            "name": self.image,
+            "documentNamespace": namespace,
+            "creationInfo": {
+                "created": rfc3339(epoch),
+                "creators": [format!("Tool: imgspec-{}", env!("CARGO_PKG_VERSION"))],
+            },
+            "packages": spdx_packages,
+            "relationships": relationships,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct ManifestDoc<'a> {
+    image: &'a str,
+    imgspec: &'static str,
+    epoch: i64,
+    spec: Vec<BTreeMap<&'static str, &'a str>>,
+    lock: Option<BTreeMap<&'static str, &'a str>>,
+    steps: Vec<serde_json::Value>,
+    tools: &'a BTreeMap<String, String>,
+    outputs: BTreeMap<String, serde_json::Value>,
+}
+
+impl ManifestStep {
+    pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
+        k.param("image", &self.image).param("file", &self.file_name);
+        for (name, digest) in &self.spec {
+            k.param(&format!("spec {name}"), digest);
+        }
+        if let Some((name, digest)) = &self.lock {
+            k.param(&format!("lock {name}"), digest);
+        }
+        for (name, kind, label) in &self.steps {
+            k.param(&format!("step {name}"), &format!("{kind} {label}"));
+        }
+        for (tool, version) in &self.tools {
+            k.tool(tool, version);
+        }
+        Ok(())
+    }
+
+    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
+        if ctx.inputs.len() != self.steps.len() {
+            return Err(StepError::Internal(
+                "manifest: inputs and step names differ",
+            ));
+        }
+        let steps = self
+            .steps
+            .iter()
+            .zip(&ctx.inputs)
+            .zip(&ctx.input_keys)
+            .map(|(((name, kind, label), o), key)| {
+                json!({
+                    "name": name,
+                    "kind": kind,
+                    "label": label,
+                    "key": key,
+                    "output": output_digest(o),
+                })
+            })
+            .collect();
+        let outputs = output_files(&ctx.inputs)
+            .into_iter()
+            .map(|(name, (size, sha))| (name, json!({"size": size, "sha256": sha})))
+            .collect();
+        fn entry((name, digest): &(String, String)) -> BTreeMap<&'static str, &str> {
+            BTreeMap::from([("file", name.as_str()), ("blake3", digest.as_str())])
+        }
+        let doc = ManifestDoc {
+            image: &self.image,
+            imgspec: env!("CARGO_PKG_VERSION"),
+            epoch: ctx.epoch,
+            spec: self.spec.iter().map(entry).collect(),
+            lock: self.lock.as_ref().map(entry),
+            steps,
+            tools: &self.tools,
+            outputs,
+        };
+        let value = serde_json::to_value(&doc).expect("the manifest always encodes");
+        document_output(ctx, &self.file_name, &value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn reads_installed_packages_only() {
+        let status = "Package: b\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:2.0-1\nSource: bsrc (2.0-1)\nDescription: x\n continued: line\n\nPackage: a\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: c\nStatus: install ok installed\nArchitecture: all\nVersion: 3\n";
+        let p = installed_packages(status);
+        assert_eq!(
+            p,
+            vec![
+                Installed {
+                    name: "b".into(),
+                    version: "1:2.0-1".into(),
+                    arch: "amd64".into(),
+                    source: Some("bsrc".into()),
+                },
+                Installed {
+                    name: "c".into(),
+                    version: "3".into(),
+                    arch: "all".into(),
+                    source: None,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn purls_escape_epochs() {
+        assert_eq!(purl_escape("1:2.0+b1~x"), "1%3A2.0+b1~x");
+    }
+
+    #[test]
+    fn sbom_is_spdx_and_pins_lock_checksums() {
+        let step = SbomStep {
+            image: "img".into(),
+            file_name: "img.spdx.json".into(),
+            deb_sha256: BTreeMap::from([("b:amd64:1".to_string(), "ab".repeat(32))]),
+        };
+        let pkgs = vec![Installed {
+            name: "b".into(),
+            version: "1".into(),
+            arch: "amd64".into(),
+            source: None,
+        }];
+        let files = BTreeMap::from([("img.raw".to_string(), (10, "cd".repeat(32)))]);
+        let doc = step.document(&pkgs, Some("debian".into()), Some("12".into()), &files, 0);
+        assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+        assert_eq!(doc["creationInfo"]["created"], "1970-01-01T00:00:00Z");
+        let b = &doc["packages"][1];
+        assert_eq!(b["checksums"][0]["checksumValue"], "ab".repeat(32));
+        assert_eq!(
+            b["externalRefs"][0]["referenceLocator"],
+            "pkg:deb/debian/b@1?arch=amd64&distro=debian-12"
+        );
+        assert_eq!(doc["relationships"][0]["relationshipType"], "DESCRIBES");
+        assert_eq!(doc["relationships"][1]["relationshipType"], "CONTAINS");
+        // Same inputs, same bytes.
+        let again = step.document(&pkgs, Some("debian".into()), Some("12".into()), &files, 0);
+        assert_eq!(doc, again);
+    }
+}

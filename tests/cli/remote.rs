@@ -1,0 +1,744 @@
+//! The remote cache against a real nginx (WebDAV PUT on loopback, started here with its own
+//! config and root), and bundles. No network: the specs are built from host binaries.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{sha256, Run, Workspace};
+
+const SPEC: &str = r#"
+image "mini" {
+    base "tar" path="rootfs.tar"
+    files "overlay/" dest="/"
+    run "echo built > /etc/built-by-run"
+    output "tar"
+}
+"#;
+
+/// Steps of SPEC: base, files, run, output, and the SBOM and manifest every build writes.
+const STEPS: usize = 6;
+
+const USER: &str = "ci-robot";
+const SECRET: &str = "s3cret-Pa55word";
+
+fn mini() -> Workspace {
+    let w = Workspace::new();
+    w.rootfs_tar("rootfs.tar");
+    w.write("mini.kdl", SPEC);
+    w.write("overlay/etc/motd", "hello\n");
+    w
+}
+
+/// nginx serving a temp root with WebDAV PUT, optionally behind basic auth; killed on drop.
+struct Nginx {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Nginx {
+    /// `None` (with a loud message) when nginx is not installed here; CI installs it.
+    fn start(basic_auth: bool) -> Option<Nginx> {
+        let Some(bin) = ["/usr/sbin/nginx", "/usr/bin/nginx", "/sbin/nginx"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED: nginx is not installed, the remote cache is NOT tested \
+                 (apt-get install nginx) !!!!!!!!\n"
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("root")).unwrap();
+        std::fs::create_dir_all(d.join("body")).unwrap();
+        let port = free_port();
+        let auth = if basic_auth {
+            std::fs::write(d.join("htpasswd"), format!("{USER}:{{PLAIN}}{SECRET}\n")).unwrap();
+            format!(
+                "auth_basic \"imgspec\"; auth_basic_user_file {}/htpasswd;",
+                d.display()
+            )
+        } else {
+            String::new()
+        };
+        let conf = format!(
+            "daemon off;
+master_process off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/body;
+    fastcgi_temp_path {d}/body;
+    uwsgi_temp_path {d}/body;
+    scgi_temp_path {d}/body;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/root;
+        client_max_body_size 0;
+        location / {{
+            dav_methods PUT;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+            {auth}
+        }}
+    }}
+}}
+",
+            d = d.display()
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(d)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-e")
+            .arg(d.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let n = Nginx {
+            child: Some(child),
+            dir,
+            port,
+        };
+        let t = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "nginx did not start: {}",
+                std::fs::read_to_string(n.dir.path().join("error.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(n)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/imgspec-cache", self.port)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root/imgspec-cache")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `imgspec ARGS` with the cache at `cache`, extra environment, and a config home of its own
+/// (no config file unless the test writes one).
+fn imgspec(w: &Workspace, cache: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    imgspec_cmd(w, cache, args, env).output().unwrap().into()
+}
+
+fn imgspec_cmd(w: &Workspace, cache: &str, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_imgspec"));
+    c.args(args)
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path(cache))
+        .env("XDG_CONFIG_HOME", w.path("config"))
+        .env("NO_COLOR", "1");
+    for v in [
+        "IMGSPEC_REMOTE",
+        "IMGSPEC_REMOTE_USER",
+        "IMGSPEC_REMOTE_PASSWORD",
+        "IMGSPEC_REMOTE_TOKEN",
+        "http_proxy",
+        "HTTP_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+fn all(r: &Run) -> String {
+    format!("{}\n{}", r.stdout, r.stderr)
+}
+
+/// Every file under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                if bytes
+                    .windows(needle.len())
+                    .any(|win| win == needle.as_bytes())
+                {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// The step records on the server: (kind, JSON).
+fn server_records(n: &Nginx) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(n.root().join("ac-v1")).unwrap().flatten() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        out.push((v["kind"].as_str().unwrap().to_string(), v));
+    }
+    out
+}
+
+fn record_of<'a>(recs: &'a [(String, serde_json::Value)], kind: &str) -> &'a serde_json::Value {
+    &recs
+        .iter()
+        .find(|(k, _)| k == kind)
+        .unwrap_or_else(|| panic!("no `{kind}` record on the server"))
+        .1
+}
+
+#[test]
+fn a_warm_remote_fills_an_empty_cache_with_identical_bytes_and_keeps_credentials_secret() {
+    let Some(n) = Nginx::start(true) else { return };
+    let w = mini();
+    let creds = [
+        ("IMGSPEC_REMOTE_USER", USER),
+        ("IMGSPEC_REMOTE_PASSWORD", SECRET),
+    ];
+    let url = n.url();
+
+    // CI: builds and uploads.
+    let mut args = vec!["build", "mini.kdl", "--out-dir", "out-a"];
+    args.extend(["--remote", url.as_str(), "--remote-write"]);
+    let a = imgspec(&w, "cache-a", &args, &creds).ok();
+    assert!(
+        a.stderr.contains(&format!("{STEPS} steps built, 0 cached")),
+        "{}",
+        a.stderr
+    );
+    assert_eq!(a.stderr.matches("uploaded ").count(), STEPS, "{}", a.stderr);
+    assert_eq!(server_records(&n).len(), STEPS);
+
+    // A developer with an empty cache, the remote from the config file: nothing is built.
+    w.write(
+        "config/imgspec/config.kdl",
+        &format!("remote \"{}\"\n", n.url()),
+    );
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &creds,
+    )
+    .ok();
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        b.stderr.contains("fetched  output tar") && b.stderr.contains("fetched from the remote"),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        !b.stderr.contains("uploaded"),
+        "read-only by default: {}",
+        b.stderr
+    );
+    assert_eq!(
+        sha256(&w.path("out-a/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+    // The fetched result is a local hit from now on, even without the remote.
+    std::fs::remove_file(w.path("config/imgspec/config.kdl")).unwrap();
+    let again = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
+    assert!(
+        again
+            .stderr
+            .contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        again.stderr
+    );
+
+    // Credentials in the URL, JSON events: a remote hit says so; the secret is nowhere.
+    let in_url = n
+        .url()
+        .replace("http://", &format!("http://{USER}:{SECRET}@"));
+    let c = imgspec(
+        &w,
+        "cache-c",
+        &[
+            "build",
+            "mini.kdl",
+            "--out-dir",
+            "out-c",
+            "--json",
+            "--remote",
+            &in_url,
+        ],
+        &[],
+    )
+    .ok();
+    assert!(
+        c.stdout.contains(r#""event":"step-cached""#) && c.stdout.contains(r#""source":"remote""#),
+        "{}",
+        c.stdout
+    );
+    // Wrong credentials: the server refuses, the build goes on locally and says so once,
+    // without the secret.
+    let bad = n
+        .url()
+        .replace("http://", &format!("http://{USER}:wrong-{SECRET}@"));
+    let d = imgspec(
+        &w,
+        "cache-d",
+        &["build", "mini.kdl", "--out-dir", "out-d", "--remote", &bad],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        d.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        d.stderr
+    );
+    assert!(d.stderr.contains("HTTP 401"), "{}", d.stderr);
+    assert!(
+        d.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        d.stderr
+    );
+
+    let doc = imgspec(
+        &w,
+        "cache-d",
+        &["doctor", "mini.kdl", "--remote", &url],
+        &creds,
+    );
+    assert!(doc.stdout.contains("answers (read-only)"), "{}", doc.stdout);
+    let doc_bad = imgspec(
+        &w,
+        "cache-d",
+        &["doctor", "mini.kdl", "--remote", &bad],
+        &[],
+    );
+    assert!(doc_bad.stdout.contains("HTTP 401"), "{}", doc_bad.stdout);
+    for r in [&a, &b, &c, &d, &doc, &doc_bad] {
+        assert!(!all(r).contains(SECRET), "secret printed: {}", all(r));
+    }
+    let leaks = files_containing(w.dir.path(), SECRET);
+    assert!(leaks.is_empty(), "the secret is in {leaks:?}");
+    let leaks = files_containing(&n.root(), SECRET);
+    assert!(leaks.is_empty(), "the secret is on the server in {leaks:?}");
+}
+
+#[test]
+fn a_corrupt_remote_object_is_refused_reported_once_and_the_step_rebuilt() {
+    let Some(n) = Nginx::start(false) else { return };
+    let w = mini();
+    let url = n.url();
+    imgspec(
+        &w,
+        "cache-a",
+        &[
+            "build",
+            "mini.kdl",
+            "--out-dir",
+            "out-a",
+            "--remote",
+            &url,
+            "--remote-write",
+        ],
+        &[],
+    )
+    .ok();
+    let recs = server_records(&n);
+    // The output step's tarball: cut in half (truncated). The run step's tree manifest:
+    // another blob's valid bytes (wrong content).
+    let tar_blob = record_of(&recs, "output")["output"]["files"]
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run_tree = record_of(&recs, "run")["output"]["tree"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let files_tree = record_of(&recs, "files")["output"]["tree"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tar_path = n.root().join("cas-v1").join(&tar_blob);
+    let bytes = std::fs::read(&tar_path).unwrap();
+    std::fs::write(&tar_path, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::copy(
+        n.root().join("cas-v1").join(&files_tree),
+        n.root().join("cas-v1").join(&run_tree),
+    )
+    .unwrap();
+
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b", "--remote", &url],
+        &[],
+    )
+    .ok();
+    for (object, label) in [(&tar_blob, "output tar"), (&run_tree, "run ")] {
+        let lines: Vec<&str> = b
+            .stderr
+            .lines()
+            .filter(|l| l.contains("refused"))
+            .filter(|l| l.contains(label))
+            .collect();
+        assert_eq!(lines.len(), 1, "{label}: {}", b.stderr);
+        assert_eq!(
+            b.stderr.matches(&format!("cas-v1/{object}")).count(),
+            1,
+            "{}",
+            b.stderr
+        );
+    }
+    // The two refused steps are built here; the files step below them, and the SBOM and
+    // manifest (whose own blobs are intact), came from the remote.
+    assert!(
+        b.stderr
+            .contains(&format!("2 steps built, {} cached", STEPS - 2)),
+        "{}",
+        b.stderr
+    );
+    assert!(
+        b.stderr.contains("fetched  files overlay/")
+            && b.stderr.contains("(3 fetched from the remote cache)"),
+        "{}",
+        b.stderr
+    );
+    assert_eq!(
+        sha256(&w.path("out-a/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+    // Nothing wrong entered the store.
+    let v = imgspec(&w, "cache-b", &["cache", "verify"], &[]).ok();
+    assert!(v.stdout.contains(" 0 corrupt"), "{}", v.stdout);
+}
+
+#[test]
+fn an_unreachable_remote_does_not_fail_the_build_and_is_reported_once() {
+    let w = mini();
+    let url = format!("http://127.0.0.1:{}/c", free_port());
+    let r = imgspec(
+        &w,
+        "cache",
+        &["build", "mini.kdl", "--remote", &url, "--remote-write"],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        r.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        r.stderr
+    );
+    let doc = imgspec(&w, "cache", &["doctor", "mini.kdl", "--remote", &url], &[]);
+    assert!(
+        doc.stdout
+            .contains(&format!("remote cache: {url} UNAVAILABLE")),
+        "{}",
+        doc.stdout
+    );
+    // `cache push` cannot go on locally: it fails, saying where.
+    let p = imgspec(
+        &w,
+        "cache",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    );
+    assert_eq!(p.code, 3, "{}", p.stderr);
+    assert!(p.stderr.contains(&url), "{}", p.stderr);
+}
+
+#[test]
+fn the_server_killed_mid_build_does_not_fail_it() {
+    let Some(mut n) = Nginx::start(false) else {
+        return;
+    };
+    let w = Workspace::new();
+    w.rootfs_tar_with("rootfs.tar", &["sleep"], &[]);
+    w.write(
+        "mini.kdl",
+        &SPEC.replace("echo built >", "sleep 3 && echo built >"),
+    );
+    w.write("overlay/etc/motd", "hello\n");
+    let url = n.url();
+    let child = imgspec_cmd(
+        &w,
+        "cache",
+        &["build", "mini.kdl", "--remote", &url, "--remote-write"],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The lookups are over and the first steps uploaded while the run step sleeps.
+    std::thread::sleep(Duration::from_millis(1500));
+    n.kill();
+    let r: Run = child.wait_with_output().unwrap().into();
+    let r = r.ok();
+    assert!(
+        r.stderr.contains(&format!("{STEPS} steps built")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("is unavailable").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(w.path("out/mini/mini.tar").exists());
+}
+
+#[test]
+fn push_then_pull_moves_what_a_spec_needs() {
+    let Some(n) = Nginx::start(false) else { return };
+    let w = mini();
+    let url = n.url();
+    imgspec(&w, "cache-a", &["build", "mini.kdl"], &[]).ok();
+    let p = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
+    assert!(
+        p.stderr.contains(&format!("pushed {STEPS} step results")),
+        "{}",
+        p.stderr
+    );
+    let p = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "push", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
+    assert!(
+        p.stderr.contains("pushed 0 step results")
+            && p.stderr.contains(&format!("{STEPS} already there")),
+        "{}",
+        p.stderr
+    );
+    let q = imgspec(
+        &w,
+        "cache-b",
+        &["cache", "pull", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
+    assert!(
+        q.stderr.contains(&format!("pulled {STEPS} step results")),
+        "{}",
+        q.stderr
+    );
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
+
+#[test]
+fn export_then_import_is_all_cache_hits_and_a_bad_bundle_is_refused() {
+    let w = mini();
+    imgspec(&w, "cache-a", &["build", "mini.kdl"], &[]).ok();
+    let e = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "export", "mini.kdl", "-o", "bundle.tar.zst"],
+        &[],
+    )
+    .ok();
+    assert!(
+        e.stderr.contains(&format!("exported {STEPS} step results")),
+        "{}",
+        e.stderr
+    );
+    // Deterministic: the same cache gives the same bundle.
+    imgspec(
+        &w,
+        "cache-a",
+        &["cache", "export", "mini.kdl", "-o", "again.tar.zst"],
+        &[],
+    )
+    .ok();
+    assert_eq!(
+        sha256(&w.path("bundle.tar.zst")),
+        sha256(&w.path("again.tar.zst"))
+    );
+
+    let bundle = std::fs::read(w.path("bundle.tar.zst")).unwrap();
+    let mut flipped = bundle.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    for (name, bytes) in [
+        ("cut.tar.zst", &bundle[..bundle.len() * 2 / 3]),
+        ("flipped.tar.zst", &flipped[..]),
+    ] {
+        std::fs::write(w.path(name), bytes).unwrap();
+        let cache = format!("cache-{name}");
+        let r = imgspec(&w, &cache, &["cache", "import", name], &[]);
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains("refused"), "{name}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("nothing from it was recorded"),
+            "{}",
+            r.stderr
+        );
+        let ls = imgspec(&w, &cache, &["cache", "ls"], &[]).ok();
+        assert_eq!(ls.stdout, "", "{name}: half imported");
+    }
+
+    let i = imgspec(&w, "cache-b", &["cache", "import", "bundle.tar.zst"], &[]).ok();
+    assert!(
+        i.stderr.contains(&format!("imported {STEPS} step results")),
+        "{}",
+        i.stderr
+    );
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[],
+    )
+    .ok();
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
+
+#[test]
+fn a_developer_without_root_builds_from_a_warm_remote() {
+    let Some(n) = Nginx::start(false) else { return };
+    let w = mini();
+    let url = n.url();
+    imgspec(
+        &w,
+        "cache-a",
+        &["build", "mini.kdl", "--remote", &url, "--remote-write"],
+        &[],
+    )
+    .ok();
+    // The same workspace as user `nobody`: the run step would need root, but its result (and
+    // the output's) is on the remote, so nothing needs root.
+    use std::os::unix::fs::PermissionsExt;
+    let open = |p: &Path, mode: u32| {
+        std::fs::create_dir_all(p).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    open(w.dir.path(), 0o755);
+    open(&w.path("cache-b"), 0o777);
+    open(&w.path("out-b"), 0o777);
+    let c = imgspec_cmd(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b", "--remote", &url],
+        &[],
+    );
+    let mut setpriv = Command::new("setpriv");
+    setpriv
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(c.get_program())
+        .args(c.get_args())
+        .current_dir(w.dir.path());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => setpriv.env(k, v),
+            None => setpriv.env_remove(k),
+        };
+    }
+    let r: Run = setpriv.output().unwrap().into();
+    let r = r.ok();
+    assert!(
+        r.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
