@@ -3,7 +3,10 @@
 //! `/proc` mounted only inside that namespace, then import the result. The import reads only
 //! the files the command changed: the others still have the inode, size, mtime and ctime the
 //! export left them with, and keep the digest they were exported from
-//! ([`imgspec_cache::Checkout`]).
+//! ([`imgspec_cache::Checkout`]). A step whose output is exactly the imported tree (`run`,
+//! `element`, `bootloader`) keeps the folder for the session ([`Session::close_and_keep`],
+//! [`imgspec_cache::Store::keep_tree`]): a next chroot step of the build whose input is that
+//! tree starts from it instead of exporting the tree again.
 //!
 //! What the host lends the command (`/etc/resolv.conf` for the network, a `policy-rc.d` that
 //! keeps services from starting) is put in before and taken out after, so it never reaches the
@@ -48,10 +51,16 @@ impl Session {
         if !is_root() {
             return Err(StepError::NeedsRoot(why));
         }
-        let (_, m) = ctx.input_tree(i)?;
+        let (d, m) = ctx.input_tree(i)?;
         let root = ctx.work.join("root");
-        std::fs::create_dir(&root).map_err(StepError::io(&root))?;
-        let checkout = ctx.store.export_dir_stamped(&m, &root)?;
+        // The tree an earlier chroot step of this build left, or a fresh export.
+        let checkout = match ctx.store.take_tree(&d, &m, &root)? {
+            Some(c) => c,
+            None => {
+                std::fs::create_dir(&root).map_err(StepError::io(&root))?;
+                ctx.store.export_dir_stamped(&m, &root)?
+            }
+        };
         let mut s = Session {
             root,
             checkout,
@@ -115,6 +124,15 @@ impl Session {
         cmd = cmd.cwd(&ctx.work);
         ctx.runner.run(&cmd, &ctx.log)?;
         Ok(())
+    }
+
+    /// Like [`Session::close`], for a step whose output is exactly the imported tree: the
+    /// folder is kept for a next chroot step of this build that starts from that tree.
+    pub fn close_and_keep(self, ctx: &StepContext) -> Result<Manifest, StepError> {
+        let root = self.root.clone();
+        let m = self.close(ctx)?;
+        ctx.store.keep_tree(&root, &m)?;
+        Ok(m)
     }
 
     /// Takes back what was lent and imports the tree.
