@@ -45,6 +45,85 @@ fn hash_update(h: &mut blake3::Hasher, data: &[u8]) {
     }
 }
 
+/// A file read to a fixed length, its holes (`SEEK_HOLE`) handed out as zeros without asking
+/// the kernel: a disk image is mostly holes, and reading them costs the kernel a zeroed page
+/// and a copy each.
+struct SparseFile {
+    file: File,
+    pos: u64,
+    len: u64,
+    /// The current region `[pos, end)` and whether it is a hole.
+    end: u64,
+    hole: bool,
+}
+
+impl SparseFile {
+    fn new(file: File, len: u64) -> SparseFile {
+        SparseFile {
+            file,
+            pos: 0,
+            len,
+            end: 0,
+            hole: false,
+        }
+    }
+
+    /// The region that starts at `pos`: a hole up to the next data, or data up to the next
+    /// hole; all data when the filesystem cannot tell.
+    fn region(&self) -> (u64, bool) {
+        use std::os::fd::AsRawFd;
+        let fd = self.file.as_raw_fd();
+        let Ok(at) = libc::off_t::try_from(self.pos) else {
+            return (self.len, false);
+        };
+        // SAFETY: lseek on a descriptor we own; it only moves the file offset, which this
+        // reader does not use (it reads with `read_at`).
+        let data = unsafe { libc::lseek(fd, at, libc::SEEK_DATA) };
+        if data < 0 {
+            return if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                (self.len, true) // nothing but a hole to the end
+            } else {
+                (self.len, false)
+            };
+        }
+        let data = data as u64;
+        if data > self.pos {
+            return (data.min(self.len), true);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return (self.len, false);
+        }
+        ((hole as u64).clamp(self.pos + 1, self.len), false)
+    }
+}
+
+impl Read for SparseFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.pos >= self.end {
+            (self.end, self.hole) = self.region();
+        }
+        let n = buf
+            .len()
+            .min(usize::try_from(self.end - self.pos).unwrap_or(usize::MAX));
+        let n = if self.hole {
+            buf[..n].fill(0);
+            n
+        } else {
+            self.file.read_at(&mut buf[..n], self.pos)?
+        };
+        if n == 0 {
+            return Err(io::Error::other("file shrank while it was being stored"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns how much was read.
 fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -104,7 +183,12 @@ impl Store {
             tap(&data);
             return self.put_bytes(&data);
         }
-        self.write_blob(&mut file, Some(size), path, Some(tap))
+        self.write_blob(
+            &mut SparseFile::new(file, size),
+            Some(size),
+            path,
+            Some(tap),
+        )
     }
 
     /// Like [`Store::put_file_tap`], then keeps the file itself (moved, not copied) as this
@@ -159,7 +243,7 @@ impl Store {
         if size >= MULTITHREAD_FROM {
             // A large file is almost always new (a filesystem or disk a step just wrote):
             // hash and compress it in one pass instead of hashing it first.
-            return self.write_blob(&mut file, Some(size), path, None);
+            return self.write_blob(&mut SparseFile::new(file, size), Some(size), path, None);
         }
         // Hash first: storing a file whose content is already there costs one read.
         let mut h = blake3::Hasher::new();
@@ -769,6 +853,28 @@ mod tests {
             .unwrap_err();
         assert!(e.is_corrupt(), "{e:?}");
         assert!(!c.has_blob(&r.digest));
+    }
+
+    #[test]
+    fn a_sparse_file_reads_as_its_bytes_holes_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse");
+        let f = File::create(&p).unwrap();
+        let len = 40u64 << 20;
+        f.set_len(len).unwrap();
+        f.write_all_at(&noise(b"x", 3 << 20), 5 << 20).unwrap();
+        f.write_all_at(b"tail", len - 4).unwrap();
+        drop(f);
+        let want = fs::read(&p).unwrap();
+        let mut got = Vec::new();
+        SparseFile::new(File::open(&p).unwrap(), len)
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(got, want);
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let r = store.put_file(&p).unwrap();
+        assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&want)));
+        assert_eq!(store.read_blob(&r.digest).unwrap(), want);
     }
 
     #[test]
