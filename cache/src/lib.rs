@@ -21,6 +21,8 @@
 //!       fresh/ab…              plain copies of large blobs this session stored from files
 //!                              (`put_file_keep`), handed to the next step of the same build
 //!                              and moved to the output folder, never read by another session
+//!       trees/<tree digest>    at most two materialised trees a chroot step left
+//!                              (`keep_tree`), taken by the next one that starts from them
 //!       .lock                  flock-ed while that `Store` lives; a session whose lock is
 //!                              free, and any other entry older than an hour, is removed by
 //!                              the next `Store::open`
