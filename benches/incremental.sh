@@ -16,7 +16,8 @@
 # Environment:
 #   OVERLAY_FILE  the file to change (default files/etc/motd, i.e. specs/files/etc/motd)
 #   WORK          where to put the copy, cache and outputs (default: a new dir in /var/tmp)
-#   REMOTE        URL of a warm remote cache for step 7 (see the marked place below)
+#   REMOTE        URL of a remote cache (nginx with WebDAV PUT, bazel-remote) for step 7: the
+#                 bench pushes to it, then builds from it into an empty local cache
 set -euo pipefail
 cd "$(dirname "$0")/.."
 spec_in=${1:-specs/debian-efi.kdl}
@@ -55,8 +56,9 @@ results=()
 # Runs one build; prints its wall time and the steps it built with their own seconds.
 build() {
     local label=$1 a b
+    shift
     a=$(date +%s%N)
-    if ! "$imgspec" --cache-dir "$cache" build "$spec" --out-dir "$out" >"$log" 2>&1; then
+    if ! "$imgspec" --cache-dir "$cache" build "$spec" --out-dir "$out" "$@" >"$log" 2>&1; then
         echo "$label: build failed; its log:" >&2
         tail -n 30 "$log" >&2
         exit 1
@@ -122,13 +124,25 @@ for big in $(ls -S "$out/$name"/"$name".*); do
     results+=("$(printf '%-40s %8s ms' "  cp of the same file" "$copy")")
 done
 
-# ---- 7. Build on an empty local cache from a warm remote --------------------------------------
-# REMOTE=URL: the lead wires this once `--remote URL` / `--remote-write` exist. The intended
-# shape: push every step of this spec to REMOTE from "$cache" (e.g. a build with
-# `--remote "$REMOTE" --remote-write`), then time a build with an empty --cache-dir and
-# `--remote "$REMOTE"` and print it next to the cold build above.
+# ---- 7. Build on an empty local cache from a warm remote (REMOTE=URL) ---------------------
+# Pushes what the spec (as last changed) needs from the bench's cache to REMOTE, then times a
+# build of it with an empty local cache that fetches every step from REMOTE, and checks that
+# its outputs are the same bytes. Not run without REMOTE (benches/remote.sh starts a
+# throw-away nginx for the same comparison).
 if [ -n "${REMOTE:-}" ]; then
-    echo "== warm remote ($REMOTE): not measured yet: this imgspec has no --remote flag" >&2
+    if ! "$imgspec" --cache-dir "$cache" cache push "$spec" --remote "$REMOTE" >"$log" 2>&1; then
+        echo "cache push to the remote failed; its log:" >&2
+        tail -n 30 "$log" >&2
+        exit 1
+    fi
+    cache="$work/cache-empty" out="$work/out-remote" build "warm remote, empty local cache" --remote "$REMOTE"
+    if cmp -s "$work/out/$name/SHA256SUMS" "$work/out-remote/$name/SHA256SUMS"; then
+        echo "   outputs identical to the local build's"
+    else
+        echo "   OUTPUTS DIFFER from the local build's:" >&2
+        diff "$work/out/$name/SHA256SUMS" "$work/out-remote/$name/SHA256SUMS" >&2 || true
+        exit 1
+    fi
 fi
 
 echo
