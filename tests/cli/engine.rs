@@ -250,7 +250,11 @@ fn changing_one_run_command_rebuilds_from_there_with_the_bytes_of_a_cold_build()
     let r = w.run(&["build", "mini.kdl"]).ok();
     // Base and files are cached; the run step and everything after it are built.
     assert!(r.stderr.contains("steps built, 2 cached"), "{}", r.stderr);
-    assert!(r.stderr.contains("built    run `echo rebuilt"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("built    run `echo rebuilt"),
+        "{}",
+        r.stderr
+    );
     // The chroot step's import took the unchanged files from its export without reading
     // them: the result is still byte for byte what a cold build of the new spec gives.
     let cold = mini();
