@@ -131,7 +131,8 @@ impl Session {
     pub fn close_and_keep(self, ctx: &StepContext) -> Result<Manifest, StepError> {
         let root = self.root.clone();
         let m = self.close(ctx)?;
-        ctx.store.keep_tree(&root, &m)?;
+        // Best effort: a folder that cannot be kept only costs the next step an export.
+        let _ = ctx.store.keep_tree(&root, &m);
         Ok(m)
     }
 
