@@ -10,6 +10,7 @@ pub mod cli;
 pub mod exec;
 pub mod format;
 pub mod host;
+pub mod lock;
 pub mod outputs;
 pub mod plan;
 pub mod runner;

@@ -1,5 +1,6 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod lock;
 mod remote;
 mod report;
 mod verify;
@@ -80,6 +81,18 @@ enum Command {
     },
     /// Host tools the specs need: found or missing, with the install line
     Doctor { specs: Vec<PathBuf> },
+    /// Resolve every package set to exact versions and write SPEC.lock beside each spec
+    Lock {
+        specs: Vec<PathBuf>,
+        /// Resolve again from the mirror as it is now: everything, or only the packages named
+        /// (the rest stays pinned; put the specs first: `lock SPEC --update PKG…`). Default:
+        /// keep what the lock has and resolve only sets it lacks or that the spec changed
+        #[arg(long, num_args = 0.., value_name = "PKG")]
+        update: Option<Vec<String>>,
+        /// Steps run at once
+        #[arg(long, short, default_value_t = default_jobs())]
+        jobs: usize,
+    },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
     Boot {
         /// A whole-disk image (`.qcow2` or `.raw`)
@@ -279,6 +292,17 @@ fn run(cli: Cli) -> Result<(), CliError> {
             remote::doctor(&cli.remote)?;
             doctor(&cache_dir, specs)
         }
+        Command::Lock {
+            ref specs,
+            update,
+            jobs,
+        } => lock::lock(
+            &cache_dir,
+            specs,
+            lock::Update::from_arg(update.clone()),
+            jobs,
+            cli.json,
+        ),
         Command::Boot {
             image,
             firmware,
@@ -384,6 +408,8 @@ impl Facts for HostFacts<'_> {
 struct Context {
     store: Store,
     spec: spec::model::Spec,
+    /// The locks beside the specs, merged.
+    lock: Option<crate::lock::Lock>,
 }
 
 impl HostFacts<'_> {
@@ -400,8 +426,9 @@ impl Context {
     fn open(cache_dir: &Path, specs: &[PathBuf]) -> Result<Self, CliError> {
         need_specs(specs)?;
         let spec = spec::load(specs)?;
+        let lock = lock::load_locks(specs, &spec)?;
         let store = open_store(cache_dir)?;
-        Ok(Context { store, spec })
+        Ok(Context { store, spec, lock })
     }
 
     fn facts(&self) -> HostFacts<'_> {
@@ -411,7 +438,8 @@ impl Context {
     /// Plans; fails with the install line when host tools are missing.
     fn plan(&self) -> Result<Plan, CliError> {
         let facts = self.facts();
-        let plan = crate::plan::plan(&self.spec, &facts).map_err(plan_error)?;
+        let plan =
+            crate::plan::plan_locked(&self.spec, &facts, self.lock.as_ref()).map_err(plan_error)?;
         let missing = facts.missing.into_inner().unwrap();
         if !missing.is_empty() {
             return Err(missing_tools(&missing));
@@ -426,6 +454,10 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Lock { .. } => Some(
+            "lock the spec as it is now with `imgspec lock SPEC` (`--update` to refresh every set)"
+                .to_string(),
+        ),
     };
     CliError::Usage {
         message: error_chain(&e),
@@ -602,6 +634,12 @@ fn build(
         .filter(|i| only.is_empty() || only.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
+    // Locked packages: every file in the cache (or fetched now) before any step starts.
+    lock::preflight(
+        ctx,
+        &plan,
+        &steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets),
+    )?;
 
     // Root is needed only by steps that will really run.
     if !is_root() {
@@ -629,6 +667,7 @@ fn build(
         reporter: rep.as_ref(),
         jobs: jobs.max(1),
         cancel: &cancel,
+        fresh: &[],
         remote: remote.map(|(r, _)| r),
         remote_write: remote.is_some_and(|(_, w)| *w),
     };
@@ -844,10 +883,14 @@ fn cache(
             max_size,
             older_than_days,
         } => {
+            let mut keep_locks = None;
             let policy = if !specs.is_empty() {
                 let spec = spec::load(&specs)?;
+                let locks = lock::load_locks(&specs, &spec)?;
                 let facts = HostFacts::new(&store);
-                let plan = crate::plan::plan(&spec, &facts).map_err(internal)?;
+                let plan =
+                    crate::plan::plan_locked(&spec, &facts, locks.as_ref()).map_err(internal)?;
+                keep_locks = Some(locks.unwrap_or_default());
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
                 let n = spec::parse_size(&s).map_err(|e| CliError::Usage {
@@ -873,6 +916,15 @@ fn cache(
                 r.blobs_removed,
                 human_bytes(r.bytes_freed)
             );
+            // Locked `.deb` files go only when specs say what to keep (they may be the only
+            // copy left once the mirror has moved on).
+            if let Some(locks) = keep_locks {
+                let (n, bytes) = lock::gc_debs(&store, &locks)?;
+                println!(
+                    "removed {n} .deb files no lock or step result needs, freed {}",
+                    human_bytes(bytes)
+                );
+            }
         }
         CacheCommand::Verify => {
             let r = store.verify().map_err(internal)?;

@@ -85,6 +85,7 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
             // A verification rebuilds here; it never fetches or uploads.
             remote: None,
             remote_write: false,
+            fresh: &[],
         };
         let mut out = exec.run(&plan, &targets);
         check(&plan, &out)?;
@@ -115,6 +116,11 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
             help: None,
         })?;
     let scratch = open_store(scratch_dir.path())?;
+    // Locked `.deb` files are inputs, like the mirror, not step results: the scratch store
+    // reads (and adds to) the cache's.
+    let debs = ctx.store.root().join("debs-v1");
+    let _ = std::fs::create_dir_all(&debs);
+    let _ = std::os::unix::fs::symlink(&debs, scratch_dir.path().join("debs-v1"));
     say(
         o.json,
         &format!(
@@ -131,6 +137,7 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         // A verification rebuilds here; it never fetches or uploads.
         remote: None,
         remote_write: false,
+        fresh: &[],
     };
     let rebuilt = exec.run(&plan, &targets);
     let result = check(&plan, &rebuilt).and_then(|()| match (&reference, &o.against) {

@@ -131,6 +131,9 @@ pub struct Executor<'a> {
     pub jobs: usize,
     /// Set by the CLI on Ctrl-C: no new step starts.
     pub cancel: &'a AtomicBool,
+    /// Steps run even when their result is cached (`imgspec lock --update`: the packages as
+    /// the mirror has them now).
+    pub fresh: &'a [StepId],
     /// A remote cache: asked on a local miss; and when `remote_write`, given every step built
     /// here (uploaded in the background, done before `run` returns).
     pub remote: Option<&'a Remote>,
@@ -238,7 +241,12 @@ impl Executor<'_> {
                 continue;
             }
             let step = &plan.steps[id];
-            match self.store.lookup(&step.key) {
+            let lookup = if self.fresh.contains(&id) {
+                Ok(None)
+            } else {
+                self.store.lookup(&step.key)
+            };
+            match lookup {
                 Ok(Some(rec)) => {
                     state[id] = State::Done;
                     out.outputs.insert(id, rec.output);

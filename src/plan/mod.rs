@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use imgspec_cache::StepKey;
 
 use crate::format::gpt;
+use crate::lock::{self, Lock};
 use crate::spec::model::{
     Base, BootloaderKind, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec,
 };
@@ -65,6 +66,12 @@ pub struct Plan {
 pub enum PlanError {
     #[error("image `{image}`: {what} cannot be built yet")]
     Unsupported { image: String, what: String },
+    #[error("the lock file does not fit step `{step}` of image `{image}`: {why}")]
+    Lock {
+        image: String,
+        step: String,
+        why: String,
+    },
     #[error("cannot plan step `{step}` of image `{image}`")]
     Fact {
         image: String,
@@ -82,9 +89,16 @@ impl Plan {
 
 /// Plans every image of the spec.
 pub fn plan(spec: &Spec, facts: &dyn Facts) -> Result<Plan, PlanError> {
+    plan_locked(spec, facts, None)
+}
+
+/// Plans every image of the spec; with a lock, every step that installs packages is pinned to
+/// its set of the lock (and its key hashes that set's digest).
+pub fn plan_locked(spec: &Spec, facts: &dyn Facts, lock: Option<&Lock>) -> Result<Plan, PlanError> {
     let mut b = Builder {
         plan: Plan::default(),
         by_key: HashMap::new(),
+        lock,
     };
     for image in &spec.images {
         b.image(image, spec, facts)?;
@@ -92,9 +106,10 @@ pub fn plan(spec: &Spec, facts: &dyn Facts) -> Result<Plan, PlanError> {
     Ok(b.plan)
 }
 
-struct Builder {
+struct Builder<'l> {
     plan: Plan,
     by_key: HashMap<StepKey, StepId>,
+    lock: Option<&'l Lock>,
 }
 
 /// One step being added to an image.
@@ -106,7 +121,7 @@ struct Add<'a> {
     inputs: Vec<StepId>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn image(&mut self, image: &Image, spec: &Spec, facts: &dyn Facts) -> Result<(), PlanError> {
         if let Some(what) = unsupported(image) {
             return Err(PlanError::Unsupported {
@@ -118,7 +133,11 @@ impl Builder {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         let mut tree: Option<StepId> = None;
         for layer in &with_boot_packages(image) {
-            let (name, label, action) = layer_step(layer, &mut counts);
+            let (name, label, mut action) = layer_step(layer, &mut counts);
+            // Images of specs without a lock (built together with locked ones) stay unlocked.
+            if let Some(lock) = self.lock.filter(|l| l.has_image(&image.name)) {
+                pin(&mut action, lock, image, &name)?;
+            }
             let id = self.add(
                 Add {
                     image,
@@ -282,7 +301,10 @@ impl Builder {
                 action: Action::Sbom(steps::meta::SbomStep {
                     image: image.name.clone(),
                     file_name: format!("{}.spdx.json", image.name),
-                    deb_sha256: Default::default(),
+                    deb_sha256: self
+                        .lock
+                        .map(|l| l.deb_sha256(&image.name))
+                        .unwrap_or_default(),
                 }),
                 inputs: std::iter::once(tree)
                     .chain(outputs.iter().copied())
@@ -323,7 +345,7 @@ impl Builder {
                         .iter()
                         .map(|s| (s.name.clone(), s.blake3.clone()))
                         .collect(),
-                    lock: None,
+                    lock: self.lock.and_then(|l| l.origin(&image.name)),
                     steps: steps.iter().map(|&id| names(self, id)).collect(),
                     tools,
                 }),
@@ -417,7 +439,10 @@ fn layer_step(
         Layer::Base(Base::Debian(d)) => (
             "base".into(),
             format!("base {} {} {}", d.distro, d.suite, d.variant),
-            Action::BaseDebian(steps::base::DebianBase { spec: d.clone() }),
+            Action::BaseDebian(steps::base::DebianBase {
+                spec: d.clone(),
+                locked: None,
+            }),
         ),
         Layer::Files(f) => (
             nth("files"),
@@ -440,6 +465,7 @@ fn layer_step(
             Action::Packages(steps::packages::PackagesStep {
                 name: p.name.clone(),
                 packages: p.packages.clone(),
+                locked: None,
             }),
         ),
         Layer::User(u) => {
@@ -463,6 +489,32 @@ fn layer_step(
             )
         }
     }
+}
+
+/// Pins a package-installing step to its set of the lock. A lock without the set, or whose set
+/// was made for another request (the spec changed since `imgspec lock`), is refused.
+fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<(), PlanError> {
+    let (request, slot) = match action {
+        Action::BaseDebian(b) => (lock::base_request(&b.spec), &mut b.locked),
+        Action::Packages(p) => (lock::packages_request(&p.packages), &mut p.locked),
+        _ => return Ok(()),
+    };
+    let err = |why: String| PlanError::Lock {
+        image: image.name.clone(),
+        step: name.to_string(),
+        why,
+    };
+    let set = lock
+        .set_for(&image.name, name)
+        .ok_or_else(|| err("the lock has no set for it".into()))?;
+    if set.request != request {
+        return Err(err(format!(
+            "it was locked for `{}`, the spec now asks for `{request}`",
+            set.request
+        )));
+    }
+    *slot = Some(steps::apt::Locked::of(set));
+    Ok(())
 }
 
 /// What the spec language accepts but the builder cannot build yet: refused before any work.

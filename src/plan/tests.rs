@@ -95,18 +95,142 @@ fn golden_keys_of_a_fixed_spec() {
 }
 
 const GOLDEN: &[(&str, &str)] = &[
-    ("base debian bookworm minbase", "f2be4c4ac537"),
-    ("packages system", "856f643881b8"),
-    ("run `systemctl enable ssh`", "dabee035eb7f"),
-    ("bootloader grub-efi", "28f25acec6a2"),
-    ("filesystem esp vfat", "d94c1595178c"),
-    ("filesystem root ext4", "804189754dbd"),
-    ("disk gpt 2GiB", "8db4beba454b"),
-    ("output raw", "a98b6b71de4d"),
-    ("output qcow2", "9b4c6b3cb3d8"),
-    ("sbom", "b9fb00104f57"),
-    ("manifest", "19895fffc25d"),
+    ("base debian bookworm minbase", "35b3f0bb162c"),
+    ("packages system", "44795ac2fcc8"),
+    ("run `systemctl enable ssh`", "11befcda7919"),
+    ("bootloader grub-efi", "f412de9884ef"),
+    ("filesystem esp vfat", "afb1f07d237d"),
+    ("filesystem root ext4", "79df2fb070f5"),
+    ("disk gpt 2GiB", "4b645f5ed21e"),
+    ("output raw", "ea559c2fe1ac"),
+    ("output qcow2", "096a4adaec65"),
+    ("sbom", "1ef801565805"),
+    ("manifest", "ae69e3d29647"),
 ];
+
+/// A fixed lock of the golden image: one package in the base, one in the package set.
+fn golden_lock(udev_version: &str) -> crate::lock::Lock {
+    use crate::lock::{Lock, LockSet, LockedDeb};
+    let deb = |name: &str, version: &str, sha: char| LockedDeb {
+        name: name.into(),
+        arch: "amd64".into(),
+        version: version.into(),
+        sha256: sha.to_string().repeat(64),
+        size: 1000,
+        suite: "bookworm".into(),
+        priority: "required".into(),
+        filename: format!("pool/main/{name}_{version}_amd64.deb"),
+    };
+    Lock {
+        sets: vec![
+            LockSet {
+                step: "base".into(),
+                images: vec!["golden".into()],
+                request: "debian bookworm minbase amd64 main".into(),
+                debs: vec![deb("apt", "2.6.1", 'a')],
+                origin: Some(("golden.kdl.lock".into(), "ab".repeat(32))),
+            },
+            LockSet {
+                step: "packages:system".into(),
+                images: vec!["golden".into()],
+                request: "grub-common grub-efi-amd64-bin grub-pc-bin grub2-common \
+                          linux-image-amd64 systemd-sysv"
+                    .into(),
+                debs: vec![deb("udev", udev_version, 'b')],
+                origin: Some(("golden.kdl.lock".into(), "ab".repeat(32))),
+            },
+        ],
+    }
+}
+
+/// With a lock, the steps that install packages hash their set's digest: pinned here.
+#[test]
+fn golden_keys_with_a_lock() {
+    let spec = Spec {
+        images: vec![image("golden")],
+        sources: vec![],
+    };
+    let lock = golden_lock("252.38-1~deb12u1");
+    let plan = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap();
+    let got = keys(&plan);
+    assert_eq!(
+        got[0],
+        ("base debian bookworm minbase".into(), "d6ec3f8a4ece".into())
+    );
+    assert_eq!(got[1], ("packages system".into(), "c1ad27d67750".into()));
+    assert!(plan.steps[0]
+        .parts
+        .iter()
+        .any(|p| p.class == "file" && p.name == "lock"));
+    // Unlocked keys differ from locked ones.
+    assert_ne!(got[0].1, GOLDEN[0].1);
+    // The SBOM gets the pinned checksums, the manifest the lock file.
+    for s in &plan.steps {
+        match &s.action {
+            Action::Sbom(m) => assert_eq!(
+                m.deb_sha256.get("udev:amd64:252.38-1~deb12u1"),
+                Some(&"b".repeat(64))
+            ),
+            Action::Manifest(m) => assert_eq!(
+                m.lock,
+                Some(("golden.kdl.lock".to_string(), "ab".repeat(32)))
+            ),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn a_changed_lock_changes_the_steps_it_governs_and_what_follows() {
+    let spec = Spec {
+        images: vec![image("golden")],
+        sources: vec![],
+    };
+    let a = keys(&plan_locked(&spec, &FixedFacts, Some(&golden_lock("252.38-1~deb12u1"))).unwrap());
+    let b = keys(&plan_locked(&spec, &FixedFacts, Some(&golden_lock("252.39-1~deb12u1"))).unwrap());
+    assert_eq!(a[0], b[0], "the base's set did not change");
+    assert!(a[1..].iter().zip(&b[1..]).all(|(x, y)| x.1 != y.1));
+}
+
+#[test]
+fn images_a_lock_does_not_name_stay_unlocked() {
+    let spec = Spec {
+        images: vec![image("golden")],
+        sources: vec![],
+    };
+    let mut lock = golden_lock("1");
+    for s in &mut lock.sets {
+        s.images = vec!["other".into()];
+    }
+    let plan = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap();
+    assert_eq!(plan.steps[0].key.short(), GOLDEN[0].1);
+    assert_eq!(plan.steps[1].key.short(), GOLDEN[1].1);
+}
+
+#[test]
+fn a_stale_or_incomplete_lock_is_refused() {
+    let spec = Spec {
+        images: vec![image("golden")],
+        sources: vec![],
+    };
+    let mut lock = golden_lock("1");
+    lock.sets[1].request = "linux-image-amd64".into();
+    let e = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "the lock file does not fit step `packages:system` of image `golden`: it was locked \
+             for `linux-image-amd64`, the spec now asks for `grub-common"
+        ),
+        "{e}"
+    );
+    lock.sets.remove(1);
+    let e = plan_locked(&spec, &FixedFacts, Some(&lock)).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "the lock file does not fit step `packages:system` of image `golden`: the lock has no \
+         set for it"
+    );
+}
 
 #[test]
 fn a_changed_spec_file_changes_only_the_manifest() {
@@ -229,7 +353,7 @@ fn compressed_qcow2_has_its_own_key_and_leaves_the_others_alone() {
         .find(|s| s.label == "output qcow2")
         .unwrap();
     assert_eq!(out.label, "output qcow2");
-    assert_ne!(out.key.short(), "9b4c6b3cb3d8");
+    assert_ne!(out.key.short(), "096a4adaec65");
     assert!(out.parts.iter().any(|p| p.name == "compress"));
     // Everything before the output is the same as in the golden plan.
     assert_eq!(plan.steps[0].key.short(), GOLDEN[0].1);

@@ -8,13 +8,22 @@
 //!   sources for the Debian archive (with the suite's `-updates` and `-security` companions).
 //!   Key: distro, suite, variant, architecture, components, the spec's mirror when given (the
 //!   host's mirror is not hashed: any mirror of the archive serves the same packages), the
-//!   keyring's digest when given, and mmdebstrap's version.
+//!   keyring's digest when given, mmdebstrap's version, and with a lock file the digest of the
+//!   step's locked packages ([`crate::lock::LockSet::digest`]).
+//! - Unlocked, mmdebstrap keeps the `.deb` files it downloaded and apt's lists (copied out by
+//!   customize hooks, never into the tree): the step records them for `imgspec lock`
+//!   ([`super::apt::harvest`]).
+//! - Locked, mmdebstrap's only mirror is a flat repository of exactly the locked files
+//!   (`copy://`, `[trusted=yes]`: the SHA-256 of each file in the generated index replaces the
+//!   archive's signature); the image's `/etc/apt/sources.list` is then written as an unlocked
+//!   build writes it, naming the real archive.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use imgspec_cache::StepOutput;
 
+use super::apt::{self, Locked, DEBS_META};
 use super::scrub::{scrub, After};
 use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
@@ -23,7 +32,7 @@ use crate::runner::Cmd;
 use crate::tools::MMDEBSTRAP;
 
 pub const TAR_VERSION: u32 = 1;
-pub const DEBIAN_VERSION: u32 = 1;
+pub const DEBIAN_VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct TarBase {
@@ -57,6 +66,8 @@ impl TarBase {
 #[derive(Clone, Debug)]
 pub struct DebianBase {
     pub spec: crate::spec::model::Debian,
+    /// The lock file's packages for this step, when there is a lock.
+    pub locked: Option<Locked>,
 }
 
 impl DebianBase {
@@ -78,11 +89,16 @@ impl DebianBase {
             k.file("keyring", &d);
         }
         k.tool("mmdebstrap", &facts.tool_version(&MMDEBSTRAP)?);
+        if let Some(l) = &self.locked {
+            k.file("lock", &l.digest);
+        }
         Ok(())
     }
 
     /// The mmdebstrap command line that makes `out`.
-    pub fn command(&self, out: &Path, epoch: i64, sources: &[String]) -> Cmd {
+    /// `hooks` are extra options before the suite (the customize hooks that keep what apt
+    /// downloaded).
+    pub fn command(&self, out: &Path, epoch: i64, sources: &[String], hooks: &[String]) -> Cmd {
         let s = &self.spec;
         let mut cmd = Cmd::new("mmdebstrap")
             .arg(format!("--variant={}", s.variant))
@@ -93,7 +109,8 @@ impl DebianBase {
         if let Some(kr) = &s.keyring {
             cmd = cmd.arg(format!("--keyring={}", kr.display()));
         }
-        cmd.arg(&s.suite)
+        cmd.args(hooks.iter().map(String::as_str))
+            .arg(&s.suite)
             .arg(out.as_os_str())
             .args(sources.iter().map(String::as_str))
             .env("SOURCE_DATE_EPOCH", epoch.to_string())
@@ -115,16 +132,68 @@ impl DebianBase {
         Ok(host.lines_for(&s.suite, &comps))
     }
 
+    /// The customize hooks of an unlocked bootstrap: the downloaded files (kept in the cache by
+    /// `--skip=essential/unlink`) and apt's lists, copied out to `debs` and `lists`.
+    pub fn keep_hooks(debs: &Path, lists: &Path) -> Vec<String> {
+        vec![
+            "--skip=essential/unlink".into(),
+            format!(
+                "--customize-hook=sync-out /var/cache/apt/archives {}",
+                debs.display()
+            ),
+            format!(
+                "--customize-hook=sync-out /var/lib/apt/lists {}",
+                lists.display()
+            ),
+        ]
+    }
+
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let out = ctx.work.join("base.tar");
-        let cmd = self.command(&out, ctx.epoch, &self.sources()?);
+        let real = self.sources()?;
+        let debs = ctx.work.join("debs");
+        let lists = ctx.work.join("lists");
+        let cmd = match &self.locked {
+            None => {
+                for d in [&debs, &lists] {
+                    std::fs::create_dir(d).map_err(StepError::io(d))?;
+                }
+                self.command(&out, ctx.epoch, &real, &Self::keep_hooks(&debs, &lists))
+            }
+            Some(l) => {
+                let repo = ctx.work.join("repo");
+                apt::write_repo(ctx, &l.debs, &repo, &self.spec.suite)?;
+                let local = format!("deb [trusted=yes] copy://{} ./", repo.display());
+                self.command(&out, ctx.epoch, &[local], &[])
+            }
+        };
         ctx.runner.run(&cmd, &ctx.log)?;
         let f = std::fs::File::open(&out).map_err(StepError::io(&out))?;
         let mut r = std::io::BufReader::with_capacity(1 << 20, f);
         let m = ctx.store.import_tar(&mut r, &ctx.import_options())?;
         let mut tree = Tree::new(m);
         scrub(&mut tree, ctx.store, ctx.epoch, After::Bootstrap)?;
-        ctx.tree_output(&tree.into_manifest())
+        let installed = match &self.locked {
+            None => apt::harvest(ctx, &debs, &lists)?,
+            Some(l) => {
+                apt::check_installed(ctx, &tree, &l.debs)?;
+                // As mmdebstrap writes it from the real mirrors.
+                let text: String = real.iter().map(|l| format!("{l}\n")).collect();
+                tree.put_file(
+                    ctx.store,
+                    "etc/apt/sources.list",
+                    text.as_bytes(),
+                    0o644,
+                    ctx.epoch,
+                )?;
+                l.debs.clone()
+            }
+        };
+        let mut output = ctx.tree_output(&tree.into_manifest())?;
+        output
+            .meta
+            .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
+        Ok(output)
     }
 }
 
@@ -136,7 +205,10 @@ mod tests {
     fn base_of(spec: &str) -> DebianBase {
         let spec = crate::spec::load(&[PathBuf::from(spec)]).unwrap();
         match &spec.images[0].layers[0] {
-            Layer::Base(Base::Debian(d)) => DebianBase { spec: d.clone() },
+            Layer::Base(Base::Debian(d)) => DebianBase {
+                spec: d.clone(),
+                locked: None,
+            },
             other => panic!("not a distribution base: {other:?}"),
         }
     }
@@ -147,7 +219,7 @@ mod tests {
     fn ubuntu_efi_mmdebstrap_command_line() {
         let b = base_of("specs/ubuntu-efi.kdl");
         let sources = ["deb http://mirror.example/ubuntu noble main universe".to_string()];
-        let cmd = b.command(Path::new("/w/base.tar"), 1_686_355_200, &sources);
+        let cmd = b.command(Path::new("/w/base.tar"), 1_686_355_200, &sources, &[]);
         assert_eq!(
             cmd.display(),
             "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
@@ -165,11 +237,15 @@ mod tests {
     fn debian_efi_mmdebstrap_command_line() {
         let b = base_of("specs/debian-efi.kdl");
         let sources = ["deb http://mirror.example/debian bookworm main".to_string()];
-        let cmd = b.command(Path::new("/w/base.tar"), 1, &sources);
+        let hooks = DebianBase::keep_hooks(Path::new("/w/debs"), Path::new("/w/lists"));
+        let cmd = b.command(Path::new("/w/base.tar"), 1, &sources, &hooks);
         assert_eq!(
             cmd.display(),
             "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
-             --components=main bookworm /w/base.tar 'deb http://mirror.example/debian bookworm main'"
+             --components=main --skip=essential/unlink \
+             '--customize-hook=sync-out /var/cache/apt/archives /w/debs' \
+             '--customize-hook=sync-out /var/lib/apt/lists /w/lists' \
+             bookworm /w/base.tar 'deb http://mirror.example/debian bookworm main'"
         );
     }
 }

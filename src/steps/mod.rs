@@ -2,6 +2,7 @@
 //! from its inputs (`run`). A step never calls another step: the executor hands it its inputs'
 //! outputs through the [`StepContext`].
 
+pub mod apt;
 pub mod base;
 pub mod bootloader;
 pub mod chroot;

@@ -7,51 +7,109 @@
 //! The stored layer is the whole resulting tree's manifest; its files are blobs shared with the
 //! input layer, so what a layer costs in the store is what it added.
 //!
-//! Key: input tree key; the set's name; the sorted package list. The archive's state is not
-//! hashed (a lock file pins it; see the changelog).
+//! Unlocked, the `.deb` files apt downloaded are taken out of the tree before it is imported
+//! and recorded with what apt's lists say of them ([`super::apt::harvest`]), for `imgspec
+//! lock`. Locked, apt's only source is a flat repository of exactly the step's locked files,
+//! put at `/tmp/imgspec-lock` in the tree for the install and removed before the import (the
+//! image's own sources are left alone, so they still name the real archive).
+//!
+//! Key: input tree key; the set's name; the sorted package list; with a lock file, the digest
+//! of the step's locked packages ([`crate::lock::LockSet::digest`]). The archive's state is not
+//! hashed: without a lock, what apt installs is what the archive had at the first build.
 
 use imgspec_cache::StepOutput;
 
+use super::apt::{self, Locked, DEBS_META};
 use super::chroot::Session;
 use super::scrub::{scrub, After};
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+
+/// Where a locked install's repository is, inside the image tree during the step.
+const REPO_IN_TREE: &str = "tmp/imgspec-lock";
 
 #[derive(Clone, Debug)]
 pub struct PackagesStep {
     pub name: String,
     /// Sorted, deduplicated.
     pub packages: Vec<String>,
+    /// The lock file's packages for this step, when there is a lock.
+    pub locked: Option<Locked>,
 }
 
 impl PackagesStep {
     pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
         k.param("name", &self.name)
             .param("packages", &self.packages.join(" "));
+        if let Some(l) = &self.locked {
+            k.file("lock", &l.digest);
+        }
         Ok(())
     }
 
-    /// The script run inside the image.
+    /// The script run inside the image. Unlocked, the downloaded files stay in apt's cache
+    /// for [`apt::harvest`]; locked, apt reads only the repository at [`REPO_IN_TREE`].
     pub fn script(&self) -> String {
-        format!(
-            "apt-get update -q && apt-get install -y -q --no-install-recommends {} && apt-get clean",
-            self.packages.join(" ")
-        )
+        let pkgs = self.packages.join(" ");
+        match self.locked {
+            None => {
+                format!("apt-get update -q && apt-get install -y -q --no-install-recommends {pkgs}")
+            }
+            Some(_) => {
+                let o = format!(
+                    "-o Dir::Etc::SourceList=/{REPO_IN_TREE}/sources.list \
+                     -o Dir::Etc::SourceParts=/{REPO_IN_TREE}/sources.list.d"
+                );
+                format!(
+                    "apt-get {o} update -q && \
+                     apt-get {o} install -y -q --no-install-recommends {pkgs} && apt-get clean"
+                )
+            }
+        }
     }
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let mut s = Session::open(ctx, 0, "apt installs packages in a chroot")?;
-        s.with_network()?;
+        let repo = s.root.join(REPO_IN_TREE);
+        match &self.locked {
+            None => s.with_network()?,
+            Some(l) => {
+                apt::write_repo(ctx, &l.debs, &repo, "imgspec-lock")?;
+                let parts = repo.join("sources.list.d");
+                std::fs::create_dir_all(&parts).map_err(StepError::io(&parts))?;
+                let list = repo.join("sources.list");
+                let line = format!("deb [trusted=yes] file:/{REPO_IN_TREE} ./\n");
+                std::fs::write(&list, line).map_err(StepError::io(&list))?;
+            }
+        }
         s.without_services()?;
         s.run(ctx, &self.script())
             .map_err(|e| apt_error(e, &self.packages))?;
+        let installed = match &self.locked {
+            None => apt::harvest(
+                ctx,
+                &s.root.join("var/cache/apt/archives"),
+                &s.root.join("var/lib/apt/lists"),
+            )?,
+            Some(l) => {
+                std::fs::remove_dir_all(&repo).map_err(StepError::io(&repo))?;
+                l.debs.clone()
+            }
+        };
         let m = s.close(ctx)?;
         let mut tree = Tree::new(m);
+        if let Some(l) = &self.locked {
+            apt::check_installed(ctx, &tree, &l.debs)?;
+        }
         scrub(&mut tree, ctx.store, ctx.epoch, After::Packages)?;
-        ctx.tree_output(&tree.into_manifest())
+        let mut output = ctx.tree_output(&tree.into_manifest())?;
+        output
+            .meta
+            .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
+        Ok(output)
     }
 }
 

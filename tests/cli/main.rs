@@ -4,5 +4,6 @@ mod common;
 mod debian;
 mod elements;
 mod engine;
+mod lock;
 mod remote;
 mod repro;
