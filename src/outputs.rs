@@ -3,13 +3,17 @@
 //! A small state file (`.imgspec-state.json`) remembers the digest, size, mtime and inode of
 //! each file imgspec wrote there. A file whose metadata still matches is left alone (a no-op
 //! build reads no output file); a missing or touched one is restored from the store, which
-//! costs about one file copy. Files are written to a temporary name and renamed into place.
+//! costs about one file copy. Files are written to a temporary name and renamed into place,
+//! all of them at once (a raw disk and its qcow2 decompress on different cores). A file that
+//! an output step of this very build has just written is moved here from the store's
+//! session folder instead (`Store::take_fresh_file`): no decompression, no copy.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use imgspec_cache::{BlobDigest, StepOutput, Store, StoreError};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 const STATE: &str = ".imgspec-state.json";
@@ -80,14 +84,32 @@ pub fn materialise(
     let mut new = State::default();
     let mut written = Vec::new();
     let mut sums = Vec::new();
-    for o in outputs {
-        for (name, r) in &o.files {
+    let files: Vec<(&String, &imgspec_cache::FileRef, &StepOutput)> = outputs
+        .iter()
+        .flat_map(|o| o.files.iter().map(move |(n, r)| (n, r, *o)))
+        .collect();
+    let fresh: Vec<bool> = files
+        .iter()
+        .map(|(name, r, _)| {
+            let current = file_state(&dir.join(name), Some(r.digest));
+            current.is_some() && current == old.files.get(*name).cloned()
+        })
+        .collect();
+    files
+        .par_iter()
+        .zip(&fresh)
+        .filter(|(_, fresh)| !**fresh)
+        .try_for_each(|((name, r, _), _)| {
+            // A file this build has just made is moved here; one from the cache is restored.
             let path = dir.join(name);
-            let current = file_state(&path, Some(r.digest));
-            let fresh = current.is_some() && current == old.files.get(name).cloned();
-            if !fresh {
-                store.blob_to_file(&r.digest, &path)?;
+            if store.take_fresh_file(&r.digest, &path) {
+                return Ok(());
             }
+            store.blob_to_file(&r.digest, &path)
+        })?;
+    for ((name, r, o), &fresh) in files.into_iter().zip(&fresh) {
+        {
+            let path = dir.join(name);
             let st = file_state(&path, Some(r.digest)).ok_or_else(|| OutputError::Io {
                 path: path.clone(),
                 source: std::io::Error::from(std::io::ErrorKind::NotFound),

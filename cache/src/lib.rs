@@ -8,7 +8,8 @@
 //!   CACHEDIR.TAG             standard cache-directory tag, so backup tools skip the store
 //!   blobs-v1/ab/cdef…        one file per blob; `ab` is the first two hex digits of the BLAKE3
 //!                            of the blob's *uncompressed* bytes and `cdef…` the other 62; the
-//!                            file holds those bytes zstd-compressed (level 3)
+//!                            file holds those bytes zstd-compressed (level 3; level 1 for
+//!                            blobs from 32 MiB, disk and filesystem images)
 //!   index-v1.sqlite          the step index (WAL mode, so `-wal` and `-shm` files beside it):
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
@@ -17,6 +18,11 @@
 //!                            done (see `steplock`)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
+//!       fresh/ab…              plain copies of large blobs this session stored from files
+//!                              (`put_file_keep`), handed to the next step of the same build
+//!                              and moved to the output folder, never read by another session
+//!       trees/<tree digest>    at most two materialised trees a chroot step left
+//!                              (`keep_tree`), taken by the next one that starts from them
 //!       .lock                  flock-ed while that `Store` lives; a session whose lock is
 //!                              free, and any other entry older than an hour, is removed by
 //!                              the next `Store::open`
@@ -99,7 +105,7 @@ pub use blob::BlobReader;
 pub use bundle::BundleStats;
 pub use remote::{Credentials, Remote, RemoteError};
 pub use steplock::{Claim, StepLock, LOCKS_DIR};
-pub use tree::diff;
+pub use tree::{diff, Checkout};
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.
 pub const BLOBS_DIR: &str = "blobs-v1";

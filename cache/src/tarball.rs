@@ -1,14 +1,16 @@
 //! Trees to and from tar streams: a deterministic PAX writer and a reader of GNU and PAX
 //! archives (long names, hard links, device nodes, `SCHILY.xattr.*` records).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use tar::{EntryType, Header};
 
 use crate::tree::{clamp, parent};
-use crate::{BlobReader, Entry, EntryKind, ImportOptions, Manifest, Result, Store, StoreError};
+use crate::{
+    BlobDigest, BlobReader, Entry, EntryKind, ImportOptions, Manifest, Result, Store, StoreError,
+};
 
 const PAX_XATTR: &str = "SCHILY.xattr.";
 /// Largest value of an 8-byte octal field (mode, uid, gid, device numbers).
@@ -109,6 +111,48 @@ fn pax_header(e: &Entry, mtime: u64, records: &[(String, Vec<u8>)]) -> (Header, 
 }
 
 /// A blob's bytes, exactly `remaining` of them, its digest checked before the end is reported.
+/// `export_tar` decompresses files up to this size ahead of the writer, in parallel...
+const PREFETCH_FILE_MAX: u64 = 4 << 20;
+/// ...a batch of about this many bytes at a time, while the writer writes the batch before.
+const PREFETCH_BATCH: u64 = 32 << 20;
+
+/// The contents of the small files of `entries` (by index), decompressed and checked on
+/// rayon's threads in batches, in manifest order, sent to `tx` one batch at a time.
+fn prefetch(
+    store: &Store,
+    entries: &[Entry],
+    tx: std::sync::mpsc::SyncSender<Result<HashMap<usize, Vec<u8>>>>,
+) {
+    use rayon::prelude::*;
+    let send = |batch: &[(usize, BlobDigest)]| {
+        let r = batch
+            .par_iter()
+            .map(|(i, d)| Ok((*i, store.read_blob(d)?)))
+            .collect::<Result<HashMap<usize, Vec<u8>>>>();
+        tx.send(r).is_ok()
+    };
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        if let EntryKind::File { digest, size } = &e.kind {
+            if *size <= PREFETCH_FILE_MAX {
+                batch.push((i, *digest));
+                bytes += size;
+                if bytes >= PREFETCH_BATCH {
+                    if !send(&batch) {
+                        return; // the writer stopped
+                    }
+                    batch.clear();
+                    bytes = 0;
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        send(&batch);
+    }
+}
+
 struct ExactBlob<'a> {
     r: BlobReader,
     remaining: u64,
@@ -382,8 +426,23 @@ impl Store {
         mtime_clamp: Option<i64>,
     ) -> Result<()> {
         m.validate()?;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(|| prefetch(self, &m.entries, tx));
+            self.write_tar(m, w, mtime_clamp, &rx)
+        })
+    }
+
+    fn write_tar(
+        &self,
+        m: &Manifest,
+        w: &mut dyn Write,
+        mtime_clamp: Option<i64>,
+        prefetched: &std::sync::mpsc::Receiver<Result<HashMap<usize, Vec<u8>>>>,
+    ) -> Result<()> {
         let mut builder = tar::Builder::new(w);
-        for e in &m.entries {
+        let mut batch: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (i, e) in m.entries.iter().enumerate() {
             let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
             let mut h = Header::new_ustar();
             set_name(&mut h, member_name(e).as_bytes(), &mut pax);
@@ -410,6 +469,7 @@ impl Store {
             h.set_mtime(header_mtime);
             h.set_size(0);
             let mut content = None;
+            let mut small = None;
             match &e.kind {
                 EntryKind::Dir => h.set_entry_type(EntryType::Directory),
                 EntryKind::File { digest, size } => {
@@ -419,11 +479,29 @@ impl Store {
                     } else {
                         h.set_size(*size);
                     }
-                    content = Some(ExactBlob {
-                        r: self.open_blob(digest)?,
-                        remaining: *size,
-                        path: &e.path,
-                    });
+                    if *size <= PREFETCH_FILE_MAX {
+                        if !batch.contains_key(&i) {
+                            batch = prefetched.recv().map_err(|_| {
+                                StoreError::bad_entry(&e.path, "the prefetch thread stopped")
+                            })??;
+                        }
+                        let data = batch.remove(&i).ok_or_else(|| {
+                            StoreError::bad_entry(&e.path, "missing from its prefetch batch")
+                        })?;
+                        if data.len() as u64 != *size {
+                            return Err(StoreError::bad_entry(
+                                &e.path,
+                                "size differs from its blob's length",
+                            ));
+                        }
+                        small = Some(data);
+                    } else {
+                        content = Some(ExactBlob {
+                            r: self.open_blob(digest)?,
+                            remaining: *size,
+                            path: &e.path,
+                        });
+                    }
                 }
                 EntryKind::Symlink { target } => {
                     h.set_entry_type(EntryType::Symlink);
@@ -458,9 +536,10 @@ impl Store {
                 builder.append(&ph, &data[..]).map_err(stream_err)?;
             }
             h.set_cksum();
-            match content {
-                Some(blob) => builder.append(&h, blob).map_err(stream_err)?,
-                None => builder.append(&h, io::empty()).map_err(stream_err)?,
+            match (content, small) {
+                (Some(blob), _) => builder.append(&h, blob).map_err(stream_err)?,
+                (None, Some(data)) => builder.append(&h, &data[..]).map_err(stream_err)?,
+                (None, None) => builder.append(&h, io::empty()).map_err(stream_err)?,
             }
         }
         builder.finish().map_err(stream_err)?;
@@ -471,6 +550,51 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_across_prefetch_batches_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        // More than two batches of small files, with a large file (streamed, not prefetched)
+        // and a directory in between.
+        let mut entries = vec![Entry {
+            path: String::new(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            xattrs: BTreeMap::new(),
+        }];
+        let file = |path: String, len: usize| {
+            let mut data = vec![0u8; len];
+            blake3::Hasher::new()
+                .update(path.as_bytes())
+                .finalize_xof()
+                .fill(&mut data);
+            let r = store.put_bytes(&data).unwrap();
+            Entry {
+                path,
+                kind: EntryKind::File {
+                    digest: r.digest,
+                    size: r.size,
+                },
+                ..entries[0].clone()
+            }
+        };
+        let mut files: Vec<Entry> = (0..40).map(|i| file(format!("f{i:02}"), 2 << 20)).collect();
+        files.push(file("g-large".into(), (PREFETCH_FILE_MAX as usize) + 1));
+        files.extend((40..80).map(|i| file(format!("h{i:02}"), 1 << 20)));
+        entries.extend(files);
+        let m = Manifest { entries };
+        assert!(m.is_sorted());
+        let mut tar = Vec::new();
+        store.export_tar(&m, &mut tar, None).unwrap();
+        let back = store
+            .import_tar(&mut &tar[..], &ImportOptions::default())
+            .unwrap();
+        assert_eq!(back, m);
+    }
 
     #[test]
     fn paths_are_normalised_and_escapes_refused() {

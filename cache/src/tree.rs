@@ -180,6 +180,63 @@ fn io_pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// What [`Store::export_dir_stamped`] wrote: for each regular file, the inode's identity and
+/// times right after the export, and the blob it holds. [`Store::import_dir_since`] takes a
+/// file whose inode still has exactly these (same device and inode, size, mtime and ctime to
+/// the nanosecond) as unchanged and does not read it again.
+///
+/// ctime is the witness: the kernel sets it to the current time on every change of content
+/// or metadata, and nothing but a change of the system clock can set it back. The export
+/// waits until the clock has moved past the newest ctime it recorded, so even a change made
+/// in the same clock tick as the export shows.
+#[derive(Debug, Default)]
+pub struct Checkout {
+    files: HashMap<String, (Stamp, BlobDigest)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl Checkout {
+    /// Regular files recorded.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The content of `rel` as exported, if `meta` shows its inode untouched since.
+    fn unchanged(&self, rel: &str, meta: &fs::Metadata) -> Option<BlobDigest> {
+        let (stamp, digest) = self.files.get(rel)?;
+        (*stamp == Stamp::of(meta)).then_some(*digest)
+    }
+}
+
+/// The folder of a session's materialised trees, handed from one chroot step to the next.
+const TREES_DIR: &str = "trees";
+/// Materialised trees a session keeps at most (a build with two chroot steps at once).
+pub const KEPT_TREES: usize = 2;
+
 /// One filesystem object found by the walk of `import_dir`.
 struct Found {
     rel: String,
@@ -226,6 +283,18 @@ impl Store {
     /// entered (their mount points are kept as directories), sockets are skipped, and files
     /// that share an inode become hard links to the first of their paths.
     pub fn import_dir(&self, dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
+        self.import_dir_since(dir, opts, &Checkout::default())
+    }
+
+    /// Like [`Store::import_dir`], for a tree that [`Store::export_dir_stamped`] wrote: the
+    /// regular files still as exported (see [`Checkout`]) are taken from `since` without
+    /// reading them; only what changed is hashed and stored.
+    pub fn import_dir_since(
+        &self,
+        dir: &Path,
+        opts: &ImportOptions,
+        since: &Checkout,
+    ) -> Result<Manifest> {
         let root_meta = fs::metadata(dir).map_err(StoreError::io(dir))?;
         if !root_meta.is_dir() {
             return Err(StoreError::bad_entry(
@@ -290,7 +359,7 @@ impl Store {
             found
                 .par_iter()
                 .zip(links.par_iter())
-                .map(|(f, link)| self.import_entry(f, link.as_deref(), opts))
+                .map(|(f, link)| self.import_entry(f, link.as_deref(), opts, since))
                 .collect::<Result<Vec<Entry>>>()
         })?;
         let m = Manifest { entries };
@@ -298,7 +367,13 @@ impl Store {
         Ok(m)
     }
 
-    fn import_entry(&self, f: &Found, link: Option<&str>, opts: &ImportOptions) -> Result<Entry> {
+    fn import_entry(
+        &self,
+        f: &Found,
+        link: Option<&str>,
+        opts: &ImportOptions,
+        since: &Checkout,
+    ) -> Result<Entry> {
         let ft = f.meta.file_type();
         let kind = if ft.is_dir() {
             EntryKind::Dir
@@ -315,13 +390,19 @@ impl Store {
                 Some(target) => EntryKind::Hardlink {
                     target: target.to_string(),
                 },
-                None => {
-                    let r = self.put_file_nofollow(&f.abs)?;
-                    EntryKind::File {
-                        digest: r.digest,
-                        size: r.size,
+                None => match since.unchanged(&f.rel, &f.meta) {
+                    Some(digest) => EntryKind::File {
+                        digest,
+                        size: f.meta.size(),
+                    },
+                    None => {
+                        let r = self.put_file_nofollow(&f.abs)?;
+                        EntryKind::File {
+                            digest: r.digest,
+                            size: r.size,
+                        }
                     }
-                }
+                },
             }
         } else if ft.is_fifo() {
             EntryKind::Fifo
@@ -357,6 +438,169 @@ impl Store {
     /// and device nodes are skipped and only `user.*` xattrs are set, all silently: the
     /// caller that needs them exact must run as root.
     pub fn export_dir(&self, m: &Manifest, dest: &Path) -> Result<()> {
+        self.export_dir_inner(m, dest)
+    }
+
+    /// Like [`Store::export_dir`], and returns the [`Checkout`] that lets
+    /// [`Store::import_dir_since`] skip the files nobody changed. Returns once the clock has
+    /// moved past the last change the export made.
+    pub fn export_dir_stamped(&self, m: &Manifest, dest: &Path) -> Result<Checkout> {
+        self.export_dir_inner(m, dest)?;
+        self.stamp(m, dest)
+    }
+
+    /// Keeps `dir`, a folder just imported as `m`, as this session's materialised copy of
+    /// `m` for [`Store::take_tree`]: the next chroot step of the same build starts from it
+    /// instead of exporting the tree again. First it is made exactly what `export_dir` would
+    /// write: every time set to the manifest's (the import clamped mtimes, the disk still has
+    /// the command's). A folder holding anything the manifest does not list (a socket, another
+    /// filesystem's content) is not kept. Returns whether it was kept; `dir` is gone if so.
+    /// At most [`KEPT_TREES`] are kept, the oldest removed first.
+    pub fn keep_tree(&self, dir: &Path, m: &Manifest) -> Result<bool> {
+        let d = self.put_manifest(m)?;
+        let at = |rel: &str| {
+            if rel.is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(rel)
+            }
+        };
+        // Everything on disk is listed (the import walked the same folder, so listed
+        // entries are all there unless something raced it).
+        let listed: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+        let dev = fs::symlink_metadata(dir)
+            .map_err(StoreError::io(dir))?
+            .dev();
+        let mut count = 1;
+        let mut stack = vec![(String::new(), dir.to_path_buf())];
+        while let Some((rel, abs)) = stack.pop() {
+            for ent in fs::read_dir(&abs).map_err(StoreError::io(&abs))? {
+                let ent = ent.map_err(StoreError::io(&abs))?;
+                let Some(name) = ent.file_name().to_str().map(str::to_string) else {
+                    return Ok(false);
+                };
+                let child = join_rel(&rel, &name);
+                if !listed.contains(child.as_str()) {
+                    return Ok(false);
+                }
+                let meta = ent.metadata().map_err(StoreError::io(&ent.path()))?;
+                if meta.is_dir() {
+                    if meta.dev() != dev {
+                        return Ok(false);
+                    }
+                    stack.push((child, ent.path()));
+                }
+                count += 1;
+            }
+        }
+        if count != m.entries.len() {
+            return Ok(false);
+        }
+        let fixed: Result<()> = m
+            .entries
+            .par_iter()
+            .filter(|e| !matches!(e.kind, EntryKind::Hardlink { .. }))
+            .try_for_each(|e| {
+                let p = at(&e.path);
+                let meta = fs::symlink_metadata(&p).map_err(StoreError::io(&p))?;
+                let exact = (
+                    meta.mtime(),
+                    meta.mtime_nsec(),
+                    meta.atime(),
+                    meta.atime_nsec(),
+                ) == (e.mtime, 0, e.mtime, 0);
+                if !exact {
+                    sys::set_times_nofollow(&p, e.mtime).map_err(StoreError::io(&p))?;
+                }
+                Ok(())
+            });
+        fixed?;
+        let trees = self.session.join(TREES_DIR);
+        fs::create_dir_all(&trees).map_err(StoreError::io(&trees))?;
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&trees)
+            .map_err(StoreError::io(&trees))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        kept.sort();
+        while kept.len() >= KEPT_TREES {
+            let (_, old) = kept.remove(0);
+            let _ = fs::remove_dir_all(old);
+        }
+        let target = trees.join(d.to_hex());
+        if target.exists() {
+            return Ok(false);
+        }
+        fs::rename(dir, &target).map_err(StoreError::io(dir))?;
+        Ok(true)
+    }
+
+    /// Moves this session's materialised copy of tree `d` (see [`Store::keep_tree`]) to
+    /// `dest`, which must not exist, and returns its [`Checkout`]; `None` when there is none.
+    pub fn take_tree(&self, d: &TreeDigest, m: &Manifest, dest: &Path) -> Result<Option<Checkout>> {
+        let src = self.session.join(TREES_DIR).join(d.to_hex());
+        if !src.is_dir() {
+            return Ok(None);
+        }
+        fs::rename(&src, dest).map_err(StoreError::io(&src))?;
+        Ok(Some(self.stamp(m, dest)?))
+    }
+
+    /// The [`Checkout`] of `dest`, a folder that holds exactly `m`.
+    fn stamp(&self, m: &Manifest, dest: &Path) -> Result<Checkout> {
+        let at = |rel: &str| {
+            if rel.is_empty() {
+                dest.to_path_buf()
+            } else {
+                dest.join(rel)
+            }
+        };
+        let files = m
+            .entries
+            .par_iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::File { digest, .. } => Some((e, *digest)),
+                _ => None,
+            })
+            .map(|(e, digest)| {
+                let p = at(&e.path);
+                let meta = fs::symlink_metadata(&p).map_err(StoreError::io(&p))?;
+                Ok((e.path.clone(), (Stamp::of(&meta), digest)))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
+        let newest = files.values().map(|(s, _)| s.ctime).max().unwrap_or((0, 0));
+        self.wait_past(newest)?;
+        Ok(Checkout { files })
+    }
+
+    /// Waits until a change made now would get a ctime after `t` (the kernel stamps ctimes
+    /// with a clock that ticks every few milliseconds), by touching a probe file.
+    fn wait_past(&self, t: (i64, i64)) -> Result<()> {
+        let probe = tempfile::Builder::new()
+            .prefix("clock-")
+            .tempfile_in(&self.session)
+            .map_err(StoreError::io(&self.session))?;
+        for _ in 0..1000 {
+            probe
+                .as_file()
+                .set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(StoreError::io(probe.path()))?;
+            let m = probe
+                .as_file()
+                .metadata()
+                .map_err(StoreError::io(probe.path()))?;
+            if (m.ctime(), m.ctime_nsec()) > t {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Err(StoreError::Io {
+            path: probe.path().to_path_buf(),
+            source: std::io::Error::other("the clock did not move past the export's last change"),
+        })
+    }
+
+    fn export_dir_inner(&self, m: &Manifest, dest: &Path) -> Result<()> {
         m.validate()?;
         if fs::read_dir(dest)
             .map_err(StoreError::io(dest))?
@@ -504,6 +748,103 @@ mod tests {
                 size: 1,
             },
         )
+    }
+
+    #[test]
+    fn import_since_an_export_reads_only_what_changed() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir_all(src.join("etc")).unwrap();
+        for name in ["etc/a", "etc/b", "etc/c", "etc/d"] {
+            fs::write(src.join(name), format!("{name} content")).unwrap();
+        }
+        let m = store.import_dir(&src, &ImportOptions::default()).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir(&root).unwrap();
+        let mut checkout = store.export_dir_stamped(&m, &root).unwrap();
+        assert_eq!(checkout.len(), 4);
+        // A file nobody touched is taken from the checkout without being read: give the
+        // checkout a digest the file does not have and it comes back.
+        let planted = BlobDigest([7; 32]);
+        checkout.files.get_mut("etc/a").unwrap().1 = planted;
+        // The same size and mtime, new content, right after the export: ctime shows it.
+        let b = root.join("etc/b");
+        let mtime = fs::metadata(&b).unwrap().mtime();
+        let mut f = fs::OpenOptions::new().write(true).open(&b).unwrap();
+        f.write_all(b"etc/b CONTENT").unwrap();
+        drop(f);
+        crate::sys::set_times_nofollow(&b, mtime).unwrap();
+        // Replaced by another file (new inode); a new file.
+        fs::remove_file(root.join("etc/c")).unwrap();
+        fs::write(root.join("etc/c"), "etc/c content").unwrap();
+        fs::write(root.join("etc/new"), "new").unwrap();
+        let back = store
+            .import_dir_since(&root, &ImportOptions::default(), &checkout)
+            .unwrap();
+        let digest = |path: &str| match &back.get(path).unwrap().kind {
+            EntryKind::File { digest, .. } => *digest,
+            k => panic!("{path}: {k:?}"),
+        };
+        let hash = |b: &[u8]| BlobDigest::from_hash(blake3::hash(b));
+        assert_eq!(digest("etc/a"), planted, "untouched: not read");
+        assert_eq!(
+            digest("etc/b"),
+            hash(b"etc/b CONTENT"),
+            "edited in place: read"
+        );
+        assert_eq!(digest("etc/c"), hash(b"etc/c content"), "replaced: read");
+        assert_eq!(digest("etc/d"), hash(b"etc/d content"));
+        assert_eq!(digest("etc/new"), hash(b"new"));
+        assert!(store.has_blob(&hash(b"etc/b CONTENT")));
+    }
+
+    #[test]
+    fn a_kept_tree_is_taken_once_with_the_times_an_export_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::write(root.join("etc/a"), "a").unwrap();
+        std::os::unix::fs::symlink("a", root.join("etc/l")).unwrap();
+        let opts = ImportOptions {
+            clamp_mtime: Some(1_000_000_000),
+        };
+        let m = store.import_dir(&root, &opts).unwrap();
+        assert!(store.keep_tree(&root, &m).unwrap());
+        assert!(!root.exists(), "moved into the session");
+        let d = store.put_manifest(&m).unwrap();
+        let dest = dir.path().join("dest");
+        let checkout = store.take_tree(&d, &m, &dest).unwrap().unwrap();
+        assert_eq!(checkout.len(), 1);
+        // What an export of `m` would have written, times included.
+        let fresh = dir.path().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        store.export_dir(&m, &fresh).unwrap();
+        for rel in ["", "etc", "etc/a", "etc/l"] {
+            let (a, b) = (
+                fs::symlink_metadata(dest.join(rel)).unwrap(),
+                fs::symlink_metadata(fresh.join(rel)).unwrap(),
+            );
+            assert_eq!(
+                (a.mtime(), a.mtime_nsec()),
+                (b.mtime(), b.mtime_nsec()),
+                "{rel}"
+            );
+            assert_eq!(a.mode(), b.mode(), "{rel}");
+        }
+        assert_eq!(store.import_dir(&dest, &opts).unwrap(), m);
+        assert!(store
+            .take_tree(&d, &m, &dir.path().join("again"))
+            .unwrap()
+            .is_none());
+
+        // A folder with something the manifest does not list is not kept.
+        let m2 = store.import_dir(&dest, &opts).unwrap();
+        fs::write(dest.join("etc/unlisted"), "x").unwrap();
+        assert!(!store.keep_tree(&dest, &m2).unwrap());
+        assert!(dest.exists());
     }
 
     #[test]

@@ -176,7 +176,7 @@ impl BootloaderStep {
         } else {
             None
         };
-        let m = s.close(ctx)?;
+        let m = s.close_and_keep(ctx)?;
         let mut out = ctx.tree_output(&m)?;
         if let Some((core, boot)) = bios {
             out.files

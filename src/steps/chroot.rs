@@ -1,6 +1,12 @@
 //! Running commands inside an image tree: materialise the tree in scratch space, run the
 //! command under `chroot` in a private mount and PID namespace (`unshare`), with `/dev` and
-//! `/proc` mounted only inside that namespace, then import the result.
+//! `/proc` mounted only inside that namespace, then import the result. The import reads only
+//! the files the command changed: the others still have the inode, size, mtime and ctime the
+//! export left them with, and keep the digest they were exported from
+//! ([`imgspec_cache::Checkout`]). A step whose output is exactly the imported tree (`run`,
+//! `element`, `bootloader`) keeps the folder for the session ([`Session::close_and_keep`],
+//! [`imgspec_cache::Store::keep_tree`]): a next chroot step of the build whose input is that
+//! tree starts from it instead of exporting the tree again.
 //!
 //! What the host lends the command (`/etc/resolv.conf` for the network, a `policy-rc.d` that
 //! keeps services from starting) is put in before and taken out after, so it never reaches the
@@ -8,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::Manifest;
+use imgspec_cache::{Checkout, Manifest};
 
 use super::{is_root, StepContext, StepError};
 use crate::runner::Cmd;
@@ -33,6 +39,7 @@ exec chroot "$root" /usr/bin/env -i "$@" /bin/sh -c "$script"
 
 pub struct Session {
     pub root: PathBuf,
+    checkout: Checkout,
     created: Vec<PathBuf>,
     resolv: Option<Option<Vec<u8>>>,
     policy: bool,
@@ -44,12 +51,19 @@ impl Session {
         if !is_root() {
             return Err(StepError::NeedsRoot(why));
         }
-        let (_, m) = ctx.input_tree(i)?;
+        let (d, m) = ctx.input_tree(i)?;
         let root = ctx.work.join("root");
-        std::fs::create_dir(&root).map_err(StepError::io(&root))?;
-        ctx.store.export_dir(&m, &root)?;
+        // The tree an earlier chroot step of this build left, or a fresh export.
+        let checkout = match ctx.store.take_tree(&d, &m, &root)? {
+            Some(c) => c,
+            None => {
+                std::fs::create_dir(&root).map_err(StepError::io(&root))?;
+                ctx.store.export_dir_stamped(&m, &root)?
+            }
+        };
         let mut s = Session {
             root,
+            checkout,
             created: Vec::new(),
             resolv: None,
             policy: false,
@@ -112,6 +126,16 @@ impl Session {
         Ok(())
     }
 
+    /// Like [`Session::close`], for a step whose output is exactly the imported tree: the
+    /// folder is kept for a next chroot step of this build that starts from that tree.
+    pub fn close_and_keep(self, ctx: &StepContext) -> Result<Manifest, StepError> {
+        let root = self.root.clone();
+        let m = self.close(ctx)?;
+        // Best effort: a folder that cannot be kept only costs the next step an export.
+        let _ = ctx.store.keep_tree(&root, &m);
+        Ok(m)
+    }
+
     /// Takes back what was lent and imports the tree.
     pub fn close(self, ctx: &StepContext) -> Result<Manifest, StepError> {
         if let Some(old) = &self.resolv {
@@ -128,7 +152,9 @@ impl Session {
         for p in &self.created {
             let _ = std::fs::remove_dir(p);
         }
-        Ok(ctx.store.import_dir(&self.root, &ctx.import_options())?)
+        Ok(ctx
+            .store
+            .import_dir_since(&self.root, &ctx.import_options(), &self.checkout)?)
     }
 }
 

@@ -1,6 +1,8 @@
 //! `disk`: the whole disk as a raw file: a GPT written by imgspec (protective MBR, both headers
 //! and partition arrays, CRCs) with each partition's filesystem image copied in at its 1 MiB
-//! aligned offset, sparse where the content is zeros.
+//! aligned offset, sparse where the content is zeros. The filesystem images are decompressed
+//! from the store straight into the disk file (no copy of each in between), and the disk is
+//! read once to both store it and take its SHA-256.
 //!
 //! For legacy BIOS boot (`grub-bios`, `hybrid`), GRUB's `core.img` and `boot.img` (files of the
 //! bootloader step, its last input) then go into the BIOS boot partition and the protective MBR,
@@ -15,7 +17,7 @@
 
 use imgspec_cache::StepOutput;
 
-use super::output::sha256_file;
+use super::output::put_with_sha256;
 use super::{FactError, StepContext, StepError};
 use crate::format::gpt::{Guid, Layout};
 use crate::plan::key::KeyBuilder;
@@ -58,25 +60,49 @@ impl DiskStep {
     }
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
-        let mut files = Vec::new();
+        // Which blob fills which partition, checked against its size before anything is written.
+        let mut fills = Vec::new();
         for (n, c) in self.contents.iter().enumerate() {
-            match c {
-                Some(i) => {
-                    let r = ctx
-                        .inputs
-                        .get(*i)
-                        .and_then(|o| o.files.get("fs.img"))
-                        .ok_or(StepError::Internal("a filesystem input has no fs.img"))?;
-                    let p = ctx.work.join(format!("part{n}.img"));
-                    ctx.store.blob_to_file(&r.digest, &p)?;
-                    files.push(Some(p));
-                }
-                None => files.push(None),
+            let Some(i) = c else { continue };
+            let r = ctx
+                .inputs
+                .get(*i)
+                .and_then(|o| o.files.get("fs.img"))
+                .ok_or(StepError::Internal("a filesystem input has no fs.img"))?;
+            let p = &self.layout.partitions[n];
+            if r.size > p.size_bytes {
+                return Err(too_large(&p.name, r.size, p.size_bytes));
             }
+            fills.push((n, p, r));
         }
         let raw = ctx.work.join("disk.raw");
-        let contents: Vec<Option<&std::path::Path>> = files.iter().map(|f| f.as_deref()).collect();
+        // A filesystem this build has just made is copied from its plain file (its data
+        // extents only); one from the cache is decompressed into place.
+        let mut plain: Vec<Option<std::path::PathBuf>> = vec![None; self.layout.partitions.len()];
+        let mut packed = Vec::new();
+        for (n, p, r) in fills {
+            match ctx.store.fresh_file(&r.digest) {
+                Some(f) => plain[n] = Some(f),
+                None => packed.push((p, r)),
+            }
+        }
+        let contents: Vec<Option<&std::path::Path>> = plain.iter().map(|f| f.as_deref()).collect();
         crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
+        {
+            let disk = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&raw)
+                .map_err(StepError::io(&raw))?;
+            for (p, r) in packed {
+                let n = ctx
+                    .store
+                    .blob_into_file_at(&r.digest, &disk, &raw, p.offset_bytes)?;
+                if n > p.size_bytes {
+                    // The record said otherwise; the disk file is scratch and goes with the step.
+                    return Err(too_large(&p.name, n, p.size_bytes));
+                }
+            }
+        }
         if let Some(b) = &self.bios {
             let file = |name: &str| -> Result<Vec<u8>, StepError> {
                 let r = ctx
@@ -91,16 +117,19 @@ impl DiskStep {
             let (boot, core) = (file("boot.img")?, file("core.img")?);
             crate::format::biosboot::install(&raw, &self.layout, b.partition, &boot, &core)?;
         }
-        for f in files.into_iter().flatten() {
-            let _ = std::fs::remove_file(f);
-        }
-        let sha = sha256_file(&raw)?;
-        let r = ctx.store.put_file(&raw)?;
+        let (r, sha) = put_with_sha256(ctx, &raw)?;
         let mut out = StepOutput::default();
         out.files.insert("disk.raw".into(), r);
         out.meta.insert("sha256".into(), sha);
         Ok(out)
     }
+}
+
+fn too_large(partition: &str, size: u64, capacity: u64) -> StepError {
+    StepError::Invalid(format!(
+        "the filesystem image of partition `{partition}` is {size} bytes, more than the \
+         partition's {capacity}"
+    ))
 }
 
 #[cfg(test)]

@@ -492,7 +492,7 @@ fn run_locale_gen(
          command -v locale-gen >/dev/null || { echo 'the image has no locale-gen (package locales)' >&2; exit 1; }\n\
          locale-gen\n",
     )?;
-    s.close(ctx)
+    s.close_and_keep(ctx)
 }
 
 /// `/etc/locale.gen` with the line of `lang` uncommented (others kept as they are).

@@ -14,7 +14,7 @@
 //!
 //! Key: input key; format; file name.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 
 use imgspec_cache::StepOutput;
@@ -94,10 +94,22 @@ impl OutputStep {
                     .files
                     .get("disk.raw")
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
-                let raw = ctx.work.join("disk.raw");
-                ctx.store.blob_to_file(&r.digest, &raw)?;
-                crate::format::qcow2::convert(ctx.runner, &ctx.log, &raw, &path, compressed)?;
-                let _ = std::fs::remove_file(&raw);
+                // The disk this build has just made, or the cached one decompressed.
+                match ctx.store.fresh_file(&r.digest) {
+                    Some(raw) => {
+                        crate::format::qcow2::convert(
+                            ctx.runner, &ctx.log, &raw, &path, compressed,
+                        )?;
+                    }
+                    None => {
+                        let raw = ctx.work.join("disk.raw");
+                        ctx.store.blob_to_scratch(&r.digest, &raw)?;
+                        crate::format::qcow2::convert(
+                            ctx.runner, &ctx.log, &raw, &path, compressed,
+                        )?;
+                        let _ = std::fs::remove_file(&raw);
+                    }
+                }
             }
             OutputFormat::Partition => return self.partition(ctx, &path),
         }
@@ -114,8 +126,7 @@ impl OutputStep {
         name: &str,
         path: &Path,
     ) -> Result<(), StepError> {
-        let sha = sha256_file(path)?;
-        let r = ctx.store.put_file(path)?;
+        let (r, sha) = put_with_sha256(ctx, path)?;
         out.files.insert(name.to_string(), r);
         out.meta.insert(format!("sha256:{name}"), sha);
         Ok(())
@@ -129,10 +140,15 @@ impl OutputStep {
             .ok_or(StepError::Internal(
                 "partition output without a root filesystem",
             ))?;
-        let img = ctx.work.join("root.img");
-        ctx.store.blob_to_file(&fs.digest, &img)?;
-        crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
-        let _ = std::fs::remove_file(&img);
+        match ctx.store.fresh_file(&fs.digest) {
+            Some(img) => crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?,
+            None => {
+                let img = ctx.work.join("root.img");
+                ctx.store.blob_to_scratch(&fs.digest, &img)?;
+                crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
+                let _ = std::fs::remove_file(&img);
+            }
+        }
         let mut out = StepOutput::default();
         self.add_file(ctx, &mut out, &self.file_name, qcow2)?;
         let (_, m) = ctx.input_tree(1)?;
@@ -178,16 +194,13 @@ pub fn format_name(f: OutputFormat) -> &'static str {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Result<String, StepError> {
-    let mut f = std::fs::File::open(path).map_err(StepError::io(path))?;
+/// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the
+/// blob's plain copy for the rest of the build ([`imgspec_cache::Store::put_file_keep`]).
+pub fn put_with_sha256(
+    ctx: &StepContext,
+    path: &Path,
+) -> Result<(imgspec_cache::FileRef, String), StepError> {
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(StepError::io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
+    let r = ctx.store.put_file_keep(path, &mut |b| h.update(b))?;
+    Ok((r, format!("{:x}", h.finalize())))
 }

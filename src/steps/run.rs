@@ -31,7 +31,7 @@ impl RunStep {
         let mut s = Session::open(ctx, 0, "`run` chroots into the image")?;
         s.with_network()?;
         s.run(ctx, &self.command)?;
-        let m = s.close(ctx)?;
+        let m = s.close_and_keep(ctx)?;
         ctx.tree_output(&m)
     }
 }

@@ -228,6 +228,45 @@ fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
 }
 
 #[test]
+fn changing_one_run_command_rebuilds_from_there_with_the_bytes_of_a_cold_build() {
+    let changed = SPEC.replace("echo built >", "echo rebuilt >");
+    let w = mini();
+    w.run(&["build", "mini.kdl"]).ok();
+    w.write("mini.kdl", &changed);
+    let plan = w.run(&["plan", "mini.kdl"]).ok().stdout;
+    let line = |label: &str| {
+        plan.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no `{label}` in\n{plan}"))
+            .to_string()
+    };
+    assert!(line("base tar").contains("cached"), "{plan}");
+    assert!(line("files overlay/").contains("cached"), "{plan}");
+    assert!(
+        line("run").contains("param `command`: `echo built >")
+            && line("run").contains("→ `echo rebuilt >"),
+        "{plan}"
+    );
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    // Base and files are cached; the run step and everything after it are built.
+    assert!(r.stderr.contains("steps built, 2 cached"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("built    run `echo rebuilt"),
+        "{}",
+        r.stderr
+    );
+    // The chroot step's import took the unchanged files from its export without reading
+    // them: the result is still byte for byte what a cold build of the new spec gives.
+    let cold = mini();
+    cold.write("mini.kdl", &changed);
+    cold.run(&["build", "mini.kdl"]).ok();
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&cold.path("out/mini/mini.tar"))
+    );
+}
+
+#[test]
 fn a_deleted_output_is_restored_without_rebuilding() {
     let w = mini();
     w.run(&["build", "mini.kdl"]).ok();
