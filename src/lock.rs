@@ -85,6 +85,8 @@ pub struct Lock {
     pub epoch: Option<i64>,
     /// Sorted by step name, then images.
     pub sets: Vec<LockSet>,
+    /// When several specs' locks are merged ([`Lock::extend`]): each image's lock epoch.
+    pub image_epochs: BTreeMap<String, i64>,
 }
 
 impl Lock {
@@ -136,8 +138,22 @@ impl Lock {
             .sort_by(|a, b| (&a.step, &a.images).cmp(&(&b.step, &b.images)));
     }
 
+    /// The epoch of the lock that pins `image`, if it has one.
+    pub fn epoch_of(&self, image: &str) -> Option<i64> {
+        self.image_epochs
+            .get(image)
+            .copied()
+            .or_else(|| self.epoch.filter(|_| self.has_image(image)))
+    }
+
     /// Merges another spec's lock (a build of several specs).
     pub fn extend(&mut self, other: Lock) {
+        if let Some(e) = other.epoch {
+            for i in other.sets.iter().flat_map(|s| &s.images) {
+                self.image_epochs.insert(i.clone(), e);
+            }
+        }
+        self.image_epochs.extend(other.image_epochs);
         self.sets.extend(other.sets);
         self.sort();
     }
@@ -721,6 +737,7 @@ mod tests {
     fn lock() -> Lock {
         let mut l = Lock {
             epoch: Some(1_762_593_055),
+            image_epochs: Default::default(),
             sets: vec![
                 LockSet {
                     step: "packages:system".into(),
@@ -743,6 +760,17 @@ mod tests {
         };
         l.sort();
         l
+    }
+
+    #[test]
+    fn merged_locks_keep_each_images_epoch() {
+        let mut all = Lock::default();
+        let mut one = lock();
+        one.epoch = Some(10);
+        all.extend(one);
+        assert_eq!(all.epoch_of("a"), Some(10));
+        assert_eq!(all.epoch_of("b"), Some(10));
+        assert_eq!(all.epoch_of("not-locked"), None);
     }
 
     #[test]

@@ -655,6 +655,7 @@ mod tests {
     fn a_partial_update_keeps_the_rest_pinned() {
         let old = Lock {
             epoch: None,
+            image_epochs: Default::default(),
             sets: vec![
                 set("base", vec![deb("libc6", "1"), deb("apt", "1")]),
                 set("packages:x", vec![deb("less", "1"), deb("libtinfo", "1")]),
@@ -663,6 +664,7 @@ mod tests {
         // The mirror moved on: everything is newer, and less now needs libnew.
         let mut fresh = Lock {
             epoch: None,
+            image_epochs: Default::default(),
             sets: vec![
                 set(
                     "base",

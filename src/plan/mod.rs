@@ -98,18 +98,18 @@ pub fn plan_locked(spec: &Spec, facts: &dyn Facts, lock: Option<&Lock>) -> Resul
     // An image the lock pins and whose spec gives no epoch takes the lock's (the archive's
     // date when its packages were resolved).
     let with_lock_epoch;
-    let spec = match lock.and_then(|l| Some((l, l.epoch?))) {
-        Some((l, epoch)) => {
+    let spec = match lock {
+        Some(l) if spec.images.iter().any(|i| l.epoch_of(&i.name).is_some()) => {
             let mut s = spec.clone();
             for i in s.images.iter_mut() {
-                if !i.epoch_given && l.has_image(&i.name) {
+                if let (false, Some(epoch)) = (i.epoch_given, l.epoch_of(&i.name)) {
                     i.epoch = epoch;
                 }
             }
             with_lock_epoch = s;
             &with_lock_epoch
         }
-        None => spec,
+        _ => spec,
     };
     let mut b = Builder {
         plan: Plan::default(),

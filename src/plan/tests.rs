@@ -124,6 +124,7 @@ fn golden_lock(udev_version: &str) -> crate::lock::Lock {
     };
     Lock {
         epoch: None,
+        image_epochs: Default::default(),
         sets: vec![
             LockSet {
                 step: "base".into(),
