@@ -74,14 +74,21 @@ fn the_default_spec_gives_the_same_bytes_in_another_environment() {
 
     let fa = files(&w.path("out-a/debian-efi"));
     let fb = files(&w.path("out-b/debian-efi"));
-    eprintln!("per output file, build A vs build B (other host name, umask, TMPDIR, cwd, folder):");
+    // The table, for people: on stderr, and in the target's tmp folder (`.ci/run` prints it).
+    let mut table = String::from(
+        "per output file, build A vs build B (other host name, umask, TMPDIR, cwd, folder):\n",
+    );
     for ((name, sa), (_, sb)) in fa.iter().zip(&fb) {
-        eprintln!(
-            "  {name:<28} {}  {}",
-            &sa[..16],
+        table.push_str(&format!(
+            "  {name:<28} {sa}  {}\n",
             if sa == sb { "identical" } else { "DIFFERENT" }
-        );
+        ));
     }
+    eprint!("{table}");
+    let _ = std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("repro-sums.txt"),
+        &table,
+    );
     let names = |v: &[(String, String)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
     assert_eq!(names(&fa), names(&fb));
     for want in [
