@@ -551,18 +551,7 @@ fn resolve_steps(
         return Err(CliError::Interrupted);
     }
     if !outcome.ok() {
-        let msg: Vec<String> = outcome
-            .failed
-            .iter()
-            .map(|f| {
-                format!(
-                    "step `{}` failed: {}\n  log: {}",
-                    plan.steps[f.step].label,
-                    error_chain(&f.error),
-                    f.log.display()
-                )
-            })
-            .collect();
+        let msg = super::failures(plan, &outcome);
         return Err(CliError::BuildFailed(format!(
             "cannot resolve the packages:\n{}",
             msg.join("\n")

@@ -508,12 +508,7 @@ struct ImageView {
 }
 
 fn step_name(plan: &Plan, id: StepId, image: &str) -> String {
-    let s = &plan.steps[id];
-    s.uses
-        .iter()
-        .find(|(i, _)| i == image)
-        .map(|(_, n)| n.clone())
-        .unwrap_or_else(|| s.kind().to_string())
+    plan.steps[id].name_in(image)
 }
 
 fn why_rebuild(store: &Store, plan: &Plan, id: StepId, image: &str) -> Vec<String> {
@@ -738,21 +733,29 @@ fn build(
         );
     }
     if !outcome.ok() || !failed_images.is_empty() {
-        let mut msg = Vec::new();
-        for f in &outcome.failed {
-            msg.push(format!(
-                "step `{}` failed: {}\n  log: {}",
-                plan.steps[f.step].label,
-                error_chain(&f.error),
-                f.log.display()
-            ));
-        }
+        let mut msg = failures(&plan, &outcome);
         if !failed_images.is_empty() {
             msg.push(format!("images not built: {}", failed_images.join(", ")));
         }
         return Err(CliError::BuildFailed(msg.join("\n")));
     }
     Ok(())
+}
+
+/// One line (and its log) per failed step: what a failed build, lock or verify says.
+fn failures(plan: &Plan, outcome: &crate::exec::Outcome) -> Vec<String> {
+    outcome
+        .failed
+        .iter()
+        .map(|f| {
+            format!(
+                "step `{}` failed: {}\n  log: {}",
+                plan.steps[f.step].label,
+                error_chain(&f.error),
+                f.log.display()
+            )
+        })
+        .collect()
 }
 
 /// Set on Ctrl-C or SIGTERM, which also stops the running child processes.

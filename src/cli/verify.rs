@@ -14,7 +14,7 @@ use imgspec_cache::{EntryKind, Manifest, StepOutput, Store, TreeChange};
 use serde::Serialize;
 
 use super::{open_store, reporter, step_name, CliError, Context};
-use crate::exec::{error_chain, Executor, Outcome};
+use crate::exec::{Executor, Outcome};
 use crate::plan::{Plan, StepId};
 use crate::runner::HostRunner;
 use crate::steps::meta::output_digest;
@@ -169,19 +169,7 @@ fn check(plan: &Plan, out: &Outcome) -> Result<(), CliError> {
     if out.ok() {
         return Ok(());
     }
-    let msg: Vec<String> = out
-        .failed
-        .iter()
-        .map(|f| {
-            format!(
-                "step `{}` failed: {}\n  log: {}",
-                plan.steps[f.step].label,
-                error_chain(&f.error),
-                f.log.display()
-            )
-        })
-        .collect();
-    Err(CliError::BuildFailed(msg.join("\n")))
+    Err(CliError::BuildFailed(super::failures(plan, out).join("\n")))
 }
 
 fn short(d: &Option<String>) -> String {

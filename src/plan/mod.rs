@@ -45,6 +45,14 @@ impl Step {
     pub fn kind(&self) -> &'static str {
         self.action.kind()
     }
+
+    /// The step's stable name in `image` (`run#2`); its kind if the image does not use it.
+    pub fn name_in(&self, image: &str) -> String {
+        self.uses
+            .iter()
+            .find(|(i, _)| i == image)
+            .map_or_else(|| self.kind().to_string(), |(_, n)| n.clone())
+    }
 }
 
 #[derive(Debug)]
@@ -331,12 +339,11 @@ impl Builder<'_> {
         steps.push(sbom);
         let names = |b: &Self, id: StepId| {
             let s = &b.plan.steps[id];
-            let name = s
-                .uses
-                .iter()
-                .find(|(img, _)| img == &image.name)
-                .map_or_else(|| s.kind().to_string(), |(_, n)| n.clone());
-            (name, s.kind().to_string(), s.label.clone())
+            (
+                s.name_in(&image.name),
+                s.kind().to_string(),
+                s.label.clone(),
+            )
         };
         let mut tools = std::collections::BTreeMap::new();
         for &id in &steps {
@@ -357,8 +364,8 @@ impl Builder<'_> {
                     image: image.name.clone(),
                     file_name: format!("{}.manifest.json", image.name),
                     spec: spec
-                        .sources
-                        .iter()
+                        .sources_of(image)
+                        .into_iter()
                         .map(|s| (s.name.clone(), s.blake3.clone()))
                         .collect(),
                     lock: self.lock.and_then(|l| l.origin(&image.name)),
@@ -385,13 +392,7 @@ impl Builder<'_> {
         k.param("epoch", &a.image.epoch.to_string());
         for &i in &a.inputs {
             let input = &self.plan.steps[i];
-            let name = input
-                .uses
-                .iter()
-                .find(|(img, _)| img == &a.image.name)
-                .map(|(_, n)| n.clone())
-                .unwrap_or_else(|| input.kind().to_string());
-            k.input(&name, &input.key);
+            k.input(&input.name_in(&a.image.name), &input.key);
         }
         a.action
             .hash(&mut k, facts)

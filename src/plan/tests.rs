@@ -237,15 +237,23 @@ fn a_stale_or_incomplete_lock_is_refused() {
 
 #[test]
 fn a_changed_spec_file_changes_only_the_manifest() {
-    let with = |digest: &str| Spec {
-        images: vec![image("golden")],
-        sources: vec![crate::spec::model::SpecSource {
-            name: "golden.kdl".into(),
-            blake3: digest.into(),
-        }],
+    let source = |name: &str, digest: &str| crate::spec::model::SpecSource {
+        name: name.into(),
+        blake3: digest.into(),
+        path: PathBuf::from(format!("/specs/{name}")),
+        imports: vec![],
     };
-    let a = keys(&plan(&with("aa"), &FixedFacts).unwrap());
-    let b = keys(&plan(&with("bb"), &FixedFacts).unwrap());
+    let with = |digest: &str, other: &str| Spec {
+        images: vec![image("golden")],
+        sources: vec![source("golden.kdl", digest), source("other.kdl", other)],
+    };
+    // A spec built alongside (not imported) is not part of the image: nothing changes.
+    assert_eq!(
+        keys(&plan(&with("aa", "x"), &FixedFacts).unwrap()),
+        keys(&plan(&with("aa", "y"), &FixedFacts).unwrap())
+    );
+    let a = keys(&plan(&with("aa", "x"), &FixedFacts).unwrap());
+    let b = keys(&plan(&with("bb", "x"), &FixedFacts).unwrap());
     let changed: Vec<&str> = a
         .iter()
         .zip(&b)

@@ -101,6 +101,8 @@ pub fn load(paths: &[PathBuf]) -> Result<model::Spec, SpecErrors> {
             blake3: blake3::hash(f.info.src.inner().as_bytes())
                 .to_hex()
                 .to_string(),
+            path: f.info.path.clone(),
+            imports: f.imports.clone(),
         })
         .collect();
     Ok(model::Spec { images, sources })

@@ -22,6 +22,34 @@ pub struct Spec {
 pub struct SpecSource {
     pub name: String,
     pub blake3: String,
+    /// Canonical path: which images it declares ([`Image::file`]).
+    pub path: PathBuf,
+    /// The files it imports, as indexes into [`Spec::sources`].
+    pub imports: Vec<usize>,
+}
+
+impl Spec {
+    /// The spec files an image is made of: the file that declares it, then everything that
+    /// file imports (depth first, each once). Other specs built alongside are not among them,
+    /// so an image's manifest does not depend on what else was built with it.
+    pub fn sources_of(&self, image: &Image) -> Vec<&SpecSource> {
+        let mut seen = vec![false; self.sources.len()];
+        let mut order = Vec::new();
+        let mut stack: Vec<usize> = self
+            .sources
+            .iter()
+            .position(|s| s.path == image.file)
+            .into_iter()
+            .collect();
+        while let Some(i) = stack.pop() {
+            if std::mem::replace(&mut seen[i], true) {
+                continue;
+            }
+            order.push(&self.sources[i]);
+            stack.extend(self.sources[i].imports.iter().rev());
+        }
+        order
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

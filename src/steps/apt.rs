@@ -23,6 +23,21 @@ pub const DEBS_META: &str = "debs";
 /// seconds since the epoch. `imgspec lock` takes it as the lock's epoch.
 pub const ARCHIVE_DATE_META: &str = "archive-date";
 
+/// Records in a step's output what it installed (`debs`) and, when it resolved from the
+/// archive rather than from a lock, the archive's date.
+pub fn record_installed(
+    output: &mut imgspec_cache::StepOutput,
+    installed: &[LockedDeb],
+    archive_date: Option<i64>,
+) {
+    output
+        .meta
+        .insert(DEBS_META.into(), crate::lock::render_debs(installed));
+    if let Some(d) = archive_date {
+        output.meta.insert(ARCHIVE_DATE_META.into(), d.to_string());
+    }
+}
+
 /// The newest `Date:` among the `*Release` files of an apt lists folder.
 pub fn archive_date(lists_dir: &Path) -> Option<i64> {
     let rd = std::fs::read_dir(lists_dir).ok()?;

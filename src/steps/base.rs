@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::StepOutput;
 
-use super::apt::{self, Locked, DEBS_META};
+use super::apt::{self, Locked};
 use super::scrub::{scrub, After};
 use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
@@ -191,14 +191,8 @@ impl DebianBase {
             }
         };
         let mut output = ctx.tree_output(&tree.into_manifest())?;
-        output
-            .meta
-            .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
-        if let (None, Some(d)) = (&self.locked, archive_date) {
-            output
-                .meta
-                .insert(apt::ARCHIVE_DATE_META.into(), d.to_string());
-        }
+        let archive_date = archive_date.filter(|_| self.locked.is_none());
+        apt::record_installed(&mut output, &installed, archive_date);
         Ok(output)
     }
 }

@@ -8,8 +8,9 @@
 //!   purpose `FILE` with its SHA-256, described by the document and containing the packages.
 //!   The creation time is the image epoch, the namespace a URN derived from the content.
 //!   Key: input keys, image name, the lock's `.deb` checksums.
-//! - `manifest`: `IMAGE.manifest.json`. Inputs: every other step of the image. Names each
-//!   spec file by file name with its BLAKE3, every step with its name, kind, key and output
+//! - `manifest`: `IMAGE.manifest.json`. Inputs: every other step of the image. Names the
+//!   spec file that declares the image and each file it imports (not other specs built in
+//!   the same run) by file name with its BLAKE3, every step with its name, kind, key and output
 //!   digest (BLAKE3 of the step output's canonical JSON), the tool versions the keys hold, and
 //!   every output file with its size and SHA-256.
 //!   Key: input keys, image name, spec file digests, step names, tool versions.

@@ -19,7 +19,7 @@
 
 use imgspec_cache::StepOutput;
 
-use super::apt::{self, Locked, DEBS_META};
+use super::apt::{self, Locked};
 use super::chroot::Session;
 use super::scrub::{scrub, After};
 use super::tree::Tree;
@@ -107,14 +107,8 @@ impl PackagesStep {
         }
         scrub(&mut tree, ctx.store, ctx.epoch, After::Packages)?;
         let mut output = ctx.tree_output(&tree.into_manifest())?;
-        output
-            .meta
-            .insert(DEBS_META.into(), crate::lock::render_debs(&installed));
-        if let (None, Some(d)) = (&self.locked, archive_date) {
-            output
-                .meta
-                .insert(apt::ARCHIVE_DATE_META.into(), d.to_string());
-        }
+        let archive_date = archive_date.filter(|_| self.locked.is_none());
+        apt::record_installed(&mut output, &installed, archive_date);
         Ok(output)
     }
 }

@@ -116,6 +116,17 @@ fn sbom_and_manifest_describe_the_build() {
         m["outputs"]["mini.tar"]["sha256"],
         sha256(&w.path("out/mini/mini.tar"))
     );
+    // Another spec built alongside does not change the image's manifest.
+    w.write(
+        "other.kdl",
+        "image \"o\" {\n    base \"tar\" path=\"rootfs.tar\"\n    output \"tar\"\n}\n",
+    );
+    w.run(&["build", "mini.kdl", "other.kdl", "--out-dir", "out-both"])
+        .ok();
+    assert_eq!(
+        std::fs::read(w.path("out-both/mini/mini.manifest.json")).unwrap(),
+        std::fs::read(w.path("out/mini/mini.manifest.json")).unwrap()
+    );
     // No build path in either document.
     let text = std::fs::read_to_string(w.path("out/mini/mini.manifest.json")).unwrap()
         + &std::fs::read_to_string(w.path("out/mini/mini.spdx.json")).unwrap();

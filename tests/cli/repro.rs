@@ -120,4 +120,16 @@ fn the_default_spec_gives_the_same_bytes_in_another_environment() {
         );
     }
     assert!(packages.len() > 100, "{} packages", packages.len());
+    // The manifest names the spec and the file it imports, by name only.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.path("out-a/debian-efi/debian-efi.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let files: Vec<&str> = manifest["spec"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files, ["debian-efi.kdl", "debian-common.kdl"], "{manifest}");
 }
