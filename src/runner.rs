@@ -89,7 +89,7 @@ fn shell_quote(s: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("could not start `{program}`")]
+    #[error("could not start `{program}`{}", missing_hint(.program, .source))]
     Spawn {
         program: String,
         #[source]
@@ -108,6 +108,16 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// For a program that is not installed: which package provides it.
+fn missing_hint(program: &str, e: &std::io::Error) -> String {
+    match (e.kind(), crate::tools::package_of(program)) {
+        (std::io::ErrorKind::NotFound, Some(p)) => {
+            format!(": not installed (Debian package `{p}`; scripts/install-deps installs it)")
+        }
+        _ => String::new(),
+    }
 }
 
 fn tail_text(tail: &[String]) -> String {
@@ -276,5 +286,40 @@ impl Runner for RecordingRunner {
     fn output(&self, cmd: &Cmd, _log: &Path) -> Result<Vec<u8>, RunError> {
         self.calls.lock().unwrap().push(cmd.clone());
         Ok(self.stdout.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_that_is_not_installed_names_its_package() {
+        let e = RunError::Spawn {
+            program: "sgdisk".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "could not start `sgdisk`: not installed (Debian package `gdisk`; \
+             scripts/install-deps installs it)"
+        );
+        let other = RunError::Spawn {
+            program: "sgdisk".into(),
+            source: std::io::ErrorKind::PermissionDenied.into(),
+        };
+        assert_eq!(other.to_string(), "could not start `sgdisk`");
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_when_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = HostRunner
+            .run(
+                &Cmd::new("imgspec-no-such-program"),
+                &dir.path().join("log"),
+            )
+            .unwrap_err();
+        assert!(matches!(err, RunError::Spawn { .. }), "{err}");
     }
 }

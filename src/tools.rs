@@ -198,6 +198,105 @@ pub fn install_line(missing: &[Tool]) -> String {
     format!("apt-get install {}", pkgs.join(" "))
 }
 
+/// The tools above, for the package a missing program comes from.
+const STEP_TOOLS: &[Tool] = &[
+    MMDEBSTRAP,
+    MKE2FS,
+    MKFS_VFAT,
+    MCOPY,
+    QEMU_IMG,
+    UNSHARE,
+    CHROOT,
+    QEMU_SYSTEM,
+];
+
+/// What the tests use from the host beyond the steps' own tools: a program on PATH or a file,
+/// and the Debian package that provides it. `scripts/install-deps` installs every package named
+/// here and in the step tools (a unit test reads the script to check).
+#[derive(Clone, Copy, Debug)]
+pub struct HostDep {
+    /// A program name (looked up like [`which`]) or an absolute path of a file.
+    pub need: &'static str,
+    pub package: &'static str,
+}
+
+impl HostDep {
+    pub const fn new(need: &'static str, package: &'static str) -> Self {
+        HostDep { need, package }
+    }
+    pub fn present(&self) -> bool {
+        if self.need.starts_with('/') {
+            Path::new(self.need).exists()
+        } else {
+            which(self.need).is_some()
+        }
+    }
+}
+
+/// The host dependencies of the test suite.
+pub const TEST_DEPS: &[HostDep] = &[
+    HostDep::new("grub-mkimage", "grub-common"),
+    HostDep::new("/usr/lib/grub/i386-pc/moddep.lst", "grub-pc-bin"),
+    HostDep::new("/usr/lib/grub/x86_64-efi/moddep.lst", "grub-efi-amd64-bin"),
+    HostDep::new("qemu-system-x86_64", "qemu-system-x86"),
+    HostDep::new("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    HostDep::new("/usr/sbin/nginx", "nginx"),
+    HostDep::new("sfdisk", "fdisk"),
+    HostDep::new("sgdisk", "gdisk"),
+    HostDep::new("e2fsck", "e2fsprogs"),
+    HostDep::new("fsck.vfat", "dosfstools"),
+    HostDep::new("mdir", "mtools"),
+    HostDep::new("bwrap", "bubblewrap"),
+];
+
+/// The Debian package of a host program the steps or the tests run, when it is one of ours.
+pub fn package_of(program: &str) -> Option<&'static str> {
+    let name = Path::new(program).file_name()?.to_str()?;
+    STEP_TOOLS
+        .iter()
+        .find(|t| t.program == name)
+        .map(|t| t.package)
+        .or_else(|| {
+            TEST_DEPS
+                .iter()
+                .find(|d| Path::new(d.need).file_name().and_then(|f| f.to_str()) == Some(name))
+                .map(|d| d.package)
+        })
+}
+
+/// For tests: whether every dependency in `deps` is on this host. A missing one fails the test
+/// under CI (`CI` set and not `false`), naming its package: a green run means the test ran.
+/// Elsewhere the test says what is missing and is skipped (the caller returns).
+/// `packages` are names of [`TEST_DEPS`] entries.
+#[doc(hidden)]
+#[track_caller]
+pub fn test_requires(packages: &[&str]) -> bool {
+    let deps: Vec<&HostDep> = packages
+        .iter()
+        .map(|p| {
+            TEST_DEPS
+                .iter()
+                .find(|d| d.package == *p)
+                .unwrap_or_else(|| panic!("`{p}` is not in TEST_DEPS"))
+        })
+        .collect();
+    let missing: Vec<&HostDep> = deps.into_iter().filter(|d| !d.present()).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let what = missing
+        .iter()
+        .map(|d| format!("`{}` (Debian package `{}`)", d.need, d.package))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if ci {
+        panic!("missing host dependency: {what}; scripts/install-deps must install it");
+    }
+    eprintln!("SKIPPED (not under CI): missing host dependency {what}; run scripts/install-deps");
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +308,41 @@ mod tests {
             Some("mke2fs 1.47.2 (1-Jan-2025)".into())
         );
         assert_eq!(version_line("no version here"), None);
+    }
+
+    #[test]
+    fn a_missing_program_names_its_package() {
+        assert_eq!(package_of("mkfs.vfat"), Some("dosfstools"));
+        assert_eq!(package_of("/usr/bin/sgdisk"), Some("gdisk"));
+        assert_eq!(package_of("nginx"), Some("nginx"));
+        assert_eq!(package_of("no-such-tool"), None);
+    }
+
+    /// Every package a step or a test needs is installed by `scripts/install-deps` (what a
+    /// fresh machine has), apart from Debian's essential packages, which every machine has.
+    #[test]
+    fn install_deps_installs_every_package_the_tools_and_tests_use() {
+        const ESSENTIAL: &[&str] = &["coreutils", "util-linux"];
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps"),
+        )
+        .unwrap();
+        // The words of the script outside comments.
+        let words: std::collections::BTreeSet<&str> = script
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == '"' || c == '\''))
+            .collect();
+        let packages = STEP_TOOLS
+            .iter()
+            .map(|t| t.package)
+            .chain(TEST_DEPS.iter().map(|d| d.package));
+        for p in packages {
+            assert!(
+                ESSENTIAL.contains(&p) || words.contains(p),
+                "scripts/install-deps does not install `{p}`"
+            );
+        }
     }
 
     #[test]

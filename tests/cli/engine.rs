@@ -193,7 +193,10 @@ image "clock" {
     // The text diff of the file.
     assert!(r.stderr.contains("--- cached/etc/built-at"), "{}", r.stderr);
     assert!(
-        r.stderr.lines().any(|l| l.trim_start().starts_with("+1")),
+        r.stderr.lines().any(|l| {
+            let l = l.trim_start();
+            l.len() > 1 && l.starts_with('+') && l[1..].chars().all(|c| c.is_ascii_digit())
+        }),
         "{}",
         r.stderr
     );
@@ -370,7 +373,11 @@ fn check_reports_spec_errors_with_exit_code_2() {
     let r = w.run(&["check", "bad.kdl"]);
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("outptu"), "{}", r.stderr);
-    assert!(r.stderr.contains("output"), "did-you-mean: {}", r.stderr);
+    assert!(
+        r.stderr.contains("help: did you mean `output`?"),
+        "did-you-mean: {}",
+        r.stderr
+    );
     w.run(&["check", "mini.kdl"]).ok();
 }
 
