@@ -123,6 +123,15 @@ fn sbom_and_manifest_describe_the_build() {
     );
     w.run(&["build", "mini.kdl", "other.kdl", "--out-dir", "out-both"])
         .ok();
+    let sums = std::fs::read_to_string(w.path("out-both/o/SHA256SUMS")).unwrap();
+    assert!(
+        sums.contains("  o.tar\n") && sums.contains("  o.manifest.json\n"),
+        "{sums}"
+    );
+    assert_eq!(
+        sha256(&w.path("out-both/mini/mini.tar")),
+        sha256(&w.path("out/mini/mini.tar"))
+    );
     assert_eq!(
         std::fs::read(w.path("out-both/mini/mini.manifest.json")).unwrap(),
         std::fs::read(w.path("out/mini/mini.manifest.json")).unwrap()
@@ -360,7 +369,20 @@ image "two" extends="common" {
         "{}",
         r.stderr
     );
-    assert!(w.path("out/one/one.tar").exists() && w.path("out/two/two.tar").exists());
+    // Each image has its own layer on the shared ones.
+    for (img, text) in [("one", "one\n"), ("two", "two\n")] {
+        let tar = w.path(&format!("out/{img}/{img}.tar"));
+        let out = std::process::Command::new("tar")
+            .arg("-xOf")
+            .arg(&tar)
+            .arg("./etc/variant")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), text, "{img}");
+        assert!(tar_list(&w, &format!("out/{img}/{img}.tar")).contains("etc/motd"));
+        let sums = std::fs::read_to_string(w.path(&format!("out/{img}/SHA256SUMS"))).unwrap();
+        assert!(sums.contains(&format!("  {img}.tar\n")), "{sums}");
+    }
 }
 
 #[test]

@@ -179,6 +179,25 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     assert!(r.stderr.contains("0 cached, 0 failed"), "{}", r.stderr);
     assert!(!r.stderr.contains("fetching"), "{}", r.stderr);
     assert_eq!(sha256(&w.path("out-offline/locktest/locktest.tar")), first);
+
+    // `lock --update PKG` through the command line: everything is resolved again from the
+    // mirror, only `less` may take a new version, the rest stays pinned, and a build with the
+    // result proves apt can install it. The mirror has not moved since the lock was written
+    // minutes ago: nothing changes, and the file is left as it was.
+    let r = w
+        .run_with_cache("cache-lock", &["lock", "spec.kdl", "--update", "less"])
+        .ok();
+    eprintln!("{}", r.stderr);
+    assert!(
+        r.stderr.contains("0 packages of the lock change"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("up to date:"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_to_string(w.path("spec.kdl.lock")).unwrap(),
+        text
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The remote cache against a real nginx (WebDAV PUT on loopback, started here with its own
 //! config and root), and bundles. No network: the specs are built from host binaries.
 
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +32,17 @@ fn mini() -> Workspace {
     w
 }
 
+/// How the test server answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// WebDAV GET/HEAD/PUT.
+    Serve,
+    /// The same behind basic auth.
+    BasicAuth,
+    /// This HTTP status for every request (403, 500, 503…).
+    Status(u16),
+}
+
 /// nginx serving a temp root with WebDAV PUT, optionally behind basic auth; killed on drop.
 struct Nginx {
     child: Option<Child>,
@@ -50,6 +62,16 @@ impl Nginx {
     /// `None` when nginx is not installed here: under CI that fails the test instead, naming
     /// the package (`scripts/install-deps` installs it).
     fn start(basic_auth: bool) -> Option<Nginx> {
+        let auth = if basic_auth {
+            Answer::BasicAuth
+        } else {
+            Answer::Serve
+        };
+        Nginx::start_answering(auth)
+    }
+
+    /// nginx that answers every request with `answer`.
+    fn start_answering(answer: Answer) -> Option<Nginx> {
         if !imgspec::tools::test_requires(&["nginx"]) {
             return None;
         }
@@ -59,14 +81,16 @@ impl Nginx {
         std::fs::create_dir_all(d.join("root")).unwrap();
         std::fs::create_dir_all(d.join("body")).unwrap();
         let port = free_port();
-        let auth = if basic_auth {
-            std::fs::write(d.join("htpasswd"), format!("{USER}:{{PLAIN}}{SECRET}\n")).unwrap();
-            format!(
-                "auth_basic \"imgspec\"; auth_basic_user_file {}/htpasswd;",
-                d.display()
-            )
-        } else {
-            String::new()
+        let auth = match answer {
+            Answer::BasicAuth => {
+                std::fs::write(d.join("htpasswd"), format!("{USER}:{{PLAIN}}{SECRET}\n")).unwrap();
+                format!(
+                    "auth_basic \"imgspec\"; auth_basic_user_file {}/htpasswd;",
+                    d.display()
+                )
+            }
+            Answer::Status(code) => format!("return {code};"),
+            Answer::Serve => String::new(),
         };
         let conf = format!(
             "daemon off;
@@ -519,20 +543,38 @@ fn the_server_killed_mid_build_does_not_fail_it() {
     );
     w.write("overlay/etc/motd", "hello\n");
     let url = n.url();
-    let child = imgspec_cmd(
+    let mut child = imgspec_cmd(
         &w,
         "cache",
         &["build", "mini.kdl", "--remote", &url, "--remote-write"],
         &[],
     )
-    .stdout(Stdio::piped())
+    .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    // The lookups are over and the first steps uploaded while the run step sleeps.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill the server once it holds a first upload, while the run step sleeps.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        let n_read = stderr.read_line(&mut line).unwrap();
+        assert!(n_read > 0, "the build ended before any upload:\n{log}");
+        log.push_str(&line);
+        if line.contains("uploaded ") {
+            break;
+        }
+    }
+    let before_kill = server_records(&n).len();
+    assert!(before_kill >= 1, "{log}");
     n.kill();
-    let r: Run = child.wait_with_output().unwrap().into();
+    stderr.read_to_string(&mut log).unwrap();
+    let status = child.wait().unwrap();
+    let r = Run {
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: log,
+    };
     let r = r.ok();
     assert!(
         r.stderr.contains(&format!("{STEPS} steps built")),
@@ -543,6 +585,11 @@ fn the_server_killed_mid_build_does_not_fail_it() {
         r.stderr.matches("is unavailable").count(),
         1,
         "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.matches("uploaded ").count() < STEPS,
+        "everything was uploaded before the kill: {}",
         r.stderr
     );
     assert!(w.path("out/mini/mini.tar").exists());
@@ -735,4 +782,101 @@ fn a_developer_without_root_builds_from_a_warm_remote() {
         sha256(&w.path("out/mini/mini.tar")),
         sha256(&w.path("out-b/mini/mini.tar"))
     );
+}
+
+/// The remote from `IMGSPEC_REMOTE`, and uploads turned on by the config file's
+/// `remote-write`.
+#[test]
+fn the_remote_comes_from_the_environment_and_the_config_file_turns_uploads_on() {
+    let Some(n) = Nginx::start(false) else { return };
+    let w = mini();
+    let url = n.url();
+    // CI's config: remote and remote-write; no flag on the command line.
+    w.write(
+        "config/imgspec/config.kdl",
+        &format!("remote \"{url}\"\nremote-write #true\n"),
+    );
+    let a = imgspec(
+        &w,
+        "cache-a",
+        &["build", "mini.kdl", "--out-dir", "out-a"],
+        &[],
+    )
+    .ok();
+    assert_eq!(a.stderr.matches("uploaded ").count(), STEPS, "{}", a.stderr);
+    assert_eq!(server_records(&n).len(), STEPS);
+    // `remote-write #false` in the file: read only.
+    w.write(
+        "config/imgspec/config.kdl",
+        &format!("remote \"{url}\"\nremote-write #false\n"),
+    );
+    w.write("overlay/etc/motd", "changed\n");
+    let c = imgspec(
+        &w,
+        "cache-a",
+        &["build", "mini.kdl", "--out-dir", "out-c"],
+        &[],
+    )
+    .ok();
+    assert!(!c.stderr.contains("uploaded"), "{}", c.stderr);
+    assert_eq!(server_records(&n).len(), STEPS);
+    w.write("overlay/etc/motd", "hello\n");
+
+    // A developer: no config file, the remote from the environment, an empty cache.
+    std::fs::remove_file(w.path("config/imgspec/config.kdl")).unwrap();
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &[("IMGSPEC_REMOTE", url.as_str())],
+    )
+    .ok();
+    assert!(
+        b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
+        "{}",
+        b.stderr
+    );
+    assert!(b.stderr.contains("fetched "), "{}", b.stderr);
+    assert_eq!(
+        sha256(&w.path("out-a/mini/mini.tar")),
+        sha256(&w.path("out-b/mini/mini.tar"))
+    );
+}
+
+/// A remote that refuses (403) or fails (500, 503) does not fail the build: one warning, the
+/// steps are built here.
+#[test]
+fn a_refusing_or_failing_remote_lets_the_build_go_on() {
+    for code in [403, 500, 503] {
+        let Some(n) = Nginx::start_answering(Answer::Status(code)) else {
+            return;
+        };
+        let w = mini();
+        let url = n.url();
+        let r = imgspec(
+            &w,
+            "cache",
+            &["build", "mini.kdl", "--remote", &url, "--remote-write"],
+            &[],
+        )
+        .ok();
+        assert!(
+            r.stderr
+                .contains(&format!("{STEPS} steps built, 0 cached, 0 failed")),
+            "HTTP {code}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            r.stderr.matches("WARNING").count(),
+            1,
+            "HTTP {code}: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(&code.to_string()),
+            "HTTP {code}: {}",
+            r.stderr
+        );
+        assert!(w.path("out/mini/mini.tar").exists());
+    }
 }
