@@ -437,15 +437,28 @@ impl Context {
 
     /// Plans; fails with the install line when host tools are missing.
     fn plan(&self) -> Result<Plan, CliError> {
-        let facts = self.facts();
-        let plan =
-            crate::plan::plan_locked(&self.spec, &facts, self.lock.as_ref()).map_err(plan_error)?;
-        let missing = facts.missing.into_inner().unwrap();
-        if !missing.is_empty() {
-            return Err(missing_tools(&missing));
-        }
-        Ok(plan)
+        plan_checked(&self.store, &self.spec, self.lock.as_ref())
     }
+}
+
+/// The plan every verb uses (build, plan, verify, cache push/pull/export/gc): the specs with
+/// their locks, so that all compute the same keys; fails with the install line when host tools
+/// are missing.
+fn plan_checked(
+    store: &Store,
+    spec: &spec::model::Spec,
+    lock: Option<&crate::lock::Lock>,
+) -> Result<Plan, CliError> {
+    let facts = HostFacts::new(store);
+    let plan = crate::plan::plan_locked(spec, &facts, lock).map_err(plan_error)?;
+    let missing = facts
+        .missing
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    if !missing.is_empty() {
+        return Err(missing_tools(&missing));
+    }
+    Ok(plan)
 }
 
 fn plan_error(e: crate::plan::PlanError) -> CliError {
@@ -801,7 +814,8 @@ fn steps_to_run(
 fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     let ctx = Context::open(cache_dir, specs)?;
     let facts = ctx.facts();
-    let plan = crate::plan::plan(&ctx.spec, &facts).map_err(plan_error)?;
+    let plan =
+        crate::plan::plan_locked(&ctx.spec, &facts, ctx.lock.as_ref()).map_err(plan_error)?;
     let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
     tools.sort();
     tools.dedup();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::{Credentials, Remote, StepKey, Store};
 
-use super::{error_chain, human_bytes, missing_tools, need_specs, plan_error, CliError, HostFacts};
+use super::{error_chain, human_bytes, need_specs, CliError};
 use crate::plan::Plan;
 use crate::spec;
 
@@ -151,20 +151,13 @@ fn unavailable(remote: &Remote, e: &imgspec_cache::RemoteError) -> CliError {
     }
 }
 
-/// The plan of `specs`, with the keys a build would use.
+/// The plan of `specs`, with the keys a build would use: their locks included, exactly as
+/// `build` plans them.
 fn plan_of(store: &Store, specs: &[PathBuf]) -> Result<Plan, CliError> {
     need_specs(specs)?;
     let spec = spec::load(specs)?;
-    let facts = HostFacts::new(store);
-    let plan = crate::plan::plan(&spec, &facts).map_err(plan_error)?;
-    let missing = facts
-        .missing
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    if !missing.is_empty() {
-        return Err(missing_tools(&missing));
-    }
-    Ok(plan)
+    let lock = super::lock::load_locks(specs, &spec)?;
+    super::plan_checked(store, &spec, lock.as_ref())
 }
 
 /// Each step of the plan once: (key, label).

@@ -132,6 +132,64 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     let m: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     assert_eq!(m["epoch"], epoch, "the image takes the lock's epoch");
 
+    // Every verb computes the keys a locked build uses: plan says all cached, and push, pull,
+    // export, gc and verify find every step.
+    let steps = 5; // base, packages, output, SBOM, manifest
+    let plan = w
+        .run_with_cache("cache-a", &["plan", "spec.kdl"])
+        .ok()
+        .stdout;
+    assert!(!plan.contains("to build"), "{plan}");
+    if let Some(n) = crate::remote::Nginx::start(false) {
+        let url = n.url();
+        let p = w
+            .run_with_cache("cache-a", &["cache", "push", "spec.kdl", "--remote", &url])
+            .ok();
+        assert!(
+            p.stdout.contains(&format!("pushed {steps} step results"))
+                && !p.stdout.contains("not in the local"),
+            "{}{}",
+            p.stdout,
+            p.stderr
+        );
+        let p = w
+            .run_with_cache(
+                "cache-pull",
+                &["cache", "pull", "spec.kdl", "--remote", &url],
+            )
+            .ok();
+        assert!(
+            p.stdout.contains(&format!("pulled {steps} step results")),
+            "{}",
+            p.stdout
+        );
+        let b = w
+            .run_with_cache(
+                "cache-pull",
+                &["build", "spec.kdl", "--out-dir", "out-pull"],
+            )
+            .ok();
+        assert!(b.stderr.contains("0 steps built"), "{}", b.stderr);
+        assert_eq!(sha256(&w.path("out-pull/locktest/locktest.tar")), first);
+    }
+    let e = w.run_with_cache(
+        "cache-a",
+        &["cache", "export", "spec.kdl", "-o", "locked.tar.zst"],
+    );
+    let e = e.ok();
+    assert!(
+        e.stdout.contains(&format!("exported {steps} step results")),
+        "{}{}",
+        e.stdout,
+        e.stderr
+    );
+    let gc = w
+        .run_with_cache("cache-a", &["cache", "gc", "spec.kdl"])
+        .ok()
+        .stdout;
+    assert!(gc.contains("removed 0 step results"), "{gc}");
+    assert!(gc.contains("removed 0 .deb files"), "{gc}");
+
     // A version that exists nowhere: the build stops before any step and names the package.
     let less = text
         .lines()

@@ -44,7 +44,7 @@ enum Answer {
 }
 
 /// nginx serving a temp root with WebDAV PUT, optionally behind basic auth; killed on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
@@ -61,7 +61,7 @@ fn free_port() -> u16 {
 impl Nginx {
     /// `None` when nginx is not installed here: under CI that fails the test instead, naming
     /// the package (`scripts/install-deps` installs it).
-    fn start(basic_auth: bool) -> Option<Nginx> {
+    pub(crate) fn start(basic_auth: bool) -> Option<Nginx> {
         let auth = if basic_auth {
             Answer::BasicAuth
         } else {
@@ -151,7 +151,7 @@ http {{
         Some(n)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/imgspec-cache", self.port)
     }
 
