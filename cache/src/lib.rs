@@ -95,6 +95,7 @@ mod bundle;
 mod gc;
 mod index;
 pub mod remote;
+pub mod s3;
 mod steplock;
 mod sys;
 mod tarball;

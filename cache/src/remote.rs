@@ -1,6 +1,7 @@
 //! The remote cache: blobs and step records shared over plain HTTP, GET/HEAD/PUT of
 //! content-addressed objects, as served by nginx with WebDAV `PUT` (or any server that stores
-//! what is PUT and serves it back).
+//! what is PUT and serves it back), or in an S3 bucket ([`crate::s3`] moves the bytes; the
+//! checks here are the same for both).
 //!
 //! # Layout on the server
 //!
@@ -166,6 +167,8 @@ pub struct Remote {
     noticed: AtomicBool,
     bytes_down: AtomicU64,
     bytes_up: AtomicU64,
+    /// The S3 transport, for an `s3://` remote; plain HTTP otherwise.
+    s3: Option<crate::s3::S3>,
 }
 
 /// `url` without user information (`http://user:secret@host/x` → `http://host/x`): the only
@@ -320,7 +323,33 @@ impl Remote {
             noticed: AtomicBool::new(false),
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
+            s3: None,
         })
+    }
+
+    /// A remote in an S3 bucket (AWS or a self-hosted S3-compatible store): the same objects
+    /// and checks as over HTTP, moved by [`crate::s3`].
+    pub fn new_s3(cfg: &crate::s3::S3Config) -> Result<Remote> {
+        let shown = cfg.shown();
+        let s3 = crate::s3::S3::new(cfg).map_err(|reason| RemoteError::BadUrl {
+            url: shown.clone(),
+            reason,
+        })?;
+        let mut r = Remote::new("http://s3.invalid", Credentials::None)?;
+        r.base = shown;
+        r.s3 = Some(s3);
+        Ok(r)
+    }
+
+    fn s3_trouble(&self, t: crate::s3::Trouble, object: &str) -> RemoteError {
+        match t {
+            crate::s3::Trouble::Down(reason) => self.unavailable(reason),
+            crate::s3::Trouble::TooLarge => RemoteError::Bad {
+                object: object.into(),
+                reason: format!("larger than {MAX_RECORD} bytes"),
+            },
+            crate::s3::Trouble::Local(e) => RemoteError::Store(StoreError::io("<download>")(e)),
+        }
     }
 
     /// The URL, without credentials: the only form to show.
@@ -418,6 +447,10 @@ impl Remote {
 
     /// Whether the server has `object`.
     pub fn exists(&self, object: &str) -> Result<bool> {
+        if let Some(s3) = &self.s3 {
+            self.check_up()?;
+            return s3.exists(object).map_err(|t| self.s3_trouble(t, object));
+        }
         let url = self.object_url(object);
         let resp = self.retry(|| self.with_auth(self.agent.head(&url)).call())?;
         match resp.status().as_u16() {
@@ -429,6 +462,12 @@ impl Remote {
 
     /// The bytes of a small object, `None` if the server does not have it.
     pub fn get_small(&self, object: &str) -> Result<Option<Vec<u8>>> {
+        if let Some(s3) = &self.s3 {
+            self.check_up()?;
+            return s3
+                .get_small(object, MAX_RECORD, &self.bytes_down)
+                .map_err(|t| self.s3_trouble(t, object));
+        }
         let url = self.object_url(object);
         let mut attempt = 1;
         loop {
@@ -463,6 +502,12 @@ impl Remote {
     /// Downloads `object` into `file`, resuming with `Range` after a broken transfer; `false`
     /// if the server does not have it. `file` holds the whole object on success.
     pub fn get_to_file(&self, object: &str, file: &mut File) -> Result<bool> {
+        if let Some(s3) = &self.s3 {
+            self.check_up()?;
+            return s3
+                .get_to_file(object, file, &self.bytes_down)
+                .map_err(|t| self.s3_trouble(t, object));
+        }
         let url = self.object_url(object);
         let local = |e: io::Error| RemoteError::Store(StoreError::io("<download>")(e));
         let mut broken = 0;
@@ -532,6 +577,13 @@ impl Remote {
         mut open: impl FnMut() -> io::Result<Box<dyn Read + Send>>,
         len: u64,
     ) -> Result<()> {
+        if let Some(s3) = &self.s3 {
+            self.check_up()?;
+            let reader = open().map_err(|e| RemoteError::Store(StoreError::io(object)(e)))?;
+            return s3
+                .put(object, reader, len, &self.bytes_up)
+                .map_err(|t| self.s3_trouble(t, object));
+        }
         let url = self.object_url(object);
         let resp = self.retry(|| {
             let mut r = open().map_err(ureq::Error::Io)?;

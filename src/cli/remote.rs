@@ -20,7 +20,8 @@ use crate::spec;
 /// The global flags of the remote cache.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RemoteArgs {
-    /// Remote cache URL (plain HTTP GET/HEAD/PUT, e.g. nginx with WebDAV PUT)
+    /// Remote cache: http(s)://HOST/PATH (GET/HEAD/PUT, e.g. nginx with WebDAV PUT) or
+    /// s3://BUCKET/PREFIX (AWS S3 or a self-hosted S3 store)
     /// [default: `remote` in $XDG_CONFIG_HOME/imgspec/config.kdl]
     #[arg(long, global = true, env = "IMGSPEC_REMOTE", value_name = "URL")]
     pub remote: Option<String>,
@@ -34,6 +35,16 @@ pub struct RemoteArgs {
 struct Config {
     remote: Option<String>,
     remote_write: Option<bool>,
+    /// Settings of an `s3://` remote: `endpoint=`, `region=`, `path-style=` on `remote`.
+    s3: S3Settings,
+}
+
+/// Where an S3 bucket is, beyond its name: for a self-hosted store, its endpoint.
+#[derive(Debug, Default, PartialEq, Clone)]
+struct S3Settings {
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
 }
 
 fn config_path() -> Option<PathBuf> {
@@ -60,7 +71,25 @@ fn parse_config(text: &str, path: &Path) -> Result<Config, CliError> {
             .map(|e| e.value())
             .collect();
         match (name, args.as_slice()) {
-            ("remote", [kdl::KdlValue::String(s)]) => config.remote = Some(s.clone()),
+            ("remote", [kdl::KdlValue::String(s)]) => {
+                config.remote = Some(s.clone());
+                for e in node.entries().iter().filter(|e| e.name().is_some()) {
+                    let key = e.name().map(|n| n.value()).unwrap_or_default();
+                    match (key, e.value()) {
+                        ("endpoint", kdl::KdlValue::String(v)) => {
+                            config.s3.endpoint = Some(v.clone())
+                        }
+                        ("region", kdl::KdlValue::String(v)) => config.s3.region = Some(v.clone()),
+                        ("path-style", kdl::KdlValue::Bool(b)) => config.s3.path_style = Some(*b),
+                        _ => {
+                            return Err(bad(format!(
+                                "`remote` takes `endpoint=\"URL\"`, `region=\"NAME\"` and \
+                                 `path-style=#true` (for s3:// remotes), not `{key}=`"
+                            )))
+                        }
+                    }
+                }
+            }
             ("remote-write", [kdl::KdlValue::Bool(b)]) => config.remote_write = Some(*b),
             ("remote", _) => return Err(bad("`remote` takes one string, the URL".into())),
             ("remote-write", _) => return Err(bad("`remote-write` takes #true or #false".into())),
@@ -119,11 +148,133 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
         }
         return Ok(None);
     };
-    let remote = Remote::new(&url, credentials()).map_err(|e| CliError::Usage {
+    let remote = if url.starts_with("s3://") {
+        Remote::new_s3(&s3_config(&url, &config.s3)?)
+    } else {
+        Remote::new(&url, credentials())
+    }
+    .map_err(|e| CliError::Usage {
         message: error_chain(&e),
-        help: Some("a remote cache URL looks like http://host:port/path".into()),
+        help: Some(
+            "a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into(),
+        ),
     })?;
     Ok(Some((remote, write)))
+}
+
+/// An `s3://BUCKET/PREFIX` remote with the config file's settings, then the standard AWS
+/// environment (`AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`,
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`), then the profile
+/// (`AWS_PROFILE`, else `default`) of the shared files `~/.aws/credentials` and
+/// `~/.aws/config` (`AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`). Without keys the S3
+/// client asks the instance metadata service.
+fn s3_config(url: &str, settings: &S3Settings) -> Result<imgspec_cache::s3::S3Config, CliError> {
+    let rest = url.strip_prefix("s3://").unwrap_or(url);
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() || bucket.contains('@') || bucket.contains(':') {
+        return Err(CliError::Usage {
+            message: format!("`{}` names no bucket", imgspec_cache::remote::redact_url(url)),
+            help: Some("write s3://BUCKET/PREFIX; credentials come from the AWS environment or profile, never the URL".into()),
+        });
+    }
+    let profile_name = env_nonempty("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let file = |var: &str, rel: &str| {
+        env_nonempty(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(rel))
+    };
+    let creds = read_ini(
+        &file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"),
+        &profile_name,
+    );
+    let conf_section = if profile_name == "default" {
+        "default".to_string()
+    } else {
+        format!("profile {profile_name}")
+    };
+    let conf = read_ini(&file("AWS_CONFIG_FILE", ".aws/config"), &conf_section);
+    let pick = |env: &[&str], ini: &[(&std::collections::BTreeMap<String, String>, &str)]| {
+        env.iter()
+            .find_map(|v| env_nonempty(v))
+            .or_else(|| ini.iter().find_map(|(m, k)| m.get(*k).cloned()))
+    };
+    let (access_key_id, secret_access_key, session_token) = match env_nonempty("AWS_ACCESS_KEY_ID")
+    {
+        Some(id) => (
+            Some(id),
+            env_nonempty("AWS_SECRET_ACCESS_KEY"),
+            env_nonempty("AWS_SESSION_TOKEN"),
+        ),
+        None => (
+            pick(
+                &[],
+                &[(&creds, "aws_access_key_id"), (&conf, "aws_access_key_id")],
+            ),
+            pick(
+                &[],
+                &[
+                    (&creds, "aws_secret_access_key"),
+                    (&conf, "aws_secret_access_key"),
+                ],
+            ),
+            pick(
+                &[],
+                &[(&creds, "aws_session_token"), (&conf, "aws_session_token")],
+            ),
+        ),
+    };
+    let endpoint = settings.endpoint.clone().or_else(|| {
+        pick(
+            &["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+            &[(&conf, "endpoint_url")],
+        )
+    });
+    let region = settings
+        .region
+        .clone()
+        .or_else(|| pick(&["AWS_REGION", "AWS_DEFAULT_REGION"], &[(&conf, "region")]));
+    // Self-hosted stores take path-style requests; AWS prefers virtual-hosted ones.
+    let virtual_hosted = !settings.path_style.unwrap_or(endpoint.is_some());
+    Ok(imgspec_cache::s3::S3Config {
+        bucket: bucket.to_string(),
+        prefix: prefix.trim_matches('/').to_string(),
+        endpoint,
+        region,
+        virtual_hosted,
+        access_key_id,
+        secret_access_key,
+        session_token,
+    })
+}
+
+/// The `key = value` lines of section `[section]` of an INI file (the AWS shared files).
+fn read_ini(path: &Path, section: &str) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    parse_ini(&text, section)
+}
+
+fn parse_ini(text: &str, section: &str) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+            continue;
+        }
+        if inside {
+            if let Some((k, v)) = line.split_once('=') {
+                out.insert(k.trim().to_string(), v.trim().to_string());
+            }
+        }
+    }
+    out
 }
 
 fn require(args: &RemoteArgs, what: &str) -> Result<Remote, CliError> {
@@ -426,9 +577,25 @@ mod tests {
             c,
             Config {
                 remote: Some("http://h:8080/c".into()),
-                remote_write: Some(true)
+                remote_write: Some(true),
+                s3: S3Settings::default(),
             }
         );
+        let c = parse_config(
+            "remote \"s3://b/team\" endpoint=\"http://127.0.0.1:3900\" region=\"garage\" path-style=#true\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.remote.as_deref(), Some("s3://b/team"));
+        assert_eq!(
+            c.s3,
+            S3Settings {
+                endpoint: Some("http://127.0.0.1:3900".into()),
+                region: Some("garage".into()),
+                path_style: Some(true),
+            }
+        );
+        assert!(parse_config("remote \"s3://b\" colour=\"red\"", p).is_err());
         assert_eq!(parse_config("", p).unwrap(), Config::default());
         for bad in [
             "remote 1",
@@ -438,5 +605,18 @@ mod tests {
         ] {
             assert!(parse_config(bad, p).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn aws_shared_files_give_a_profile_s_keys() {
+        let text = "[default]\naws_access_key_id = A\n# c\n[ci]\naws_access_key_id=B\naws_secret_access_key = S\n";
+        assert_eq!(
+            parse_ini(text, "default").get("aws_access_key_id").unwrap(),
+            "A"
+        );
+        let ci = parse_ini(text, "ci");
+        assert_eq!(ci.get("aws_access_key_id").unwrap(), "B");
+        assert_eq!(ci.get("aws_secret_access_key").unwrap(), "S");
+        assert!(parse_ini(text, "other").is_empty());
     }
 }
