@@ -1,5 +1,7 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod dot;
+mod help;
 mod lock;
 mod remote;
 mod report;
@@ -43,18 +45,39 @@ struct Cli {
     command: Command,
 }
 
+const SPECS_HELP: &str = "Spec files (KDL) to read together; their images share steps";
+
 #[derive(Subcommand)]
 enum Command {
     /// Check spec files and report every problem
-    Check { specs: Vec<PathBuf> },
+    #[command(after_help = help::CHECK)]
+    Check {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Show the steps of the specs' images: key, cached or to build, and why
-    Plan { specs: Vec<PathBuf> },
+    #[command(after_help = help::PLAN)]
+    Plan {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+        /// Write the step graph in Graphviz's language (`| dot -Tsvg > plan.svg`): one node per
+        /// step, green when cached, orange when it must be built, an arrow from each input, and
+        /// one coloured edge set per image, so variants show the layers they share
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
+    },
     /// Build the images; outputs go to OUT_DIR/IMAGE/
+    #[command(after_help = help::BUILD)]
     Build {
+        /// Spec files (KDL) to build together: every image they declare (or those --image
+        /// names), sharing the steps they have in common; a `SPEC.lock` beside a spec pins its
+        /// packages
+        #[arg(value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Steps run at once
         #[arg(long, short, default_value_t = default_jobs())]
         jobs: usize,
+        /// Where the outputs go: OUT_DIR/IMAGE/ with a SHA256SUMS
         #[arg(long, default_value = "out")]
         out_dir: PathBuf,
         /// Build only these images (default: all in the specs)
@@ -63,7 +86,9 @@ enum Command {
     },
     /// Rebuild every step in an empty scratch store and compare it with the cache (or with a
     /// published SHA256SUMS): exit 0 only when every output is identical
+    #[command(after_help = help::VERIFY)]
     Verify {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Steps run at once
         #[arg(long, short, default_value_t = default_jobs())]
@@ -80,9 +105,15 @@ enum Command {
         keep: bool,
     },
     /// Host tools the specs need: found or missing, with the install line
-    Doctor { specs: Vec<PathBuf> },
+    #[command(after_help = help::DOCTOR)]
+    Doctor {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Resolve every package set to exact versions and write SPEC.lock beside each spec
+    #[command(after_help = help::LOCK)]
     Lock {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Resolve again from the mirror as it is now: everything, or only the packages named
         /// (the rest stays pinned; put the specs first: `lock SPEC --update PKG…`). Default:
@@ -94,6 +125,7 @@ enum Command {
         jobs: usize,
     },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
+    #[command(after_help = help::BOOT)]
     Boot {
         /// A whole-disk image (`.qcow2` or `.raw`)
         image: PathBuf,
@@ -126,20 +158,40 @@ enum Command {
         accel: AccelArg,
     },
     /// The local cache
+    #[command(after_help = help::CACHE)]
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// Print a shell completion script to standard output
+    #[command(after_help = help::COMPLETIONS)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of imgspec or of one of its subcommands
+    #[command(after_help = help::MAN)]
+    Man {
+        /// A subcommand, e.g. `build` or `cache gc` [default: the page of imgspec itself]
+        #[arg(value_name = "SUBCOMMAND")]
+        command: Vec<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum CacheCommand {
     /// List cached step results
+    #[command(after_help = help::CACHE_LS)]
     Ls,
     /// Disk usage of the cache
+    #[command(after_help = help::CACHE_DU)]
     Du,
     /// Remove what is not needed: keep what the specs need, or limit by size or age
+    #[command(after_help = help::CACHE_GC)]
     Gc {
+        /// Keep what these spec files need and remove everything else
+        #[arg(value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Drop least-recently-used results until the cache is at most this size (e.g. 20GiB)
         #[arg(long)]
@@ -149,20 +201,35 @@ enum CacheCommand {
         older_than_days: Option<u64>,
     },
     /// Re-hash every blob; drop corrupt ones and the results that used them
+    #[command(after_help = help::CACHE_VERIFY)]
     Verify,
     /// Upload what the specs need (every step result in the local cache) to the remote cache
-    Push { specs: Vec<PathBuf> },
+    #[command(after_help = help::CACHE_PUSH)]
+    Push {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Download what the specs need from the remote cache, each object checked
-    Pull { specs: Vec<PathBuf> },
+    #[command(after_help = help::CACHE_PULL)]
+    Pull {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Write what the specs need (step results and their blobs) to a bundle file
+    #[command(after_help = help::CACHE_EXPORT)]
     Export {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// The bundle to write, e.g. bundle.tar.zst
         #[arg(long, short)]
         output: PathBuf,
     },
     /// Read a bundle made by `cache export` into the local cache, every object checked
-    Import { bundle: PathBuf },
+    #[command(after_help = help::CACHE_IMPORT)]
+    Import {
+        /// The bundle file, e.g. bundle.tar.zst
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -254,9 +321,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
     match cli.command {
         Command::Check { specs } => check(&specs, cli.json),
-        Command::Plan { ref specs } => {
+        Command::Plan { ref specs, dot } => {
             let ctx = Context::open(&cache_dir, specs)?;
             let plan = ctx.plan()?;
+            if dot {
+                print!("{}", dot::render(&plan, |k| cached(&ctx.store, k)));
+                return Ok(());
+            }
             show_plan(&ctx, &plan, cli.json)
         }
         Command::Build {
@@ -335,6 +406,20 @@ fn run(cli: Cli) -> Result<(), CliError> {
             boot(o, quiet)
         }
         Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
+        Command::Completions { shell } => {
+            help::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { command } => {
+            let page = help::man_page(&command).ok_or_else(|| CliError::Usage {
+                message: format!("no subcommand `{}`", command.join(" ")),
+                help: Some(
+                    "see `imgspec --help` for the subcommands, e.g. `imgspec man build`".into(),
+                ),
+            })?;
+            use std::io::Write;
+            std::io::stdout().write_all(&page).map_err(internal)
+        }
     }
 }
 

@@ -2,8 +2,10 @@
 
 mod common;
 mod debian;
+mod dot;
 mod elements;
 mod engine;
+mod help;
 mod lock;
 mod remote;
 mod repro;
