@@ -5,6 +5,7 @@ mod debian;
 mod dot;
 mod elements;
 mod engine;
+mod formats;
 mod help;
 mod lock;
 mod remote;
