@@ -41,7 +41,7 @@ Examples:
 pub const BOOT: &str = "\
 Examples:
   imgspec boot out/debian-efi/debian-efi.qcow2
-  imgspec boot out/debian-bios/debian-bios.qcow2 --firmware bios --timeout 300
+  imgspec boot out/debian-hybrid/debian-hybrid.qcow2 --firmware bios --timeout 300
   imgspec boot out/debian-partition/debian-partition.qcow2 --quiet";
 
 pub const CACHE: &str = "\

@@ -127,9 +127,12 @@ enum Command {
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
     #[command(after_help = help::BOOT)]
     Boot {
-        /// A whole-disk image (`.qcow2` or `.raw`)
+        /// A whole-disk image (`.qcow2`, `.raw`, `.vmdk`, `.vdi`, `.vhdx`, `.vhd`), or a
+        /// partition image set's `NAME.qcow2`
         image: PathBuf,
-        #[arg(long, value_enum, default_value = "uefi")]
+        /// Firmware: from the partition table (auto: an EFI system partition means UEFI, also
+        /// on a hybrid disk; a BIOS boot partition alone SeaBIOS), or forced
+        #[arg(long, value_enum, default_value = "auto")]
         firmware: FirmwareArg,
         /// Seconds to wait for the login prompt
         #[arg(long, default_value_t = 600)]
@@ -241,6 +244,7 @@ enum AccelArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FirmwareArg {
+    Auto,
     Uefi,
     Bios,
 }
@@ -387,6 +391,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             expect,
         } => {
             let kernel = direct_kernel(&image, kernel, initrd, append)?;
+            let (firmware, why) = match (firmware, &kernel) {
+                // A direct kernel boot starts under SeaBIOS whatever the disk holds.
+                (_, Some(_)) => (crate::boot::Firmware::Bios, None),
+                (FirmwareArg::Uefi, None) => (crate::boot::Firmware::Uefi, None),
+                (FirmwareArg::Bios, None) => (crate::boot::Firmware::Bios, None),
+                (FirmwareArg::Auto, None) => {
+                    let (f, why) =
+                        crate::boot::detect_firmware(&image).map_err(|e| CliError::Usage {
+                            message: e.to_string(),
+                            help: Some(
+                                "a whole-disk image needs an EFI system partition or a BIOS \
+                                 boot partition; a partition image boots with its NAME.vmlinuz \
+                                 and NAME.initrd beside it, or --kernel and --initrd"
+                                    .into(),
+                            ),
+                        })?;
+                    (f, Some(why))
+                }
+            };
             let o = crate::boot::BootOptions {
                 accel: match accel {
                     AccelArg::Auto => crate::boot::Accel::Auto,
@@ -394,16 +417,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     AccelArg::Tcg => crate::boot::Accel::Tcg,
                 },
                 image,
-                firmware: match firmware {
-                    FirmwareArg::Uefi => crate::boot::Firmware::Uefi,
-                    FirmwareArg::Bios => crate::boot::Firmware::Bios,
-                },
+                firmware,
                 timeout: std::time::Duration::from_secs(timeout),
                 kernel,
                 memory_mib: memory,
                 expect,
             };
-            boot(o, quiet)
+            boot(o, why, quiet)
         }
         Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
         Command::Completions { shell } => {
@@ -1037,7 +1057,7 @@ fn cache(
     Ok(())
 }
 
-fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
+fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result<(), CliError> {
     use crate::boot::{BootError, Firmware};
     let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
         .into_iter()
@@ -1046,10 +1066,11 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
-    let how = match (&o.kernel, o.firmware) {
-        (Some((k, _, _)), _) => format!("partition image, kernel `{}`", k.display()),
-        (None, Firmware::Uefi) => "UEFI, OVMF".to_string(),
-        (None, Firmware::Bios) => "BIOS, SeaBIOS".to_string(),
+    let how = match (&o.kernel, o.firmware, why) {
+        (Some((k, _, _)), _, _) => format!("partition image, kernel `{}`", k.display()),
+        (None, _, Some(why)) => why,
+        (None, Firmware::Uefi, None) => "UEFI, OVMF".to_string(),
+        (None, Firmware::Bios, None) => "BIOS, SeaBIOS".to_string(),
     };
     eprintln!(
         "[{}] booting `{}` ({how})",
@@ -1070,6 +1091,20 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
             message: e.to_string(),
             help: Some("install it with: apt-get install ovmf".into()),
         }),
+        Err(e @ BootError::NothingToBoot { .. }) => {
+            let other = match o.firmware {
+                Firmware::Uefi => "bios",
+                Firmware::Bios => "uefi",
+            };
+            Err(CliError::Usage {
+                message: e.to_string(),
+                help: Some(format!(
+                    "the disk holds no boot loader this firmware can start; if it was built for \
+                     the other one, try --firmware {other} (or leave --firmware out: the \
+                     partition table decides)"
+                )),
+            })
+        }
         Err(e) => {
             let tail = e.console_tail();
             let mut msg = e.to_string();

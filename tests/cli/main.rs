@@ -1,5 +1,6 @@
 //! Integration tests: the real `imgspec` binary on spec files in a temporary workspace.
 
+mod boot;
 mod common;
 mod debian;
 mod dot;
