@@ -6,6 +6,7 @@ mod debian;
 mod dot;
 mod elements;
 mod engine;
+mod examples;
 mod formats;
 mod help;
 mod lock;
