@@ -44,6 +44,12 @@ Examples:
   imgspec boot out/debian-hybrid/debian-hybrid.qcow2 --firmware bios --timeout 300
   imgspec boot out/debian-partition/debian-partition.qcow2 --quiet";
 
+pub const DIFF: &str = "\
+Examples:
+  imgspec diff release-1.0/debian-efi out/debian-efi
+  imgspec diff old/debian-efi.spdx.json out/debian-efi/debian-efi.spdx.json
+  imgspec diff --json release-1.0/debian-efi out/debian-efi";
+
 pub const CACHE: &str = "\
 Examples:
   imgspec cache du

@@ -1,5 +1,6 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod diff;
 mod dot;
 mod help;
 mod lock;
@@ -159,6 +160,15 @@ enum Command {
         /// Accelerator: KVM when it works (auto), or force one
         #[arg(long, value_enum, default_value = "auto", env = "IMGSPEC_ACCEL")]
         accel: AccelArg,
+    },
+    /// What changed between two builds of an image: packages (from the SBOMs) and files (from
+    /// the cache, when both final trees are in it)
+    #[command(after_help = help::DIFF)]
+    Diff {
+        /// The older build: an output folder (out/IMAGE/), IMAGE.spdx.json or IMAGE.manifest.json
+        old: PathBuf,
+        /// The newer build, the same way
+        new: PathBuf,
     },
     /// The local cache
     #[command(after_help = help::CACHE)]
@@ -426,6 +436,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             boot(o, why, quiet)
         }
         Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
+        Command::Diff { old, new } => diff::diff(&cache_dir, &old, &new, cli.json),
         Command::Completions { shell } => {
             help::completions(shell, &mut std::io::stdout().lock());
             Ok(())

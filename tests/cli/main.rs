@@ -3,6 +3,7 @@
 mod boot;
 mod common;
 mod debian;
+mod diff;
 mod dot;
 mod elements;
 mod engine;
