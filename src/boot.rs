@@ -4,8 +4,14 @@
 //! KVM is used when it works and TCG (software emulation) otherwise: a VM that dies under KVM
 //! before the guest printed anything (a `/dev/kvm` that opens but cannot run a guest does that)
 //! is started again under TCG. UEFI boots with OVMF (a private copy of its variable
-//! store), BIOS with QEMU's SeaBIOS. The VM is always stopped: on success, on timeout and when
-//! this process unwinds.
+//! store), BIOS with QEMU's SeaBIOS (its serial console on, `graphics=off`). The VM is always
+//! stopped: on success, on timeout, when the firmware says the disk has nothing it can boot, and
+//! when this process unwinds.
+//!
+//! [`detect_firmware`] picks the firmware from the image's partition table (the first MiB, read
+//! with `qemu-img dd` for formats other than raw): an EFI system partition means UEFI (a hybrid
+//! disk too), a BIOS boot partition alone, or boot code in a plain MBR, SeaBIOS; a disk with
+//! neither is refused before QEMU starts.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -54,6 +60,16 @@ pub enum BootError {
     },
     #[error("`qemu-img create` of the overlay failed: {0}")]
     Overlay(String),
+    #[error("{firmware} found nothing to boot on the disk: `{line}`")]
+    NothingToBoot {
+        firmware: &'static str,
+        line: String,
+        tail: Vec<String>,
+    },
+    #[error("`{path}` has nothing a firmware can boot: {why}")]
+    NotBootable { path: PathBuf, why: String },
+    #[error("cannot read the partition table of `{path}`: {why}")]
+    ReadTable { path: PathBuf, why: String },
     #[error("no `{expect}` on the console after {seconds}s")]
     Timeout {
         expect: String,
@@ -78,7 +94,9 @@ impl BootError {
     /// The last console lines, when the VM ran.
     pub fn console_tail(&self) -> &[String] {
         match self {
-            BootError::Timeout { tail, .. } | BootError::Exited { tail, .. } => tail,
+            BootError::Timeout { tail, .. }
+            | BootError::Exited { tail, .. }
+            | BootError::NothingToBoot { tail, .. } => tail,
             _ => &[],
         }
     }
@@ -114,9 +132,19 @@ pub fn qemu_args(
     vars: Option<(&str, &Path)>,
 ) -> Vec<String> {
     let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
-    let mut a: Vec<String> = ["-accel", accel, "-machine", "q35", "-cpu", cpu, "-smp", "2"]
-        .map(String::from)
-        .to_vec();
+    // graphics=off: SeaBIOS writes its messages (and "No bootable device.") to the serial port.
+    let mut a: Vec<String> = [
+        "-accel",
+        accel,
+        "-machine",
+        "q35,graphics=off",
+        "-cpu",
+        cpu,
+        "-smp",
+        "2",
+    ]
+    .map(String::from)
+    .to_vec();
     a.extend(["-m".into(), o.memory_mib.to_string()]);
     a.extend(
         [
@@ -199,11 +227,7 @@ fn boot_with(
         source,
     })?;
     let overlay = tmp.path().join("overlay.qcow2");
-    let fmt = if image.extension().is_some_and(|e| e == "qcow2") {
-        "qcow2"
-    } else {
-        "raw"
-    };
+    let fmt = image_format(&image);
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
         .arg(&image)
@@ -287,11 +311,17 @@ fn boot_with(
             });
         }
         match rx.recv_timeout(left.min(Duration::from_millis(500))) {
-            Ok(bytes) => {
-                if console.push(&bytes, &o.expect, on_line) {
-                    return Ok(start.elapsed());
+            Ok(bytes) => match console.push(&bytes, &o.expect, on_line) {
+                Seen::Expected => return Ok(start.elapsed()),
+                Seen::NothingToBoot(firmware, line) => {
+                    return Err(BootError::NothingToBoot {
+                        firmware,
+                        line,
+                        tail: console.tail(),
+                    })
                 }
-            }
+                Seen::Nothing => {}
+            },
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 let status =
@@ -316,17 +346,52 @@ struct Console {
     partial: String,
 }
 
+/// What a console line tells.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Expected,
+    /// The firmware (`SeaBIOS`, `OVMF`) says it found nothing to boot on the disk: this line.
+    NothingToBoot(&'static str, String),
+    Nothing,
+}
+
+/// The firmware's own words for "the disk has nothing I can boot". SeaBIOS tries the disk
+/// first and says `Boot failed: not a bootable disk` (no boot signature) before it goes on to
+/// the network, then `No bootable device.`; OVMF names the virtio disk `UEFI Misc Device`
+/// (`BdsDxe: failed to load Boot0002 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x3,0x0): Not
+/// Found`: no EFI loader on it) before it tries PXE and HTTP boot, then `BdsDxe: No bootable
+/// option or device was found.` A disk boot never needs the network, so the first disk line
+/// ends it.
+fn nothing_to_boot(line: &str) -> Option<&'static str> {
+    let l = line.trim();
+    if l.starts_with("Boot failed: not a bootable disk") || l.starts_with("No bootable device") {
+        Some("SeaBIOS")
+    } else if (l.starts_with("BdsDxe: failed to load Boot") && l.contains("\"UEFI Misc Device"))
+        || l.starts_with("BdsDxe: No bootable option or device was found")
+    {
+        Some("OVMF")
+    } else {
+        None
+    }
+}
+
 impl Console {
-    fn push(&mut self, bytes: &[u8], expect: &str, on_line: &mut dyn FnMut(&str)) -> bool {
+    fn push(&mut self, bytes: &[u8], expect: &str, on_line: &mut dyn FnMut(&str)) -> Seen {
         let text = String::from_utf8_lossy(bytes).replace('\r', "");
         for c in text.chars() {
             if c == '\n' {
                 let line = strip_escapes(&std::mem::take(&mut self.partial));
                 on_line(&line);
-                let found = line.contains(expect);
+                let seen = if line.contains(expect) {
+                    Seen::Expected
+                } else if let Some(fw) = nothing_to_boot(&line) {
+                    Seen::NothingToBoot(fw, line.trim().to_string())
+                } else {
+                    Seen::Nothing
+                };
                 self.lines.push(line);
-                if found {
-                    return true;
+                if seen != Seen::Nothing {
+                    return seen;
                 }
             } else {
                 self.partial.push(c);
@@ -336,9 +401,9 @@ impl Console {
             let line = strip_escapes(&self.partial);
             on_line(&line);
             self.lines.push(line);
-            return true;
+            return Seen::Expected;
         }
-        false
+        Seen::Nothing
     }
 
     fn tail(&self) -> Vec<String> {
@@ -348,6 +413,146 @@ impl Console {
         }
         all[all.len().saturating_sub(25)..].to_vec()
     }
+}
+
+/// qemu-img's name of an image's format, from its extension (raw otherwise).
+pub fn image_format(image: &Path) -> &'static str {
+    match image.extension().and_then(|e| e.to_str()) {
+        Some("qcow2") => "qcow2",
+        Some("vmdk") => "vmdk",
+        Some("vdi") => "vdi",
+        Some("vhdx") => "vhdx",
+        Some("vhd") => "vpc",
+        _ => "raw",
+    }
+}
+
+/// How much of a disk [`detect_firmware`] reads: the MBR, the GPT header and a 128-entry array.
+const TABLE_BYTES: usize = 1 << 20;
+
+/// The firmware that boots `image`, and why, from its partition table.
+pub fn detect_firmware(image: &Path) -> Result<(Firmware, String), BootError> {
+    let prefix = read_prefix(image)?;
+    firmware_of_table(&prefix).map_err(|why| BootError::NotBootable {
+        path: image.to_path_buf(),
+        why,
+    })
+}
+
+/// The first [`TABLE_BYTES`] of the disk in `image` (fewer if the disk is smaller).
+fn read_prefix(image: &Path) -> Result<Vec<u8>, BootError> {
+    let bad = |why: String| BootError::ReadTable {
+        path: image.to_path_buf(),
+        why,
+    };
+    let fmt = image_format(image);
+    if fmt == "raw" {
+        use std::io::Read;
+        let mut f = std::fs::File::open(image).map_err(|e| bad(e.to_string()))?;
+        let mut buf = Vec::with_capacity(TABLE_BYTES);
+        f.by_ref()
+            .take(TABLE_BYTES as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| bad(e.to_string()))?;
+        return Ok(buf);
+    }
+    let tmp = tempfile::tempdir().map_err(|e| bad(e.to_string()))?;
+    let out = tmp.path().join("head.raw");
+    let r = Command::new("qemu-img")
+        .args([
+            "dd",
+            "-f",
+            fmt,
+            "-O",
+            "raw",
+            &format!("bs={TABLE_BYTES}"),
+            "count=1",
+        ])
+        .arg(format!("if={}", image.display()))
+        .arg(format!("of={}", out.display()))
+        .output()
+        .map_err(|source| BootError::Spawn {
+            program: "qemu-img".into(),
+            source,
+        })?;
+    if !r.status.success() {
+        return Err(bad(format!(
+            "qemu-img dd: {}",
+            String::from_utf8_lossy(&r.stderr).trim()
+        )));
+    }
+    std::fs::read(&out).map_err(|e| bad(e.to_string()))
+}
+
+/// GPT's partition type GUIDs that tell how a disk boots, as stored on disk.
+fn type_guids() -> ([u8; 16], [u8; 16]) {
+    use crate::format::gpt;
+    (gpt::ESP.to_disk(), gpt::BIOS_BOOT.to_disk())
+}
+
+/// UEFI or BIOS from the start of a disk (MBR, GPT header, partition entries), or why neither.
+fn firmware_of_table(d: &[u8]) -> Result<(Firmware, String), String> {
+    if d.len() < 1024 {
+        return Err(format!(
+            "it is {} bytes, too small for a partition table",
+            d.len()
+        ));
+    }
+    let signed = d[510] == 0x55 && d[511] == 0xaa;
+    let boot_code = signed && d[..440].iter().any(|&b| b != 0);
+    let mbr_types: Vec<u8> = (0..4).map(|i| d[446 + 16 * i + 4]).collect();
+    let (esp_type, bios_type) = type_guids();
+    if &d[512..520] == b"EFI PART" {
+        let h = &d[512..];
+        let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap()) as usize;
+        let entries_lba = u64::from_le_bytes(h[72..80].try_into().unwrap());
+        let (count, size) = (u32_at(80), u32_at(84));
+        if !(128..=4096).contains(&size) || count > 1024 {
+            return Err(format!("a GPT with {count} entries of {size} bytes"));
+        }
+        let start = usize::try_from(entries_lba.saturating_mul(512)).unwrap_or(usize::MAX);
+        let end = start.saturating_add(count * size);
+        if end > d.len() {
+            return Err("its GPT partition entries lie past the first MiB".into());
+        }
+        let types: Vec<&[u8]> = (0..count)
+            .map(|i| &d[start + i * size..start + i * size + 16])
+            .collect();
+        let esp = types.iter().any(|t| *t == esp_type);
+        let bios = types.iter().any(|t| *t == bios_type);
+        return match (esp, bios) {
+            (true, true) => Ok((
+                Firmware::Uefi,
+                "hybrid disk (EFI system and BIOS boot partitions): UEFI; --firmware bios for SeaBIOS"
+                    .into(),
+            )),
+            (true, false) => Ok((Firmware::Uefi, "EFI system partition: UEFI".into())),
+            (false, true) => Ok((Firmware::Bios, "BIOS boot partition: SeaBIOS".into())),
+            (false, false) if boot_code => Ok((
+                Firmware::Bios,
+                "GPT without an EFI system partition, boot code in the MBR: SeaBIOS".into(),
+            )),
+            (false, false) => Err(
+                "a GPT without an EFI system partition or a BIOS boot partition, and no boot \
+                 code in the MBR"
+                    .into(),
+            ),
+        };
+    }
+    if signed && mbr_types.contains(&0xef) {
+        return Ok((
+            Firmware::Uefi,
+            "MBR with an EFI system partition: UEFI".into(),
+        ));
+    }
+    if boot_code && mbr_types.iter().any(|&t| t != 0) {
+        return Ok((Firmware::Bios, "MBR with boot code: SeaBIOS".into()));
+    }
+    Err(
+        "no partition table (a filesystem image, such as a partition image's root, boots only \
+         with --kernel and --initrd)"
+            .into(),
+    )
 }
 
 /// Removes ANSI escape sequences (firmware and GRUB draw with them).
@@ -381,12 +586,18 @@ mod tests {
     fn finds_a_prompt_without_newline() {
         let mut c = Console::default();
         let mut seen = Vec::new();
-        assert!(!c.push(
-            b"Debian GNU/Linux 12 debian ttyS0\r\n\r\n",
-            "login:",
-            &mut |l| { seen.push(l.to_string()) }
-        ));
-        assert!(c.push(b"localhost login: ", "login:", &mut |_| {}));
+        assert_eq!(
+            c.push(
+                b"Debian GNU/Linux 12 debian ttyS0\r\n\r\n",
+                "login:",
+                &mut |l| { seen.push(l.to_string()) }
+            ),
+            Seen::Nothing
+        );
+        assert_eq!(
+            c.push(b"localhost login: ", "login:", &mut |_| {}),
+            Seen::Expected
+        );
         assert_eq!(seen, ["Debian GNU/Linux 12 debian ttyS0", ""]);
     }
 
@@ -416,9 +627,123 @@ mod tests {
             Some(("/c.fd", Path::new("/t/v.fd"))),
         );
         let s = a.join(" ");
-        assert!(s.contains("-accel tcg -machine q35 -cpu max"));
+        assert!(s.contains("-accel tcg -machine q35,graphics=off -cpu max"));
         assert!(s.contains("if=pflash,format=raw,unit=0,readonly=on,file=/c.fd"));
         assert!(s.contains("if=pflash,format=raw,unit=1,file=/t/v.fd"));
         assert!(s.contains("file=/t/o.qcow2,if=virtio,format=qcow2"));
+    }
+
+    /// A GPT disk of 8 MiB with partitions of these types (no content).
+    fn gpt_disk(dir: &Path, name: &str, types: &[crate::format::gpt::Guid]) -> PathBuf {
+        use crate::format::gpt::{self, PartitionSpec, MIB};
+        let parts: Vec<PartitionSpec> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| PartitionSpec {
+                name: format!("p{i}"),
+                type_guid: *t,
+                size: Some(MIB),
+                guid: gpt::derive_guid(&[1; 32], &format!("p{i}")),
+                attributes: 0,
+            })
+            .collect();
+        let layout = gpt::layout(8 * MIB, &parts).unwrap();
+        let disk = dir.join(name);
+        let contents = vec![None; parts.len()];
+        gpt::write_disk(
+            &disk,
+            &layout,
+            gpt::derive_guid(&[1; 32], "disk"),
+            &contents,
+        )
+        .unwrap();
+        disk
+    }
+
+    #[test]
+    fn the_partition_table_picks_the_firmware() {
+        use crate::format::gpt::{BIOS_BOOT, ESP, ROOT_X86_64};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pick = |p: &Path| detect_firmware(p).map(|(f, _)| f);
+        let esp = gpt_disk(d, "esp.raw", &[ESP, ROOT_X86_64]);
+        assert_eq!(pick(&esp).unwrap(), Firmware::Uefi);
+        let bios = gpt_disk(d, "bios.raw", &[BIOS_BOOT, ROOT_X86_64]);
+        assert_eq!(pick(&bios).unwrap(), Firmware::Bios);
+        let hybrid = gpt_disk(d, "hybrid.raw", &[BIOS_BOOT, ESP, ROOT_X86_64]);
+        let (fw, why) = detect_firmware(&hybrid).unwrap();
+        assert_eq!(fw, Firmware::Uefi);
+        assert!(
+            why.contains("hybrid") && why.contains("--firmware bios"),
+            "{why}"
+        );
+        let none = gpt_disk(d, "none.raw", &[ROOT_X86_64]);
+        let e = pick(&none).unwrap_err();
+        assert!(
+            matches!(&e, BootError::NotBootable { why, .. } if why.contains("no boot code")),
+            "{e}"
+        );
+        // A filesystem image (no table at all) and a file too small for one.
+        std::fs::write(d.join("fs.raw"), vec![0u8; 1 << 20]).unwrap();
+        assert!(matches!(
+            pick(&d.join("fs.raw")),
+            Err(BootError::NotBootable { .. })
+        ));
+        std::fs::write(d.join("tiny.raw"), b"x").unwrap();
+        assert!(matches!(
+            pick(&d.join("tiny.raw")),
+            Err(BootError::NotBootable { .. })
+        ));
+        assert!(matches!(
+            pick(&d.join("missing.raw")),
+            Err(BootError::ReadTable { .. })
+        ));
+        // The same disks in other formats: read through `qemu-img dd`.
+        for (raw, want) in [(&bios, Firmware::Bios), (&esp, Firmware::Uefi)] {
+            for (fmt, ext) in [("qcow2", "qcow2"), ("vmdk", "vmdk"), ("vpc", "vhd")] {
+                let out = raw.with_extension(ext);
+                let st = Command::new("qemu-img")
+                    .args(["convert", "-q", "-f", "raw", "-O", fmt])
+                    .arg(raw)
+                    .arg(&out)
+                    .status()
+                    .unwrap();
+                assert!(st.success());
+                assert_eq!(image_format(&out), fmt);
+                assert_eq!(pick(&out).unwrap(), want, "{}", out.display());
+            }
+        }
+    }
+
+    #[test]
+    fn firmware_lines_that_mean_nothing_to_boot() {
+        for (line, fw) in [
+            ("Boot failed: not a bootable disk", Some("SeaBIOS")),
+            ("No bootable device.", Some("SeaBIOS")),
+            (
+                "BdsDxe: failed to load Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0): Not Found",
+                Some("OVMF"),
+            ),
+            ("BdsDxe: No bootable option or device was found.", Some("OVMF")),
+            // The CD-ROM and the network are not the disk.
+            (
+                "BdsDxe: failed to load Boot0001 \"UEFI QEMU DVD-ROM QM00005 \" from PciRoot(0x0)/Pci(0x1F,0x2)/Sata(0x2,0xFFFF,0x0): Not Found",
+                None,
+            ),
+            ("Boot failed: Could not read from CDROM (code 0003)", None),
+            ("BdsDxe: loading Boot0002 \"UEFI Misc Device\" from PciRoot(0x0)/Pci(0x3,0x0)", None),
+            ("Booting from Hard Disk...", None),
+        ] {
+            assert_eq!(nothing_to_boot(line), fw, "{line}");
+        }
+        let mut c = Console::default();
+        assert_eq!(
+            c.push(
+                b"Booting from Hard Disk...\r\nBoot failed: not a bootable disk\r\n",
+                "login:",
+                &mut |_| {}
+            ),
+            Seen::NothingToBoot("SeaBIOS", "Boot failed: not a bootable disk".into())
+        );
     }
 }

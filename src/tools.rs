@@ -247,6 +247,11 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("fsck.vfat", "dosfstools"),
     HostDep::new("mdir", "mtools"),
     HostDep::new("bwrap", "bubblewrap"),
+    HostDep::new("dot", "graphviz"),
+    HostDep::new("groff", "groff-base"),
+    HostDep::new("faketime", "faketime"),
+    // Ironic's format inspector, from PyPI into the venv install-deps makes.
+    HostDep::new("/opt/imgspec-oslo/bin/python", "oslo.utils"),
 ];
 
 /// The Debian package of a host program the steps or the tests run, when it is one of ours.

@@ -1,5 +1,8 @@
 //! The command line: the only module that prints, reads the environment and chooses exit codes.
 
+mod diff;
+mod dot;
+mod help;
 mod lock;
 mod remote;
 mod report;
@@ -43,18 +46,39 @@ struct Cli {
     command: Command,
 }
 
+const SPECS_HELP: &str = "Spec files (KDL) to read together; their images share steps";
+
 #[derive(Subcommand)]
 enum Command {
     /// Check spec files and report every problem
-    Check { specs: Vec<PathBuf> },
+    #[command(after_help = help::CHECK)]
+    Check {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Show the steps of the specs' images: key, cached or to build, and why
-    Plan { specs: Vec<PathBuf> },
+    #[command(after_help = help::PLAN)]
+    Plan {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+        /// Write the step graph in Graphviz's language (`| dot -Tsvg > plan.svg`): one node per
+        /// step, green when cached, orange when it must be built, an arrow from each input, and
+        /// one coloured edge set per image, so variants show the layers they share
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
+    },
     /// Build the images; outputs go to OUT_DIR/IMAGE/
+    #[command(after_help = help::BUILD)]
     Build {
+        /// Spec files (KDL) to build together: every image they declare (or those --image
+        /// names), sharing the steps they have in common; a `SPEC.lock` beside a spec pins its
+        /// packages
+        #[arg(value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Steps run at once
         #[arg(long, short, default_value_t = default_jobs())]
         jobs: usize,
+        /// Where the outputs go: OUT_DIR/IMAGE/ with a SHA256SUMS
         #[arg(long, default_value = "out")]
         out_dir: PathBuf,
         /// Build only these images (default: all in the specs)
@@ -63,7 +87,9 @@ enum Command {
     },
     /// Rebuild every step in an empty scratch store and compare it with the cache (or with a
     /// published SHA256SUMS): exit 0 only when every output is identical
+    #[command(after_help = help::VERIFY)]
     Verify {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Steps run at once
         #[arg(long, short, default_value_t = default_jobs())]
@@ -80,9 +106,15 @@ enum Command {
         keep: bool,
     },
     /// Host tools the specs need: found or missing, with the install line
-    Doctor { specs: Vec<PathBuf> },
+    #[command(after_help = help::DOCTOR)]
+    Doctor {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Resolve every package set to exact versions and write SPEC.lock beside each spec
+    #[command(after_help = help::LOCK)]
     Lock {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Resolve again from the mirror as it is now: everything, or only the packages named
         /// (the rest stays pinned; put the specs first: `lock SPEC --update PKG…`). Default:
@@ -94,10 +126,14 @@ enum Command {
         jobs: usize,
     },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
+    #[command(after_help = help::BOOT)]
     Boot {
-        /// A whole-disk image (`.qcow2` or `.raw`)
+        /// A whole-disk image (`.qcow2`, `.raw`, `.vmdk`, `.vdi`, `.vhdx`, `.vhd`), or a
+        /// partition image set's `NAME.qcow2`
         image: PathBuf,
-        #[arg(long, value_enum, default_value = "uefi")]
+        /// Firmware: from the partition table (auto: an EFI system partition means UEFI, also
+        /// on a hybrid disk; a BIOS boot partition alone SeaBIOS), or forced
+        #[arg(long, value_enum, default_value = "auto")]
         firmware: FirmwareArg,
         /// Seconds to wait for the login prompt
         #[arg(long, default_value_t = 600)]
@@ -125,21 +161,50 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto", env = "IMGSPEC_ACCEL")]
         accel: AccelArg,
     },
+    /// What changed between two builds of an image: packages (from the SBOMs) and files (from
+    /// the cache, when both final trees are in it)
+    #[command(after_help = help::DIFF)]
+    Diff {
+        /// The older build: an output folder (out/IMAGE/), IMAGE.spdx.json or IMAGE.manifest.json
+        old: PathBuf,
+        /// The newer build, the same way
+        new: PathBuf,
+    },
     /// The local cache
+    #[command(after_help = help::CACHE)]
     Cache {
         #[command(subcommand)]
         command: CacheCommand,
+    },
+    /// Print a shell completion script to standard output
+    #[command(after_help = help::COMPLETIONS)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of imgspec or of one of its subcommands
+    #[command(after_help = help::MAN)]
+    Man {
+        /// A subcommand, e.g. `build` or `cache gc` [default: the page of imgspec itself]
+        #[arg(value_name = "SUBCOMMAND")]
+        command: Vec<String>,
     },
 }
 
 #[derive(Subcommand)]
 enum CacheCommand {
     /// List cached step results
+    #[command(after_help = help::CACHE_LS)]
     Ls,
     /// Disk usage of the cache
+    #[command(after_help = help::CACHE_DU)]
     Du,
     /// Remove what is not needed: keep what the specs need, or limit by size or age
+    #[command(after_help = help::CACHE_GC)]
     Gc {
+        /// Keep what these spec files need and remove everything else
+        #[arg(value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// Drop least-recently-used results until the cache is at most this size (e.g. 20GiB)
         #[arg(long)]
@@ -149,20 +214,35 @@ enum CacheCommand {
         older_than_days: Option<u64>,
     },
     /// Re-hash every blob; drop corrupt ones and the results that used them
+    #[command(after_help = help::CACHE_VERIFY)]
     Verify,
     /// Upload what the specs need (every step result in the local cache) to the remote cache
-    Push { specs: Vec<PathBuf> },
+    #[command(after_help = help::CACHE_PUSH)]
+    Push {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Download what the specs need from the remote cache, each object checked
-    Pull { specs: Vec<PathBuf> },
+    #[command(after_help = help::CACHE_PULL)]
+    Pull {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
+        specs: Vec<PathBuf>,
+    },
     /// Write what the specs need (step results and their blobs) to a bundle file
+    #[command(after_help = help::CACHE_EXPORT)]
     Export {
+        #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
         /// The bundle to write, e.g. bundle.tar.zst
         #[arg(long, short)]
         output: PathBuf,
     },
     /// Read a bundle made by `cache export` into the local cache, every object checked
-    Import { bundle: PathBuf },
+    #[command(after_help = help::CACHE_IMPORT)]
+    Import {
+        /// The bundle file, e.g. bundle.tar.zst
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -174,6 +254,7 @@ enum AccelArg {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FirmwareArg {
+    Auto,
     Uefi,
     Bios,
 }
@@ -254,9 +335,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
     match cli.command {
         Command::Check { specs } => check(&specs, cli.json),
-        Command::Plan { ref specs } => {
+        Command::Plan { ref specs, dot } => {
             let ctx = Context::open(&cache_dir, specs)?;
             let plan = ctx.plan()?;
+            if dot {
+                print!("{}", dot::render(&plan, |k| cached(&ctx.store, k)));
+                return Ok(());
+            }
             show_plan(&ctx, &plan, cli.json)
         }
         Command::Build {
@@ -316,6 +401,25 @@ fn run(cli: Cli) -> Result<(), CliError> {
             expect,
         } => {
             let kernel = direct_kernel(&image, kernel, initrd, append)?;
+            let (firmware, why) = match (firmware, &kernel) {
+                // A direct kernel boot starts under SeaBIOS whatever the disk holds.
+                (_, Some(_)) => (crate::boot::Firmware::Bios, None),
+                (FirmwareArg::Uefi, None) => (crate::boot::Firmware::Uefi, None),
+                (FirmwareArg::Bios, None) => (crate::boot::Firmware::Bios, None),
+                (FirmwareArg::Auto, None) => {
+                    let (f, why) =
+                        crate::boot::detect_firmware(&image).map_err(|e| CliError::Usage {
+                            message: e.to_string(),
+                            help: Some(
+                                "a whole-disk image needs an EFI system partition or a BIOS \
+                                 boot partition; a partition image boots with its NAME.vmlinuz \
+                                 and NAME.initrd beside it, or --kernel and --initrd"
+                                    .into(),
+                            ),
+                        })?;
+                    (f, Some(why))
+                }
+            };
             let o = crate::boot::BootOptions {
                 accel: match accel {
                     AccelArg::Auto => crate::boot::Accel::Auto,
@@ -323,18 +427,30 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     AccelArg::Tcg => crate::boot::Accel::Tcg,
                 },
                 image,
-                firmware: match firmware {
-                    FirmwareArg::Uefi => crate::boot::Firmware::Uefi,
-                    FirmwareArg::Bios => crate::boot::Firmware::Bios,
-                },
+                firmware,
                 timeout: std::time::Duration::from_secs(timeout),
                 kernel,
                 memory_mib: memory,
                 expect,
             };
-            boot(o, quiet)
+            boot(o, why, quiet)
         }
         Command::Cache { command } => cache(&cache_dir, command, &cli.remote, cli.json),
+        Command::Diff { old, new } => diff::diff(&cache_dir, &old, &new, cli.json),
+        Command::Completions { shell } => {
+            help::completions(shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Man { command } => {
+            let page = help::man_page(&command).ok_or_else(|| CliError::Usage {
+                message: format!("no subcommand `{}`", command.join(" ")),
+                help: Some(
+                    "see `imgspec --help` for the subcommands, e.g. `imgspec man build`".into(),
+                ),
+            })?;
+            use std::io::Write;
+            std::io::stdout().write_all(&page).map_err(internal)
+        }
     }
 }
 
@@ -966,7 +1082,7 @@ fn cache(
     Ok(())
 }
 
-fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
+fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result<(), CliError> {
     use crate::boot::{BootError, Firmware};
     let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
         .into_iter()
@@ -975,10 +1091,11 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
-    let how = match (&o.kernel, o.firmware) {
-        (Some((k, _, _)), _) => format!("partition image, kernel `{}`", k.display()),
-        (None, Firmware::Uefi) => "UEFI, OVMF".to_string(),
-        (None, Firmware::Bios) => "BIOS, SeaBIOS".to_string(),
+    let how = match (&o.kernel, o.firmware, why) {
+        (Some((k, _, _)), _, _) => format!("partition image, kernel `{}`", k.display()),
+        (None, _, Some(why)) => why,
+        (None, Firmware::Uefi, None) => "UEFI, OVMF".to_string(),
+        (None, Firmware::Bios, None) => "BIOS, SeaBIOS".to_string(),
     };
     eprintln!(
         "[{}] booting `{}` ({how})",
@@ -999,6 +1116,20 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
             message: e.to_string(),
             help: Some("install it with: apt-get install ovmf".into()),
         }),
+        Err(e @ BootError::NothingToBoot { .. }) => {
+            let other = match o.firmware {
+                Firmware::Uefi => "bios",
+                Firmware::Bios => "uefi",
+            };
+            Err(CliError::Usage {
+                message: e.to_string(),
+                help: Some(format!(
+                    "the disk holds no boot loader this firmware can start; if it was built for \
+                     the other one, try --firmware {other} (or leave --firmware out: the \
+                     partition table decides)"
+                )),
+            })
+        }
         Err(e) => {
             let tail = e.console_tail();
             let mut msg = e.to_string();

@@ -666,4 +666,61 @@ mod boot_tests {
             panic!("OVMF did not boot the hybrid disk: {e}");
         }
     }
+
+    /// `imgspec boot`'s own path: the firmware picked from the table, then QEMU watched until
+    /// the root's grub.cfg speaks.
+    #[test]
+    fn imgspec_boot_picks_seabios_for_a_bios_only_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = make_disk(dir.path(), false);
+        let (firmware, why) = crate::boot::detect_firmware(&disk).unwrap();
+        assert_eq!(firmware, crate::boot::Firmware::Bios, "{why}");
+        let o = crate::boot::BootOptions {
+            accel: crate::boot::Accel::Tcg,
+            image: disk,
+            firmware,
+            timeout: TIMEOUT,
+            kernel: None,
+            memory_mib: 256,
+            expect: ROOT_MARK.into(),
+        };
+        let mut console = Vec::new();
+        if let Err(e) = crate::boot::boot(&o, &mut |l| console.push(l.to_string())) {
+            panic!("{e}:\n{}", console.join("\n"));
+        }
+        assert!(console.iter().any(|l| l.contains(BIOS_MARK)), "{console:?}");
+    }
+
+    /// A disk with nothing bootable on it, forced under each firmware: the boot stops at the
+    /// firmware's own "nothing to boot" line, not at the timeout (an hour here).
+    #[test]
+    fn a_disk_with_nothing_to_boot_fails_at_the_firmwares_word() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = dir.path().join("empty.raw");
+        std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+        assert!(matches!(
+            crate::boot::detect_firmware(&disk),
+            Err(crate::boot::BootError::NotBootable { .. })
+        ));
+        for (firmware, name) in [
+            (crate::boot::Firmware::Bios, "SeaBIOS"),
+            (crate::boot::Firmware::Uefi, "OVMF"),
+        ] {
+            let o = crate::boot::BootOptions {
+                accel: crate::boot::Accel::Tcg,
+                image: disk.clone(),
+                firmware,
+                timeout: Duration::from_secs(3600),
+                kernel: None,
+                memory_mib: 256,
+                expect: "login:".into(),
+            };
+            match crate::boot::boot(&o, &mut |_| {}) {
+                Err(crate::boot::BootError::NothingToBoot { firmware, line, .. }) => {
+                    assert_eq!(firmware, name, "{line}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 }

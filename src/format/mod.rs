@@ -19,6 +19,7 @@ pub mod biosboot;
 pub mod ext4;
 pub mod gpt;
 pub mod qcow2;
+pub mod vdisk;
 pub mod vfat;
 
 use std::path::PathBuf;
@@ -151,6 +152,12 @@ pub enum FormatError {
 
     #[error("invalid ext4 parameters for `{out}`: {reason}")]
     Ext4Params { out: PathBuf, reason: String },
+
+    #[error(
+        "`{path}` is not laid out as this imgspec expects ({reason}): its identifiers cannot be \
+         made reproducible; this qemu-img is not supported for this format, use qcow2 or raw"
+    )]
+    VDisk { path: PathBuf, reason: String },
 
     #[error("the source `{path}` is neither a directory nor a .tar file")]
     BadSource { path: PathBuf },
@@ -291,7 +298,7 @@ mod tests {
                 let end = at + placed.size_bytes as usize;
                 assert!(bytes[at + want.len()..end].iter().all(|&b| b == 0));
             }
-            qcow2::convert(&HostRunner, &log, &disk, &qcow, true).unwrap();
+            qcow2::convert(&HostRunner, &log, &disk, &qcow, qcow2::Compression::Zlib).unwrap();
             let listing = host(
                 &log,
                 Cmd::new("mdir")

@@ -2,42 +2,61 @@
 //!
 //! [`convert`] runs `qemu-img convert -f raw -O qcow2` with every creation option pinned
 //! ([`CREATE_OPTIONS`]: compat 1.1, 64 KiB clusters, 16-bit refcounts, no lazy refcounts, no
-//! preallocation, no extended L2, zlib compression), so a qemu whose defaults move does not
+//! preallocation, no extended L2, zlib or zstd compression), so a qemu whose defaults move does not
 //! silently change the bytes, and `-S 4k` pins the zero-detection granularity that keeps the
 //! image sparse. It never passes `-W` (out-of-order writes): with in-order writes the cluster
 //! allocation, and so the file, is the same on every run, with or without `-c` (measured with
 //! qemu-img 10.0.2: two conversions of a 64 MiB raw give identical bytes, compressed or not).
-//! A qcow2 holds no timestamps or random ids.
+//! A qcow2 holds no timestamps or random ids. zstd clusters (`compression_type=zstd`, an
+//! incompatible-feature bit in the header) are read by QEMU 5.1 and newer only.
 
 use std::path::Path;
 
 use super::{parse_version, FormatError};
 use crate::runner::{Cmd, Runner};
 
-/// The `-o` creation options given to every conversion.
+/// The `-o` creation options given to every conversion (zstd ones end in `zstd` instead).
 pub const CREATE_OPTIONS: &str = "compat=1.1,cluster_size=65536,refcount_bits=16,\
                                   lazy_refcounts=off,preallocation=off,extended_l2=off,\
                                   compression_type=zlib";
 
+/// How the clusters of a qcow2 are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// `-c` with `compression_type=zlib`: what every qemu reads.
+    Zlib,
+    /// `-c` with `compression_type=zstd`: QEMU 5.1 or newer.
+    Zstd,
+}
+
 /// The `qemu-img convert` command line.
-fn convert_cmd(raw: &Path, out: &Path, compress: bool) -> Cmd {
+fn convert_cmd(raw: &Path, out: &Path, compression: Compression) -> Cmd {
     let mut cmd = Cmd::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]);
-    if compress {
+    if compression != Compression::None {
         cmd = cmd.arg("-c");
     }
-    cmd.args(["-o", CREATE_OPTIONS, "-S", "4k"])
+    let options = match compression {
+        Compression::Zstd => {
+            CREATE_OPTIONS.replace("compression_type=zlib", "compression_type=zstd")
+        }
+        _ => CREATE_OPTIONS.to_string(),
+    };
+    cmd.arg("-o")
+        .arg(options)
+        .args(["-S", "4k"])
         .arg(raw)
         .arg(out)
 }
 
-/// Converts the raw image `raw` into the qcow2 `out` (replaced if it exists), zlib-compressed
-/// when `compress` is set.
+/// Converts the raw image `raw` into the qcow2 `out` (replaced if it exists), its clusters
+/// stored as `compression` says.
 pub fn convert(
     runner: &dyn Runner,
     log: &Path,
     raw: &Path,
     out: &Path,
-    compress: bool,
+    compression: Compression,
 ) -> Result<(), FormatError> {
     if !raw.is_file() {
         return Err(FormatError::BadSource {
@@ -45,7 +64,7 @@ pub fn convert(
         });
     }
     runner
-        .run(&convert_cmd(raw, out, compress), log)
+        .run(&convert_cmd(raw, out, compression), log)
         .map_err(|source| {
             let _ = std::fs::remove_file(out);
             FormatError::Tool {
@@ -88,8 +107,9 @@ mod tests {
         let out = dir.path().join("disk.qcow2");
         let runner = RecordingRunner::default();
         let log = dir.path().join("log");
-        convert(&runner, &log, &raw, &out, false).unwrap();
-        convert(&runner, &log, &raw, &out, true).unwrap();
+        convert(&runner, &log, &raw, &out, Compression::None).unwrap();
+        convert(&runner, &log, &raw, &out, Compression::Zlib).unwrap();
+        convert(&runner, &log, &raw, &out, Compression::Zstd).unwrap();
         let (r, o) = (raw.display(), out.display());
         let opts = "compat=1.1,cluster_size=65536,refcount_bits=16,lazy_refcounts=off,\
                     preallocation=off,extended_l2=off,compression_type=zlib";
@@ -98,10 +118,20 @@ mod tests {
             [
                 format!("qemu-img convert -q -f raw -O qcow2 -o {opts} -S 4k {r} {o}"),
                 format!("qemu-img convert -q -f raw -O qcow2 -c -o {opts} -S 4k {r} {o}"),
+                format!(
+                    "qemu-img convert -q -f raw -O qcow2 -c -o {} -S 4k {r} {o}",
+                    opts.replace("=zlib", "=zstd")
+                ),
             ]
         );
         assert!(matches!(
-            convert(&runner, &log, &dir.path().join("missing"), &out, false),
+            convert(
+                &runner,
+                &log,
+                &dir.path().join("missing"),
+                &out,
+                Compression::None
+            ),
             Err(FormatError::BadSource { .. })
         ));
     }
@@ -132,13 +162,13 @@ mod tests {
         f.write_all_at(&text, 9 << 20).unwrap();
         drop(f);
         qemu_img_version(&HostRunner, &log).unwrap();
-        for compress in [false, true] {
+        for compress in [Compression::None, Compression::Zlib, Compression::Zstd] {
             let (a, b) = (dir.path().join("a.qcow2"), dir.path().join("b.qcow2"));
             convert(&HostRunner, &log, &raw, &a, compress).unwrap();
             convert(&HostRunner, &log, &raw, &b, compress).unwrap();
             assert!(
                 std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
-                "compress={compress}"
+                "{compress:?}"
             );
             let cmp = HostRunner
                 .output(
@@ -151,7 +181,7 @@ mod tests {
                 .expect("qemu-img compare");
             assert!(
                 String::from_utf8_lossy(&cmp).contains("Images are identical"),
-                "compress={compress}"
+                "{compress:?}"
             );
             let size = std::fs::metadata(&a).unwrap().len();
             assert!(size < 4 << 20, "{size} bytes: not sparse");

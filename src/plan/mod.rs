@@ -248,10 +248,7 @@ impl Builder<'_> {
                 }
             }
             // A partition image set needs the root filesystem, not the disk.
-            let whole_disk = image
-                .outputs
-                .iter()
-                .any(|o| matches!(o, OutputFormat::Raw | OutputFormat::Qcow2 { .. }));
+            let whole_disk = image.outputs.iter().any(|o| o.whole_disk());
             // BIOS boot: the bootloader step's core.img and boot.img, as the disk's last input.
             let bios = bios_loader.filter(|_| whole_disk).map(|id| {
                 let partition = disk
@@ -290,7 +287,7 @@ impl Builder<'_> {
             let fname = steps::output::format_name(format);
             let action = Action::Output(steps::output::OutputStep {
                 format,
-                file_name: format!("{}.{}", image.name, file_extension(format)),
+                file_name: format!("{}.{}", image.name, format.extension()),
             });
             let id = self.add(
                 Add {
@@ -300,13 +297,11 @@ impl Builder<'_> {
                     action,
                     inputs: match format {
                         OutputFormat::Tar => vec![tree],
-                        OutputFormat::Raw | OutputFormat::Qcow2 { .. } => {
-                            vec![disk_step.expect("validation: disk outputs need a disk")]
-                        }
                         OutputFormat::Partition => vec![
                             root_fs.expect("validation: a disk has a root filesystem"),
                             tree,
                         ],
+                        _ => vec![disk_step.expect("validation: disk outputs need a disk")],
                     },
                 },
                 facts,
@@ -423,14 +418,6 @@ impl Builder<'_> {
         });
         self.by_key.insert(key, id);
         Ok(id)
-    }
-}
-
-fn file_extension(f: OutputFormat) -> &'static str {
-    match f {
-        OutputFormat::Tar => "tar",
-        OutputFormat::Raw => "raw",
-        OutputFormat::Qcow2 { .. } | OutputFormat::Partition => "qcow2",
     }
 }
 

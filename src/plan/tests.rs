@@ -390,3 +390,57 @@ fn a_lock_gives_its_epoch_to_images_whose_spec_gives_none() {
     let given = plan_locked(&spec(true), &FixedFacts, Some(&lock)).unwrap();
     assert!(given.steps.iter().all(|s| s.epoch == DEFAULT_EPOCH));
 }
+
+#[test]
+fn new_disk_formats_and_zstd_leave_the_keys_of_the_other_outputs_alone() {
+    let mut img = image("golden");
+    img.outputs = vec![
+        OutputFormat::Raw,
+        OutputFormat::Qcow2 { compressed: false },
+        OutputFormat::Vmdk,
+        OutputFormat::Vdi,
+        OutputFormat::Vhdx,
+        OutputFormat::Vhd,
+    ];
+    let p = plan(
+        &Spec {
+            images: vec![img],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let got = keys(&p);
+    // Every step of the golden plan up to its outputs keeps its key.
+    for (label, key) in &GOLDEN[..9] {
+        assert!(
+            got.iter().any(|(l, k)| l == label && k == key),
+            "{label} changed: {got:?}"
+        );
+    }
+    let labels: Vec<&str> = got.iter().map(|(l, _)| l.as_str()).collect();
+    for l in ["output vmdk", "output vdi", "output vhdx", "output vhd"] {
+        assert!(labels.contains(&l), "{labels:?}");
+    }
+    let mut ks: Vec<&str> = got.iter().map(|(_, k)| k.as_str()).collect();
+    ks.sort();
+    ks.dedup();
+    assert_eq!(ks.len(), got.len(), "two steps share a key: {got:?}");
+
+    let mut img = image("golden");
+    img.outputs = vec![OutputFormat::Qcow2Zstd];
+    let z = plan(
+        &Spec {
+            images: vec![img],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let out = z.steps.iter().find(|s| s.label == "output qcow2").unwrap();
+    assert_ne!(out.key.short(), "096a4adaec65");
+    assert!(out
+        .parts
+        .iter()
+        .any(|p| p.name == "compress" && p.value.contains("zstd")));
+}

@@ -16,7 +16,7 @@ use super::model::{
     Run, User, DEFAULT_CMDLINE, ELEMENTS,
 };
 use super::read::{
-    arg_count, children, node_name, Cx, FileId, Problems, Scalar, Shape, Spanned, MANY,
+    arg_count, children, node_name, Cx, FileId, FromValue, Problems, Scalar, Shape, Spanned, MANY,
 };
 use super::source::SourceFile;
 use super::values::{
@@ -137,7 +137,7 @@ const BOOTLOADER: Shape<'static> = Shape {
 const OUTPUT: Shape<'static> = Shape {
     max_args: MANY,
     props: &["compress"],
-    ..single("output \"qcow2\" \"raw\" \"tar\" \"partition\" [compress=#true]")
+    ..single("output \"qcow2\" \"raw\" \"tar\" \"partition\" \"vmdk\" \"vdi\" \"vhdx\" \"vhd\" [compress=#true|\"zlib\"|\"zstd\"]")
 };
 
 /// Bootloader kinds by name.
@@ -148,12 +148,41 @@ pub(crate) const BOOTLOADERS: [(&str, BootloaderKind); 3] = [
 ];
 
 /// Output formats by name.
-pub(crate) const OUTPUTS: [(&str, OutputFormat); 4] = [
+pub(crate) const OUTPUTS: [(&str, OutputFormat); 8] = [
     ("tar", OutputFormat::Tar),
     ("raw", OutputFormat::Raw),
     ("qcow2", OutputFormat::Qcow2 { compressed: false }),
     ("partition", OutputFormat::Partition),
+    ("vmdk", OutputFormat::Vmdk),
+    ("vdi", OutputFormat::Vdi),
+    ("vhdx", OutputFormat::Vhdx),
+    ("vhd", OutputFormat::Vhd),
 ];
+
+/// qcow2 cluster compression by name (`compress="zstd"`); `#true` is zlib.
+const QCOW2_COMPRESSION: [(&str, OutputFormat); 2] = [
+    ("zlib", OutputFormat::Qcow2 { compressed: true }),
+    ("zstd", OutputFormat::Qcow2Zstd),
+];
+
+/// `compress=`: a boolean (`#true`: zlib) or the name of a compression.
+enum Compress {
+    Bool(bool),
+    Name(String),
+}
+
+impl FromValue for Compress {
+    const EXPECTED: &'static str = "a boolean or a compression name";
+    const HINT: &'static str =
+        "write `compress=#true` (zlib), `compress=\"zlib\"` or `compress=\"zstd\"`";
+    fn from_value(value: &kdl::KdlValue) -> Option<Self> {
+        match value {
+            kdl::KdlValue::Bool(b) => Some(Compress::Bool(*b)),
+            kdl::KdlValue::String(s) => Some(Compress::Name(s.clone())),
+            _ => None,
+        }
+    }
+}
 
 /// mmdebstrap variants.
 const VARIANTS: &[&str] = &[
@@ -556,7 +585,35 @@ fn read_bootloader(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Bootloader> {
 fn read_outputs(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Vec<Spanned<OutputFormat>>> {
     cx.check_shape(node, &OUTPUT);
     let formats = cx.args_from::<String>(node, 0);
-    let compressed = cx.prop::<bool>(node, "compress").is_some_and(|c| c.value);
+    // What `qcow2` becomes: plain, zlib or zstd.
+    let compress = cx.prop::<Compress>(node, "compress");
+    if let Some(c) = &compress {
+        if !formats.iter().any(|f| f.value == "qcow2") {
+            cx.bad_value(
+                c.span,
+                "`compress` applies to `qcow2` outputs only".into(),
+                "no qcow2 output here",
+                "the other formats are written as they are: remove `compress`, or add \"qcow2\"",
+            );
+        }
+    }
+    let qcow2 = match compress {
+        None => OutputFormat::Qcow2 { compressed: false },
+        Some(Spanned {
+            value: Compress::Bool(b),
+            ..
+        }) => OutputFormat::Qcow2 { compressed: b },
+        Some(Spanned {
+            value: Compress::Name(name),
+            span,
+        }) => cx
+            .choice(
+                &Spanned { value: name, span },
+                "qcow2 compression",
+                &QCOW2_COMPRESSION,
+            )
+            .unwrap_or(OutputFormat::Qcow2 { compressed: false }),
+    };
     if arg_count(node) == 0 {
         cx.missing_argument(node, &OUTPUT, "at least one format");
     }
@@ -564,7 +621,7 @@ fn read_outputs(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Vec<Spanned<OutputFor
         .iter()
         .filter_map(|f| {
             let value = match cx.choice(f, "output format", &OUTPUTS)? {
-                OutputFormat::Qcow2 { .. } => OutputFormat::Qcow2 { compressed },
+                OutputFormat::Qcow2 { .. } => qcow2,
                 other => other,
             };
             Some(Spanned {

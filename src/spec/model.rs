@@ -240,7 +240,47 @@ pub enum OutputFormat {
     /// The whole disk, `NAME.qcow2`; zlib-compressed clusters with `compress=#true` (smaller,
     /// slower to write and to read).
     Qcow2 { compressed: bool },
+    /// The whole disk, `NAME.qcow2` with zstd-compressed clusters (`compress="zstd"`): smaller
+    /// than raw, far faster to write than zlib; QEMU 5.1 or newer reads it.
+    Qcow2Zstd,
     /// Ironic's partition image set: `NAME.qcow2` holding only the root filesystem (no
     /// partition table), `NAME.vmlinuz` and `NAME.initrd` from the image's `/boot`.
     Partition,
+    /// The whole disk as a VMware sparse disk, `NAME.vmdk` (monolithicSparse).
+    Vmdk,
+    /// The whole disk as a VirtualBox disk, `NAME.vdi` (dynamic).
+    Vdi,
+    /// The whole disk as a Hyper-V disk, `NAME.vhdx` (dynamic).
+    Vhdx,
+    /// The whole disk as a Virtual PC / Hyper-V / Azure disk, `NAME.vhd` (dynamic).
+    Vhd,
+}
+
+impl OutputFormat {
+    /// The name a spec writes (`output "vmdk"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Tar => "tar",
+            OutputFormat::Raw => "raw",
+            OutputFormat::Qcow2 { .. } | OutputFormat::Qcow2Zstd => "qcow2",
+            OutputFormat::Partition => "partition",
+            OutputFormat::Vmdk => "vmdk",
+            OutputFormat::Vdi => "vdi",
+            OutputFormat::Vhdx => "vhdx",
+            OutputFormat::Vhd => "vhd",
+        }
+    }
+
+    /// The extension of the file it writes (`NAME.vmdk`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormat::Partition => "qcow2",
+            other => other.name(),
+        }
+    }
+
+    /// Whether it is the whole disk (partition table and all), made from the disk step.
+    pub fn whole_disk(self) -> bool {
+        !matches!(self, OutputFormat::Tar | OutputFormat::Partition)
+    }
 }

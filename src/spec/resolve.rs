@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use miette::SourceSpan;
 
 use super::error::{backticked, closest, FirstDeclared, SpecError};
-use super::image::{Decl, DeclId, Own, BOOTLOADERS, OUTPUTS};
+use super::image::{Decl, DeclId, Own, BOOTLOADERS};
 use super::model::{
     Base, Bootloader, BootloaderKind, Disk, Image, Layer, OutputFormat, PartitionType,
     DEFAULT_EPOCH,
@@ -385,7 +385,7 @@ impl<'a> Resolver<'a> {
                             decl.name.span
                         },
                         name: name.clone(),
-                        output: name_of(&OUTPUTS, output.value).to_string(),
+                        output: output.value.name().to_string(),
                     });
                 }
             }
@@ -393,9 +393,12 @@ impl<'a> Resolver<'a> {
         }
         if let Some((owner, o)) = flat.outputs {
             let outs = o.value.as_deref().unwrap_or_default();
-            let qcow2 = outs
-                .iter()
-                .find(|o| matches!(o.value, OutputFormat::Qcow2 { .. }));
+            let qcow2 = outs.iter().find(|o| {
+                matches!(
+                    o.value,
+                    OutputFormat::Qcow2 { .. } | OutputFormat::Qcow2Zstd
+                )
+            });
             let partition = outs.iter().find(|o| o.value == OutputFormat::Partition);
             if let (Some(_), Some(p)) = (qcow2, partition) {
                 found.push(SpecError::OutputClash {

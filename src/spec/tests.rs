@@ -358,3 +358,43 @@ fn compress_applies_to_qcow2_outputs() {
         [OutputFormat::Raw, OutputFormat::Qcow2 { compressed: true }]
     );
 }
+
+#[test]
+fn compress_names_zlib_or_zstd_and_new_disk_formats_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |outputs: &str| {
+        format!(
+            "image \"c\" {{\n    base \"debian\" suite=\"bookworm\"\n    packages \"k\" linux-image-amd64\n    disk size=\"2GiB\" {{\n        partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\"\n    }}\n    output {outputs}\n}}\n"
+        )
+    };
+    let load = |outputs: &str| {
+        std::fs::write(dir.path().join("c.kdl"), spec(outputs)).unwrap();
+        crate::spec::load(&[dir.path().join("c.kdl")])
+            .unwrap()
+            .images[0]
+            .outputs
+            .clone()
+    };
+    assert_eq!(
+        load("\"qcow2\" compress=\"zstd\""),
+        [OutputFormat::Qcow2Zstd]
+    );
+    assert_eq!(
+        load("\"qcow2\" compress=\"zlib\""),
+        [OutputFormat::Qcow2 { compressed: true }]
+    );
+    assert_eq!(
+        load("\"qcow2\" compress=#false"),
+        [OutputFormat::Qcow2 { compressed: false }]
+    );
+    assert_eq!(
+        load("\"vhd\" \"vmdk\" \"vhdx\" \"vdi\" \"raw\""),
+        [
+            OutputFormat::Raw,
+            OutputFormat::Vmdk,
+            OutputFormat::Vdi,
+            OutputFormat::Vhdx,
+            OutputFormat::Vhd
+        ]
+    );
+}

@@ -3,7 +3,11 @@
 //! - `tar`: the final root filesystem as a deterministic tarball (entries in path order, numeric
 //!   owners, mtimes clamped to the image epoch). Input: the last tree layer.
 //! - `raw`: the disk step's `disk.raw` under the image's name (no bytes copied in the store).
-//! - `qcow2`: `qemu-img convert` of the disk (deterministic: no timestamps in qcow2).
+//! - `qcow2`: `qemu-img convert` of the disk (deterministic: no timestamps in qcow2); its
+//!   clusters zlib-compressed with `compress=#true`, zstd-compressed with `compress="zstd"`.
+//! - `vmdk`, `vdi`, `vhdx`, `vhd`: `qemu-img convert` of the disk with pinned options, the ids
+//!   and timestamps qemu-img writes set from the raw disk's digest and the image epoch
+//!   ([`crate::format::vdisk`]).
 //! - `partition`: Ironic's partition image set. Inputs: the root filesystem step and the final
 //!   tree. `NAME.qcow2` is the root filesystem alone (no partition table), `NAME.vmlinuz` and
 //!   `NAME.initrd` are the kernel and initramfs that the image's `/vmlinuz` and `/initrd.img`
@@ -12,7 +16,8 @@
 //! Every output records the SHA-256 of each of its files in the step output's metadata
 //! (`sha256:FILE`), so that `SHA256SUMS` is written without reading the files again.
 //!
-//! Key: input key; format; file name.
+//! Key: input key; format; file name; `compress` (`zlib` or `zstd`) only for a compressed
+//! qcow2; the qemu-img version for the formats it writes.
 
 use std::io::Write;
 use std::path::Path;
@@ -38,16 +43,22 @@ impl OutputStep {
     pub fn tools(&self) -> Vec<Tool> {
         match self.format {
             OutputFormat::Tar | OutputFormat::Raw => vec![],
-            OutputFormat::Qcow2 { .. } | OutputFormat::Partition => vec![crate::tools::QEMU_IMG],
+            _ => vec![crate::tools::QEMU_IMG],
         }
     }
 
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
         k.param("format", format_name(self.format))
             .param("file", &self.file_name);
-        if let OutputFormat::Qcow2 { compressed: true } = self.format {
-            // Only when asked: the keys of uncompressed outputs stay as they were.
-            k.param("compress", "zlib");
+        // Only when asked: the keys of uncompressed outputs stay as they were.
+        match self.format {
+            OutputFormat::Qcow2 { compressed: true } => {
+                k.param("compress", "zlib");
+            }
+            OutputFormat::Qcow2Zstd => {
+                k.param("compress", "zstd");
+            }
+            _ => {}
         }
         for t in self.tools() {
             k.tool(t.program, &facts.tool_version(&t)?);
@@ -85,33 +96,48 @@ impl OutputStep {
                     .insert(format!("sha256:{}", self.file_name), sha.clone());
                 return Ok(out);
             }
-            OutputFormat::Qcow2 { compressed } => {
+            OutputFormat::Partition => return self.partition(ctx, &path),
+            whole => {
                 let disk = ctx
                     .inputs
                     .first()
-                    .ok_or(StepError::Internal("qcow2 output without a disk"))?;
+                    .ok_or(StepError::Internal("a disk output without a disk"))?;
                 let r = disk
                     .files
                     .get("disk.raw")
                     .ok_or(StepError::Internal("the disk step has no disk.raw"))?;
+                let convert = |raw: &Path| -> Result<(), crate::format::FormatError> {
+                    use crate::format::qcow2::{self, Compression};
+                    use crate::format::vdisk::{self, VDisk};
+                    let q = |c| qcow2::convert(ctx.runner, &ctx.log, raw, &path, c);
+                    let v = |k| {
+                        let seed = &r.digest.0;
+                        vdisk::convert(ctx.runner, &ctx.log, raw, &path, k, seed, ctx.epoch)
+                    };
+                    match whole {
+                        OutputFormat::Qcow2 { compressed: false } => q(Compression::None),
+                        OutputFormat::Qcow2 { compressed: true } => q(Compression::Zlib),
+                        OutputFormat::Qcow2Zstd => q(Compression::Zstd),
+                        OutputFormat::Vmdk => v(VDisk::Vmdk),
+                        OutputFormat::Vdi => v(VDisk::Vdi),
+                        OutputFormat::Vhdx => v(VDisk::Vhdx),
+                        OutputFormat::Vhd => v(VDisk::Vhd),
+                        OutputFormat::Tar | OutputFormat::Raw | OutputFormat::Partition => {
+                            unreachable!("handled above")
+                        }
+                    }
+                };
                 // The disk this build has just made, or the cached one decompressed.
                 match ctx.store.fresh_file(&r.digest) {
-                    Some(raw) => {
-                        crate::format::qcow2::convert(
-                            ctx.runner, &ctx.log, &raw, &path, compressed,
-                        )?;
-                    }
+                    Some(raw) => convert(&raw)?,
                     None => {
                         let raw = ctx.work.join("disk.raw");
                         ctx.store.blob_to_scratch(&r.digest, &raw)?;
-                        crate::format::qcow2::convert(
-                            ctx.runner, &ctx.log, &raw, &path, compressed,
-                        )?;
+                        convert(&raw)?;
                         let _ = std::fs::remove_file(&raw);
                     }
                 }
             }
-            OutputFormat::Partition => return self.partition(ctx, &path),
         }
         let mut out = StepOutput::default();
         self.add_file(ctx, &mut out, &self.file_name, &path)?;
@@ -141,11 +167,23 @@ impl OutputStep {
                 "partition output without a root filesystem",
             ))?;
         match ctx.store.fresh_file(&fs.digest) {
-            Some(img) => crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?,
+            Some(img) => crate::format::qcow2::convert(
+                ctx.runner,
+                &ctx.log,
+                &img,
+                qcow2,
+                crate::format::qcow2::Compression::None,
+            )?,
             None => {
                 let img = ctx.work.join("root.img");
                 ctx.store.blob_to_scratch(&fs.digest, &img)?;
-                crate::format::qcow2::convert(ctx.runner, &ctx.log, &img, qcow2, false)?;
+                crate::format::qcow2::convert(
+                    ctx.runner,
+                    &ctx.log,
+                    &img,
+                    qcow2,
+                    crate::format::qcow2::Compression::None,
+                )?;
                 let _ = std::fs::remove_file(&img);
             }
         }
@@ -186,12 +224,7 @@ impl OutputStep {
 }
 
 pub fn format_name(f: OutputFormat) -> &'static str {
-    match f {
-        OutputFormat::Tar => "tar",
-        OutputFormat::Raw => "raw",
-        OutputFormat::Qcow2 { .. } => "qcow2",
-        OutputFormat::Partition => "partition",
-    }
+    f.name()
 }
 
 /// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the

@@ -1,10 +1,16 @@
 //! Integration tests: the real `imgspec` binary on spec files in a temporary workspace.
 
+mod boot;
 mod claims;
 mod common;
 mod debian;
+mod diff;
+mod dot;
 mod elements;
 mod engine;
+mod examples;
+mod formats;
+mod help;
 mod lock;
 mod remote;
 mod repro;
