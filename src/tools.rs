@@ -252,6 +252,8 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("faketime", "faketime"),
     // Ironic's format inspector, from PyPI into the venv install-deps makes.
     HostDep::new("/opt/imgspec-oslo/bin/python", "oslo.utils"),
+    // The S3 tests' object store, built from crates.io into ~/.cargo/bin.
+    HostDep::new("garage", "garage"),
 ];
 
 /// The Debian package of a host program the steps or the tests run, when it is one of ours.

@@ -14,3 +14,4 @@ mod help;
 mod lock;
 mod remote;
 mod repro;
+mod s3;
