@@ -14,7 +14,7 @@ pub struct Tool {
     /// The Debian/Ubuntu package that provides it.
     pub package: &'static str,
     /// Arguments that make it print its version on stdout or stderr; None: its version does not
-    /// change any result (chroot, unshare), so it is not part of keys.
+    /// change any result (bwrap), so it is not part of keys.
     pub version_args: Option<&'static [&'static str]>,
     /// Extra words for `apt-get install`, e.g. `-t bookworm-backports`.
     pub install_hint: Option<&'static str>,
@@ -50,15 +50,10 @@ pub const QEMU_IMG: Tool = Tool {
     version_args: Some(&["--version"]),
     install_hint: None,
 };
-pub const UNSHARE: Tool = Tool {
-    program: "unshare",
-    package: "util-linux",
-    version_args: None,
-    install_hint: None,
-};
-pub const CHROOT: Tool = Tool {
-    program: "chroot",
-    package: "coreutils",
+/// The sandbox of every step that runs a command in the image ([`crate::steps::chroot`]).
+pub const BWRAP: Tool = Tool {
+    program: "bwrap",
+    package: "bubblewrap",
     version_args: None,
     install_hint: None,
 };
