@@ -107,6 +107,7 @@ fn escape_attempts_from_run_steps_do_not_reach_the_host() {
     let dev_probe = format!("/dev/{}", unique("probe"));
     let tmp_escape = format!("/tmp/{}", unique("escape"));
     let domain_before = host_domainname();
+    let evil = unique("evil");
     w.write(
         "esc.kdl",
         &format!(
@@ -115,7 +116,7 @@ image "esc" {{
     base "tar" path="rootfs.tar"
     files "overlay/"
     run "echo x > {dev_probe} && echo written > /etc/r-dev; ls /dev > /etc/r-devlist"
-    run "echo evil.example > /proc/sys/kernel/domainname; echo $? > /etc/r-domain; cat /proc/sys/kernel/domainname >> /etc/r-domain"
+    run "echo {evil} > /proc/sys/kernel/domainname; echo $? > /etc/r-domain; cat /proc/sys/kernel/domainname >> /etc/r-domain"
     run "probe escape {tmp_escape} > /etc/r-escape"
     run "probe > /etc/r-probe; uname -n > /etc/r-hostname; cat /proc/sys/kernel/hostname >> /etc/r-hostname"
     run "cat /proc/self/status > /etc/r-status; env > /etc/r-env; ls /proc/self/fd > /etc/r-fds; ls /proc > /etc/r-proc"
@@ -160,7 +161,7 @@ image "esc" {{
     // inside and on the host.
     let domain = read(&root, "etc/r-domain");
     assert!(domain.starts_with("2\n"), "{domain}");
-    assert!(!domain.contains("evil"), "{domain}");
+    assert!(!domain.contains(&evil), "{domain}");
     assert_eq!(host_domainname(), domain_before);
 
     // The double chroot works (chroot is allowed) and lands in the image's own /tmp.
