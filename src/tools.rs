@@ -14,7 +14,7 @@ pub struct Tool {
     /// The Debian/Ubuntu package that provides it.
     pub package: &'static str,
     /// Arguments that make it print its version on stdout or stderr; None: its version does not
-    /// change any result (chroot, unshare), so it is not part of keys.
+    /// change any result (bwrap), so it is not part of keys.
     pub version_args: Option<&'static [&'static str]>,
     /// Extra words for `apt-get install`, e.g. `-t bookworm-backports`.
     pub install_hint: Option<&'static str>,
@@ -50,15 +50,10 @@ pub const QEMU_IMG: Tool = Tool {
     version_args: Some(&["--version"]),
     install_hint: None,
 };
-pub const UNSHARE: Tool = Tool {
-    program: "unshare",
-    package: "util-linux",
-    version_args: None,
-    install_hint: None,
-};
-pub const CHROOT: Tool = Tool {
-    program: "chroot",
-    package: "coreutils",
+/// The sandbox of every step that runs a command in the image ([`crate::steps::chroot`]).
+pub const BWRAP: Tool = Tool {
+    program: "bwrap",
+    package: "bubblewrap",
     version_args: None,
     install_hint: None,
 };
@@ -205,8 +200,7 @@ const STEP_TOOLS: &[Tool] = &[
     MKFS_VFAT,
     MCOPY,
     QEMU_IMG,
-    UNSHARE,
-    CHROOT,
+    BWRAP,
     QEMU_SYSTEM,
 ];
 
@@ -246,7 +240,6 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("e2fsck", "e2fsprogs"),
     HostDep::new("fsck.vfat", "dosfstools"),
     HostDep::new("mdir", "mtools"),
-    HostDep::new("bwrap", "bubblewrap"),
     HostDep::new("dot", "graphviz"),
     HostDep::new("groff", "groff-base"),
     HostDep::new("faketime", "faketime"),

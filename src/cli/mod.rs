@@ -318,6 +318,17 @@ pub fn main() -> ExitCode {
     // `run` command's output, the store's blobs) gets the same modes on every machine.
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o022) };
+    // Nothing the caller left open (a pipe, a directory of the host) may reach a step's
+    // command: every inherited descriptor but the standard three is closed on exec.
+    // SAFETY: close_range only sets a flag on descriptors; an old kernel answers ENOSYS.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

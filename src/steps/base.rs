@@ -17,6 +17,13 @@
 //!   (`copy://`, `[trusted=yes]`: the SHA-256 of each file in the generated index replaces the
 //!   archive's signature); the image's `/etc/apt/sources.list` is then written as an unlocked
 //!   build writes it, naming the real archive.
+//! - Not in the sandbox of [`super::chroot`]: mmdebstrap's root mode runs the maintainer
+//!   scripts of the essential set in its own `chroot` on the host, with the host's `/dev`
+//!   nodes and `/proc`. Running it inside bwrap would need `CAP_SYS_ADMIN` for the mounts root
+//!   mode makes (which would also let a script remount the host's read-only `/` writable), and
+//!   `--mode=unshare` (documented to give bit-identical tarballs) needs subordinate ids for
+//!   root and still chroots without `pivot_root` (an escaped script is then an unprivileged
+//!   user of the host, not nobody).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

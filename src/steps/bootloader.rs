@@ -148,7 +148,7 @@ impl BootloaderStep {
         let initrd = kernel_path(&tree, "initrd.img")?;
         let s = Session::open(ctx, 0, "grub-mkimage runs in a chroot of the image")?;
         let write = |rel: &str, text: &str| -> Result<(), StepError> {
-            let p = s.root.join(rel);
+            let p = s.path(rel)?;
             if let Some(d) = p.parent() {
                 std::fs::create_dir_all(d).map_err(StepError::io(d))?;
             }
@@ -211,6 +211,13 @@ impl BootloaderStep {
             BIOS_MODULES.join(" ")
         );
         let take = |name: &str| -> Result<PathBuf, StepError> {
+            // The command may have put a link there: take only from the folder made above.
+            let is_dir = std::fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir());
+            if !is_dir {
+                return Err(StepError::Invalid(format!(
+                    "`/{BIOS_OUT}` made in the image is no longer a directory"
+                )));
+            }
             let from = dir.join(name);
             let meta = std::fs::symlink_metadata(&from).map_err(StepError::io(&from))?;
             if !meta.file_type().is_file() {

@@ -2,7 +2,8 @@
 //!
 //! Makes: the input tree with the folder's content laid at `dest` (modes kept, owned by root,
 //! mtimes clamped to the image epoch), paths resolved through the image's own symlinks so that
-//! nothing lands outside the image root.
+//! nothing lands outside the image root; a directory of the folder over a link to a directory
+//! in the image (`bin/` over `bin -> usr/bin`) goes through the link and keeps it.
 //!
 //! Key: input tree key; `dest`; for every entry of the folder, in path order, a `file` part
 //! named by its relative path whose value is its type, mode and content digest (or link target).
@@ -16,7 +17,9 @@ use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
 
-pub const VERSION: u32 = 1;
+/// 2: an overlay directory goes through the image's link to a directory instead of replacing
+/// it (`bin/hello` over `bin -> usr/bin`), which changes the result of such overlays.
+pub const VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct FilesStep {

@@ -73,7 +73,7 @@ impl PackagesStep {
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let mut s = Session::open(ctx, 0, "apt installs packages in a chroot")?;
-        let repo = s.root.join(REPO_IN_TREE);
+        let repo = s.path(REPO_IN_TREE)?;
         match &self.locked {
             None => s.with_network()?,
             Some(l) => {
@@ -88,14 +88,13 @@ impl PackagesStep {
         s.without_services()?;
         s.run(ctx, &self.script())
             .map_err(|e| apt_error(e, &self.packages))?;
-        let archive_date = apt::archive_date(&s.root.join("var/lib/apt/lists"));
+        // Paths resolved again: the install may have changed the image's links.
+        let lists = s.path("var/lib/apt/lists")?;
+        let archive_date = apt::archive_date(&lists);
         let installed = match &self.locked {
-            None => apt::harvest(
-                ctx,
-                &s.root.join("var/cache/apt/archives"),
-                &s.root.join("var/lib/apt/lists"),
-            )?,
+            None => apt::harvest(ctx, &s.path("var/cache/apt/archives")?, &lists)?,
             Some(l) => {
+                let repo = s.path(REPO_IN_TREE)?;
                 std::fs::remove_dir_all(&repo).map_err(StepError::io(&repo))?;
                 l.debs.clone()
             }
@@ -154,7 +153,7 @@ mod tests {
     #[test]
     fn names_the_missing_package() {
         let e = StepError::Run(RunError::Failed {
-            program: "unshare".into(),
+            program: "bwrap".into(),
             status: "exit status: 100".into(),
             tail: vec![
                 "Reading package lists...".into(),

@@ -1,8 +1,8 @@
 //! `run "command"`: runs a shell command inside the image root.
 //!
 //! Makes: the input tree as the command leaves it (host DNS lent for the command's duration,
-//! then taken back; mtimes clamped to the image epoch). Needs root (chroot and mounts in a
-//! private namespace).
+//! then taken back; mtimes clamped to the image epoch). The command runs in the sandbox of
+//! [`super::chroot`] with the host's network. Needs root.
 //!
 //! Key: input tree key; the command text.
 
@@ -11,10 +11,10 @@ use imgspec_cache::StepOutput;
 use super::chroot::Session;
 use super::{StepContext, StepError};
 use crate::plan::key::KeyBuilder;
-use crate::tools::{Tool, CHROOT, UNSHARE};
+use crate::tools::{Tool, BWRAP};
 
 pub const VERSION: u32 = 1;
-pub const TOOLS: &[Tool] = &[UNSHARE, CHROOT];
+pub const TOOLS: &[Tool] = &[BWRAP];
 
 #[derive(Clone, Debug)]
 pub struct RunStep {

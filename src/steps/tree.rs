@@ -177,8 +177,9 @@ impl Tree {
     }
 
     /// Lays `overlay` (a tree whose root is the overlay folder) at `dest` in this tree. Paths
-    /// are resolved through this tree's symlinks, so that `lib/x` lands in `usr/lib/x` on a
-    /// merged-/usr system; existing directories keep their metadata; overlay entries are owned
+    /// are resolved through this tree's symlinks (confined to its root), so that `lib/x` lands
+    /// in `usr/lib/x` on a merged-/usr system and an overlay directory `bin/` keeps the image's
+    /// `bin -> usr/bin`; existing directories keep their metadata; overlay entries are owned
     /// by root.
     pub fn overlay(&mut self, overlay: Manifest, dest: &str) -> Result<(), StepError> {
         let dest = dest.trim_matches('/');
@@ -198,6 +199,19 @@ impl Tree {
             let target = self.resolve(&rel, false)?;
             if let Some(existing) = self.entries.get(&target) {
                 match (&existing.kind, &e.kind) {
+                    // A directory of the overlay goes through the image's link to a directory
+                    // (`bin -> usr/bin` on merged /usr), as `tar --keep-directory-symlink`
+                    // does; the link stays.
+                    (EntryKind::Symlink { .. }, EntryKind::Dir) => {
+                        let through = self.resolve(&rel, true)?;
+                        if matches!(
+                            self.entries.get(&through).map(|x| &x.kind),
+                            Some(EntryKind::Dir)
+                        ) {
+                            landed.insert(e.path.clone(), through);
+                            continue;
+                        }
+                    }
                     (EntryKind::Dir, EntryKind::Dir) => {
                         landed.insert(e.path.clone(), target);
                         continue;
@@ -289,6 +303,51 @@ mod tests {
     fn link_loops_are_an_error() {
         let t = tree(vec![link("a", "b"), link("b", "a")]);
         assert!(t.resolve("a/x", false).is_err());
+    }
+
+    #[test]
+    fn overlay_dirs_go_through_the_images_directory_links() {
+        let mut t = tree(vec![
+            dir_entry("", 0),
+            dir_entry("usr", 0),
+            dir_entry("usr/bin", 0),
+            link("bin", "usr/bin"),
+            link("abs", "/usr"),
+            link("dangling", "nowhere"),
+        ]);
+        let mut hello = link("bin/hello", "x");
+        hello.kind = EntryKind::File {
+            digest: imgspec_cache::BlobDigest([0; 32]),
+            size: 0,
+        };
+        let mut deep = hello.clone();
+        deep.path = "abs/bin/deep".into();
+        let mut in_dangling = hello.clone();
+        in_dangling.path = "dangling/f".into();
+        t.overlay(
+            Manifest {
+                entries: vec![
+                    dir_entry("", 0),
+                    dir_entry("abs", 0),
+                    dir_entry("abs/bin", 0),
+                    dir_entry("bin", 0),
+                    deep,
+                    hello,
+                    dir_entry("dangling", 0),
+                    in_dangling,
+                ],
+            },
+            "/",
+        )
+        .unwrap();
+        assert!(matches!(t.entries["bin"].kind, EntryKind::Symlink { .. }));
+        assert!(matches!(t.entries["abs"].kind, EntryKind::Symlink { .. }));
+        assert!(t.entries.contains_key("usr/bin/hello"));
+        assert!(t.entries.contains_key("usr/bin/deep"));
+        assert!(!t.entries.contains_key("bin/hello"));
+        // A link to no directory is replaced, as tar does.
+        assert!(matches!(t.entries["dangling"].kind, EntryKind::Dir));
+        assert!(t.entries.contains_key("dangling/f"));
     }
 
     #[test]

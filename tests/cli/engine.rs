@@ -556,3 +556,45 @@ image "slow" {
     let r = w.run(&["build", "slow.kdl", "--out-dir", "out-c"]).ok();
     assert!(r.stderr.contains("0 steps built"), "{}", r.stderr);
 }
+
+#[test]
+fn an_overlay_directory_goes_through_the_images_directory_link() {
+    let w = Workspace::new();
+    // The tiny root filesystem is merged-/usr: `bin -> usr/bin`.
+    w.rootfs_tar("rootfs.tar");
+    w.write(
+        "merged.kdl",
+        r#"
+image "merged" {
+    base "tar" path="rootfs.tar"
+    files "overlay/"
+    run "/bin/sh -c 'cat /bin/hello > /etc/hello-seen'"
+    output "tar"
+}
+"#,
+    );
+    w.write("overlay/bin/hello", "#!/bin/sh\necho hello\n");
+    w.run(&["build", "merged.kdl"]).ok();
+    let dir = w.path("x");
+    std::fs::create_dir(&dir).unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(w.path("out/merged/merged.tar"))
+        .arg("-C")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let bin = std::fs::symlink_metadata(dir.join("bin")).unwrap();
+    assert!(bin.file_type().is_symlink(), "bin is no longer a link");
+    assert_eq!(
+        std::fs::read_link(dir.join("bin")).unwrap(),
+        std::path::Path::new("usr/bin")
+    );
+    assert!(dir.join("usr/bin/hello").is_file());
+    assert!(dir.join("usr/bin/sh").is_file(), "usr/bin lost its files");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("etc/hello-seen")).unwrap(),
+        "#!/bin/sh\necho hello\n"
+    );
+}

@@ -15,3 +15,4 @@ mod lock;
 mod remote;
 mod repro;
 mod s3;
+mod sandbox;
