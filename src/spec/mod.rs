@@ -66,6 +66,7 @@ mod error;
 mod image;
 mod read;
 mod resolve;
+mod scan;
 mod source;
 mod values;
 
