@@ -454,6 +454,9 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Disk { .. } => {
+            Some("change the disk's `size` or the partitions' sizes".to_string())
+        }
         crate::plan::PlanError::Lock { .. } => Some(
             "lock the spec as it is now with `imgspec lock SPEC` (`--update` to refresh every set)"
                 .to_string(),

@@ -69,6 +69,9 @@ fn parse_size_rejects_everything_else() {
         "a size must be greater than zero"
     );
     assert_eq!(parse_size("20000000000TiB").unwrap_err(), "too large");
+    // The exact value a fraction stands for may itself not fit.
+    assert!(parse_size("18446744073.9GB").is_err());
+    assert!(parse_size("18446744073709551615.0B").is_err());
 }
 
 #[test]
@@ -464,4 +467,31 @@ fn imports_stay_in_the_folder_of_the_spec_file() {
         .collect();
     assert_eq!(codes, ["spec::import-escape"; 2], "{text}");
     assert!(!text.contains("root:"), "{text}");
+}
+
+/// What the GPT writer refuses is refused by `check` already, so that `plan` never meets it.
+#[test]
+fn disks_the_partition_table_cannot_hold_are_refused() {
+    let disk = |partitions: &str| {
+        format!("image \"x\" {{\n  base \"tar\" path=\"r.tar\"\n  disk size=\"2GiB\" {{\n{partitions}  }}\n  output \"raw\"\n}}\n")
+    };
+    let mut many = String::from(
+        "    partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\" size=\"1MiB\"\n",
+    );
+    for i in 0..128 {
+        many.push_str(&format!(
+            "    partition \"p{i}\" type=\"linux\" size=\"1MiB\"\n"
+        ));
+    }
+    let control = "    partition \"a\\u{0}b\" type=\"root\" format=\"ext4\" mount=\"/\"\n";
+    for (text, expect) in [
+        (disk(&many), "at most 128 partitions, this one has 129"),
+        (disk(control), "has a control character"),
+    ] {
+        let (dir, path) = spec_file("x.kdl", text.as_bytes());
+        std::fs::write(dir.path().join("r.tar"), b"").unwrap();
+        let err = load(&[path]).unwrap_err();
+        let rendered = render(&err, 200);
+        assert!(rendered.contains(expect), "{rendered}");
+    }
 }
