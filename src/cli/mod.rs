@@ -52,8 +52,8 @@ enum Command {
     /// Build the images; outputs go to OUT_DIR/IMAGE/
     Build {
         specs: Vec<PathBuf>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
         #[arg(long, default_value = "out")]
         out_dir: PathBuf,
@@ -65,8 +65,8 @@ enum Command {
     /// published SHA256SUMS): exit 0 only when every output is identical
     Verify {
         specs: Vec<PathBuf>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
         /// Verify only these images (default: all in the specs)
         #[arg(long = "image")]
@@ -89,8 +89,8 @@ enum Command {
         /// keep what the lock has and resolve only sets it lacks or that the spec changed
         #[arg(long, num_args = 0.., value_name = "PKG")]
         update: Option<Vec<String>>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
     },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
@@ -178,8 +178,15 @@ enum FirmwareArg {
     Bios,
 }
 
+/// The most steps `--jobs` lets run at once: each is a thread, and most run a tool as well.
+const MAX_JOBS: usize = 256;
+
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_JOBS))
+}
+
+fn jobs_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_JOBS as u64)
 }
 
 /// What went wrong, by kind: each kind has its exit code.
@@ -964,6 +971,14 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
+    // Before anything starts: a text file would keep QEMU waiting for its whole timeout.
+    crate::boot::inspect(&o.image, o.kernel.is_some()).map_err(|e| match e {
+        BootError::NotAnImage { .. } | BootError::NoImage(_) => not_an_image(&e),
+        other => CliError::Environment {
+            message: error_chain(&other),
+            help: None,
+        },
+    })?;
     let how = match (&o.kernel, o.firmware) {
         (Some((k, _, _)), _) => format!("partition image, kernel `{}`", k.display()),
         (None, Firmware::Uefi) => "UEFI, OVMF".to_string(),
@@ -984,6 +999,7 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
             eprintln!("`{}` after {:.1}s", o.expect, t.as_secs_f64());
             Ok(())
         }
+        Err(e @ (BootError::NotAnImage { .. } | BootError::NoImage(_))) => Err(not_an_image(&e)),
         Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
             message: e.to_string(),
             help: Some("install it with: apt-get install ovmf".into()),
@@ -997,6 +1013,16 @@ fn boot(o: crate::boot::BootOptions, quiet: bool) -> Result<(), CliError> {
             }
             Err(CliError::BuildFailed(msg))
         }
+    }
+}
+
+fn not_an_image(e: &crate::boot::BootError) -> CliError {
+    CliError::Usage {
+        message: e.to_string(),
+        help: Some(
+            "give an image `imgspec build` wrote: `out/IMAGE/IMAGE.qcow2` or `IMAGE.raw` (a whole disk), or a partition image set's `IMAGE.qcow2`"
+                .into(),
+        ),
     }
 }
 

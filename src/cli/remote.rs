@@ -77,6 +77,16 @@ fn read_config() -> Result<Config, CliError> {
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_config(&text, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        // Another user's config (`sudo -u` with root's HOME, say) is not ours to read: go on
+        // without it, and say so once.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "warning: the config file `{}` is not readable ({}): going on without it",
+                path.display(),
+                e.kind()
+            );
+            Ok(Config::default())
+        }
         Err(e) => Err(CliError::Environment {
             message: format!("cannot read the config file `{}`: {e}", path.display()),
             help: None,
@@ -119,9 +129,21 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
         }
         return Ok(None);
     };
+    let help = || Some("a remote cache URL looks like http://host:port/path".into());
+    // A URL the HTTP client cannot parse would fail every request, each a warning only.
+    if let Err(e) = url.parse::<ureq::http::Uri>() {
+        return Err(CliError::Usage {
+            message: format!(
+                "bad remote cache URL `{}`: {}",
+                imgspec_cache::remote::redact_url(&url),
+                e
+            ),
+            help: help(),
+        });
+    }
     let remote = Remote::new(&url, credentials()).map_err(|e| CliError::Usage {
         message: error_chain(&e),
-        help: Some("a remote cache URL looks like http://host:port/path".into()),
+        help: help(),
     })?;
     Ok(Some((remote, write)))
 }

@@ -7,3 +7,4 @@ mod engine;
 mod lock;
 mod remote;
 mod repro;
+mod usage;

@@ -1,0 +1,123 @@
+//! Bad input and usage: each refused at once with exit code 2 (or worked around with a
+//! warning), never a hang, a crash or a machine loaded for minutes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::common::{Run, Workspace};
+
+/// A spec that needs no tool, no network and no root.
+fn tar_spec(w: &Workspace) {
+    w.write("r.tar", "");
+    w.write(
+        "t.kdl",
+        "image \"t\" {\n    base \"tar\" path=\"r.tar\"\n    output \"tar\"\n}\n",
+    );
+}
+
+#[test]
+fn boot_of_a_file_that_is_no_disk_image_stops_at_once() {
+    let w = Workspace::new();
+    w.write("notes.txt", "not a disk\n");
+    // The old behaviour was to start QEMU and wait for the whole timeout (exit 1).
+    let r = w.run(&["boot", "notes.txt", "--timeout", "60", "--accel", "tcg"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("`notes.txt` is not a bootable image")
+            && r.stderr.contains("no partition table"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("booting"), "{}", r.stderr);
+    // A direct kernel boot wants a root filesystem.
+    w.write("k.vmlinuz", "");
+    w.write("k.initrd", "");
+    std::fs::write(w.path("k.raw"), vec![0u8; 4096]).unwrap();
+    let r = w.run(&["boot", "k.raw", "--timeout", "60"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("no ext4 root filesystem"), "{}", r.stderr);
+}
+
+#[test]
+fn a_malformed_remote_url_is_a_usage_error() {
+    let w = Workspace::new();
+    tar_spec(&w);
+    for url in ["http://[::1", "ftp://cache/x", "http://"] {
+        let r = w.run(&["build", "t.kdl", "--remote", url]);
+        assert_eq!(r.code, 2, "{url}: {}", r.stderr);
+        assert!(r.stderr.contains("remote cache URL"), "{url}: {}", r.stderr);
+        assert!(!w.path("out").exists(), "{url}: built anyway");
+    }
+}
+
+#[test]
+fn jobs_is_bounded() {
+    let w = Workspace::new();
+    tar_spec(&w);
+    for jobs in ["0", "257", "100000"] {
+        let r = w.run(&["build", "t.kdl", "--jobs", jobs]);
+        assert_eq!(r.code, 2, "--jobs {jobs}: {}", r.stderr);
+        assert!(r.stderr.contains("not in 1..=256"), "{}", r.stderr);
+    }
+    w.run(&["build", "t.kdl", "--jobs", "256"]).ok();
+}
+
+/// `imgspec doctor SPEC` as the unprivileged user `nobody`, with HOME at `home`.
+fn doctor_as_nobody(w: &Workspace, home: &str) -> Run {
+    Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["doctor", "t.kdl"])
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", w.path(home))
+        .env("IMGSPEC_CACHE_DIR", w.path("shared-cache"))
+        .env("NO_COLOR", "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+        .into()
+}
+
+/// Another user's config file (HOME pointing at root's home under `sudo -u`, say) is not ours
+/// to read: a warning, and the command goes on. A readable but malformed one is exit 2.
+#[test]
+fn an_unreadable_config_file_is_skipped_with_a_warning() {
+    let w = Workspace::new();
+    tar_spec(&w);
+    let open = |p: &str, mode| {
+        std::fs::set_permissions(w.path(p), std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    w.write(
+        "root-home/.config/imgspec/config.kdl",
+        "remote \"http://cache/x\"\n",
+    );
+    std::fs::create_dir(w.path("shared-cache")).unwrap();
+    for p in ["", "t.kdl", "r.tar", "root-home"] {
+        open(p, 0o755);
+    }
+    open("shared-cache", 0o777);
+    open("root-home/.config", 0o700);
+    let r = doctor_as_nobody(&w, "root-home");
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is not readable") && r.stderr.contains("going on without it"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stdout.contains("none configured"), "{}", r.stdout);
+
+    w.write("root-home/.config/imgspec/config.kdl", "remote 12\n");
+    let r: Run = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["doctor", "t.kdl"])
+        .current_dir(w.dir.path())
+        .env("HOME", w.path("root-home"))
+        .env_remove("XDG_CONFIG_HOME")
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("config file"), "{}", r.stderr);
+}
