@@ -262,7 +262,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check { specs } => check(&specs, cli.json),
         Command::Plan { ref specs } => {
-            let ctx = Context::open(&cache_dir, specs)?;
+            // Planning needs no cache: without one it can use (another user's, say), every
+            // step is shown as to build, from an empty store that is removed afterwards.
+            let scratch;
+            let ctx = match Context::open(&cache_dir, specs) {
+                Err(CliError::Environment { message, .. })
+                    if message.starts_with("cannot open the cache") =>
+                {
+                    eprintln!("warning: {message}: planning without it (nothing shows as cached)");
+                    scratch = tempfile::tempdir().map_err(internal)?;
+                    Context::open(scratch.path(), specs)?
+                }
+                other => other?,
+            };
             let plan = ctx.plan()?;
             show_plan(&ctx, &plan, cli.json)
         }

@@ -186,6 +186,13 @@ pub enum SpecError {
         help: String,
     },
 
+    #[error("{count} more problems are not shown")]
+    #[diagnostic(
+        code("spec::too-many"),
+        help("fix the problems above and run `imgspec check` again; so many usually mean that this is not a spec file, or that a quote or a brace is missing near the first problem")
+    )]
+    TooMany { count: usize },
+
     #[error("import `{path}` is outside the folder of `{spec}`")]
     #[diagnostic(
         code("spec::import-escape"),
@@ -646,6 +653,9 @@ pub struct FirstDeclared {
     pub name: String,
 }
 
+/// At most this many problems are reported one by one.
+pub(crate) const MAX_SHOWN: usize = 50;
+
 /// Every problem found in the spec files: what [`super::load`] returns when any check failed.
 ///
 /// With one problem it reads as that problem; with several, its message counts them and each
@@ -656,9 +666,16 @@ pub struct SpecErrors {
 }
 
 impl SpecErrors {
-    /// `problems` must not be empty.
-    pub(crate) fn new(problems: Vec<SpecError>) -> Self {
+    /// `problems` must not be empty. Beyond the first [`MAX_SHOWN`], one
+    /// [`SpecError::TooMany`] stands for the rest: rendering each of a hundred thousand problems
+    /// (a file of garbage) would take minutes and help no one.
+    pub(crate) fn new(mut problems: Vec<SpecError>) -> Self {
         debug_assert!(!problems.is_empty());
+        if problems.len() > MAX_SHOWN {
+            let count = problems.len() - MAX_SHOWN;
+            problems.truncate(MAX_SHOWN);
+            problems.push(SpecError::TooMany { count });
+        }
         SpecErrors { problems }
     }
 
@@ -688,7 +705,14 @@ impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.single() {
             Some(one) => one.fmt(f),
-            None => write!(f, "`{}` problems in the spec", self.problems.len()),
+            None => match self.problems.last() {
+                Some(SpecError::TooMany { count }) => write!(
+                    f,
+                    "`{}` problems in the spec (the first {MAX_SHOWN} shown)",
+                    MAX_SHOWN + count
+                ),
+                _ => write!(f, "`{}` problems in the spec", self.problems.len()),
+            },
         }
     }
 }
@@ -737,8 +761,12 @@ pub(crate) fn did_you_mean<'k>(name: &str, known: impl IntoIterator<Item = &'k s
 /// The known name nearest to `name`: within two edits (and not a whole rewrite), else the one
 /// it abbreviates (`arch` for `architecture`).
 pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let chars = name.chars().count();
     let near = known
         .iter()
+        // More than two characters longer or shorter is more than two edits: skip the
+        // quadratic count (a name can be a megabyte long).
+        .filter(|k| chars.abs_diff(k.chars().count()) <= 2)
         .map(|k| (edit_distance(name, k), *k))
         .filter(|(d, k)| *d <= 2 && *d < name.chars().count().min(k.chars().count()))
         .min_by_key(|(d, _)| *d)

@@ -35,6 +35,16 @@ impl TooDeep {
                 "one `/-` comments out the node, argument or block after it: remove the others"
                     .to_string(),
             ),
+            "braces" => (
+                format!("`{{` nested more than {limit} deep (counting those in strings and comments)"),
+                format!("{limit} deep already"),
+                "close the blocks left open with `}`; a string or comment full of `{` counts too".to_string(),
+            ),
+            "comment parts" => (
+                format!("a block comment of more than {limit} parts (`*`, `/` and the text between)"),
+                "this comment".to_string(),
+                "shorten the comment, or use `//` line comments; a `/*` inside a string counts until the next `*/`".to_string(),
+            ),
             "block comments" => (
                 format!("block comments nested more than {limit} deep"),
                 format!("{limit} comments deep already"),
@@ -49,8 +59,118 @@ impl TooDeep {
     }
 }
 
-/// The first construct of `text` nested beyond its limit, if any.
+/// Braces nested deeper than this are refused even when they are in strings or comments.
+pub(crate) const MAX_ANY_DEPTH: usize = 1000;
+/// More slashdashes in a row than this are refused even in strings and comments.
+pub(crate) const MAX_ANY_SLASHDASHES: usize = 1000;
+/// A block comment of more parts than this is refused (kdl recurses once per `*`, `/` and run
+/// of other characters in a comment).
+pub(crate) const MAX_COMMENT_PARTS: usize = 20_000;
+
+/// Stack for kdl's parser: what the limits above leave it needs, with room to spare even in an
+/// unoptimised build (measured: about 6 KiB per nested block, 1.6 KiB per comment part).
+pub(crate) const PARSER_STACK: usize = 64 << 20;
+
+/// The first construct of `text` nested beyond its limit, if any: [`exact`], then what
+/// [`any_context`] finds.
 pub(crate) fn too_deep(text: &str) -> Option<TooDeep> {
+    exact(text).or_else(|| any_context(text.as_bytes()))
+}
+
+/// The limits kdl's parser needs to stay within [`PARSER_STACK`], checked without knowing
+/// where strings and comments are (in a broken file kdl's error recovery may not agree with
+/// [`exact`] on that): brace depth, and the parts from each `/*` to its `*/`.
+fn any_context(b: &[u8]) -> Option<TooDeep> {
+    let mut depth = 0usize;
+    let mut slashdashes = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'-') => {
+                slashdashes += 1;
+                if slashdashes > MAX_ANY_SLASHDASHES {
+                    return Some(TooDeep {
+                        offset: i,
+                        len: 2,
+                        what: "slashdashes in a row",
+                        limit: MAX_ANY_SLASHDASHES,
+                    });
+                }
+                i += 2;
+                continue;
+            }
+            c if c.is_ascii_whitespace() || c == b'\\' => {
+                i += 1;
+                continue;
+            }
+            _ => slashdashes = 0,
+        }
+        match b[i] {
+            b'{' => {
+                depth += 1;
+                if depth > MAX_ANY_DEPTH {
+                    return Some(TooDeep {
+                        offset: i,
+                        len: 1,
+                        what: "braces",
+                        limit: MAX_ANY_DEPTH,
+                    });
+                }
+            }
+            b'}' => depth = depth.saturating_sub(1),
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let (parts, end) = comment_parts(b, i);
+                if parts > MAX_COMMENT_PARTS {
+                    return Some(TooDeep {
+                        offset: i,
+                        len: 2,
+                        what: "comment parts",
+                        limit: MAX_COMMENT_PARTS,
+                    });
+                }
+                // Each byte is looked at once: the nested comments were counted with it.
+                i = end;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// How many parts kdl's `commented-block` rule recurses through from the `/*` at `start` to its
+/// `*/` (or the end): each `*`, `/` and run of other bytes, nested comments included. Stops
+/// counting past the limit. Also returns where the count stopped.
+fn comment_parts(b: &[u8], start: usize) -> (usize, usize) {
+    let mut depth = 0usize;
+    let mut parts = 0usize;
+    let mut i = start;
+    while i < b.len() && parts <= MAX_COMMENT_PARTS {
+        if b[i..].starts_with(b"/*") {
+            depth += 1;
+            i += 2;
+        } else if b[i..].starts_with(b"*/") {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                break;
+            }
+        } else if b[i] == b'*' || b[i] == b'/' {
+            i += 1;
+        } else {
+            i += b[i..]
+                .iter()
+                .position(|&c| c == b'*' || c == b'/')
+                .unwrap_or(b.len() - i);
+        }
+        parts += 1;
+    }
+    (parts, i)
+}
+
+/// The limits that a spec meets, knowing strings and comments.
+fn exact(text: &str) -> Option<TooDeep> {
     let b = text.as_bytes();
     let mut i = 0;
     let mut depth = 0usize;
@@ -232,6 +352,47 @@ mod tests {
         // What follows a closed string counts again.
         let after = format!("a \"x\" {many}");
         assert_eq!(too_deep(&after).unwrap().offset, 6 + MAX_DEPTH);
+    }
+
+    #[test]
+    fn what_kdl_recurses_on_is_bounded_in_any_context() {
+        // Braces in a string that is never closed: kdl's recovery may see them as blocks.
+        let braces = format!("a \"{}", "{".repeat(MAX_ANY_DEPTH + 1));
+        assert_eq!(too_deep(&braces).unwrap().what, "braces");
+        // kdl recurses once per `*` or `/` inside a comment.
+        let stars = format!("/* {} */", "* ".repeat(MAX_COMMENT_PARTS));
+        let found = too_deep(&stars).unwrap();
+        assert_eq!((found.offset, found.what), (0, "comment parts"));
+        let paths = format!("/* {} */", "a/".repeat(MAX_COMMENT_PARTS));
+        assert_eq!(too_deep(&paths).unwrap().what, "comment parts");
+        // Many short comments in a row are no deeper than one.
+        let many = "/* a */ ".repeat(MAX_COMMENT_PARTS);
+        assert_eq!(too_deep(&many), None);
+        let dashes = format!("a \"{}", "/-".repeat(MAX_ANY_SLASHDASHES + 1));
+        assert_eq!(too_deep(&dashes).unwrap().what, "slashdashes in a row");
+    }
+
+    /// The limits hold kdl within [`PARSER_STACK`]: the worst a limit lets through parses on a
+    /// thread of that stack (an overflow would abort this test process).
+    #[test]
+    fn the_parser_stack_holds_what_the_limits_let_through() {
+        let deepest = [
+            format!("{}{}", "a {".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH)),
+            format!("/* {} */", "* ".repeat(MAX_COMMENT_PARTS / 2 - 2)),
+            format!("a \"{}", "{".repeat(MAX_ANY_DEPTH)),
+            format!("a \"\n{}b", "/-".repeat(MAX_ANY_SLASHDASHES)),
+        ];
+        for text in deepest {
+            assert_eq!(too_deep(&text), None);
+            std::thread::scope(|s| {
+                std::thread::Builder::new()
+                    .stack_size(PARSER_STACK)
+                    .spawn_scoped(s, || kdl::KdlDocument::parse(&text).is_ok())
+                    .unwrap()
+                    .join()
+                    .unwrap()
+            });
+        }
     }
 
     #[test]

@@ -125,6 +125,24 @@ fn read_spec(path: &Path) -> Result<Vec<u8>, ReadProblem> {
     Ok(bytes)
 }
 
+/// Parses `text` on a thread with a stack of [`scan::PARSER_STACK`]: kdl's parser recurses, and
+/// what [`scan::too_deep`] lets through needs more stack than a test thread has in an
+/// unoptimised build. Without a thread (the system refuses one), on this one.
+fn parse_kdl(text: &str) -> Result<KdlDocument, KdlError> {
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .name("kdl-parse".into())
+            .stack_size(scan::PARSER_STACK)
+            .spawn_scoped(s, || KdlDocument::parse(text))
+        {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => KdlDocument::parse(text),
+        }
+    })
+}
+
 /// The line and column (both from 1, the column in characters) of byte `offset` of `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset];
@@ -258,7 +276,7 @@ impl Loader<'_> {
             self.problems.push(Some(id), problem);
             None
         } else {
-            match KdlDocument::parse(&text) {
+            match parse_kdl(&text) {
                 Ok(doc) => Some(doc),
                 Err(e) => {
                     self.report_syntax(&info, e);

@@ -495,3 +495,19 @@ fn disks_the_partition_table_cannot_hold_are_refused() {
         assert!(rendered.contains(expect), "{rendered}");
     }
 }
+
+/// `keyring` may name any file of the host, and planning hashes it: one as large as
+/// `/proc/kcore` is refused by its size.
+#[test]
+fn a_keyring_of_unbounded_size_is_refused() {
+    let (dir, path) = spec_file(
+        "k.kdl",
+        b"image \"k\" {\n  base \"debian\" suite=\"bookworm\" keyring=\"huge.gpg\"\n  output \"tar\"\n}\n",
+    );
+    // Sparse: as `/proc/kcore`, it claims far more than it holds on disk.
+    let huge = std::fs::File::create(dir.path().join("huge.gpg")).unwrap();
+    huge.set_len(1 << 40).unwrap();
+    let err = load(&[path]).unwrap_err();
+    let text = render(&err, 200);
+    assert!(text.contains("is larger than 16MiB"), "{text}");
+}

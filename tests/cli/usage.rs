@@ -121,3 +121,35 @@ fn an_unreadable_config_file_is_skipped_with_a_warning() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("config file"), "{}", r.stderr);
 }
+
+/// `plan` needs neither root nor a cache it can write: as `nobody` with HOME at a folder it
+/// cannot write, it warns and shows every step as to build.
+#[test]
+fn plan_runs_unprivileged_without_a_writable_cache() {
+    let w = Workspace::new();
+    tar_spec(&w);
+    std::fs::create_dir(w.path("root-home")).unwrap();
+    for p in ["", "t.kdl", "r.tar"] {
+        std::fs::set_permissions(w.path(p), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(w.path("root-home"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let r: Run = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["plan", "t.kdl"])
+        .current_dir(w.dir.path())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", w.path("root-home"))
+        .env("NO_COLOR", "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("planning without it"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("base tar") && r.stdout.contains("build"),
+        "{}",
+        r.stdout
+    );
+}
