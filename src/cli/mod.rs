@@ -250,7 +250,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = e.exit_code();
             if !matches!(e, CliError::BuildFailed(_)) || !e.to_string().is_empty() {
-                eprintln!("{:?}", miette::Report::new(e));
+                // Not eprintln!: a closed stderr (`imgspec check bad.kdl 2>&1 | head`) must
+                // not turn the exit code into a panic's.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{:?}", miette::Report::new(e));
             }
             ExitCode::from(code)
         }

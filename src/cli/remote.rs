@@ -74,7 +74,11 @@ fn read_config() -> Result<Config, CliError> {
     let Some(path) = config_path() else {
         return Ok(Config::default());
     };
-    match std::fs::read_to_string(&path) {
+    let text = crate::spec::read_bounded(&path, 1 << 20).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    });
+    match text {
         Ok(text) => parse_config(&text, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
         // Another user's config (`sudo -u` with root's HOME, say) is not ours to read: go on
@@ -86,6 +90,22 @@ fn read_config() -> Result<Config, CliError> {
                 e.kind()
             );
             Ok(Config::default())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::FileTooLarge
+            ) =>
+        {
+            Err(CliError::Usage {
+                message: format!("config file `{}`: {e}", path.display()),
+                help: Some(
+                    "it is a small KDL text file that may hold `remote \"http://host/path\"` and `remote-write #true`"
+                        .into(),
+                ),
+            })
         }
         Err(e) => Err(CliError::Environment {
             message: format!("cannot read the config file `{}`: {e}", path.display()),

@@ -78,6 +78,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use error::{FirstDeclared, SpecError, SpecErrors};
+pub use source::read_bounded;
 
 /// Reads the spec files at `paths` and the files they import, and checks everything.
 ///

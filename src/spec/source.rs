@@ -84,42 +84,54 @@ enum ReadProblem {
 }
 
 /// Reads the spec file at `path` (canonical): a regular file of at most [`MAX_SPEC_BYTES`].
-/// Opened without blocking, so that a FIFO or a device is refused rather than waited on.
 fn read_spec(path: &Path) -> Result<Vec<u8>, ReadProblem> {
-    use std::io::Read;
+    read_bounded(path, MAX_SPEC_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => ReadProblem::Refused(
+            e.to_string(),
+            "name a spec file: a regular `.kdl` file".to_string(),
+        ),
+        std::io::ErrorKind::FileTooLarge => ReadProblem::Refused(
+            e.to_string(),
+            "a spec file is KDL text of a few kilobytes: check that this is the file meant"
+                .to_string(),
+        ),
+        _ => ReadProblem::Io(e),
+    })
+}
+
+/// Reads the file at `path`, which must be a regular file of at most `max` bytes: opened
+/// without blocking, so that a FIFO or a device is refused (`InvalidInput`: `it is not a
+/// regular file`) rather than waited on or read forever, and read no further than `max`
+/// (`FileTooLarge`: `it is larger than 1MiB`). For every file a user names that imgspec reads
+/// whole: spec files, lock files, the config file.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(ReadProblem::Io)?;
-    let meta = file.metadata().map_err(ReadProblem::Io)?;
+        .open(path)?;
+    let meta = file.metadata()?;
     if !meta.is_file() {
         let kind = if meta.is_dir() {
             "a folder"
         } else {
             "not a regular file"
         };
-        return Err(ReadProblem::Refused(
-            format!("it is {kind}"),
-            "name a spec file: a regular `.kdl` file".to_string(),
-        ));
+        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {kind}")));
     }
     let too_big = || {
-        ReadProblem::Refused(
-            format!("it is larger than {}", super::format_size(MAX_SPEC_BYTES)),
-            "a spec file is KDL text of a few kilobytes: check that this is the file meant"
-                .to_string(),
+        Error::new(
+            ErrorKind::FileTooLarge,
+            format!("it is larger than {}", super::format_size(max)),
         )
     };
-    if meta.len() > MAX_SPEC_BYTES {
+    if meta.len() > max {
         return Err(too_big());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_SPEC_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadProblem::Io)?;
-    if bytes.len() as u64 > MAX_SPEC_BYTES {
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(too_big());
     }
     Ok(bytes)

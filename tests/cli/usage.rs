@@ -153,3 +153,83 @@ fn plan_runs_unprivileged_without_a_writable_cache() {
         r.stdout
     );
 }
+
+/// `imgspec ARGS` in the workspace, killed after a minute: a hang fails the test instead of
+/// holding it forever.
+fn run_or_kill(w: &Workspace, args: &[&str], env: &[(&str, &std::path::Path)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgspec"));
+    cmd.args(args)
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.unwrap().into(),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child, not reaped yet.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("`imgspec {}` hung", args.join(" "));
+        }
+    }
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+}
+
+/// A lock file or a config file that is a FIFO is refused at once (it was waited on forever).
+#[test]
+fn a_fifo_for_a_lock_or_config_file_is_refused_not_waited_on() {
+    let w = Workspace::new();
+    tar_spec(&w);
+    mkfifo(&w.path("t.kdl.lock"));
+    let r = run_or_kill(&w, &["plan", "t.kdl"], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("regular file"), "{}", r.stderr);
+    std::fs::remove_file(w.path("t.kdl.lock")).unwrap();
+
+    std::fs::create_dir_all(w.path("config/imgspec")).unwrap();
+    mkfifo(&w.path("config/imgspec/config.kdl"));
+    let r = run_or_kill(
+        &w,
+        &["doctor", "t.kdl"],
+        &[("XDG_CONFIG_HOME", &w.path("config"))],
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("config file") && r.stderr.contains("regular file"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// With stderr closed early (`imgspec check bad.kdl 2>&1 | head -1`), the exit code is still
+/// the spec's 2, not a panic's 101.
+#[test]
+fn a_closed_stderr_keeps_the_exit_code() {
+    let w = Workspace::new();
+    w.write("bad.kdl", &"outptu \"tar\"\n".repeat(40));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["check", "bad.kdl"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(2), "{status:?}");
+}
