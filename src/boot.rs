@@ -50,6 +50,8 @@ pub struct BootOptions {
 pub enum BootError {
     #[error("`{0}` does not exist")]
     NoImage(PathBuf),
+    #[error("`{path}` is not a bootable image: {why}")]
+    NotAnImage { path: PathBuf, why: String },
     #[error("UEFI firmware not found (looked for {0})")]
     NoFirmware(String),
     #[error("could not start `{program}`")]
@@ -193,8 +195,83 @@ fn kvm_usable() -> bool {
         .is_ok()
 }
 
+/// The format of `image` (`qcow2` or `raw`) once it is known to be something QEMU can boot:
+/// what `qemu-img info` recognises, and for raw data a partition table (the MBR's boot signature,
+/// which a GPT's protective MBR has too) or, for a direct kernel boot, an ext4 filesystem. A
+/// text file or anything else is refused before QEMU starts and waits its whole timeout.
+pub fn inspect(image: &Path, direct_kernel: bool) -> Result<&'static str, BootError> {
+    let not = |why: String| BootError::NotAnImage {
+        path: image.to_path_buf(),
+        why,
+    };
+    let meta = std::fs::metadata(image).map_err(|_| BootError::NoImage(image.to_path_buf()))?;
+    if !meta.is_file() {
+        return Err(not("it is not a regular file".into()));
+    }
+    let out = Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image)
+        .output()
+        .map_err(|source| BootError::Spawn {
+            program: "qemu-img".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(not(format!("`qemu-img info` refuses it: {}", err.trim())));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| not(format!("`qemu-img info` said something unexpected: {e}")))?;
+    match info["format"].as_str() {
+        Some("qcow2") => return Ok("qcow2"),
+        Some("vmdk") => return Ok("vmdk"),
+        Some("vdi") => return Ok("vdi"),
+        Some("vpc") => return Ok("vpc"),
+        Some("vhdx") => return Ok("vhdx"),
+        Some("raw") => {}
+        Some(other) => {
+            return Err(not(format!(
+                "it is a `{other}` image; imgspec boots raw, qcow2, vmdk, vdi, vhd and vhdx"
+            )))
+        }
+        None => return Err(not("`qemu-img info` names no format".into())),
+    }
+    let mut head = [0u8; 2048];
+    let mut file = std::fs::File::open(image).map_err(|source| BootError::Io {
+        path: image.to_path_buf(),
+        source,
+    })?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(read) => n += read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(BootError::Io {
+                    path: image.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    let head = &head[..n];
+    let mbr = head.get(510..512) == Some(&[0x55, 0xAA][..]);
+    let ext4 = head.get(1080..1082) == Some(&[0x53, 0xEF][..]);
+    match (direct_kernel, mbr, ext4) {
+        (false, true, _) | (true, _, true) => Ok("raw"),
+        (false, false, _) => Err(not(
+            "raw data with no partition table (no boot signature in its first sector)".into(),
+        )),
+        (true, _, false) => Err(not(
+            "raw data that is no ext4 root filesystem, which a direct kernel boot needs".into(),
+        )),
+    }
+}
+
 /// Boots and waits for `expect` on the console. `on_line` sees every console line.
 pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, BootError> {
+    let format = inspect(&o.image, o.kernel.is_some())?;
     let try_kvm = match o.accel {
         Accel::Kvm => true,
         Accel::Tcg => false,
@@ -202,7 +279,7 @@ pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, 
     };
     if try_kvm {
         let mut lines = 0usize;
-        let r = boot_with(o, true, &mut |l| {
+        let r = boot_with(o, format, true, &mut |l| {
             lines += 1;
             on_line(l)
         });
@@ -213,11 +290,12 @@ pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, 
             other => return other,
         }
     }
-    boot_with(o, false, on_line)
+    boot_with(o, format, false, on_line)
 }
 
 fn boot_with(
     o: &BootOptions,
+    fmt: &str,
     kvm: bool,
     on_line: &mut dyn FnMut(&str),
 ) -> Result<Duration, BootError> {
@@ -227,7 +305,6 @@ fn boot_with(
         source,
     })?;
     let overlay = tmp.path().join("overlay.qcow2");
-    let fmt = image_format(&image);
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", fmt, "-b"])
         .arg(&image)

@@ -269,9 +269,14 @@ impl Lock {
         Ok(lock)
     }
 
-    /// Reads `path`; `Ok(None)` when there is no such file.
+    /// Reads `path`; `Ok(None)` when there is no such file. A lock must be a regular file of
+    /// at most 64 MiB of UTF-8 text (a lock of a thousand packages is a few hundred KiB).
     pub fn load(path: &Path) -> Result<Option<Lock>, LockError> {
-        match std::fs::read_to_string(path) {
+        let text = crate::spec::read_bounded(path, 64 << 20).and_then(|bytes| {
+            String::from_utf8(bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        });
+        match text {
             Ok(text) => {
                 let mut lock = Lock::parse(path, &text)?;
                 let name = path

@@ -21,7 +21,11 @@ pub(crate) fn write_cachedir_tag(root: &Path) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let mut f = tempfile::NamedTempFile::new_in(root).map_err(StoreError::io(root))?;
+    // Readable by all, as any other file of the store (a NamedTempFile is created 0600).
+    let mut f = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(root)
+        .map_err(StoreError::io(root))?;
     f.write_all(CACHEDIR_TAG.as_bytes())
         .map_err(StoreError::io(f.path()))?;
     f.as_file().sync_all().map_err(StoreError::io(f.path()))?;
@@ -117,5 +121,19 @@ fn remove_any(path: &Path) {
             let _ = fs::remove_file(path);
         }
         Err(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_cachedir_tag_is_readable_by_all() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write_cachedir_tag(dir.path()).unwrap();
+        let meta = std::fs::metadata(dir.path().join("CACHEDIR.TAG")).unwrap();
+        // The process umask may take bits away, never add: 0644 under the usual 022.
+        assert_eq!(meta.permissions().mode() & 0o444, 0o444);
     }
 }

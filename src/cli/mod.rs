@@ -75,8 +75,8 @@ enum Command {
         /// packages
         #[arg(value_name = "SPECS")]
         specs: Vec<PathBuf>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
         /// Where the outputs go: OUT_DIR/IMAGE/ with a SHA256SUMS
         #[arg(long, default_value = "out")]
@@ -91,8 +91,8 @@ enum Command {
     Verify {
         #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
         /// Verify only these images (default: all in the specs)
         #[arg(long = "image")]
@@ -121,8 +121,8 @@ enum Command {
         /// keep what the lock has and resolve only sets it lacks or that the spec changed
         #[arg(long, num_args = 0.., value_name = "PKG")]
         update: Option<Vec<String>>,
-        /// Steps run at once
-        #[arg(long, short, default_value_t = default_jobs())]
+        /// Steps run at once (1 to 256)
+        #[arg(long, short, default_value_t = default_jobs(), value_parser = jobs_parser())]
         jobs: usize,
     },
     /// Boot an image in QEMU on a throw-away overlay and wait for a login prompt
@@ -259,8 +259,15 @@ enum FirmwareArg {
     Bios,
 }
 
+/// The most steps `--jobs` lets run at once: each is a thread, and most run a tool as well.
+const MAX_JOBS: usize = 256;
+
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(MAX_JOBS))
+}
+
+fn jobs_parser() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=MAX_JOBS as u64)
 }
 
 /// What went wrong, by kind: each kind has its exit code.
@@ -335,7 +342,10 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = e.exit_code();
             if !matches!(e, CliError::BuildFailed(_)) || !e.to_string().is_empty() {
-                eprintln!("{:?}", miette::Report::new(e));
+                // Not eprintln!: a closed stderr (`imgspec check bad.kdl 2>&1 | head`) must
+                // not turn the exit code into a panic's.
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "{:?}", miette::Report::new(e));
             }
             ExitCode::from(code)
         }
@@ -347,7 +357,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Check { specs } => check(&specs, cli.json),
         Command::Plan { ref specs, dot } => {
-            let ctx = Context::open(&cache_dir, specs)?;
+            // Planning needs no cache: without one it can use (another user's, say), every
+            // step is shown as to build, from an empty store that is removed afterwards.
+            let scratch;
+            let ctx = match Context::open(&cache_dir, specs) {
+                Err(CliError::Environment { message, .. })
+                    if message.starts_with("cannot open the cache") =>
+                {
+                    eprintln!("warning: {message}: planning without it (nothing shows as cached)");
+                    scratch = tempfile::tempdir().map_err(internal)?;
+                    Context::open(scratch.path(), specs)?
+                }
+                other => other?,
+            };
             let plan = ctx.plan()?;
             if dot {
                 print!("{}", dot::render(&plan, |k| cached(&ctx.store, k)));
@@ -594,6 +616,9 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Disk { .. } => {
+            Some("change the disk's `size` or the partitions' sizes".to_string())
+        }
         crate::plan::PlanError::Lock { .. } => Some(
             "lock the spec as it is now with `imgspec lock SPEC` (`--update` to refresh every set)"
                 .to_string(),
@@ -1102,6 +1127,14 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
+    // Before anything starts: a text file would keep QEMU waiting for its whole timeout.
+    crate::boot::inspect(&o.image, o.kernel.is_some()).map_err(|e| match e {
+        BootError::NotAnImage { .. } | BootError::NoImage(_) => not_an_image(&e),
+        other => CliError::Environment {
+            message: error_chain(&other),
+            help: None,
+        },
+    })?;
     let how = match (&o.kernel, o.firmware, why) {
         (Some((k, _, _)), _, _) => format!("partition image, kernel `{}`", k.display()),
         (None, _, Some(why)) => why,
@@ -1123,6 +1156,7 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
             eprintln!("`{}` after {:.1}s", o.expect, t.as_secs_f64());
             Ok(())
         }
+        Err(e @ (BootError::NotAnImage { .. } | BootError::NoImage(_))) => Err(not_an_image(&e)),
         Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
             message: e.to_string(),
             help: Some("install it with: apt-get install ovmf".into()),
@@ -1150,6 +1184,16 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
             }
             Err(CliError::BuildFailed(msg))
         }
+    }
+}
+
+fn not_an_image(e: &crate::boot::BootError) -> CliError {
+    CliError::Usage {
+        message: e.to_string(),
+        help: Some(
+            "give an image `imgspec build` wrote: `out/IMAGE/IMAGE.qcow2` or `IMAGE.raw` (a whole disk), or a partition image set's `IMAGE.qcow2`"
+                .into(),
+        ),
     }
 }
 

@@ -103,9 +103,39 @@ fn read_config() -> Result<Config, CliError> {
     let Some(path) = config_path() else {
         return Ok(Config::default());
     };
-    match std::fs::read_to_string(&path) {
+    let text = crate::spec::read_bounded(&path, 1 << 20).and_then(|bytes| {
+        String::from_utf8(bytes)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    });
+    match text {
         Ok(text) => parse_config(&text, &path),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        // Another user's config (`sudo -u` with root's HOME, say) is not ours to read: go on
+        // without it, and say so once.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "warning: the config file `{}` is not readable ({}): going on without it",
+                path.display(),
+                e.kind()
+            );
+            Ok(Config::default())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::FileTooLarge
+            ) =>
+        {
+            Err(CliError::Usage {
+                message: format!("config file `{}`: {e}", path.display()),
+                help: Some(
+                    "it is a small KDL text file that may hold `remote \"http://host/path\"` and `remote-write #true`"
+                        .into(),
+                ),
+            })
+        }
         Err(e) => Err(CliError::Environment {
             message: format!("cannot read the config file `{}`: {e}", path.display()),
             help: None,
@@ -148,6 +178,22 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
         }
         return Ok(None);
     };
+    let help = || {
+        Some("a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into())
+    };
+    // A URL the HTTP client cannot parse would fail every request, each a warning only.
+    if !url.starts_with("s3://") {
+        if let Err(e) = url.parse::<ureq::http::Uri>() {
+            return Err(CliError::Usage {
+                message: format!(
+                    "bad remote cache URL `{}`: {}",
+                    imgspec_cache::remote::redact_url(&url),
+                    e
+                ),
+                help: help(),
+            });
+        }
+    }
     let remote = if url.starts_with("s3://") {
         Remote::new_s3(&s3_config(&url, &config.s3)?)
     } else {
@@ -155,9 +201,7 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
     }
     .map_err(|e| CliError::Usage {
         message: error_chain(&e),
-        help: Some(
-            "a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into(),
-        ),
+        help: help(),
     })?;
     Ok(Some((remote, write)))
 }

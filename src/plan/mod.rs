@@ -80,6 +80,8 @@ pub enum PlanError {
         step: String,
         why: String,
     },
+    #[error("image `{image}`: the disk cannot be laid out: {why}")]
+    Disk { image: String, why: String },
     #[error("cannot plan step `{step}` of image `{image}`")]
     Fact {
         image: String,
@@ -180,7 +182,7 @@ impl Builder<'_> {
         let mut disk_step = None;
         let mut root_fs = None;
         if let Some(disk) = &image.disk {
-            let d = DiskPlan::new(image, disk);
+            let d = DiskPlan::new(image, disk)?;
             // The bootloader step when it also makes GRUB's BIOS images for the disk step.
             let mut bios_loader = None;
             if let Some(b) = &image.bootloader {
@@ -607,7 +609,7 @@ struct DiskPlan<'a> {
 }
 
 impl<'a> DiskPlan<'a> {
-    fn new(image: &Image, disk: &'a Disk) -> Self {
+    fn new(image: &Image, disk: &'a Disk) -> Result<Self, PlanError> {
         let mut material = format!("{}\0{}", image.name, disk.size);
         for p in &disk.partitions {
             material.push_str(&format!("\0{}:{:?}:{:?}", p.name, p.ptype, p.size));
@@ -624,9 +626,13 @@ impl<'a> DiskPlan<'a> {
                 attributes: 0,
             })
             .collect();
-        let layout = gpt::layout(disk.size, &specs)
-            .expect("validation checks that the partitions fit the disk");
-        DiskPlan { disk, seed, layout }
+        // The spec's checks make this hold; a gap between them and the GPT writer's rules is
+        // an error, not a panic.
+        let layout = gpt::layout(disk.size, &specs).map_err(|e| PlanError::Disk {
+            image: image.name.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(DiskPlan { disk, seed, layout })
     }
 
     fn guid(&self, label: &str) -> gpt::Guid {

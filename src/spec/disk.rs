@@ -17,6 +17,8 @@ use super::read::{children, Cx, Scalar, Shape, Spanned};
 use super::values::absolute_path;
 
 const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+const MAX_PARTITIONS: usize = crate::format::gpt::MAX_PARTITIONS;
 
 const DISK: Shape<'static> = Shape {
     usage: "disk [table=\"gpt\"] size=\"2GiB\" { partition … }",
@@ -38,6 +40,7 @@ struct Read {
     name: Spanned<String>,
     ptype: PartitionType,
     size: Option<u64>,
+    size_span: Option<SourceSpan>,
     format: Option<Spanned<FsFormat>>,
     mount: Option<Spanned<String>>,
 }
@@ -51,7 +54,8 @@ pub(crate) fn read_disk(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Disk> {
     let size_help = "give the size of the whole disk, e.g. `disk size=\"2GiB\" { … }`";
     let size = cx
         .required_prop::<Scalar>(node, "size", size_help)
-        .and_then(|size| Some((cx.size(size.clone())?, size.span)));
+        .and_then(|size| Some((cx.size(size.clone())?, size.span)))
+        .filter(|&(size, span)| whole_sectors(cx, size, span));
 
     let mut partitions = Vec::new();
     let mut all_read = true;
@@ -67,6 +71,19 @@ pub(crate) fn read_disk(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Disk> {
     }
 
     check_unique(cx, &partitions);
+    if partitions.len() > MAX_PARTITIONS {
+        let extra = &partitions[MAX_PARTITIONS];
+        cx.bad_value(
+            extra.name.span,
+            format!(
+                "a GPT disk holds at most {MAX_PARTITIONS} partitions, this one has {}",
+                partitions.len()
+            ),
+            "one too many",
+            "remove partitions: the partition table has room for 128 entries",
+        );
+        return None;
+    }
     if !all_read {
         return None;
     }
@@ -107,6 +124,16 @@ fn read_partition(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Read> {
             "not a GPT partition name",
             "a GPT partition name has 1 to 36 characters",
         );
+    } else if name.value.chars().any(char::is_control) {
+        cx.bad_value(
+            name.span,
+            format!(
+                "partition name `{}` has a control character",
+                name.value.escape_debug()
+            ),
+            "not a GPT partition name",
+            "a GPT partition name is printable text: letters, digits, `-`, `_`",
+        );
     }
     let types = [
         ("esp", PartitionType::Esp),
@@ -119,7 +146,9 @@ fn read_partition(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Read> {
     let ptype = cx.required_prop::<String>(node, "type", type_help);
     let ptype_span = ptype.as_ref().map(|t| t.span);
     let ptype = ptype.and_then(|t| cx.choice(&t, "partition type", &types));
-    let size = cx.prop::<Scalar>(node, "size").and_then(|s| cx.size(s));
+    let size_prop = cx.prop::<Scalar>(node, "size");
+    let size_span = size_prop.as_ref().map(|s| s.span);
+    let size = size_prop.and_then(|s| cx.size(s));
     let format = cx.prop::<String>(node, "format").and_then(|f| {
         let formats = [("ext4", FsFormat::Ext4), ("vfat", FsFormat::Vfat)];
         let value = cx.choice(&f, "filesystem", &formats)?;
@@ -203,6 +232,7 @@ fn read_partition(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Read> {
         name,
         ptype,
         size,
+        size_span,
         format,
         mount,
     })
@@ -244,16 +274,62 @@ fn check_unique(cx: &mut Cx<'_>, partitions: &[Read]) {
     }
 }
 
+/// Whether a disk of `size` bytes is a whole number of 512-byte sectors (else reported, with the
+/// nearest sizes that are).
+fn whole_sectors(cx: &mut Cx<'_>, size: u64, span: SourceSpan) -> bool {
+    if size % SECTOR == 0 {
+        return true;
+    }
+    let below = size / SECTOR * SECTOR;
+    let nearest = match below.checked_add(SECTOR) {
+        Some(above) if below > 0 => format!("`{below}B` or `{above}B`"),
+        Some(above) => format!("`{above}B`"),
+        None => format!("`{below}B`"),
+    };
+    let mib = size / MIB;
+    let in_mib = match mib {
+        0 => "`1MiB`".to_string(),
+        _ => format!("`{mib}MiB` or `{}MiB`", mib + 1),
+    };
+    cx.bad_value(
+        span,
+        format!("a disk of `{size}` bytes is not a whole number of {SECTOR}-byte sectors"),
+        "not a multiple of 512 bytes",
+        &format!("the nearest sizes that are: {nearest}; or whole MiB, which always are: {in_mib}"),
+    );
+    false
+}
+
 /// The partitions fit on a disk of `size` bytes (see the module doc for the layout rule).
 fn check_fits(cx: &mut Cx<'_>, partitions: &[Read], size: u64, size_span: SourceSpan) {
     let usable = size.saturating_sub(2 * MIB) / MIB * MIB;
+    if let Some((p, span)) = partitions
+        .iter()
+        .find_map(|p| Some((p, p.size_span?)).filter(|(p, _)| p.size > Some(size)))
+    {
+        cx.report(SpecError::LayoutTooBig {
+            src: cx.src(),
+            span,
+            message: format!(
+                "partition `{}` is larger than its disk of `{}`",
+                p.name.value,
+                format_size(size)
+            ),
+            label: "larger than the disk".to_string(),
+            help: format!(
+                "give it at most `{}` (the first and the last MiB of the disk hold the partition table), or make the disk larger",
+                format_size(usable)
+            ),
+        });
+        return;
+    }
     let sized: u64 = partitions
         .iter()
         .filter_map(|p| p.size)
         .map(round_up_mib)
-        .sum();
+        .fold(0, u64::saturating_add);
     let rest = partitions.iter().find(|p| p.size.is_none());
-    let needed = sized + if rest.is_some() { MIB } else { 0 };
+    let needed = sized.saturating_add(if rest.is_some() { MIB } else { 0 });
     if needed <= usable {
         return;
     }
@@ -261,11 +337,11 @@ fn check_fits(cx: &mut Cx<'_>, partitions: &[Read], size: u64, size_span: Source
     let (message, help) = match rest {
         Some(rest) if sized <= usable => (
             format!("no room is left for partition `{}`: the disk is `{}` too small", rest.name.value, format_size(over)),
-            format!("make the disk at least `{}`, or shrink the other partitions (`{}` takes the rest and needs at least `1MiB`; the first and the last MiB of the disk hold the partition table)", format_size(needed + 2 * MIB), rest.name.value),
+            format!("make the disk at least `{}`, or shrink the other partitions (`{}` takes the rest and needs at least `1MiB`; the first and the last MiB of the disk hold the partition table)", format_size(needed.saturating_add(2 * MIB)), rest.name.value),
         ),
         _ => (
             format!("the partitions overflow the disk by `{}`", format_size(over)),
-            format!("make the disk at least `{}`, or shrink the partitions (sizes are rounded up to whole MiB; the first and the last MiB of the disk hold the partition table)", format_size(needed + 2 * MIB)),
+            format!("make the disk at least `{}`, or shrink the partitions (sizes are rounded up to whole MiB; the first and the last MiB of the disk hold the partition table)", format_size(needed.saturating_add(2 * MIB))),
         ),
     };
     cx.report(SpecError::LayoutTooBig {
@@ -281,8 +357,9 @@ fn check_fits(cx: &mut Cx<'_>, partitions: &[Read], size: u64, size_span: Source
     });
 }
 
+/// `bytes` rounded up to a whole MiB (at most `u64::MAX`: such a size never fits a disk).
 fn round_up_mib(bytes: u64) -> u64 {
-    bytes.div_ceil(MIB) * MIB
+    bytes.div_ceil(MIB).saturating_mul(MIB)
 }
 
 #[cfg(test)]
@@ -294,5 +371,6 @@ mod tests {
         assert_eq!(round_up_mib(1), MIB);
         assert_eq!(round_up_mib(MIB), MIB);
         assert_eq!(round_up_mib(MIB + 1), 2 * MIB);
+        assert_eq!(round_up_mib(u64::MAX), u64::MAX);
     }
 }

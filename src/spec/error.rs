@@ -8,11 +8,124 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{Diagnostic, LabeledSpan, NamedSource, Severity, SourceCode, SourceSpan};
+use miette::{
+    Diagnostic, LabeledSpan, MietteError, MietteSpanContents, Severity, SourceCode, SourceSpan,
+    SpanContents,
+};
 use thiserror::Error;
 
 /// The text of a spec file, named as the user knows it (`specs/common.kdl`).
-pub type Src = NamedSource<Arc<String>>;
+///
+/// As miette's source code it shows the lines around a span as they are, except when one of
+/// them is longer than [`LONG_LINE`] bytes: then only a window of the span's own line is shown
+/// (miette's renderer cannot place a label beyond column 65,535, and a megabyte-long line is no
+/// help to read anyway).
+#[derive(Clone)]
+pub struct Src {
+    name: String,
+    text: Arc<String>,
+}
+
+/// Lines up to this many bytes are shown whole around a problem.
+pub(crate) const LONG_LINE: usize = 1000;
+/// The window of a longer line: from this many bytes before the span's start…
+const WINDOW_BEFORE: usize = 60;
+/// …and at most this many bytes in all.
+const WINDOW: usize = 240;
+
+impl Src {
+    pub fn new(name: impl Into<String>, text: Arc<String>) -> Self {
+        Src {
+            name: name.into(),
+            text,
+        }
+    }
+
+    /// The file as messages name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The whole text.
+    pub fn inner(&self) -> &Arc<String> {
+        &self.text
+    }
+}
+
+impl fmt::Debug for Src {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Src").field("name", &self.name).finish()
+    }
+}
+
+impl SourceCode for Src {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let text = self.text.as_str();
+        let around = text.read_span(span, context_lines_before, context_lines_after)?;
+        let named = |data: &'a [u8], at: SourceSpan, line, column, count| {
+            Box::new(MietteSpanContents::new_named(
+                self.name.clone(),
+                data,
+                at,
+                line,
+                column,
+                count,
+            )) as Box<dyn SpanContents<'a> + 'a>
+        };
+        if !around
+            .data()
+            .split(|&b| b == b'\n')
+            .any(|line| line.len() > LONG_LINE)
+        {
+            let (line, column, count) = (around.line(), around.column(), around.line_count());
+            return Ok(named(around.data(), *around.span(), line, column, count));
+        }
+        let (from, to, line, column) = window(text, span.offset());
+        Ok(named(
+            &text.as_bytes()[from..to],
+            SourceSpan::new(from.into(), to - from),
+            line,
+            column,
+            1,
+        ))
+    }
+}
+
+/// The window of the line holding `offset` that is shown when that line (or one beside it) is
+/// too long: `(from, to, line, column)`, the byte range, and the line and byte column of
+/// `offset` counted as miette counts them.
+fn window(text: &str, offset: usize) -> (usize, usize, usize, usize) {
+    let at = offset.min(text.len());
+    let before = &text.as_bytes()[..at];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n' || b == b'\r')
+        .map_or(0, |i| i + 1);
+    let line_end = text.as_bytes()[at..]
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .map_or(text.len(), |i| at + i);
+    let mut from = at.saturating_sub(WINDOW_BEFORE).max(line_start);
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    let mut to = (from + WINDOW).clamp(at, line_end.max(at));
+    while !text.is_char_boundary(to) {
+        to += 1;
+    }
+    // miette counts `\r\n` as one line break and a lone `\r` as one.
+    let line = before
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && before.get(i + 1) != Some(&b'\n')))
+        .count();
+    (from, to, line, at - line_start)
+}
 
 /// One problem in the spec.
 #[derive(Debug, Error, Diagnostic)]
@@ -31,10 +144,7 @@ pub enum SpecError {
     },
 
     #[error("cannot read `{path}`: {reason}")]
-    #[diagnostic(
-        code("spec::unreadable"),
-        help("check the path; an import is relative to the folder of the file that imports it")
-    )]
+    #[diagnostic(code("spec::unreadable"))]
     Unreadable {
         #[source_code]
         src: Option<Src>,
@@ -42,6 +152,60 @@ pub enum SpecError {
         span: Option<SourceSpan>,
         path: String,
         reason: String,
+        #[help]
+        help: String,
+    },
+
+    #[error("`{path}` is not UTF-8 text: byte `0x{byte:02X}` at line {line}, column {column} (offset {offset})")]
+    #[diagnostic(
+        code("spec::not-utf8"),
+        help("a spec file is UTF-8 text: save it as UTF-8 (or remove the byte)")
+    )]
+    NotUtf8 {
+        #[source_code]
+        src: Src,
+        #[label("not UTF-8")]
+        span: SourceSpan,
+        path: String,
+        byte: u8,
+        line: usize,
+        column: usize,
+        offset: usize,
+    },
+
+    #[error("{message}")]
+    #[diagnostic(code("spec::too-deep"))]
+    TooDeep {
+        #[source_code]
+        src: Src,
+        #[label("{label}")]
+        span: SourceSpan,
+        message: String,
+        label: String,
+        #[help]
+        help: String,
+    },
+
+    #[error("{count} more problems are not shown")]
+    #[diagnostic(
+        code("spec::too-many"),
+        help("fix the problems above and run `imgspec check` again; so many usually mean that this is not a spec file, or that a quote or a brace is missing near the first problem")
+    )]
+    TooMany { count: usize },
+
+    #[error("import `{path}` is outside the folder of `{spec}`")]
+    #[diagnostic(
+        code("spec::import-escape"),
+        help("an import names a file in `{folder}` or below it, the folder of the spec file given on the command line: move the file there")
+    )]
+    ImportEscape {
+        #[source_code]
+        src: Src,
+        #[label("resolves outside `{folder}`")]
+        span: SourceSpan,
+        path: String,
+        spec: String,
+        folder: String,
     },
 
     #[error("import cycle: {chain}")]
@@ -489,6 +653,9 @@ pub struct FirstDeclared {
     pub name: String,
 }
 
+/// At most this many problems are reported one by one.
+pub(crate) const MAX_SHOWN: usize = 50;
+
 /// Every problem found in the spec files: what [`super::load`] returns when any check failed.
 ///
 /// With one problem it reads as that problem; with several, its message counts them and each
@@ -499,9 +666,16 @@ pub struct SpecErrors {
 }
 
 impl SpecErrors {
-    /// `problems` must not be empty.
-    pub(crate) fn new(problems: Vec<SpecError>) -> Self {
+    /// `problems` must not be empty. Beyond the first [`MAX_SHOWN`], one
+    /// [`SpecError::TooMany`] stands for the rest: rendering each of a hundred thousand problems
+    /// (a file of garbage) would take minutes and help no one.
+    pub(crate) fn new(mut problems: Vec<SpecError>) -> Self {
         debug_assert!(!problems.is_empty());
+        if problems.len() > MAX_SHOWN {
+            let count = problems.len() - MAX_SHOWN;
+            problems.truncate(MAX_SHOWN);
+            problems.push(SpecError::TooMany { count });
+        }
         SpecErrors { problems }
     }
 
@@ -531,7 +705,14 @@ impl fmt::Display for SpecErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.single() {
             Some(one) => one.fmt(f),
-            None => write!(f, "`{}` problems in the spec", self.problems.len()),
+            None => match self.problems.last() {
+                Some(SpecError::TooMany { count }) => write!(
+                    f,
+                    "`{}` problems in the spec (the first {MAX_SHOWN} shown)",
+                    MAX_SHOWN + count
+                ),
+                _ => write!(f, "`{}` problems in the spec", self.problems.len()),
+            },
         }
     }
 }
@@ -580,8 +761,12 @@ pub(crate) fn did_you_mean<'k>(name: &str, known: impl IntoIterator<Item = &'k s
 /// The known name nearest to `name`: within two edits (and not a whole rewrite), else the one
 /// it abbreviates (`arch` for `architecture`).
 pub(crate) fn closest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let chars = name.chars().count();
     let near = known
         .iter()
+        // More than two characters longer or shorter is more than two edits: skip the
+        // quadratic count (a name can be a megabyte long).
+        .filter(|k| chars.abs_diff(k.chars().count()) <= 2)
         .map(|k| (edit_distance(name, k), *k))
         .filter(|(d, k)| *d <= 2 && *d < name.chars().count().min(k.chars().count()))
         .min_by_key(|(d, _)| *d)

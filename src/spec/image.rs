@@ -320,6 +320,9 @@ fn read_epoch(cx: &mut Cx<'_>, node: &KdlNode) -> Option<i64> {
     value
 }
 
+/// A `keyring` larger than this is refused.
+const MAX_KEYRING_BYTES: u64 = 16 << 20;
+
 /// What `base` starts from.
 #[derive(Clone, Copy)]
 enum BaseKind {
@@ -398,7 +401,21 @@ fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
         check_word(cx, architecture, "architecture", help);
     }
     let keyring = match &keyring {
-        Some(keyring) => Some(resolve_path(cx, keyring, Need::File, Confined::No)?),
+        Some(keyring) => {
+            let path = resolve_path(cx, keyring, Need::File, Confined::No)?;
+            // Planning hashes it: a keyring is kilobytes, `/proc/kcore` would never end.
+            let size = std::fs::metadata(&path).map_or(u64::MAX, |m| m.len());
+            if size > MAX_KEYRING_BYTES {
+                cx.bad_value(
+                    keyring.span,
+                    format!("keyring `{}` is larger than 16MiB", keyring.value),
+                    "not a keyring",
+                    "name an OpenPGP keyring file (`.gpg` or `.asc`), e.g. `/usr/share/keyrings/debian-archive-keyring.gpg`",
+                );
+                return None;
+            }
+            Some(path)
+        }
         None => None,
     };
     let default_components = if ubuntu { "main universe" } else { "main" };

@@ -51,7 +51,9 @@
 //! - Partition types: `esp` (must be `vfat`), `root`, `bios-boot` (no filesystem), `linux`,
 //!   `swap` (not mounted); formats: `ext4`, `vfat`. Exactly one partition is mounted at `/`.
 //! - Sizes: `512KiB`, `200MiB`, `2GiB`, `1TiB`, `1KB`, `500MB`, `1GB`, `4096` or `512B`.
-//!   Partitions start at 1 MiB, sizes round up to whole MiB, the last MiB holds the backup GPT.
+//!   Partitions start at 1 MiB, sizes round up to whole MiB, the last MiB holds the backup GPT;
+//!   a disk's size is a whole number of 512-byte sectors (so `500MB` is a partition size only).
+//!   At most 128 partitions.
 //! - `grub-efi` needs an `esp` partition, `grub-bios` a `bios-boot` one, `hybrid` both; `raw`
 //!   and `qcow2` outputs need a `disk`.
 //! - A buildable image needs a `base` (its own or inherited, never both) and an `output`.
@@ -66,6 +68,7 @@ mod error;
 mod image;
 mod read;
 mod resolve;
+mod scan;
 mod source;
 mod values;
 
@@ -75,6 +78,7 @@ mod tests;
 use std::path::PathBuf;
 
 pub use error::{FirstDeclared, SpecError, SpecErrors};
+pub use source::read_bounded;
 
 /// Reads the spec files at `paths` and the files they import, and checks everything.
 ///
@@ -171,7 +175,8 @@ fn unit_problem(number: &str, unit: &str) -> String {
             let scale = 10u64.checked_pow(u32::try_from(digits.len()).ok()?)?;
             let whole = number.parse::<u64>().ok()?.checked_mul(multiplier)?;
             let part = digits.parse::<u64>().ok()?.checked_mul(multiplier)?;
-            (part % scale == 0).then(|| format_size_in(whole + part / scale, family))
+            let exact = whole.checked_add(part / scale)?;
+            (part % scale == 0).then(|| format_size_in(exact, family))
         });
         return match exact {
             Some(exact) => format!("fractions are not allowed: write `{exact}`"),

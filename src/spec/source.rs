@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kdl::{KdlDocument, KdlError};
-use miette::{NamedSource, SourceSpan};
+use miette::SourceSpan;
 
-use super::error::SpecError;
+use super::error::{SpecError, Src};
 use super::read::{lexical_join, node_name, shown, Cx, FileId, FileInfo, Problems, Shape};
+use super::scan;
 
 /// A loaded file: where it is, and its nodes when it parsed.
 pub(crate) struct SourceFile {
@@ -57,27 +58,193 @@ struct Loader<'p> {
 struct ImportSite {
     file: FileInfo,
     span: SourceSpan,
+    /// The path as the import writes it.
+    written: String,
+}
+
+/// A spec file larger than this is refused: specs are a few kilobytes.
+pub(crate) const MAX_SPEC_BYTES: u64 = 1 << 20;
+
+/// Where an import chain started: the folder of the spec file named on the command line, which
+/// every file it imports must be in.
+#[derive(Clone)]
+struct Root {
+    /// Canonical.
+    dir: PathBuf,
+    shown_dir: PathBuf,
+    /// The spec file, as messages show it.
+    spec: String,
+}
+
+/// Why a spec file could not be read.
+enum ReadProblem {
+    Io(std::io::Error),
+    /// `is not a regular file`, …: a fragment of a message, and the help line.
+    Refused(String, String),
+}
+
+/// Reads the spec file at `path` (canonical): a regular file of at most [`MAX_SPEC_BYTES`].
+fn read_spec(path: &Path) -> Result<Vec<u8>, ReadProblem> {
+    read_bounded(path, MAX_SPEC_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => ReadProblem::Refused(
+            e.to_string(),
+            "name a spec file: a regular `.kdl` file".to_string(),
+        ),
+        std::io::ErrorKind::FileTooLarge => ReadProblem::Refused(
+            e.to_string(),
+            "a spec file is KDL text of a few kilobytes: check that this is the file meant"
+                .to_string(),
+        ),
+        _ => ReadProblem::Io(e),
+    })
+}
+
+/// Reads the file at `path`, which must be a regular file of at most `max` bytes: opened
+/// without blocking, so that a FIFO or a device is refused (`InvalidInput`: `it is not a
+/// regular file`) rather than waited on or read forever, and read no further than `max`
+/// (`FileTooLarge`: `it is larger than 1MiB`). For every file a user names that imgspec reads
+/// whole: spec files, lock files, the config file.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {kind}")));
+    }
+    let too_big = || {
+        Error::new(
+            ErrorKind::FileTooLarge,
+            format!("it is larger than {}", super::format_size(max)),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
+}
+
+/// Parses `text` on a thread with a stack of [`scan::PARSER_STACK`]: kdl's parser recurses, and
+/// what [`scan::too_deep`] lets through needs more stack than a test thread has in an
+/// unoptimised build. Without a thread (the system refuses one), on this one.
+fn parse_kdl(text: &str) -> Result<KdlDocument, KdlError> {
+    std::thread::scope(|s| {
+        match std::thread::Builder::new()
+            .name("kdl-parse".into())
+            .stack_size(scan::PARSER_STACK)
+            .spawn_scoped(s, || KdlDocument::parse(text))
+        {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => KdlDocument::parse(text),
+        }
+    })
+}
+
+/// The line and column (both from 1, the column in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 impl Loader<'_> {
     /// Loads the file at `path` (shown in messages as `shown_path`), and what it imports,
-    /// unless it is loaded already.
+    /// unless it is loaded already. `site` and `root` are where it is imported and the spec
+    /// file the import chain started from, for an import.
     fn load(
         &mut self,
         path: &Path,
         shown_path: PathBuf,
-        site: Option<&ImportSite>,
+        site: Option<(&ImportSite, &Root)>,
     ) -> Option<FileId> {
-        let canonical = match path.canonicalize() {
+        let canonical = path.canonicalize();
+        let root = match site {
+            Some((site, root)) => {
+                // A missing file outside is refused as outside, not reported as missing.
+                let inside = match &canonical {
+                    Ok(canonical) => canonical.starts_with(&root.dir),
+                    Err(_) => {
+                        lexical_join(Path::new(""), &path.to_string_lossy()).starts_with(&root.dir)
+                    }
+                };
+                if !inside {
+                    let problem = SpecError::ImportEscape {
+                        src: site.file.src.clone(),
+                        span: site.span,
+                        path: site.written.clone(),
+                        spec: root.spec.clone(),
+                        folder: shown(&root.shown_dir),
+                    };
+                    self.problems.push(Some(site.file.id), problem);
+                    return None;
+                }
+                root.clone()
+            }
+            None => Root {
+                dir: canonical
+                    .as_ref()
+                    .ok()
+                    .and_then(|c| c.parent())
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                shown_dir: shown_path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                spec: shown(&shown_path),
+            },
+        };
+        let site = site.map(|s| s.0);
+        let canonical = match canonical {
             Ok(canonical) => canonical,
             Err(e) => return self.unreadable(site, &shown_path, &e),
         };
         if let Some(&id) = self.by_path.get(&canonical) {
             return Some(id);
         }
-        let text = match std::fs::read_to_string(&canonical) {
-            Ok(text) => text,
-            Err(e) => return self.unreadable(site, &shown_path, &e),
+        let bytes = match read_spec(&canonical) {
+            Ok(bytes) => bytes,
+            Err(ReadProblem::Io(e)) => return self.unreadable(site, &shown_path, &e),
+            Err(ReadProblem::Refused(reason, help)) => {
+                let problem = SpecError::Unreadable {
+                    src: site.map(|s| s.file.src.clone()),
+                    span: site.map(|s| s.span),
+                    path: shown(&shown_path),
+                    reason,
+                    help,
+                };
+                self.problems.push(site.map(|s| s.file.id), problem);
+                return None;
+            }
+        };
+        let (text, bad_byte) = match String::from_utf8(bytes) {
+            Ok(text) => (text, None),
+            Err(e) => {
+                let offset = e.utf8_error().valid_up_to();
+                let byte = e.as_bytes()[offset];
+                (
+                    String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    Some((offset, byte)),
+                )
+            }
         };
 
         let id = self.files.len();
@@ -93,13 +260,40 @@ impl Loader<'_> {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
             path: canonical.clone(),
-            src: NamedSource::new(shown(&shown_path), text.clone()),
+            src: Src::new(shown(&shown_path), text.clone()),
         };
-        let doc = match KdlDocument::parse(&text) {
-            Ok(doc) => Some(doc),
-            Err(e) => {
-                self.report_syntax(&info, e);
-                None
+        let doc = if let Some((offset, byte)) = bad_byte {
+            // Up to the first bad byte the lossy text is the file's: the offset is the same.
+            let (line, column) = line_column(&text, offset);
+            let problem = SpecError::NotUtf8 {
+                src: info.src.clone(),
+                span: SourceSpan::new(offset.into(), '\u{FFFD}'.len_utf8()),
+                path: shown(&shown_path),
+                byte,
+                line,
+                column,
+                offset,
+            };
+            self.problems.push(Some(id), problem);
+            None
+        } else if let Some(deep) = scan::too_deep(&text) {
+            let (message, label, help) = deep.describe();
+            let problem = SpecError::TooDeep {
+                src: info.src.clone(),
+                span: SourceSpan::new(deep.offset.into(), deep.len),
+                message,
+                label,
+                help,
+            };
+            self.problems.push(Some(id), problem);
+            None
+        } else {
+            match parse_kdl(&text) {
+                Ok(doc) => Some(doc),
+                Err(e) => {
+                    self.report_syntax(&info, e);
+                    None
+                }
             }
         };
         self.by_path.insert(canonical, id);
@@ -116,6 +310,7 @@ impl Loader<'_> {
             let site = ImportSite {
                 file: info.clone(),
                 span,
+                written: text.clone(),
             };
             let target = info.dir.join(&text);
             if let Some(cycle) = self.cycle_through(&target) {
@@ -133,7 +328,7 @@ impl Loader<'_> {
                 continue;
             }
             let shown_target = lexical_join(&info.shown_dir, &text);
-            if let Some(target) = self.load(&target, shown_target, Some(&site)) {
+            if let Some(target) = self.load(&target, shown_target, Some((&site, &root))) {
                 imported.push(target);
             }
         }
@@ -149,11 +344,18 @@ impl Loader<'_> {
         shown_path: &Path,
         error: &std::io::Error,
     ) -> Option<FileId> {
+        let help = match site {
+            Some(_) => {
+                "check the path; an import is relative to the folder of the file that imports it"
+            }
+            None => "check the path; it is relative to the current folder",
+        };
         let problem = SpecError::Unreadable {
             src: site.map(|s| s.file.src.clone()),
             span: site.map(|s| s.span),
             path: shown(shown_path),
             reason: io_reason(error),
+            help: help.to_string(),
         };
         self.problems.push(site.map(|s| s.file.id), problem);
         None

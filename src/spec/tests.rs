@@ -69,6 +69,9 @@ fn parse_size_rejects_everything_else() {
         "a size must be greater than zero"
     );
     assert_eq!(parse_size("20000000000TiB").unwrap_err(), "too large");
+    // The exact value a fraction stands for may itself not fit.
+    assert!(parse_size("18446744073.9GB").is_err());
+    assert!(parse_size("18446744073709551615.0B").is_err());
 }
 
 #[test]
@@ -308,7 +311,7 @@ fn invalid_fixtures_render_as_reviewed() {
         fixtures.len()
     );
     for path in fixtures {
-        let text = std::fs::read_to_string(&path).unwrap();
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
         let expected: Vec<&str> = text
             .lines()
             .next()
@@ -397,4 +400,154 @@ fn compress_names_zlib_or_zstd_and_new_disk_formats_parse() {
             OutputFormat::Vhd
         ]
     );
+}
+
+/// A spec of `text` in a fresh folder, and the folder (kept while the spec is used).
+fn spec_file(name: &str, text: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// miette's renderer panics on a label past column 65,535: a long line is shown as a window
+/// around the span, with the true line and column in the header.
+#[test]
+fn a_problem_far_along_a_long_line_renders_as_a_window() {
+    let long = format!(
+        "image \"x\" {{ base \"tar\" path=\"r.tar\"; {} outptu \"tar\" }}\n",
+        "run \"a\"; ".repeat(9000)
+    );
+    let column = long.find("outptu").unwrap() + 1;
+    let (_dir, path) = spec_file("long.kdl", long.as_bytes());
+    let err = load(&[path]).unwrap_err();
+    let text = render(&err, 100);
+    assert!(text.contains(&format!("long.kdl:1:{column}]")), "{text}");
+    assert!(text.contains("outptu \"tar\""), "{text}");
+    assert!(text.len() < 4000, "{} bytes rendered", text.len());
+    // A span that itself is longer than the window renders too.
+    let name = "a".repeat(70_000);
+    let (_dir, path) = spec_file("name.kdl", format!("{name} \"x\"\n").as_bytes());
+    let err = load(&[path]).unwrap_err();
+    render(&err, 100);
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_reported_at_its_first_bad_byte() {
+    let (_dir, path) = spec_file("latin1.kdl", b"image \"x\" {\n  run \"caf\xe9\"\n}\n");
+    let err = load(&[path]).unwrap_err();
+    assert_eq!(err.len(), 1);
+    let text = render(&err, 100);
+    assert!(
+        text.contains("byte `0xE9` at line 2, column 11 (offset 22)"),
+        "{text}"
+    );
+    assert!(text.contains("latin1.kdl:2:11]"), "{text}");
+    assert!(!text.contains("import"), "{text}");
+}
+
+#[test]
+fn spec_files_must_be_regular_files_of_bounded_size() {
+    let (dir, big) = spec_file(
+        "big.kdl",
+        &vec![b' '; super::source::MAX_SPEC_BYTES as usize + 1],
+    );
+    let fifo = dir.path().join("fifo.kdl");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    std::fs::write(dir.path().join("imports.kdl"), "import \"fifo.kdl\"\n").unwrap();
+    // Neither the FIFO nor the device is waited on or read.
+    let err = load(&[
+        dir.path().join("imports.kdl"),
+        PathBuf::from("/dev/zero"),
+        big,
+    ])
+    .unwrap_err();
+    let text = render(&err, 200);
+    let codes: Vec<String> = err
+        .iter()
+        .map(|p| miette::Diagnostic::code(p).unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["spec::unreadable"; 3], "{text}");
+    assert!(
+        text.contains("cannot read `/dev/zero`: it is not a regular file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fifo.kdl`: it is not a regular file"),
+        "{text}"
+    );
+    assert!(text.contains("big.kdl`: it is larger than 1MiB"), "{text}");
+    assert!(
+        !text.contains("an import is relative"),
+        "no import help for a file named on the command line:\n{text}"
+    );
+}
+
+/// An import that leaves the folder of the spec file given on the command line is refused
+/// before it is read (through a symlink too), and nothing of the file is shown.
+#[test]
+fn imports_stay_in_the_folder_of_the_spec_file() {
+    let (dir, path) = spec_file("a.kdl", b"import \"sub/b.kdl\"\nimport \"link.kdl\"\n");
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    // `sub/b.kdl` may climb back to the spec's folder, not above it.
+    std::fs::write(
+        dir.path().join("sub/b.kdl"),
+        "import \"../c.kdl\"\nimport \"../../outside.kdl\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("c.kdl"), "template \"c\" { }\n").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link.kdl")).unwrap();
+    let err = load(&[path]).unwrap_err();
+    let text = render(&err, 200);
+    let codes: Vec<String> = err
+        .iter()
+        .map(|p| miette::Diagnostic::code(p).unwrap().to_string())
+        .collect();
+    assert_eq!(codes, ["spec::import-escape"; 2], "{text}");
+    assert!(!text.contains("root:"), "{text}");
+}
+
+/// What the GPT writer refuses is refused by `check` already, so that `plan` never meets it.
+#[test]
+fn disks_the_partition_table_cannot_hold_are_refused() {
+    let disk = |partitions: &str| {
+        format!("image \"x\" {{\n  base \"tar\" path=\"r.tar\"\n  disk size=\"2GiB\" {{\n{partitions}  }}\n  output \"raw\"\n}}\n")
+    };
+    let mut many = String::from(
+        "    partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\" size=\"1MiB\"\n",
+    );
+    for i in 0..128 {
+        many.push_str(&format!(
+            "    partition \"p{i}\" type=\"linux\" size=\"1MiB\"\n"
+        ));
+    }
+    let control = "    partition \"a\\u{0}b\" type=\"root\" format=\"ext4\" mount=\"/\"\n";
+    for (text, expect) in [
+        (disk(&many), "at most 128 partitions, this one has 129"),
+        (disk(control), "has a control character"),
+    ] {
+        let (dir, path) = spec_file("x.kdl", text.as_bytes());
+        std::fs::write(dir.path().join("r.tar"), b"").unwrap();
+        let err = load(&[path]).unwrap_err();
+        let rendered = render(&err, 200);
+        assert!(rendered.contains(expect), "{rendered}");
+    }
+}
+
+/// `keyring` may name any file of the host, and planning hashes it: one as large as
+/// `/proc/kcore` is refused by its size.
+#[test]
+fn a_keyring_of_unbounded_size_is_refused() {
+    let (dir, path) = spec_file(
+        "k.kdl",
+        b"image \"k\" {\n  base \"debian\" suite=\"bookworm\" keyring=\"huge.gpg\"\n  output \"tar\"\n}\n",
+    );
+    // Sparse: as `/proc/kcore`, it claims far more than it holds on disk.
+    let huge = std::fs::File::create(dir.path().join("huge.gpg")).unwrap();
+    huge.set_len(1 << 40).unwrap();
+    let err = load(&[path]).unwrap_err();
+    let text = render(&err, 200);
+    assert!(text.contains("is larger than 16MiB"), "{text}");
 }

@@ -12,7 +12,7 @@
 //!   spec file that declares the image and each file it imports (not other specs built in
 //!   the same run) by file name with its BLAKE3, every step with its name, kind, key and output
 //!   digest (BLAKE3 of the step output's canonical JSON), the tool versions the keys hold, and
-//!   every output file with its size and SHA-256.
+//!   every file of `out/IMAGE/` (the output steps' and the SBOM) with its size and SHA-256.
 //!   Key: input keys, image name, spec file digests, step names, tool versions.
 
 use std::collections::BTreeMap;
@@ -26,7 +26,8 @@ use super::{FactError, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
 
 pub const SBOM_VERSION: u32 = 1;
-pub const MANIFEST_VERSION: u32 = 1;
+/// 2: `outputs` lists only the files written to `out/IMAGE/`.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// The BLAKE3 of a step output's canonical encoding: what `verify` and the manifest compare.
 pub fn output_digest(o: &StepOutput) -> String {
@@ -390,7 +391,16 @@ impl ManifestStep {
                 })
             })
             .collect();
-        let outputs = output_files(&ctx.inputs)
+        // The files written to `out/IMAGE/` (those of the output steps and the SBOM); the
+        // intermediate ones (`fs.img`, `disk.raw`) are in their steps' output digests.
+        let delivered: Vec<StepOutput> = self
+            .steps
+            .iter()
+            .zip(&ctx.inputs)
+            .filter(|((_, kind, _), _)| matches!(kind.as_str(), "output" | "sbom"))
+            .map(|(_, o)| o.clone())
+            .collect();
+        let outputs = output_files(&delivered)
             .into_iter()
             .map(|(name, (size, sha))| (name, json!({"size": size, "sha256": sha})))
             .collect();

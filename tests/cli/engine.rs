@@ -597,4 +597,28 @@ image "merged" {
         std::fs::read_to_string(dir.join("etc/hello-seen")).unwrap(),
         "#!/bin/sh\necho hello\n"
     );
+
+/// The manifest's `outputs` are the files of `out/IMAGE/`, each with its SHA-256; the
+/// intermediate `fs.img` and `disk.raw` are only in their steps' output digests.
+#[test]
+fn the_manifest_lists_the_delivered_files_each_with_its_sha256() {
+    let w = Workspace::new();
+    w.rootfs_tar("rootfs.tar");
+    w.write(
+        "disk.kdl",
+        "image \"d\" {\n    base \"tar\" path=\"rootfs.tar\"\n    disk size=\"16MiB\" {\n        partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\"\n    }\n    output \"raw\"\n}\n",
+    );
+    w.run(&["build", "disk.kdl"]).ok();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("out/d/d.manifest.json")).unwrap()).unwrap();
+    let outputs = m["outputs"].as_object().unwrap();
+    let names: Vec<&str> = outputs.keys().map(String::as_str).collect();
+    assert_eq!(names, ["d.raw", "d.spdx.json"], "{m:#}");
+    for (name, o) in outputs {
+        assert_eq!(
+            o["sha256"],
+            sha256(&w.path(&format!("out/d/{name}"))),
+            "{name}"
+        );
+    }
 }
