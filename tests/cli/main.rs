@@ -4,6 +4,7 @@ mod common;
 mod debian;
 mod elements;
 mod engine;
+mod heal;
 mod lock;
 mod remote;
 mod repro;
