@@ -14,8 +14,12 @@
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   index-v1.sqlite.lock     flock-ed while a damaged index is set aside (never removed)
+//!   index-v1.sqlite.corrupt-<unix time>
+//!                            a damaged index `open` set aside (`PRAGMA quick_check` failed)
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
-//!                            done (see `steplock`)
+//!                            done (see `steplock`); one nobody holds (a killed build's) is
+//!                            removed by the next `Store::open` and by `gc`
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       fresh/ab…              plain copies of large blobs this session stored from files
@@ -23,9 +27,10 @@
 //!                              and moved to the output folder, never read by another session
 //!       trees/<tree digest>    at most two materialised trees a chroot step left
 //!                              (`keep_tree`), taken by the next one that starts from them
-//!       .lock                  flock-ed while that `Store` lives; a session whose lock is
-//!                              free, and any other entry older than an hour, is removed by
-//!                              the next `Store::open`
+//!       .lock                  flock-ed while that `Store` lives; the folder is removed
+//!                              whole when it drops; a session whose lock is free (a killed
+//!                              build's), and any other entry older than an hour, is removed
+//!                              by the next `Store::open`
 //! ```
 //!
 //! The `-v1` in each name is the version of that part's encoding: a change gets a new name, so
@@ -42,7 +47,11 @@
 //!   is already there is success: same digest, same bytes.
 //! - Every read re-hashes what it decompresses and fails with [`StoreError::Corrupt`] instead of
 //!   returning wrong bytes; `blob_to_file` checks the digest before renaming its temp file into
-//!   place.
+//!   place. [`damaged_blob`] finds the blob in any error chain, so that a build can treat it as
+//!   a miss: [`Store::discard_damaged_blob`] deletes it (storing the same content again would
+//!   otherwise keep the bad copy) and [`Store::drop_record`] the records that hold it.
+//! - An index that fails `PRAGMA quick_check` at open (or `integrity_check` in `verify`) is
+//!   renamed aside and replaced by a new one; [`Store::index_reset`] says so.
 //! - `record` checks that every referenced blob exists (the tree's manifest, every file the
 //!   manifest names, every [`FileRef`]) inside the same SQLite write transaction that `gc` holds
 //!   while it sweeps, so a sweep cannot slip between the check and the insert. `lookup` drops a
