@@ -418,6 +418,20 @@ fn a_corrupt_file_blob_fails_an_export() {
     assert!(store.export_dir(&m, &out).unwrap_err().is_corrupt());
     let err = store.export_tar(&m, &mut Vec::new(), None).unwrap_err();
     assert!(err.is_corrupt(), "{err:?}");
+    // The damaged blob is found wherever the error travelled: as is, or inside the
+    // `io::Error` of a reader (whose `source` skips what it wraps).
+    assert_eq!(err.damaged_blob(), Some(digest));
+    let mut buf = Vec::new();
+    let read = store.open_blob(&digest).unwrap().read_to_end(&mut buf);
+    let io_err = std::io::Error::other(read.unwrap_err());
+    assert_eq!(damaged_blob(&io_err), Some(digest));
+    let wrapped = StoreError::Io {
+        path: "pipe".into(),
+        source: io_err,
+    };
+    assert_eq!(wrapped.damaged_blob(), Some(digest));
+    assert_eq!(damaged_blob(&wrapped), Some(digest));
+    assert_eq!(damaged_blob(&std::io::Error::other("unrelated")), None);
 }
 
 #[test]
