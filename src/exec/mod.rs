@@ -181,15 +181,26 @@ enum State {
     Failed,
 }
 
-/// The needed step with the lowest id whose inputs are all done (or not needed at all).
-fn next_ready(plan: &Plan, state: &[State]) -> Option<StepId> {
-    (0..plan.steps.len()).find(|&i| {
-        matches!(state[i], State::Needed)
-            && plan.steps[i]
-                .inputs
-                .iter()
-                .all(|&d| !matches!(state[d], State::Needed | State::Running | State::Failed))
-    })
+/// Whether step `i` is needed and every input it needs is done.
+fn is_ready(plan: &Plan, state: &[State], i: StepId) -> bool {
+    matches!(state[i], State::Needed)
+        && plan.steps[i]
+            .inputs
+            .iter()
+            .all(|&d| !matches!(state[d], State::Needed | State::Running | State::Failed))
+}
+
+/// Keeps `ready`, a stack, to the steps that are ready: drops those that are not any more (a
+/// heal made an input needed again) and pushes those that now are, in plan order, so that
+/// the step that just became ready runs next (a chain of chroot steps goes on with the tree
+/// the previous one kept) and the oldest ready step waits longest.
+fn refresh_ready(plan: &Plan, state: &[State], ready: &mut Vec<StepId>) {
+    ready.retain(|&i| is_ready(plan, state, i));
+    for i in 0..plan.steps.len() {
+        if is_ready(plan, state, i) && !ready.contains(&i) {
+            ready.push(i);
+        }
+    }
 }
 
 impl Executor<'_> {
@@ -279,7 +290,10 @@ impl Executor<'_> {
         let mut out = Outcome::default();
         let mut state = vec![State::Unseen; plan.steps.len()];
         self.resolve(plan, targets.to_vec(), &mut state, &mut out);
-        // Blobs found damaged while a step read them, by step: each heals once.
+        let mut ready = Vec::new();
+        refresh_ready(plan, &state, &mut ready);
+        ready.reverse(); // the first in plan order runs first
+                         // Blobs found damaged while a step read them, by step: each heals once.
         let mut healed: BTreeSet<(StepId, BlobDigest)> = BTreeSet::new();
 
         let threads = self
@@ -296,9 +310,7 @@ impl Executor<'_> {
         let mut running = 0usize;
         pool.in_place_scope(|scope| loop {
             while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
-                let Some(id) = next_ready(plan, &state) else {
-                    break;
-                };
+                let Some(id) = ready.pop() else { break };
                 state[id] = State::Running;
                 let step = &plan.steps[id];
                 let inputs: Vec<StepOutput> =
@@ -353,9 +365,11 @@ impl Executor<'_> {
                             });
                         }
                     }
+                    refresh_ready(plan, &state, &mut ready);
                 }
                 Err(error) => {
                     if self.heal(plan, id, &error, &mut healed, &mut state, &mut out) {
+                        refresh_ready(plan, &state, &mut ready);
                         continue;
                     }
                     state[id] = State::Failed;
@@ -464,10 +478,11 @@ impl Executor<'_> {
     }
 
     /// A step failed on a blob of one of its inputs that is corrupt or gone: that input's
-    /// result is a miss after all. Deletes the blob, drops the records of this build's results
-    /// that reference it (saying so once for each), and makes them needed again, so that they are built (or
-    /// fetched) and the step runs after them, in this same build. False when the failure is
-    /// not that, or the same blob failed this step before (then it is a real failure).
+    /// result is a miss after all. Deletes the blob, drops the records of this build's
+    /// results that reference it (saying so once for each), and makes them needed again, so
+    /// that they are built (or fetched) and the step runs after them, in this same build.
+    /// False when the failure is not that, or the same blob failed this step before (then it
+    /// is a real failure).
     fn heal(
         &self,
         plan: &Plan,
