@@ -168,6 +168,20 @@ fn a_flipped_and_a_truncated_blob_heal_within_the_build() {
             .count()
     };
     assert_eq!(said("output tar", &tar), 1, "{}", r.stderr);
+    // That flip still decodes (zstd has no checksum here): only the BLAKE3 check saw it.
+    assert!(
+        r.stderr
+            .contains(&format!("blob `{tar}` is corrupt: its content hashes to")),
+        "{}",
+        r.stderr
+    );
+    // The truncation does not decode.
+    assert!(
+        r.stderr
+            .contains(&format!("blob `{sh}` is corrupt: it does not decompress")),
+        "{}",
+        r.stderr
+    );
     for label in [
         "fstab",
         "run `echo built > /etc/built-by-run`",
