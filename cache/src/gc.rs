@@ -12,8 +12,8 @@ use rusqlite::{params, TransactionBehavior};
 
 use crate::index::{all_records, now};
 use crate::{
-    BlobDigest, GcPolicy, GcReport, Result, StepKey, StepOutput, StepRecord, Store, StoreError,
-    Usage, VerifyReport,
+    BlobDigest, DropReason, Dropped, GcPolicy, GcReport, Result, StepKey, StepOutput, StepRecord,
+    Store, StoreError, Usage, VerifyReport,
 };
 
 /// The blobs a record references; `None` when they cannot be known (its manifest is gone).
@@ -223,12 +223,16 @@ impl Store {
             }
         }
         drop(tx); // rolls back: nothing was written
+        drop(conn);
+        report.locks_removed = self.remove_stale_locks()?;
         Ok(report)
     }
 
-    /// Re-hashes every blob, deletes the corrupt ones, and drops the records that referenced a
-    /// corrupt or missing blob.
+    /// Checks the index (`PRAGMA integrity_check`; a damaged one is set aside for a new one),
+    /// re-hashes every blob, deletes the corrupt ones, and drops the records that referenced a
+    /// corrupt or missing blob, naming each.
     pub fn verify(&self) -> Result<VerifyReport> {
+        let index_reset = self.check_index()?;
         let blobs = self.blob_files()?;
         let checked: Vec<Option<BlobDigest>> = blobs
             .par_iter()
@@ -239,52 +243,66 @@ impl Store {
             })
             .collect::<Result<_>>()?;
         let corrupt: Vec<BlobDigest> = checked.into_iter().flatten().collect();
+        let corrupt_set: HashSet<_> = corrupt.iter().collect();
 
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let (records, unparsable) = all_records(&tx)?;
+        let mut dropped = Vec::new();
         for key in &unparsable {
+            let (kind, name): (String, String) = tx.query_row(
+                "SELECT kind, name FROM steps WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             tx.execute("DELETE FROM steps WHERE key = ?1", params![key])?;
+            dropped.push(Dropped {
+                key: key.clone(),
+                kind,
+                name,
+                reason: DropReason::Unparsable,
+                blob: None,
+            });
         }
         let mut missing = BTreeSet::new();
-        let mut dropped = unparsable.len();
         for r in &records {
-            let blobs = match self.output_blobs(&r.output) {
-                Ok(b) => b,
-                Err(StoreError::MissingBlob(d)) => {
-                    missing.insert(d);
-                    BTreeSet::new()
-                }
-                Err(e) if e.is_corrupt() => BTreeSet::new(),
+            // The first blob that is gone: a corrupt one (deleted above) or one that was
+            // never there.
+            let gone = match self.output_blobs(&r.output) {
+                Ok(blobs) => blobs.into_iter().find(|b| !self.has_blob(b)),
+                Err(StoreError::MissingBlob(d)) => Some(d),
+                Err(e) if e.is_corrupt() => e.damaged_blob(),
                 Err(e) => return Err(e),
             };
-            let mut bad = r.output.tree.is_some() && blobs.is_empty();
-            for b in &blobs {
-                if !self.has_blob(b) {
-                    missing.insert(*b);
-                    bad = true;
-                }
-            }
-            if bad {
-                tx.execute("DELETE FROM steps WHERE key = ?1", params![r.key.to_hex()])?;
-                dropped += 1;
-            }
+            let Some(d) = gone else { continue };
+            let reason = if corrupt_set.contains(&d) {
+                DropReason::CorruptBlob
+            } else {
+                missing.insert(d);
+                DropReason::MissingBlob
+            };
+            tx.execute("DELETE FROM steps WHERE key = ?1", params![r.key.to_hex()])?;
+            dropped.push(Dropped {
+                key: r.key.to_hex(),
+                kind: r.kind.clone(),
+                name: r.name.clone(),
+                reason,
+                blob: Some(d),
+            });
         }
         tx.commit()?;
-        // A manifest that was deleted as corrupt shows up as missing; report it once.
-        let corrupt_set: HashSet<_> = corrupt.iter().collect();
-        missing.retain(|d| !corrupt_set.contains(d));
         Ok(VerifyReport {
             blobs_checked: blobs.len(),
             corrupt,
             missing: missing.into_iter().collect(),
-            records_dropped: dropped,
+            dropped,
+            index_reset,
         })
     }
 
     /// Whether the blob file at `path` decompresses to content with digest `d`; a corrupt file
     /// is deleted (unless a writer replaced it meanwhile).
-    fn check_blob_file(&self, d: &BlobDigest, path: &Path) -> Result<bool> {
+    pub(crate) fn check_blob_file(&self, d: &BlobDigest, path: &Path) -> Result<bool> {
         let ino = match fs::metadata(path) {
             Ok(m) => m.ino(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),

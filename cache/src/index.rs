@@ -10,7 +10,14 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::{BlobDigest, Result, StepKey, StepOutput, StepRecord, Store, StoreError};
+use crate::{
+    sys, BlobDigest, DropReason, Dropped, IndexReset, Result, StepKey, StepOutput, StepRecord,
+    Store, StoreError, INDEX_FILE,
+};
+
+/// Lock file beside the index, held while a damaged index is set aside, so that two processes
+/// that both find it damaged replace it once. Never removed.
+pub const INDEX_RESET_LOCK: &str = "index-v1.sqlite.lock";
 
 /// Schema migrations, append-only: entry `i` takes the schema from version `i` to `i + 1`.
 /// Never edit or reorder an entry once released; add a new one.
@@ -59,6 +66,111 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     retry_busy(|| migrate(&mut conn, path))?;
     Ok(conn)
+}
+
+/// What SQLite said when the index turned out damaged: corrupt pages, or not a database.
+fn damage(e: &StoreError) -> Option<String> {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, msg))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+            ) =>
+        {
+            Some(msg.clone().unwrap_or_else(|| f.to_string()))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `PRAGMA quick_check` or `integrity_check`: `None` when the index is sound, else the
+/// first problems SQLite lists.
+fn check(conn: &Connection, pragma: &str) -> Result<Option<String>> {
+    let mut stmt = conn.prepare(&format!("PRAGMA {pragma}(5)"))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(match rows.as_slice() {
+        [one] if one == "ok" => None,
+        _ => Some(rows.join("; ")),
+    })
+}
+
+/// Opens the index and checks it: `Ok(Err(problem))` when it is damaged.
+fn open_and_check(path: &Path, pragma: &str) -> Result<std::result::Result<Connection, String>> {
+    let checked = open(path).and_then(|conn| Ok((check(&conn, pragma)?, conn)));
+    match checked {
+        Ok((None, conn)) => Ok(Ok(conn)),
+        Ok((Some(problem), _)) => Ok(Err(problem)),
+        Err(e) => match damage(&e) {
+            Some(problem) => Ok(Err(problem)),
+            None => Err(e),
+        },
+    }
+}
+
+/// Opens the index of the store at `root`, checking its pages (`PRAGMA quick_check`, a few
+/// milliseconds). A damaged index is set aside and replaced by a new one, so one bad page
+/// cannot make every build fail: the blobs stay, the step records are lost.
+pub(crate) fn open_checked(root: &Path) -> Result<(Connection, Option<IndexReset>)> {
+    let path = root.join(INDEX_FILE);
+    match open_and_check(&path, "quick_check")? {
+        Ok(conn) => Ok((conn, None)),
+        Err(problem) => set_aside(root, problem, "quick_check"),
+    }
+}
+
+/// Renames the damaged index (with its WAL) to `index-v1.sqlite.corrupt-<unix time>` and opens
+/// a new one, under [`INDEX_RESET_LOCK`]; the caller must hold no connection to it. When
+/// another process replaced it while this one waited for the lock, its new index is used.
+pub(crate) fn set_aside(
+    root: &Path,
+    problem: String,
+    pragma: &str,
+) -> Result<(Connection, Option<IndexReset>)> {
+    let path = root.join(INDEX_FILE);
+    let lock_path = root.join(INDEX_RESET_LOCK);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(StoreError::io(&lock_path))?;
+    sys::lock_exclusive(&lock).map_err(StoreError::io(&lock_path))?;
+    if let Ok(conn) = open_and_check(&path, pragma)? {
+        return Ok((conn, None));
+    }
+    let stamp = now();
+    let name = |n: u32| match n {
+        0 => format!("{INDEX_FILE}.corrupt-{stamp}"),
+        n => format!("{INDEX_FILE}.corrupt-{stamp}-{n}"),
+    };
+    let mut n = 0;
+    while root.join(name(n)).exists() {
+        n += 1;
+    }
+    let aside = root.join(name(n));
+    let renamed = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io(from)(e)),
+        _ => Ok(()),
+    };
+    renamed(&path, &aside)?;
+    // The WAL goes with it (SQLite finds it by that name), the shared-memory index goes.
+    let with = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    renamed(&with(&path, "-wal"), &with(&aside, "-wal"))?;
+    let _ = std::fs::remove_file(with(&path, "-shm"));
+    let conn = open(&path)?;
+    Ok((
+        conn,
+        Some(IndexReset {
+            set_aside: aside,
+            problem,
+        }),
+    ))
 }
 
 /// Retries `f` while the database is busy. The busy timeout covers most waits, but SQLite
@@ -223,8 +335,14 @@ impl Store {
     }
 
     /// The record of `key`, its `last_used` set to now; `None` when there is none or when a blob
-    /// it references has gone (the record is then dropped).
+    /// it references has gone or is damaged (the record is then dropped).
     pub fn lookup(&self, key: &StepKey) -> Result<Option<StepRecord>> {
+        Ok(self.lookup_or_drop(key)?.0)
+    }
+
+    /// Like [`Store::lookup`], and says which record it dropped and why. A manifest found
+    /// corrupt is deleted too, so that the step's rebuild can store it again.
+    pub fn lookup_or_drop(&self, key: &StepKey) -> Result<(Option<StepRecord>, Option<Dropped>)> {
         let row = self
             .conn()
             .query_row(
@@ -233,44 +351,143 @@ impl Store {
                 Row::from_sql,
             )
             .optional()?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok((None, None));
+        };
         let output_json = row.output.clone();
         match self.complete_record(row)? {
-            Some(mut rec) => {
+            Ok(mut rec) => {
                 let now = now();
                 self.conn().execute(
                     "UPDATE steps SET last_used = ?2 WHERE key = ?1",
                     params![key.to_hex(), now],
                 )?;
                 rec.last_used = now;
-                Ok(Some(rec))
+                Ok((Some(rec), None))
             }
-            None => {
+            Err(dropped) => {
                 // Drop it, unless another process re-recorded the key in between.
-                self.conn().execute(
+                let n = self.conn().execute(
                     "DELETE FROM steps WHERE key = ?1 AND output = ?2",
                     params![key.to_hex(), output_json],
                 )?;
-                Ok(None)
+                Ok((None, (n > 0).then_some(dropped)))
             }
         }
     }
 
-    /// The parsed record if it and every blob it references are there; `None` if something is
-    /// missing or corrupt.
-    fn complete_record(&self, row: Row) -> Result<Option<StepRecord>> {
-        let checked = row.parse().and_then(|rec| {
+    /// Whether `key` has a record whose blobs are all there, without touching anything (no
+    /// `last_used`, no drop): for a plan that only looks.
+    pub fn has_complete_record(&self, key: &StepKey) -> Result<bool> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!("SELECT {ROW_COLUMNS} FROM steps WHERE key = ?1"),
+                [key.to_hex()],
+                Row::from_sql,
+            )
+            .optional()?;
+        let Some(row) = row else { return Ok(false) };
+        let complete = row.parse().and_then(|rec| {
             let blobs = self.output_blobs(&rec.output)?;
-            match self.first_missing(&blobs) {
-                Some(d) => Err(StoreError::MissingBlob(d)),
-                None => Ok(rec),
-            }
+            Ok(self.first_missing(&blobs).is_none())
         });
-        match checked {
-            Ok(rec) => Ok(Some(rec)),
-            Err(e) if matches!(e, StoreError::MissingBlob(_)) || e.is_corrupt() => Ok(None),
+        match complete {
+            Ok(c) => Ok(c),
+            Err(e) if matches!(e, StoreError::MissingBlob(_)) || e.is_corrupt() => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// The parsed record if it and every blob it references are there; what is wrong if
+    /// something is missing or corrupt (a corrupt manifest is deleted).
+    fn complete_record(&self, row: Row) -> Result<std::result::Result<StepRecord, Dropped>> {
+        let (key, kind, name) = (row.key.clone(), row.kind.clone(), row.name.clone());
+        let dropped = |reason, blob| Dropped {
+            key: key.clone(),
+            kind: kind.clone(),
+            name: name.clone(),
+            reason,
+            blob,
+        };
+        let rec = match row.parse() {
+            Ok(rec) => rec,
+            Err(e) if e.is_corrupt() => return Ok(Err(dropped(DropReason::Unparsable, None))),
+            Err(e) => return Err(e),
+        };
+        let checked =
+            self.output_blobs(&rec.output)
+                .and_then(|blobs| match self.first_missing(&blobs) {
+                    Some(d) => Err(StoreError::MissingBlob(d)),
+                    None => Ok(()),
+                });
+        match checked {
+            Ok(()) => Ok(Ok(rec)),
+            Err(StoreError::MissingBlob(d)) => Ok(Err(dropped(DropReason::MissingBlob, Some(d)))),
+            Err(e) if e.is_corrupt() => {
+                let d = e.damaged_blob();
+                if let Some(d) = d {
+                    self.discard_damaged_blob(&d)?;
+                }
+                Ok(Err(dropped(DropReason::CorruptBlob, d)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drops the record of `key` if it still says `output` (another process may have recorded
+    /// the step anew meanwhile): for a result found damaged while it was being used. True if
+    /// a record was dropped.
+    pub fn drop_record(&self, key: &StepKey, output: &StepOutput) -> Result<bool> {
+        let json = serde_json::to_string(output).expect("a step output always encodes");
+        let n = self.conn().execute(
+            "DELETE FROM steps WHERE key = ?1 AND output = ?2",
+            params![key.to_hex(), json],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Whether `output` references blob `d`: as its tree's manifest, a file of that tree, or
+    /// one of its named files. A manifest that cannot be read counts only as itself.
+    pub fn references_blob(&self, output: &StepOutput, d: &BlobDigest) -> bool {
+        if output.files.values().any(|f| f.digest == *d) {
+            return true;
+        }
+        let Some(tree) = &output.tree else {
+            return false;
+        };
+        if tree.0 == d.0 {
+            return true;
+        }
+        self.get_manifest(tree)
+            .is_ok_and(|m| m.file_blobs().any(|b| b == *d))
+    }
+
+    /// Checks blob `d` again and deletes it if its content is wrong, so that the step that
+    /// made it can store it anew (storing content whose blob is "already there" writes
+    /// nothing). True when the blob is now absent: it was damaged, or missing already. A
+    /// good copy (a concurrent writer may have put one back) is kept.
+    pub fn discard_damaged_blob(&self, d: &BlobDigest) -> Result<bool> {
+        let path = self.blob_path(d);
+        let good = self.check_blob_file(d, &path)?;
+        Ok(!good || std::fs::symlink_metadata(&path).is_err())
+    }
+
+    /// Runs SQLite's full `PRAGMA integrity_check` on the index; a damaged index is set aside
+    /// and replaced by a new one, as [`Store::open`] does after its quicker check.
+    pub fn check_index(&self) -> Result<Option<IndexReset>> {
+        let mut conn = self.conn();
+        let problem = match check(&conn, "integrity_check") {
+            Ok(None) => return Ok(None),
+            Ok(Some(p)) => p,
+            Err(e) => damage(&e).ok_or(e)?,
+        };
+        // Close our connection to the damaged file before it is renamed: closing it later
+        // would checkpoint into, and delete, the WAL of the new index by name.
+        drop(std::mem::replace(&mut *conn, Connection::open_in_memory()?));
+        let (fresh, reset) = set_aside(&self.root, problem, "integrity_check")?;
+        *conn = fresh;
+        Ok(reset)
     }
 
     /// Records that step `key` produced `output`. Fails with `MissingBlob` unless every blob the

@@ -14,8 +14,12 @@
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   index-v1.sqlite.lock     flock-ed while a damaged index is set aside (never removed)
+//!   index-v1.sqlite.corrupt-<unix time>
+//!                            a damaged index `open` set aside (`PRAGMA quick_check` failed)
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
-//!                            done (see `steplock`)
+//!                            done (see `steplock`); one nobody holds (a killed build's) is
+//!                            removed by the next `Store::open` and by `gc`
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       fresh/ab…              plain copies of large blobs this session stored from files
@@ -23,9 +27,10 @@
 //!                              and moved to the output folder, never read by another session
 //!       trees/<tree digest>    at most two materialised trees a chroot step left
 //!                              (`keep_tree`), taken by the next one that starts from them
-//!       .lock                  flock-ed while that `Store` lives; a session whose lock is
-//!                              free, and any other entry older than an hour, is removed by
-//!                              the next `Store::open`
+//!       .lock                  flock-ed while that `Store` lives; the folder is removed
+//!                              whole when it drops; a session whose lock is free (a killed
+//!                              build's), and any other entry older than an hour, is removed
+//!                              by the next `Store::open`
 //! ```
 //!
 //! The `-v1` in each name is the version of that part's encoding: a change gets a new name, so
@@ -42,7 +47,11 @@
 //!   is already there is success: same digest, same bytes.
 //! - Every read re-hashes what it decompresses and fails with [`StoreError::Corrupt`] instead of
 //!   returning wrong bytes; `blob_to_file` checks the digest before renaming its temp file into
-//!   place.
+//!   place. [`damaged_blob`] finds the blob in any error chain, so that a build can treat it as
+//!   a miss: [`Store::discard_damaged_blob`] deletes it (storing the same content again would
+//!   otherwise keep the bad copy) and [`Store::drop_record`] the records that hold it.
+//! - An index that fails `PRAGMA quick_check` at open (or `integrity_check` in `verify`) is
+//!   renamed aside and replaced by a new one; [`Store::index_reset`] says so.
 //! - `record` checks that every referenced blob exists (the tree's manifest, every file the
 //!   manifest names, every [`FileRef`]) inside the same SQLite write transaction that `gc` holds
 //!   while it sweeps, so a sweep cannot slip between the check and the insert. `lookup` drops a
@@ -106,6 +115,7 @@ pub use blob::BlobReader;
 pub use bundle::BundleStats;
 pub use remote::{Credentials, Remote, RemoteError};
 pub use steplock::{Claim, StepLock, LOCKS_DIR};
+pub use sys::try_lock_exclusive;
 pub use tree::{diff, Checkout};
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.
@@ -235,6 +245,23 @@ impl StoreError {
         )
     }
 
+    /// The blob this error found damaged or missing: content that does not match its digest,
+    /// does not decompress, a manifest that does not parse, or a blob that is not there. A
+    /// build treats such a blob as a cache miss of the step that produced it.
+    pub fn damaged_blob(&self) -> Option<BlobDigest> {
+        match self {
+            StoreError::Corrupt { digest, .. } | StoreError::Undecodable { digest, .. } => {
+                Some(*digest)
+            }
+            StoreError::MissingBlob(d) => Some(*d),
+            StoreError::BadManifest { digest, .. } => Some(BlobDigest(digest.0)),
+            // A read that failed inside a stream (a tar export reading a blob) carries the
+            // store's own error inside the `io::Error`.
+            StoreError::Io { source, .. } => damaged_in_io(source),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StoreError {
         let path = path.into();
         move |source| StoreError::Io { path, source }
@@ -246,6 +273,35 @@ impl StoreError {
             reason: reason.into(),
         }
     }
+}
+
+fn damaged_in_io(e: &std::io::Error) -> Option<BlobDigest> {
+    let inner = e.get_ref()?;
+    if let Some(s) = inner.downcast_ref::<StoreError>() {
+        return s.damaged_blob();
+    }
+    inner
+        .downcast_ref::<std::io::Error>()
+        .and_then(damaged_in_io)
+}
+
+/// The damaged or missing blob somewhere in `err`'s chain of sources (see
+/// [`StoreError::damaged_blob`]), looking inside `io::Error`s too, whose `source` skips the
+/// error they wrap.
+pub fn damaged_blob(err: &(dyn std::error::Error + 'static)) -> Option<BlobDigest> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(s) = e.downcast_ref::<StoreError>() {
+            if let Some(d) = s.damaged_blob() {
+                return Some(d);
+            }
+        }
+        if let Some(d) = e.downcast_ref::<std::io::Error>().and_then(damaged_in_io) {
+            return Some(d);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -349,6 +405,42 @@ pub struct GcReport {
     pub records_removed: usize,
     pub blobs_removed: usize,
     pub bytes_freed: u64,
+    /// Lock files under `locks/` that no process held (left by a killed build).
+    pub locks_removed: usize,
+}
+
+/// Why a step record was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropReason {
+    /// A blob it references failed its check (and was deleted).
+    CorruptBlob,
+    /// A blob it references is not in the store.
+    MissingBlob,
+    /// The row itself does not parse.
+    Unparsable,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DropReason::CorruptBlob => "a blob it references is corrupt",
+            DropReason::MissingBlob => "a blob it references is missing",
+            DropReason::Unparsable => "its record does not parse",
+        })
+    }
+}
+
+/// A step record the store dropped because it could no longer be used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    /// The key as stored (hex; an unparsable row may not hold a digest).
+    pub key: String,
+    pub kind: String,
+    pub name: String,
+    pub reason: DropReason,
+    /// The blob concerned, when known.
+    pub blob: Option<BlobDigest>,
 }
 
 #[derive(Debug, Default)]
@@ -358,8 +450,21 @@ pub struct VerifyReport {
     pub corrupt: Vec<BlobDigest>,
     /// Blobs some record referenced that were not in the store at all.
     pub missing: Vec<BlobDigest>,
-    /// Records dropped because a blob they reference was corrupt or missing.
-    pub records_dropped: usize,
+    /// Records dropped because a blob they reference was corrupt or missing, or because they
+    /// did not parse.
+    pub dropped: Vec<Dropped>,
+    /// The index failed `PRAGMA integrity_check` and was set aside for a new one.
+    pub index_reset: Option<IndexReset>,
+}
+
+/// The index was damaged (it failed SQLite's check, or does not open as a database): it was
+/// renamed aside and a new, empty one made. Blobs stay; step records are lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexReset {
+    /// Where the damaged index now is (`index-v1.sqlite.corrupt-<unix time>`).
+    pub set_aside: PathBuf,
+    /// What SQLite said about it.
+    pub problem: String,
 }
 
 #[derive(Debug, Default)]
@@ -379,6 +484,8 @@ pub struct Store {
     /// The open `.lock` of the session dir, flock-ed for the life of the store.
     _session_lock: std::fs::File,
     db: std::sync::Mutex<rusqlite::Connection>,
+    /// Set when `open` found the index damaged and replaced it.
+    index_reset: Option<IndexReset>,
 }
 
 // The executor shares one store across rayon workers.
@@ -400,14 +507,23 @@ impl Store {
         tmp::write_cachedir_tag(&root)?;
         tmp::remove_stale(&tmp);
         let (session, session_lock) = tmp::new_session(&tmp)?;
-        let db = index::open(&root.join(INDEX_FILE))?;
-        Ok(Store {
+        let (db, index_reset) = index::open_checked(&root)?;
+        let store = Store {
             root,
             blobs,
             session,
             _session_lock: session_lock,
             db: std::sync::Mutex::new(db),
-        })
+            index_reset,
+        };
+        // Best effort: a lock file a killed build left behind blocks nobody, but is litter.
+        let _ = store.remove_stale_locks();
+        Ok(store)
+    }
+
+    /// The damaged index `open` set aside (and replaced by a new one), if it did.
+    pub fn index_reset(&self) -> Option<&IndexReset> {
+        self.index_reset.as_ref()
     }
 
     pub fn root(&self) -> &Path {

@@ -83,6 +83,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Removes the lock files nobody holds: what a killed build left (the kernel releases a
+    /// dead process's `flock`, so such a file never blocks, but it stays). Each is removed
+    /// while this process holds its lock, so a builder that opened the same file meanwhile
+    /// sees it gone (the inode check in `lock_step`) and locks a new one. Returns how many.
+    pub fn remove_stale_locks(&self) -> Result<usize> {
+        let dir = self.root().join(LOCKS_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io(&dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry.map_err(StoreError::io(&dir))?.path();
+            let Ok(file) = File::open(&path) else {
+                continue; // removed meanwhile, or not ours to open
+            };
+            if !sys::try_lock_exclusive(&file).map_err(StoreError::io(&path))? {
+                continue; // a build holds it
+            }
+            let ours = file.metadata().map_err(StoreError::io(&path))?;
+            let same = fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev() && m.is_file());
+            if same && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 impl Drop for StepLock {
     fn drop(&mut self) {
         // Remove while still holding the lock; waiters on this inode then see it is gone.

@@ -172,8 +172,24 @@ pub(crate) fn set_times_nofollow(path: &Path, secs: i64) -> io::Result<()> {
     })
 }
 
+/// Takes an exclusive flock, waiting for it.
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
+    loop {
+        // SAFETY: the fd is valid for the life of `file`.
+        let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// Takes an exclusive flock without waiting: `Ok(false)` when another open file holds it.
-pub(crate) fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+/// Works on a directory opened read-only too.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
     // SAFETY: the fd is valid for the life of `file`.
     let ret = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if ret == 0 {

@@ -67,9 +67,19 @@ pub(crate) fn new_session(tmp: &Path) -> Result<(PathBuf, File)> {
     Ok((session, lock))
 }
 
-/// Called when a `Store` drops: removes its session dir unless something made in it outlives
-/// the store (a `TempDir` still held), which a later open removes once it is an hour old.
+/// Called when a `Store` drops: removes its session dir with everything in it (plain copies
+/// nobody took, kept trees, the scratch dirs of steps), the lock last, so that no other
+/// process can take the dir for a dead one while it is being emptied. Whatever resists (a
+/// `TempDir` that outlives its store and is being written) is removed by a later open once
+/// it is an hour old.
 pub(crate) fn end_session(session: &Path) {
+    if let Ok(dir) = fs::read_dir(session) {
+        for entry in dir.flatten() {
+            if entry.file_name() != LOCK_FILE {
+                remove_any(&entry.path());
+            }
+        }
+    }
     let _ = fs::remove_file(session.join(LOCK_FILE));
     let _ = fs::remove_dir(session);
 }

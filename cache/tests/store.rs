@@ -377,7 +377,20 @@ fn a_corrupt_blob_is_never_handed_out() {
     let mut expected = vec![r.digest, other.digest];
     expected.sort();
     assert_eq!(corrupt_found, expected);
-    assert_eq!(report.records_dropped, 2);
+    let mut dropped: Vec<(&str, DropReason)> = report
+        .dropped
+        .iter()
+        .map(|d| (d.name.as_str(), d.reason))
+        .collect();
+    dropped.sort_by_key(|d| d.0);
+    assert_eq!(
+        dropped,
+        [
+            ("one", DropReason::CorruptBlob),
+            ("two", DropReason::CorruptBlob)
+        ]
+    );
+    assert!(report.missing.is_empty(), "{:?}", report.missing);
     assert!(!store.has_blob(&r.digest), "a corrupt blob is deleted");
     assert_eq!(store.lookup(&key(1)).unwrap(), None);
     assert!(store.list().unwrap().is_empty());
@@ -386,7 +399,7 @@ fn a_corrupt_blob_is_never_handed_out() {
     assert_eq!(store.put_bytes(&content).unwrap(), r);
     assert_eq!(store.read_blob(&r.digest).unwrap(), content);
     let clean = store.verify().unwrap();
-    assert!(clean.corrupt.is_empty() && clean.records_dropped == 0);
+    assert!(clean.corrupt.is_empty() && clean.dropped.is_empty());
 }
 
 #[test]
@@ -405,6 +418,20 @@ fn a_corrupt_file_blob_fails_an_export() {
     assert!(store.export_dir(&m, &out).unwrap_err().is_corrupt());
     let err = store.export_tar(&m, &mut Vec::new(), None).unwrap_err();
     assert!(err.is_corrupt(), "{err:?}");
+    // The damaged blob is found wherever the error travelled: as is, or inside the
+    // `io::Error` of a reader (whose `source` skips what it wraps).
+    assert_eq!(err.damaged_blob(), Some(digest));
+    let mut buf = Vec::new();
+    let read = store.open_blob(&digest).unwrap().read_to_end(&mut buf);
+    let io_err = std::io::Error::other(read.unwrap_err());
+    assert_eq!(damaged_blob(&io_err), Some(digest));
+    let wrapped = StoreError::Io {
+        path: "pipe".into(),
+        source: io_err,
+    };
+    assert_eq!(wrapped.damaged_blob(), Some(digest));
+    assert_eq!(damaged_blob(&wrapped), Some(digest));
+    assert_eq!(damaged_blob(&std::io::Error::other("unrelated")), None);
 }
 
 #[test]
@@ -948,7 +975,7 @@ fn two_stores_on_one_root_from_two_threads() {
             );
         }
     }
-    assert_eq!(store.verify().unwrap().records_dropped, 0);
+    assert_eq!(store.verify().unwrap().dropped.len(), 0);
 }
 
 #[test]
@@ -1100,4 +1127,141 @@ fn a_failed_write_leaves_no_blob_and_no_temp_file() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [".lock"]);
+}
+
+#[test]
+fn a_dropped_store_removes_its_session_folder_with_what_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // A plain copy nobody took (`fresh/`) and a scratch dir of a step that is done.
+    let big = dir.path().join("big");
+    fs::write(&big, vec![7u8; 1 << 20]).unwrap();
+    store.put_file_keep(&big, &mut |_| {}).unwrap();
+    drop(store.tmp_dir("step-").unwrap());
+    let sessions = || -> Vec<_> {
+        fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect()
+    };
+    assert_eq!(sessions().len(), 1);
+    drop(store);
+    assert!(sessions().is_empty(), "{:?}", sessions());
+}
+
+#[test]
+fn lock_files_nobody_holds_are_removed_and_a_held_one_stays() {
+    let (_d, store) = store();
+    let held = match store.lock_step(&key(1), &mut || {}, &|| false).unwrap() {
+        Claim::Held { lock, .. } => lock,
+        Claim::GaveUp => panic!("nobody else holds it"),
+    };
+    // What a killed build leaves: the file, its flock gone with the process.
+    let locks = store.root().join(LOCKS_DIR);
+    fs::write(locks.join(key(2).to_hex()), "").unwrap();
+    // Another open file of the store (another build) sweeps.
+    let other = Store::open(store.root()).unwrap();
+    assert!(!locks.join(key(2).to_hex()).exists());
+    assert!(locks.join(key(1).to_hex()).exists(), "a held lock stays");
+    fs::write(locks.join(key(3).to_hex()), "").unwrap();
+    assert_eq!(
+        other
+            .gc(&GcPolicy::OlderThan(1 << 40))
+            .unwrap()
+            .locks_removed,
+        1
+    );
+    assert!(locks.join(key(1).to_hex()).exists());
+    // The holder is not disturbed: a second claim still waits for it.
+    let mut waited = false;
+    let claim = other
+        .lock_step(&key(1), &mut || waited = true, &|| true)
+        .unwrap();
+    assert!(matches!(claim, Claim::GaveUp) && waited);
+    drop(held);
+    assert_eq!(fs::read_dir(&locks).unwrap().count(), 0);
+}
+
+#[test]
+fn a_damaged_index_is_set_aside_once_and_the_blobs_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let blob = {
+        let store = Store::open(&root).unwrap();
+        let r = store.put_bytes(b"kept across the reset").unwrap();
+        for i in 0..200u8 {
+            store
+                .record(
+                    &key(i),
+                    "files",
+                    &format!("step {i}"),
+                    &files_output(&[("f", &r)]),
+                )
+                .unwrap();
+        }
+        r
+    };
+    let index = root.join(INDEX_FILE);
+    let mut bytes = fs::read(&index).unwrap();
+    let mid = (bytes.len() / 2) & !4095;
+    bytes[mid..mid + 4096].fill(0xa5);
+    fs::write(&index, bytes).unwrap();
+
+    let store = Store::open(&root).unwrap();
+    let reset = store.index_reset().expect("the damage is found at open");
+    assert!(reset.set_aside.exists(), "{reset:?}");
+    assert!(reset
+        .set_aside
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("index-v1.sqlite.corrupt-"));
+    assert!(store.list().unwrap().is_empty(), "records are lost");
+    assert_eq!(
+        store.read_blob(&blob.digest).unwrap(),
+        b"kept across the reset"
+    );
+    store
+        .record(&key(1), "files", "again", &files_output(&[("f", &blob)]))
+        .unwrap();
+    drop(store);
+    // The new index is sound: nothing is set aside again.
+    let store = Store::open(&root).unwrap();
+    assert!(store.index_reset().is_none());
+    assert!(store.lookup(&key(1)).unwrap().is_some());
+    assert!(store.check_index().unwrap().is_none());
+}
+
+#[test]
+fn a_lookup_drops_a_record_whose_manifest_is_corrupt_and_says_so() {
+    let (d, store) = store();
+    let src = d.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "content").unwrap();
+    let m = store.import_dir(&src, &ImportOptions::default()).unwrap();
+    let tree = store.put_manifest(&m).unwrap();
+    let out = StepOutput {
+        tree: Some(tree),
+        ..Default::default()
+    };
+    store.record(&key(1), "files", "tree", &out).unwrap();
+    corrupt(&store, &BlobDigest::from(tree));
+    assert!(!store.has_complete_record(&key(1)).unwrap());
+    let (hit, dropped) = store.lookup_or_drop(&key(1)).unwrap();
+    assert!(hit.is_none());
+    let dropped = dropped.expect("a drop is reported");
+    assert_eq!(
+        (dropped.name.as_str(), dropped.reason, dropped.blob),
+        (
+            "tree",
+            DropReason::CorruptBlob,
+            Some(BlobDigest::from(tree))
+        )
+    );
+    // The corrupt manifest is gone, so storing the tree again really writes it.
+    assert!(!store.has_blob(&BlobDigest::from(tree)));
+    assert_eq!(store.put_manifest(&m).unwrap(), tree);
+    store.get_manifest(&tree).unwrap();
+    assert_eq!(store.lookup_or_drop(&key(1)).unwrap(), (None, None));
 }

@@ -644,14 +644,29 @@ fn missing_tools(missing: &[Tool]) -> CliError {
 }
 
 fn open_store(dir: &Path) -> Result<Store, CliError> {
-    Store::open(dir).map_err(|e| CliError::Environment {
+    let store = Store::open(dir).map_err(|e| CliError::Environment {
         message: format!(
             "cannot open the cache at `{}`: {}",
             dir.display(),
             error_chain(&e)
         ),
         help: Some("choose another place with --cache-dir or IMGSPEC_CACHE_DIR".into()),
-    })
+    })?;
+    if let Some(r) = store.index_reset() {
+        eprintln!("{}", index_reset_notice(r));
+    }
+    Ok(store)
+}
+
+/// What to say, once, when the cache's index was found damaged and replaced.
+fn index_reset_notice(r: &imgspec_cache::IndexReset) -> String {
+    format!(
+        "WARNING  the cache index was damaged ({}); it was set aside as `{}` and a new one \
+         started. The blobs are kept, the step results are not: steps are built again (or \
+         fetched from the remote cache).",
+        r.problem,
+        r.set_aside.display()
+    )
 }
 
 #[derive(Serialize)]
@@ -832,21 +847,42 @@ fn build(
         remote_write: remote.is_some_and(|(_, w)| *w),
     };
     let t = std::time::Instant::now();
-    let outcome = exec.run(&plan, &targets);
-    if outcome.interrupted {
-        return Err(CliError::Interrupted);
-    }
-
+    let mut outcome = exec.run(&plan, &targets);
     let mut failed_images = Vec::new();
     let mut summary = Vec::new();
+    let mut heals = 0;
     for img in &images {
-        let outs: Option<Vec<_>> = img.outputs.iter().map(|i| outcome.outputs.get(i)).collect();
-        let Some(outs) = outs else {
+        let dir = out_dir.join(&img.name);
+        let written = loop {
+            if outcome.interrupted {
+                return Err(CliError::Interrupted);
+            }
+            let outs: Option<Vec<_>> = img.outputs.iter().map(|i| outcome.outputs.get(i)).collect();
+            let Some(outs) = outs else {
+                break None;
+            };
+            let e = match crate::outputs::materialise(&ctx.store, &outs, &dir) {
+                Ok(w) => break Some(w),
+                Err(e) => e,
+            };
+            // A damaged blob of an output step: its result is a miss after all. The step is
+            // built again and the folder written then (the old one is still whole).
+            let again = if heals < MAX_OUTPUT_HEALS {
+                heal_outputs(&ctx.store, &plan, img, &dir, &outcome, &e, rep.as_ref())
+            } else {
+                Vec::new()
+            };
+            if again.is_empty() {
+                return Err(internal(e));
+            }
+            heals += 1;
+            let rerun = exec.run(&plan, &again);
+            outcome.absorb(rerun);
+        };
+        let Some(written) = written else {
             failed_images.push(img.name.clone());
             continue;
         };
-        let dir = out_dir.join(&img.name);
-        let written = crate::outputs::materialise(&ctx.store, &outs, &dir).map_err(internal)?;
         for &id in &img.steps {
             let s = &plan.steps[id];
             let parts = serde_json::to_string(&s.parts).map_err(internal)?;
@@ -905,6 +941,58 @@ fn build(
         return Err(CliError::BuildFailed(msg.join("\n")));
     }
     Ok(())
+}
+
+/// How many times one build rebuilds output steps whose blobs were found damaged while the
+/// output folder was written (each time another blob: a disk that keeps damaging what is
+/// written to it is not worked around forever).
+const MAX_OUTPUT_HEALS: usize = 4;
+
+/// Drops the records of `img`'s output steps that reference the blob `e` found damaged (and
+/// the blob itself), saying so; returns those steps, to be built again (none when `e` is not
+/// about a damaged blob of theirs).
+fn heal_outputs(
+    store: &Store,
+    plan: &Plan,
+    img: &crate::plan::ImagePlan,
+    dir: &Path,
+    outcome: &crate::exec::Outcome,
+    e: &crate::outputs::OutputError,
+    rep: &dyn Reporter,
+) -> Vec<StepId> {
+    let Some(d) = e.damaged_blob() else {
+        return Vec::new();
+    };
+    let d = &d;
+    let steps: Vec<StepId> = img
+        .outputs
+        .iter()
+        .copied()
+        .filter(|i| {
+            outcome
+                .outputs
+                .get(i)
+                .is_some_and(|o| store.references_blob(o, d))
+        })
+        .collect();
+    if steps.is_empty() || store.discard_damaged_blob(d).is_err() {
+        return Vec::new();
+    }
+    for &id in &steps {
+        let step = &plan.steps[id];
+        if let Some(o) = outcome.outputs.get(&id) {
+            let _ = store.drop_record(&step.key, o);
+        }
+        rep.event(&crate::exec::Event::CacheDamaged {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            blob: Some(d.to_hex()),
+            problem: error_chain(e),
+            found_by: Some(format!("{}/", dir.display())),
+        });
+    }
+    steps
 }
 
 /// One line (and its log) per failed step: what a failed build, lock or verify says.
@@ -1085,6 +1173,12 @@ fn cache(
                 r.blobs_removed,
                 human_bytes(r.bytes_freed)
             );
+            if r.locks_removed > 0 {
+                println!(
+                    "removed {} lock files no build held (left by killed builds)",
+                    r.locks_removed
+                );
+            }
             // Locked `.deb` files go only when specs say what to keep (they may be the only
             // copy left once the mirror has moved on).
             if let Some(locks) = keep_locks {
@@ -1097,16 +1191,40 @@ fn cache(
         }
         CacheCommand::Verify => {
             let r = store.verify().map_err(internal)?;
+            if let Some(reset) = &r.index_reset {
+                println!("{}", index_reset_notice(reset));
+            }
             println!(
-                "checked {} blobs: {} corrupt (removed), {} step results dropped",
+                "checked the index and {} blobs: {} corrupt (removed), {} missing, {} step \
+                 results dropped",
                 r.blobs_checked,
                 r.corrupt.len(),
-                r.records_dropped
+                r.missing.len(),
+                r.dropped.len()
             );
             for d in &r.corrupt {
                 println!("  corrupt: {d}");
             }
-            if !r.corrupt.is_empty() {
+            for d in &r.missing {
+                println!("  missing: {d}");
+            }
+            for d in &r.dropped {
+                let blob = d.blob.map(|b| format!(" (blob {})", b.short()));
+                println!(
+                    "  dropped: {} `{}` ({}): {}{}",
+                    d.kind,
+                    d.name,
+                    &d.key[..d.key.len().min(12)],
+                    d.reason,
+                    blob.unwrap_or_default()
+                );
+            }
+            let clean = r.corrupt.is_empty()
+                && r.missing.is_empty()
+                && r.dropped.is_empty()
+                && r.index_reset.is_none()
+                && store.index_reset().is_none(); // found when the cache was opened
+            if !clean {
                 return Err(CliError::BuildFailed(String::new()));
             }
         }
@@ -1223,8 +1341,10 @@ fn direct_kernel(
 }
 
 /// Whether a step's result is in the store (and whole).
+/// Whether the step's result is in the cache, changing nothing: a damaged record is left for
+/// the build's own lookup to drop and report.
 fn cached(store: &Store, key: &imgspec_cache::StepKey) -> bool {
-    matches!(store.lookup(key), Ok(Some(_)))
+    matches!(store.has_complete_record(key), Ok(true))
 }
 
 fn human_bytes(n: u64) -> String {

@@ -64,6 +64,27 @@ fn line(e: &Event) -> Option<String> {
             "WARNING  {label}: the remote cache's result was refused and the step will be built \
              here\n         ({error})"
         ),
+        Event::CacheDamaged {
+            label,
+            blob,
+            problem,
+            found_by,
+            ..
+        } => {
+            let blob = blob
+                .as_deref()
+                .map(|b| format!(" (blob {})", &b[..b.len().min(12)]))
+                .unwrap_or_default();
+            let by = found_by
+                .as_deref()
+                .map(|f| format!(", found by {f}"))
+                .unwrap_or_default();
+            format!(
+                "WARNING  {label}: its cached result is damaged{blob}{by}; dropped it, the step \
+                 is built again\n         ({})",
+                problem.replace('\n', "\n         ")
+            )
+        }
         Event::StepUploaded {
             label,
             blobs,
@@ -79,7 +100,9 @@ fn line(e: &Event) -> Option<String> {
 impl Reporter for PlainReporter {
     fn event(&self, e: &Event) {
         if let Some(l) = line(e) {
-            eprintln!("[{}] {l}", clock());
+            // Not `eprintln!`: a closed standard error (`imgspec build 2>&1 | head`) must not
+            // panic a worker thread.
+            let _ = writeln!(std::io::stderr().lock(), "[{}] {l}", clock());
         }
     }
 }

@@ -6,13 +6,13 @@
 //! step leaves nothing behind. A failure stops the steps that depend on it; the others go on.
 //! Progress goes through the [`Reporter`] trait: the executor prints nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use imgspec_cache::{Claim, Remote, RemoteError, StepOutput, StepRecord, Store};
+use imgspec_cache::{BlobDigest, Claim, Remote, RemoteError, StepOutput, StepRecord, Store};
 use serde::Serialize;
 
 use crate::plan::{Plan, StepId};
@@ -74,6 +74,18 @@ pub enum Event {
         label: String,
         error: String,
     },
+    /// A step's cached result turned out damaged (a blob it references is corrupt or gone):
+    /// its record (and the damaged blob) were dropped, and the step is built again (or
+    /// fetched) in this build. `found_by` is the step, or the output folder, that read it;
+    /// none when the lookup itself found it.
+    CacheDamaged {
+        key: String,
+        kind: String,
+        label: String,
+        blob: Option<String>,
+        problem: String,
+        found_by: Option<String>,
+    },
     /// A step built here was uploaded to the remote cache.
     StepUploaded {
         key: String,
@@ -121,6 +133,25 @@ impl Outcome {
     pub fn ok(&self) -> bool {
         self.failed.is_empty() && self.skipped.is_empty() && !self.interrupted
     }
+
+    /// Takes in a later run of the same build (some steps run again): its outputs replace
+    /// these, what it built or fetched counts as built or fetched.
+    pub fn absorb(&mut self, later: Outcome) {
+        let add = |to: &mut Vec<StepId>, from: Vec<StepId>| {
+            for id in from {
+                if !to.contains(&id) {
+                    to.push(id);
+                }
+            }
+        };
+        self.cached.retain(|i| !later.built.contains(i));
+        self.outputs.extend(later.outputs);
+        add(&mut self.built, later.built);
+        add(&mut self.from_remote, later.from_remote);
+        self.failed.extend(later.failed);
+        add(&mut self.skipped, later.skipped);
+        self.interrupted |= later.interrupted;
+    }
 }
 
 pub struct Executor<'a> {
@@ -143,9 +174,33 @@ pub struct Executor<'a> {
 #[derive(Clone, Debug)]
 enum State {
     Unseen,
+    /// To be built: waits for its needed inputs, then is ready.
     Needed,
+    Running,
     Done,
     Failed,
+}
+
+/// Whether step `i` is needed and every input it needs is done.
+fn is_ready(plan: &Plan, state: &[State], i: StepId) -> bool {
+    matches!(state[i], State::Needed)
+        && plan.steps[i]
+            .inputs
+            .iter()
+            .all(|&d| !matches!(state[d], State::Needed | State::Running | State::Failed))
+}
+
+/// Keeps `ready`, a stack, to the steps that are ready: drops those that are not any more (a
+/// heal made an input needed again) and pushes those that now are, in plan order, so that
+/// the step that just became ready runs next (a chain of chroot steps goes on with the tree
+/// the previous one kept) and the oldest ready step waits longest.
+fn refresh_ready(plan: &Plan, state: &[State], ready: &mut Vec<StepId>) {
+    ready.retain(|&i| is_ready(plan, state, i));
+    for i in 0..plan.steps.len() {
+        if is_ready(plan, state, i) && !ready.contains(&i) {
+            ready.push(i);
+        }
+    }
 }
 
 impl Executor<'_> {
@@ -234,75 +289,12 @@ impl Executor<'_> {
     ) -> Outcome {
         let mut out = Outcome::default();
         let mut state = vec![State::Unseen; plan.steps.len()];
-        // Top-down: a cached step cuts off everything above it.
-        let mut stack: Vec<StepId> = targets.to_vec();
-        while let Some(id) = stack.pop() {
-            if !matches!(state[id], State::Unseen) {
-                continue;
-            }
-            let step = &plan.steps[id];
-            let lookup = if self.fresh.contains(&id) {
-                Ok(None)
-            } else {
-                self.store.lookup(&step.key)
-            };
-            match lookup {
-                Ok(Some(rec)) => {
-                    state[id] = State::Done;
-                    out.outputs.insert(id, rec.output);
-                    out.cached.push(id);
-                    self.reporter.event(&Event::StepCached {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        source: CacheSource::Local,
-                    });
-                }
-                // A broken index row is a miss: the step is built again, unless the remote
-                // cache has it.
-                Ok(None) | Err(_) => match self.fetch_from_remote(plan, id) {
-                    Some(rec) => {
-                        state[id] = State::Done;
-                        out.outputs.insert(id, rec.output);
-                        out.cached.push(id);
-                        out.from_remote.push(id);
-                        self.reporter.event(&Event::StepCached {
-                            key: step.key.to_hex(),
-                            kind: step.kind().into(),
-                            label: step.label.clone(),
-                            source: CacheSource::Remote,
-                        });
-                    }
-                    None => {
-                        state[id] = State::Needed;
-                        stack.extend(&step.inputs);
-                    }
-                },
-            }
-        }
-        let needed: Vec<StepId> = (0..plan.steps.len())
-            .filter(|&i| matches!(state[i], State::Needed))
-            .collect();
-        let mut waiting: BTreeMap<StepId, usize> = needed
-            .iter()
-            .map(|&i| {
-                let n = plan.steps[i]
-                    .inputs
-                    .iter()
-                    .filter(|&&d| matches!(state[d], State::Needed))
-                    .count();
-                (i, n)
-            })
-            .collect();
-        let mut ready: Vec<StepId> = waiting
-            .iter()
-            .filter(|(_, &n)| n == 0)
-            .map(|(&i, _)| i)
-            .collect();
-        ready.reverse();
-        for i in &ready {
-            waiting.remove(i);
-        }
+        self.resolve(plan, targets.to_vec(), &mut state, &mut out);
+        let mut ready = Vec::new();
+        refresh_ready(plan, &state, &mut ready);
+        ready.reverse(); // the first in plan order runs first
+                         // Blobs found damaged while a step read them, by step: each heals once.
+        let mut healed: BTreeSet<(StepId, BlobDigest)> = BTreeSet::new();
 
         let threads = self
             .jobs
@@ -319,6 +311,7 @@ impl Executor<'_> {
         pool.in_place_scope(|scope| loop {
             while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
                 let Some(id) = ready.pop() else { break };
+                state[id] = State::Running;
                 let step = &plan.steps[id];
                 let inputs: Vec<StepOutput> =
                     step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
@@ -327,7 +320,12 @@ impl Executor<'_> {
                 let tx = tx.clone();
                 scope.spawn(move |_| {
                     let t = Instant::now();
-                    let r = self.run_one(plan, id, inputs, log);
+                    // Always answer, even if something panics (a reporter on a closed
+                    // terminal): the loop below waits for every step it started.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.run_one(plan, id, inputs, log)
+                    }))
+                    .unwrap_or(Err(StepError::Internal("the step panicked")));
                     let _ = tx.send((id, r, t.elapsed().as_secs_f64()));
                 });
             }
@@ -367,22 +365,13 @@ impl Executor<'_> {
                             });
                         }
                     }
-                    for (&d, n) in waiting.iter_mut() {
-                        if plan.steps[d].inputs.contains(&id) {
-                            *n -= 1;
-                        }
-                    }
-                    let now: Vec<StepId> = waiting
-                        .iter()
-                        .filter(|(_, &n)| n == 0)
-                        .map(|(&i, _)| i)
-                        .collect();
-                    for i in now {
-                        waiting.remove(&i);
-                        ready.push(i);
-                    }
+                    refresh_ready(plan, &state, &mut ready);
                 }
                 Err(error) => {
+                    if self.heal(plan, id, &error, &mut healed, &mut state, &mut out) {
+                        refresh_ready(plan, &state, &mut ready);
+                        continue;
+                    }
                     state[id] = State::Failed;
                     let log = self.log_path(plan, id);
                     self.reporter.event(&Event::StepFailed {
@@ -402,8 +391,9 @@ impl Executor<'_> {
         });
         out.interrupted = self.cancel.load(Ordering::SeqCst);
         // Whatever did not run: it depended on a failure, or the build was interrupted.
-        let mut left: Vec<StepId> = waiting.into_keys().chain(ready).collect();
-        left.sort_unstable();
+        let left: Vec<StepId> = (0..plan.steps.len())
+            .filter(|&i| matches!(state[i], State::Needed))
+            .collect();
         for id in left {
             let step = &plan.steps[id];
             let because = if out.interrupted {
@@ -425,6 +415,131 @@ impl Executor<'_> {
             out.skipped.push(id);
         }
         out
+    }
+
+    /// The lookup phase, top-down from `stack`: a step found in the cache (local, else remote)
+    /// is done and cuts off everything above it; a missing one is needed, and so are its
+    /// inputs' lookups. A record found damaged is dropped (said once) and is a miss.
+    fn resolve(&self, plan: &Plan, mut stack: Vec<StepId>, state: &mut [State], out: &mut Outcome) {
+        while let Some(id) = stack.pop() {
+            if !matches!(state[id], State::Unseen) {
+                continue;
+            }
+            let step = &plan.steps[id];
+            let lookup = if self.fresh.contains(&id) {
+                Ok((None, None))
+            } else {
+                self.store.lookup_or_drop(&step.key)
+            };
+            if let Ok((_, Some(dropped))) = &lookup {
+                self.reporter.event(&Event::CacheDamaged {
+                    key: step.key.to_hex(),
+                    kind: step.kind().into(),
+                    label: step.label.clone(),
+                    blob: dropped.blob.map(|d| d.to_hex()),
+                    problem: dropped.reason.to_string(),
+                    found_by: None,
+                });
+            }
+            match lookup {
+                Ok((Some(rec), _)) => {
+                    state[id] = State::Done;
+                    out.outputs.insert(id, rec.output);
+                    out.cached.push(id);
+                    self.reporter.event(&Event::StepCached {
+                        key: step.key.to_hex(),
+                        kind: step.kind().into(),
+                        label: step.label.clone(),
+                        source: CacheSource::Local,
+                    });
+                }
+                // A broken index row is a miss: the step is built again, unless the remote
+                // cache has it.
+                Ok((None, _)) | Err(_) => match self.fetch_from_remote(plan, id) {
+                    Some(rec) => {
+                        state[id] = State::Done;
+                        out.outputs.insert(id, rec.output);
+                        out.cached.push(id);
+                        out.from_remote.push(id);
+                        self.reporter.event(&Event::StepCached {
+                            key: step.key.to_hex(),
+                            kind: step.kind().into(),
+                            label: step.label.clone(),
+                            source: CacheSource::Remote,
+                        });
+                    }
+                    None => {
+                        state[id] = State::Needed;
+                        stack.extend(&step.inputs);
+                    }
+                },
+            }
+        }
+    }
+
+    /// A step failed on a blob of one of its inputs that is corrupt or gone: that input's
+    /// result is a miss after all. Deletes the blob, drops the records of this build's
+    /// results that reference it (saying so once for each), and makes them needed again, so
+    /// that they are built (or fetched) and the step runs after them, in this same build.
+    /// False when the failure is not that, or the same blob failed this step before (then it
+    /// is a real failure).
+    fn heal(
+        &self,
+        plan: &Plan,
+        id: StepId,
+        error: &StepError,
+        healed: &mut BTreeSet<(StepId, BlobDigest)>,
+        state: &mut [State],
+        out: &mut Outcome,
+    ) -> bool {
+        let Some(blob) = error.damaged_blob() else {
+            return false;
+        };
+        if self.cancel.load(Ordering::SeqCst) || !healed.insert((id, blob)) {
+            return false;
+        }
+        let inputs = &plan.steps[id].inputs;
+        if inputs.iter().any(|&i| !matches!(state[i], State::Done)) {
+            // Another step found the blob first, and an input this step read is being built
+            // again: run after it.
+            state[id] = State::Needed;
+            return true;
+        }
+        let refers = |i: &StepId| {
+            out.outputs
+                .get(i)
+                .is_some_and(|o| self.store.references_blob(o, &blob))
+        };
+        if !inputs.iter().any(refers) || self.store.discard_damaged_blob(&blob).is_err() {
+            return false;
+        }
+        // Every result of this build that holds the blob, not only this step's inputs: the
+        // step that made it first (the blob is shared down a chain of layers) is among them.
+        let producers: Vec<StepId> = (0..plan.steps.len())
+            .filter(|&i| matches!(state[i], State::Done) && refers(&i))
+            .collect();
+        let problem = error_chain(error);
+        for &p in &producers {
+            let step = &plan.steps[p];
+            if let Some(o) = out.outputs.remove(&p) {
+                let _ = self.store.drop_record(&step.key, &o);
+            }
+            out.cached.retain(|&c| c != p);
+            out.built.retain(|&c| c != p);
+            out.from_remote.retain(|&c| c != p);
+            state[p] = State::Unseen;
+            self.reporter.event(&Event::CacheDamaged {
+                key: step.key.to_hex(),
+                kind: step.kind().into(),
+                label: step.label.clone(),
+                blob: Some(blob.to_hex()),
+                problem: problem.clone(),
+                found_by: Some(plan.steps[id].label.clone()),
+            });
+        }
+        state[id] = State::Needed;
+        self.resolve(plan, producers, state, out);
+        true
     }
 
     /// Builds one step under its lock. When another process held the lock and recorded the
@@ -452,7 +567,11 @@ impl Executor<'_> {
         let Claim::Held { lock, waited } = claim else {
             return Err(StepError::Invalid("interrupted".into()));
         };
-        if waited {
+        // Look again now that the lock is ours: another build may have recorded the step
+        // since this one's lookup, without this one ever finding the lock taken (a quick step
+        // is built and unlocked in between). A step asked fresh is taken only from a build it
+        // waited for.
+        if waited || !self.fresh.contains(&id) {
             if let Ok(Some(rec)) = self.store.lookup(&step.key) {
                 return Ok(Ran::Reused(rec.output));
             }

@@ -247,6 +247,16 @@ pub enum StepError {
 }
 
 impl StepError {
+    /// The blob of the store this step found damaged or missing, if that is why it failed
+    /// (see [`StoreError::damaged_blob`]).
+    pub fn damaged_blob(&self) -> Option<imgspec_cache::BlobDigest> {
+        match self {
+            // Transparent: its `source` is the store error's source, not the store error.
+            StepError::Store(e) => e.damaged_blob(),
+            other => imgspec_cache::damaged_blob(other),
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> StepError {
         let path = path.into();
         move |source| StepError::Io { path, source }

@@ -501,63 +501,6 @@ fn a_full_disk_fails_the_step_and_leaves_the_store_as_it_was() {
 }
 
 #[test]
-fn two_builds_on_one_cache_build_a_shared_step_once() {
-    let w = Workspace::new();
-    w.rootfs_tar_with("rootfs.tar", &["sleep"], &[]);
-    w.write(
-        "slow.kdl",
-        r#"
-image "slow" {
-    base "tar" path="rootfs.tar"
-    run "sleep 3 && echo slow > /etc/slow"
-    output "tar"
-}
-"#,
-    );
-    let spawn = |out: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_imgspec"))
-            .args(["build", "slow.kdl", "--out-dir", out])
-            .current_dir(w.dir.path())
-            .env("IMGSPEC_CACHE_DIR", w.path("cache"))
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let a = spawn("out-a");
-    let b = spawn("out-b");
-    let runs: Vec<crate::common::Run> = [a, b]
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap().into())
-        .collect();
-    let mut built_run = 0;
-    for r in &runs {
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        built_run += r
-            .stderr
-            .lines()
-            .filter(|l| l.contains("built ") && l.contains("run"))
-            .count();
-    }
-    let all = format!("{}\n---\n{}", runs[0].stderr, runs[1].stderr);
-    assert_eq!(
-        built_run, 1,
-        "the run step was built {built_run} times:\n{all}"
-    );
-    assert!(all.contains("waiting"), "{all}");
-    assert_eq!(
-        sha256(&w.path("out-a/slow/slow.tar")),
-        sha256(&w.path("out-b/slow/slow.tar"))
-    );
-    // Nothing is left locked, and the index is consistent: a third build is all cached.
-    let locks: Vec<_> = std::fs::read_dir(w.path("cache/locks")).unwrap().collect();
-    assert!(locks.is_empty(), "{locks:?}");
-    let r = w.run(&["build", "slow.kdl", "--out-dir", "out-c"]).ok();
-    assert!(r.stderr.contains("0 steps built"), "{}", r.stderr);
-}
-
-#[test]
 fn an_overlay_directory_goes_through_the_images_directory_link() {
     let w = Workspace::new();
     // The tiny root filesystem is merged-/usr: `bin -> usr/bin`.
@@ -597,6 +540,7 @@ image "merged" {
         std::fs::read_to_string(dir.join("etc/hello-seen")).unwrap(),
         "#!/bin/sh\necho hello\n"
     );
+}
 
 /// The manifest's `outputs` are the files of `out/IMAGE/`, each with its SHA-256; the
 /// intermediate `fs.img` and `disk.raw` are only in their steps' output digests.

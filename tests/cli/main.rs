@@ -12,6 +12,7 @@ mod examples;
 mod formats;
 mod fuzz;
 mod help;
+mod heal;
 mod lock;
 mod remote;
 mod repro;
