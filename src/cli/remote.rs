@@ -178,9 +178,8 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
         }
         return Ok(None);
     };
-    let help = || {
-        Some("a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into())
-    };
+    let help =
+        || Some("a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into());
     // A URL the HTTP client cannot parse would fail every request, each a warning only.
     if !url.starts_with("s3://") {
         if let Err(e) = url.parse::<ureq::http::Uri>() {

@@ -702,6 +702,21 @@ mod boot_tests {
             crate::boot::detect_firmware(&disk),
             Err(crate::boot::BootError::NotBootable { .. })
         ));
+        // As raw data it is refused before QEMU starts; as a qcow2 (a disk image whatever it
+        // holds) it reaches the firmware, which must say it found nothing to boot.
+        assert!(matches!(
+            crate::boot::inspect(&disk, false),
+            Err(crate::boot::BootError::NotAnImage { .. })
+        ));
+        let qcow2 = dir.path().join("empty.qcow2");
+        let st = std::process::Command::new("qemu-img")
+            .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+            .arg(&disk)
+            .arg(&qcow2)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let disk = qcow2;
         for (firmware, name) in [
             (crate::boot::Firmware::Bios, "SeaBIOS"),
             (crate::boot::Firmware::Uefi, "OVMF"),

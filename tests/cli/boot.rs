@@ -14,9 +14,21 @@ fn boot_refuses_a_disk_with_no_boot_partition_and_stops_at_seabios_word() {
         "{}",
         r.stderr
     );
+    // Raw data with no partition table is refused before QEMU even when the firmware is
+    // forced; the same zeros as a qcow2 reach SeaBIOS, which must say it found nothing.
+    let r = w.run(&["boot", "empty.raw", "--firmware", "bios", "--accel", "tcg"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("is not a bootable image"), "{}", r.stderr);
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(w.path("empty.raw"))
+        .arg(w.path("empty.qcow2"))
+        .status()
+        .unwrap();
+    assert!(st.success());
     let r = w.run(&[
         "boot",
-        "empty.raw",
+        "empty.qcow2",
         "--firmware",
         "bios",
         "--accel",

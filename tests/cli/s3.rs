@@ -58,7 +58,9 @@ impl Garage {
     fn start() -> Option<Garage> {
         let bin = garage_bin()?;
         let dir = tempfile::tempdir().unwrap();
-        let secret: String = (0..32).map(|i| format!("{:02x}", (i * 37 + 11) as u8)).collect();
+        let secret: String = (0..32)
+            .map(|i| format!("{:02x}", (i * 37 + 11) as u8))
+            .collect();
         let mut nodes = Vec::new();
         for n in 0..3 {
             let d = dir.path().join(format!("node{n}"));
@@ -151,7 +153,14 @@ impl Garage {
         g.key_id = field(&["key id", "key_id"]);
         g.secret = field(&["secret key", "secret_key", "secret access key"]);
         g.cli(&[
-            "bucket", "allow", "--read", "--write", "--owner", BUCKET, "--key", "imgspec-ci",
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            BUCKET,
+            "--key",
+            "imgspec-ci",
         ]);
         // The S3 API of node 0 answers.
         let t = Instant::now();
@@ -272,7 +281,10 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
                 stack.push(p);
             } else if ft.is_file() {
                 let bytes = std::fs::read(&p).unwrap_or_default();
-                if bytes.windows(needle.len()).any(|win| win == needle.as_bytes()) {
+                if bytes
+                    .windows(needle.len())
+                    .any(|win| win == needle.as_bytes())
+                {
                     hits.push(p);
                 }
             }
@@ -303,7 +315,10 @@ fn a_garage_cluster_shares_the_cache_survives_a_node_and_refuses_bad_objects() {
     let mut log = String::new();
     loop {
         let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no upload:\n{log}");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no upload:\n{log}"
+        );
         log.push_str(&line);
         if line.contains("uploaded ") {
             break;
@@ -316,7 +331,13 @@ fn a_garage_cluster_shares_the_cache_survives_a_node_and_refuses_bad_objects() {
     assert!(!log.contains("WARNING"), "{log}");
 
     // A developer with an empty cache: every step from S3 (two nodes of three), same bytes.
-    let b = imgspec(&w, "cache-b", &["build", "mini.kdl", "--out-dir", "out-b"], &env).ok();
+    let b = imgspec(
+        &w,
+        "cache-b",
+        &["build", "mini.kdl", "--out-dir", "out-b"],
+        &env,
+    )
+    .ok();
     assert!(
         b.stderr.contains(&format!("0 steps built, {STEPS} cached")),
         "{}",
@@ -337,7 +358,13 @@ fn a_garage_cluster_shares_the_cache_survives_a_node_and_refuses_bad_objects() {
         ("AWS_ACCESS_KEY_ID".to_string(), g.key_id.clone()),
         ("AWS_SECRET_ACCESS_KEY".to_string(), "0".repeat(64)),
     ];
-    let r = imgspec(&w, "cache-c", &["build", "mini.kdl", "--out-dir", "out-c"], &bad).ok();
+    let r = imgspec(
+        &w,
+        "cache-c",
+        &["build", "mini.kdl", "--out-dir", "out-c"],
+        &bad,
+    )
+    .ok();
     assert_eq!(r.stderr.matches("WARNING").count(), 1, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("{STEPS} steps built, 0 cached")),
@@ -347,7 +374,13 @@ fn a_garage_cluster_shares_the_cache_survives_a_node_and_refuses_bad_objects() {
 
     // Two nodes down: no quorum; the build goes on locally and says so once.
     g.kill(1);
-    let r = imgspec(&w, "cache-d", &["build", "mini.kdl", "--out-dir", "out-d"], &env).ok();
+    let r = imgspec(
+        &w,
+        "cache-d",
+        &["build", "mini.kdl", "--out-dir", "out-d"],
+        &env,
+    )
+    .ok();
     assert_eq!(r.stderr.matches("WARNING").count(), 1, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("{STEPS} steps built, 0 cached")),
@@ -379,7 +412,13 @@ fn concurrent_writers_leave_a_consistent_bucket_and_corrupt_objects_are_rebuilt(
         let r: Run = p.wait_with_output().unwrap().into();
         r.ok();
     }
-    let r = imgspec(&w, "cache-e", &["build", "mini.kdl", "--out-dir", "out-e"], &env).ok();
+    let r = imgspec(
+        &w,
+        "cache-e",
+        &["build", "mini.kdl", "--out-dir", "out-e"],
+        &env,
+    )
+    .ok();
     assert!(
         r.stderr.contains(&format!("0 steps built, {STEPS} cached")),
         "{}",
@@ -415,7 +454,13 @@ fn concurrent_writers_leave_a_consistent_bucket_and_corrupt_objects_are_rebuilt(
     let biggest = objects.iter().max_by_key(|o| o.size).unwrap();
     rt.block_on(s3.put(&biggest.location, b"not a zstd frame".to_vec().into()))
         .unwrap();
-    let r = imgspec(&w, "cache-f", &["build", "mini.kdl", "--out-dir", "out-f"], &env).ok();
+    let r = imgspec(
+        &w,
+        "cache-f",
+        &["build", "mini.kdl", "--out-dir", "out-f"],
+        &env,
+    )
+    .ok();
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
     assert!(r.stderr.contains("steps built"), "{}", r.stderr);
     assert!(!r.stderr.contains("0 steps built"), "{}", r.stderr);
