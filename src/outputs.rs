@@ -1,9 +1,11 @@
 //! Puts a build's output files in `out/IMAGE/`, with `SHA256SUMS` beside them.
 //!
-//! A small state file (`.imgspec-state.json`) remembers the digest, size, mtime and inode of
-//! each file imgspec wrote there. A file whose metadata still matches is left alone (a no-op
-//! build reads no output file); a missing or touched one is restored from the store, which
-//! costs about one file copy. Files are written to a temporary name and renamed into place,
+//! `out/IMAGE/` holds only the artifacts and `SHA256SUMS`: what users checksum and publish as a
+//! folder. The build's own state lives in the cache (`outputs-v1/<BLAKE3 of the folder's
+//! absolute path>.json`): the digest, size, mtime and inode of each file imgspec wrote there. A
+//! file whose metadata still matches is left alone (a no-op build reads no output file and
+//! writes nothing); a missing or touched one is restored from the store, which costs about one
+//! file copy. A `.imgspec-state.json` an older imgspec left in the folder is removed. Files are written to a temporary name and renamed into place,
 //! all of them at once (a raw disk and its qcow2 decompress on different cores). A file that
 //! an output step of this very build has just written is moved here from the store's
 //! session folder instead (`Store::take_fresh_file`): no decompression, no copy.
@@ -16,7 +18,10 @@ use imgspec_cache::{BlobDigest, StepOutput, Store, StoreError};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-const STATE: &str = ".imgspec-state.json";
+/// The state file older versions kept in the output folder itself.
+const OLD_STATE: &str = ".imgspec-state.json";
+/// The cache's folder of output-folder states.
+const STATE_DIR: &str = "outputs-v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -76,11 +81,15 @@ pub fn materialise(
     dir: &Path,
 ) -> Result<Vec<Written>, OutputError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let state_path = dir.join(STATE);
+    let state_path = state_path(store, dir)?;
     let old: State = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
+    let legacy = dir.join(OLD_STATE);
+    if legacy.exists() {
+        std::fs::remove_file(&legacy).map_err(io(&legacy))?;
+    }
     let mut new = State::default();
     let mut written = Vec::new();
     let mut sums = Vec::new();
@@ -140,9 +149,23 @@ pub fn materialise(
     }
     let bytes = serde_json::to_vec_pretty(&new).unwrap_or_default();
     if std::fs::read(&state_path).ok().as_deref() != Some(bytes.as_slice()) {
+        let parent = state_path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
         write_atomic(&state_path, &bytes)?;
     }
     Ok(written)
+}
+
+/// Where the cache keeps the state of output folder `dir` (which exists): keyed by its
+/// absolute, symlink-free path, so two folders never share a state and the same folder reached
+/// another way finds its own.
+fn state_path(store: &Store, dir: &Path) -> Result<PathBuf, OutputError> {
+    let abs = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let key = blake3::hash(abs.as_os_str().as_encoded_bytes());
+    Ok(store
+        .root()
+        .join(STATE_DIR)
+        .join(format!("{}.json", key.to_hex())))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {

@@ -14,6 +14,8 @@
 //!                              steps(key, kind, name, output, size, created, last_used)
 //!                              last_build(image, step, key, explain)
 //!                              file_digests(path, size, mtime_ns, ino, dev, digest)
+//!   outputs-v1/<blake3>.json written by imgspec, not this crate: the state of an output
+//!                            folder (what a build wrote there), by its absolute path
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
 //!                            done (see `steplock`)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem

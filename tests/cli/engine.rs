@@ -277,6 +277,61 @@ fn changing_one_run_command_rebuilds_from_there_with_the_bytes_of_a_cold_build()
     );
 }
 
+/// Every entry of `dir`, sorted, with its inode and mtime.
+fn listing(dir: &std::path::Path) -> Vec<(String, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_output_folder_holds_only_the_artifacts_and_a_no_op_build_touches_nothing() {
+    let w = mini();
+    // An older imgspec kept its state in the folder: it goes.
+    w.write("out/mini/.imgspec-state.json", "{}");
+    w.run(&["build", "mini.kdl"]).ok();
+    let names = |l: &[(String, u64, i64, i64)]| l.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    let first = listing(&w.path("out/mini"));
+    assert_eq!(
+        names(&first),
+        [
+            "SHA256SUMS",
+            "mini.manifest.json",
+            "mini.spdx.json",
+            "mini.tar"
+        ]
+    );
+    // The state is in the cache.
+    let states: Vec<_> = std::fs::read_dir(w.path("cache/outputs-v1"))
+        .unwrap()
+        .collect();
+    assert_eq!(states.len(), 1);
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("(unchanged)"), "{}", r.stderr);
+    assert_eq!(
+        listing(&w.path("out/mini")),
+        first,
+        "a no-op build rewrote a file"
+    );
+    // The same folder reached through another path is the same folder.
+    std::os::unix::fs::symlink(w.path("out"), w.path("out-link")).unwrap();
+    w.run(&["build", "mini.kdl", "--out-dir", "out-link"]).ok();
+    assert_eq!(listing(&w.path("out/mini")), first);
+}
+
 #[test]
 fn a_deleted_output_is_restored_without_rebuilding() {
     let w = mini();
