@@ -71,10 +71,15 @@ enum Command {
         /// Verify only these images (default: all in the specs)
         #[arg(long = "image")]
         images: Vec<String>,
-        /// Compare the rebuilt output files with this SHA256SUMS (out/IMAGE/SHA256SUMS of a
-        /// published build) instead of with the cache
+        /// A published build to compare with instead of the cache: its SHA256SUMS and
+        /// IMAGE.manifest.json (found beside the sums when not given), files or http(s) URLs.
+        /// The first step whose output differs from the manifest's is named before the rebuild
+        #[arg(long, value_name = "FILE-OR-URL")]
+        against: Vec<String>,
+        /// Run diffoscope on the first differing pair of output files or step trees and keep
+        /// its report in the cache's logs/
         #[arg(long)]
-        against: Option<PathBuf>,
+        diffoscope: bool,
         /// Keep the scratch store (it is removed otherwise)
         #[arg(long)]
         keep: bool,
@@ -274,6 +279,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             jobs,
             ref images,
             ref against,
+            diffoscope,
             keep,
         } => {
             let ctx = Context::open(&cache_dir, specs)?;
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     jobs,
                     images: images.clone(),
                     against: against.clone(),
+                    diffoscope,
                     keep,
                     json: cli.json,
                 },

@@ -209,6 +209,185 @@ image "clock" {
     assert!(row("run").ends_with("DIFFERENT"), "{}", r.stderr);
 }
 
+const CLOCK_SPEC: &str = r#"
+image "clock" {
+    base "tar" path="rootfs.tar"
+    files "overlay/" dest="/"
+    run "date +%s%N > /etc/built-at"
+    output "tar"
+}
+"#;
+
+/// A python3 `http.server` on a free loopback port, serving `dir`; stopped when dropped.
+struct Http(std::process::Child, u16);
+
+impl Http {
+    fn serve(dir: &std::path::Path) -> Http {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (scripts/install-deps installs it with reprotest)");
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed().as_secs() < 10, "http.server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Http(child, port)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Another machine published a build of the same spec whose `run` step wrote other bytes:
+/// verify names that step from the published manifest before it rebuilds anything, for a
+/// published folder and for the same files over HTTP, and diffoscope compares the pair.
+#[test]
+fn verify_against_a_published_build_names_the_first_differing_step_before_rebuilding() {
+    let w = mini();
+    w.write("clock.kdl", CLOCK_SPEC);
+    // The publisher's build, in its own cache.
+    w.run_with_cache(
+        "cache-pub",
+        &["build", "clock.kdl", "--out-dir", "published"],
+    )
+    .ok();
+    let check = |r: &crate::common::Run| {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        let named = lines
+            .iter()
+            .position(|l| {
+                l.contains("the first step whose output differs from the published manifest")
+            })
+            .unwrap_or_else(|| panic!("no step named:\n{}", r.stderr));
+        assert!(
+            lines[named].contains("step `run `date +%s%N > /etc/built-at``"),
+            "{}",
+            lines[named]
+        );
+        let rebuild = lines
+            .iter()
+            .position(|l| l.starts_with("verify: rebuilding every step"))
+            .unwrap();
+        assert!(named < rebuild, "named after the rebuild:\n{}", r.stderr);
+        assert!(r.stderr.contains("clock.tar"), "{}", r.stderr);
+        assert!(!r.stderr.contains("its key differs"), "{}", r.stderr);
+    };
+    // The published folder: the manifest is found beside SHA256SUMS.
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        "published/clock/SHA256SUMS",
+        "--diffoscope",
+    ]);
+    check(&r);
+    assert!(
+        r.stderr.contains("1 of 3 files differ") || r.stderr.contains("files differ"),
+        "{}",
+        r.stderr
+    );
+    let report = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("verify: diffoscope's report: `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .unwrap_or_else(|| panic!("no diffoscope report:\n{}", r.stderr));
+    assert!(
+        r.stderr.contains("diffoscope on published clock.tar"),
+        "{}",
+        r.stderr
+    );
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(text.contains("etc/built-at"), "{text}");
+
+    // The same over HTTP, both documents given.
+    let http = Http::serve(&w.path("published/clock"));
+    let base = format!("http://127.0.0.1:{}", http.1);
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/SHA256SUMS"),
+        "--against",
+        &format!("{base}/clock.manifest.json"),
+    ]);
+    check(&r);
+    // A manifest that is not the one the sums list is refused.
+    w.write(
+        "forged/clock.manifest.json",
+        &std::fs::read_to_string(w.path("published/clock/clock.manifest.json"))
+            .unwrap()
+            .replace("clock.tar", "clock.tar "),
+    );
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/SHA256SUMS"),
+        "--against",
+        "forged/clock.manifest.json",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("forged/clock.manifest.json` is not the manifest"),
+        "{}",
+        r.stderr
+    );
+    // A URL that answers 404 is a usage error naming it.
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/nothing"),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("HTTP 404"), "{}", r.stderr);
+}
+
+/// Without a published build, `--diffoscope` compares the first differing step's trees.
+#[test]
+fn verify_diffoscope_compares_the_first_differing_step_trees() {
+    let w = mini();
+    w.write("clock.kdl", CLOCK_SPEC);
+    let r = w.run(&["verify", "clock.kdl", "--diffoscope"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("diffoscope on the trees of step `run `date +%s%N > /etc/built-at``"),
+        "{}",
+        r.stderr
+    );
+    let report = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("verify: diffoscope's report: `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .unwrap_or_else(|| panic!("no diffoscope report:\n{}", r.stderr));
+    assert!(
+        report.starts_with(&*w.path("cache/logs").to_string_lossy()),
+        "{report}"
+    );
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(text.contains("etc/built-at"), "{text}");
+}
+
 #[test]
 fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
     let w = mini();
