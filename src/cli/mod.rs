@@ -242,6 +242,17 @@ pub fn main() -> ExitCode {
     // `run` command's output, the store's blobs) gets the same modes on every machine.
     // SAFETY: umask has no preconditions and cannot fail.
     unsafe { libc::umask(0o022) };
+    // Nor the caller's group: as root, every file imgspec itself creates (a `grub.cfg`, a
+    // `locale.gen` written into a chroot's tree) is owned by group root, whatever `sudo -g` or
+    // a CI runner gave it. Only the filesystem group changes, before any thread starts (threads
+    // inherit it), so imgspec still reads a spec folder only its own groups may read; the
+    // programs it runs get group root outright (`runner::HostRunner`).
+    // SAFETY: geteuid and setfsgid have no memory preconditions.
+    unsafe {
+        if libc::geteuid() == 0 {
+            libc::setfsgid(0);
+        }
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

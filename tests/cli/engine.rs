@@ -388,6 +388,58 @@ fn verify_diffoscope_compares_the_first_differing_step_trees() {
     assert!(text.contains("etc/built-at"), "{text}");
 }
 
+/// Under another group (`sudo -g`, a CI runner's groups), the files of the image are still
+/// owned by root: those a command in the image creates and those imgspec itself writes into
+/// the chroot's tree (the `locale` element's `/etc/locale.gen` and `/etc/default/locale`).
+#[test]
+fn the_callers_group_does_not_reach_the_image() {
+    let w = Workspace::new();
+    w.rootfs_tar_with(
+        "rootfs.tar",
+        &[],
+        &[
+            ("usr/sbin/locale-gen", "#!/bin/sh\nexit 0\n", 0o755),
+            // The element implies the `locales` package: an apt that has nothing to do.
+            ("usr/bin/apt-get", "#!/bin/sh\nexit 0\n", 0o755),
+            ("etc/locale.gen", "# fr_FR.UTF-8 UTF-8\n", 0o644),
+        ],
+    );
+    w.write(
+        "g.kdl",
+        r#"
+image "g" {
+    base "tar" path="rootfs.tar"
+    element "locale" lang="fr_FR.UTF-8"
+    run "mkdir -p /srv && echo x > /srv/by-run"
+    output "tar"
+}
+"#,
+    );
+    let out = std::process::Command::new("setpriv")
+        .args(["--regid=65534", "--groups=4,24", "--"])
+        .arg(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["build", "g.kdl"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = tar_list(&w, "out/g/g.tar");
+    for f in ["etc/default/locale", "etc/locale.gen", "srv/by-run"] {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(f))
+            .unwrap_or_else(|| panic!("{f} missing:\n{listing}"));
+        assert!(line.contains(" 0/0 "), "{f} not owned by root:root: {line}");
+    }
+    assert!(!listing.contains("65534"), "{listing}");
+}
+
 #[test]
 fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
     let w = mini();
