@@ -1,7 +1,10 @@
 //! Puts a build's output files in `out/IMAGE/`, with `SHA256SUMS` beside them, all or nothing.
 //!
-//! A small state file (`.imgspec-state.json`) remembers the digest, size, mtime and inode of
-//! each file imgspec wrote there. When every file's metadata still matches, the folder is left
+//! `out/IMAGE/` holds only the artifacts and `SHA256SUMS`: what users checksum and publish as a
+//! folder. The build's own state lives in the cache (`outputs-v1/<BLAKE3 of the folder's
+//! absolute path>.json`): the digest, size, mtime and inode of each file imgspec wrote there
+//! (a `.imgspec-state.json` an older imgspec left in the folder goes with the next rewrite).
+//! When every file's metadata still matches, the folder is left
 //! alone (a no-op build reads no output file). Otherwise the new folder is made beside it, as
 //! `out/.IMAGE.tmp-XXXXXX` (flock-ed while it is filled): files that are still right are hard
 //! links to the old ones, a file an output step of this very build has just written is moved
@@ -20,7 +23,8 @@ use imgspec_cache::{BlobDigest, StepOutput, Store, StoreError};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-const STATE: &str = ".imgspec-state.json";
+/// The cache's folder of output-folder states.
+const STATE_DIR: &str = "outputs-v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -105,7 +109,8 @@ pub fn materialise(
         .into_owned();
     std::fs::create_dir_all(parent).map_err(io(parent))?;
     remove_dead_staging(parent, &name);
-    let old: State = std::fs::read(dir.join(STATE))
+    let state_path = state_path(store, parent, &name)?;
+    let old: State = std::fs::read(&state_path)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default();
@@ -177,12 +182,31 @@ pub fn materialise(
         new.files.insert((*name).clone(), st);
     }
     write_synced(&staging.path.join("SHA256SUMS"), sums.as_bytes())?;
-    let bytes = serde_json::to_vec_pretty(&new).unwrap_or_default();
-    write_synced(&staging.path.join(STATE), &bytes)?;
     sync_dir(&staging.path)?;
     staging.swap_into(dir)?;
     sync_dir(parent)?;
+    // After the swap: a state that is lost or stale only costs the next build a rewrite.
+    let bytes = serde_json::to_vec_pretty(&new).unwrap_or_default();
+    if let Some(d) = state_path.parent() {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    let tmp = state_path.with_extension("imgspec-tmp");
+    std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &state_path).map_err(io(&state_path))?;
     Ok(written(&fresh))
+}
+
+/// Where the cache keeps the state of the output folder `parent/name`: by the BLAKE3 of its
+/// absolute path.
+fn state_path(store: &Store, parent: &Path, name: &str) -> Result<PathBuf, OutputError> {
+    let abs = std::fs::canonicalize(parent)
+        .map_err(io(parent))?
+        .join(name);
+    let key = blake3::hash(abs.as_os_str().as_encoded_bytes());
+    Ok(store
+        .root()
+        .join(STATE_DIR)
+        .join(format!("{}.json", key.to_hex())))
 }
 
 const STAGING_NEW: &str = ".new-";
@@ -352,7 +376,7 @@ mod tests {
         let before = listing(&dir);
         assert_eq!(
             before.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-            [".imgspec-state.json", "SHA256SUMS", "img.raw", "img.tar"]
+            ["SHA256SUMS", "img.raw", "img.tar"]
         );
 
         // The next build's tar blob is damaged: the raw file would be written, the tar not.

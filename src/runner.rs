@@ -17,7 +17,8 @@ use std::sync::Mutex;
 pub struct Cmd {
     pub program: OsString,
     pub args: Vec<OsString>,
-    /// Added to (not replacing) the inherited environment.
+    /// The whole environment beyond [`PASSED_THROUGH`]: nothing else of imgspec's own
+    /// environment reaches the program.
     pub env: Vec<(OsString, OsString)>,
     pub cwd: Option<PathBuf>,
     /// Standard input from this file; `/dev/null` when None.
@@ -137,8 +138,62 @@ pub trait Runner: Send + Sync {
     fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError>;
 }
 
-/// Runs commands on this machine.
+/// Runs commands on this machine, each in an environment of its own: `PATH`, the proxy
+/// variables (they choose a way to the mirror, never what it serves), `LC_ALL=C.UTF-8`,
+/// `TZ=UTC`, then the [`Cmd`]'s own variables. The caller's locale, time zone, `TMPDIR`, `HOME`,
+/// `APT_CONFIG`, `MTOOLSRC`, `MKE2FS_*` and whatever else it has never reach a program.
 pub struct HostRunner;
+
+/// The variables of imgspec's own environment a program gets (when set).
+pub const PASSED_THROUGH: &[&str] = &[
+    "PATH",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "all_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "ALL_PROXY",
+];
+
+/// What every program gets before its [`Cmd`]'s own variables (which may override them).
+pub const BASE_ENV: &[(&str, &str)] = &[("LC_ALL", "C.UTF-8"), ("TZ", "UTC")];
+
+/// As root, a program runs with group root and no supplementary group, whatever imgspec was
+/// started with (`sudo -g`, a CI runner's groups): a file that a maintainer script or a `run`
+/// command creates gets its creator's group. imgspec itself keeps its groups (a spec folder on
+/// a FUSE mount may be readable only with them).
+fn pin_groups(c: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid is always safe to call.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    // SAFETY: between fork and exec only async-signal-safe calls (setgroups, setgid).
+    unsafe {
+        c.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The environment a program started by [`HostRunner`] gets, given imgspec's own.
+pub fn program_env(cmd: &Cmd, own: impl Fn(&str) -> Option<OsString>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = PASSED_THROUGH
+        .iter()
+        .filter_map(|k| own(k).map(|v| (OsString::from(k), v)))
+        .collect();
+    env.extend(BASE_ENV.iter().map(|(k, v)| (k.into(), v.into())));
+    for (k, v) in &cmd.env {
+        env.retain(|(k2, _)| k2 != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
 
 /// Process ids of the children running now, so that [`terminate_all`] can stop them.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -188,9 +243,10 @@ impl HostRunner {
         writeln!(logf, "$ {}", cmd.display()).map_err(io)?;
         let mut c = std::process::Command::new(&cmd.program);
         c.args(&cmd.args);
-        for (k, v) in &cmd.env {
-            c.env(k, v);
-        }
+        c.env_clear();
+        // The one place below `cli` that reads the environment: what a program may inherit.
+        c.envs(program_env(cmd, |k| std::env::var_os(k)));
+        pin_groups(&mut c);
         if let Some(d) = &cmd.cwd {
             c.current_dir(d);
         }

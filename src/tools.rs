@@ -147,12 +147,18 @@ impl ToolBox {
         let version = match known {
             Some(v) => v,
             None => {
-                let out = Command::new(&path).args(args).output().map_err(|source| {
-                    ToolError::Version {
+                // In the environment every program gets (`HostRunner`): the caller's locale
+                // cannot translate the version line that goes into keys and the manifest.
+                let probe = crate::runner::Cmd::new(path.as_os_str());
+                let out = Command::new(&path)
+                    .args(args)
+                    .env_clear()
+                    .envs(crate::runner::program_env(&probe, |k| std::env::var_os(k)))
+                    .output()
+                    .map_err(|source| ToolError::Version {
                         program: tool.program.into(),
                         source,
-                    }
-                })?;
+                    })?;
                 let text = format!(
                     "{}\n{}",
                     String::from_utf8_lossy(&out.stdout),

@@ -17,6 +17,8 @@
 //!   index-v1.sqlite.lock     flock-ed while a damaged index is set aside (never removed)
 //!   index-v1.sqlite.corrupt-<unix time>
 //!                            a damaged index `open` set aside (`PRAGMA quick_check` failed)
+//!   outputs-v1/<blake3>.json written by imgspec, not this crate: the state of an output
+//!                            folder (what a build wrote there), by its absolute path
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
 //!                            done (see `steplock`); one nobody holds (a killed build's) is
 //!                            removed by the next `Store::open` and by `gc`

@@ -97,10 +97,15 @@ enum Command {
         /// Verify only these images (default: all in the specs)
         #[arg(long = "image")]
         images: Vec<String>,
-        /// Compare the rebuilt output files with this SHA256SUMS (out/IMAGE/SHA256SUMS of a
-        /// published build) instead of with the cache
+        /// A published build to compare with instead of the cache: its SHA256SUMS and
+        /// IMAGE.manifest.json (found beside the sums when not given), files or http(s) URLs.
+        /// The first step whose output differs from the manifest's is named before the rebuild
+        #[arg(long, value_name = "FILE-OR-URL")]
+        against: Vec<String>,
+        /// Run diffoscope on the first differing pair of output files or step trees and keep
+        /// its report in the cache's logs/
         #[arg(long)]
-        against: Option<PathBuf>,
+        diffoscope: bool,
         /// Keep the scratch store (it is removed otherwise)
         #[arg(long)]
         keep: bool,
@@ -336,6 +341,17 @@ pub fn main() -> ExitCode {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    // Nor the caller's group: as root, every file imgspec itself creates (a `grub.cfg`, a
+    // `locale.gen` written into a chroot's tree) is owned by group root, whatever `sudo -g` or
+    // a CI runner gave it. Only the filesystem group changes, before any thread starts (threads
+    // inherit it), so imgspec still reads a spec folder only its own groups may read; the
+    // programs it runs get group root outright (`runner::HostRunner`).
+    // SAFETY: geteuid and setfsgid have no memory preconditions.
+    unsafe {
+        if libc::geteuid() == 0 {
+            libc::setfsgid(0);
+        }
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -392,6 +408,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             jobs,
             ref images,
             ref against,
+            diffoscope,
             keep,
         } => {
             let ctx = Context::open(&cache_dir, specs)?;
@@ -401,6 +418,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     jobs,
                     images: images.clone(),
                     against: against.clone(),
+                    diffoscope,
                     keep,
                     json: cli.json,
                 },

@@ -5,7 +5,17 @@
 //! cache. Each step's output digest (BLAKE3 of its output's canonical JSON: tree digest, file
 //! digests, metadata) is compared with the cached one. For the first step that differs, the
 //! files that differ are listed (path, size, mode, digest) with a unified diff of text files.
-//! `--against SHA256SUMS` compares the rebuilt output files with a published build instead.
+//!
+//! `--against` takes a published build instead (files or http(s) URLs): its `SHA256SUMS` and
+//! its `IMAGE.manifest.json` (given, or found beside the sums). The local build (the cache,
+//! built where missing) is compared with it first: when a file differs, the first step whose
+//! output digest differs from the manifest's is named before anything is rebuilt. The
+//! rebuilt output files are then compared with the published sums.
+//!
+//! `--diffoscope` runs diffoscope on the first differing pair: a published output file beside
+//! a local `SHA256SUMS` and its rebuilt twin, else the first step whose cached and rebuilt
+//! outputs differ (its differing file, or both trees as tarballs). The report is kept under
+//! the cache's `logs/`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +39,168 @@ const MAX_DIFF_BYTES: usize = 256 * 1024;
 pub struct VerifyOptions {
     pub jobs: usize,
     pub images: Vec<String>,
-    pub against: Option<PathBuf>,
+    /// A published build's `SHA256SUMS` and manifests: paths or http(s) URLs.
+    pub against: Vec<String>,
+    pub diffoscope: bool,
     pub keep: bool,
     pub json: bool,
+}
+
+/// What a published build says of itself.
+#[derive(Default)]
+struct Published {
+    /// Output file name → SHA-256, from `SHA256SUMS` (or a manifest's outputs).
+    sums: BTreeMap<String, String>,
+    /// Image → step name → (step key, output digest), from `IMAGE.manifest.json`.
+    steps: BTreeMap<String, BTreeMap<String, (String, String)>>,
+    /// Where the sums came from, for messages.
+    label: String,
+    /// The local folder of the published `SHA256SUMS`, whose files diffoscope can read.
+    dir: Option<PathBuf>,
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// The bytes of a file or an http(s) URL.
+fn fetch(src: &str) -> Result<Vec<u8>, String> {
+    if !is_url(src) {
+        return std::fs::read(src).map_err(|e| e.to_string());
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(20)))
+        .timeout_recv_body(Some(std::time::Duration::from_secs(120)))
+        .build()
+        .into();
+    let resp = agent.get(src).call().map_err(|e| match e {
+        ureq::Error::StatusCode(c) => format!("HTTP {c}"),
+        other => other.to_string(),
+    })?;
+    resp.into_body()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()
+        .map_err(|e| e.to_string())
+}
+
+/// `IMAGE.manifest.json` beside `sums` (a path or a URL).
+fn beside(sums: &str, name: &str) -> String {
+    match sums.rfind('/') {
+        Some(i) => format!("{}/{name}", &sums[..i]),
+        None => name.to_string(),
+    }
+}
+
+/// A manifest document: its image and steps, and its outputs' SHA-256.
+type ParsedManifest = (
+    String,
+    BTreeMap<String, (String, String)>,
+    BTreeMap<String, String>,
+);
+
+fn parse_manifest(bytes: &[u8]) -> Option<ParsedManifest> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let image = v.get("image")?.as_str()?.to_string();
+    let steps = v
+        .get("steps")?
+        .as_array()?
+        .iter()
+        .filter_map(|s| {
+            Some((
+                s.get("name")?.as_str()?.to_string(),
+                (
+                    s.get("key")?.as_str()?.to_string(),
+                    s.get("output")?.as_str()?.to_string(),
+                ),
+            ))
+        })
+        .collect();
+    let outputs = v
+        .get("outputs")
+        .and_then(|o| o.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(n, f)| Some((n.clone(), f.get("sha256")?.as_str()?.to_lowercase())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some((image, steps, outputs))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Reads every `--against` source; finds each image's manifest beside the sums when none was
+/// given. A manifest that `SHA256SUMS` lists must have the listed checksum.
+fn load_published(against: &[String], images: &[&str], json: bool) -> Result<Published, CliError> {
+    let mut p = Published::default();
+    let mut sums_sources = Vec::new();
+    let mut manifests = Vec::new();
+    for src in against {
+        let bytes = fetch(src).map_err(|e| CliError::Usage {
+            message: format!("cannot read `{src}`: {e}"),
+            help: Some(
+                "give a published build's SHA256SUMS and IMAGE.manifest.json, as files or \
+                 http(s) URLs"
+                    .into(),
+            ),
+        })?;
+        if let Some(m) = parse_manifest(&bytes) {
+            manifests.push((src.clone(), bytes, m));
+            continue;
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        for (name, sha) in parse_sums(&text, src)? {
+            p.sums.insert(name, sha);
+        }
+        sums_sources.push(src.clone());
+        if !is_url(src) && p.dir.is_none() {
+            p.dir = Path::new(src).parent().map(Path::to_path_buf);
+        }
+    }
+    if manifests.is_empty() {
+        for src in &sums_sources {
+            for img in images {
+                let name = format!("{img}.manifest.json");
+                if !p.sums.contains_key(&name) {
+                    continue;
+                }
+                let url = beside(src, &name);
+                if let Ok(bytes) = fetch(&url) {
+                    if let Some(m) = parse_manifest(&bytes) {
+                        say(json, &format!("verify: the published manifest `{url}`"));
+                        manifests.push((url, bytes, m));
+                    }
+                }
+            }
+        }
+    }
+    for (src, bytes, (image, steps, outputs)) in manifests {
+        let name = format!("{image}.manifest.json");
+        if let Some(want) = p.sums.get(&name) {
+            if *want != sha256_hex(&bytes) {
+                return Err(CliError::Usage {
+                    message: format!(
+                        "`{src}` is not the manifest that the published SHA256SUMS lists"
+                    ),
+                    help: Some("give the SHA256SUMS and the manifest of one build".into()),
+                });
+            }
+        }
+        for (n, sha) in outputs {
+            p.sums.entry(n).or_insert(sha);
+        }
+        p.steps.insert(image, steps);
+        sums_sources.push(src);
+    }
+    p.label = sums_sources.join(", ");
+    Ok(p)
 }
 
 #[derive(Serialize)]
@@ -70,39 +239,52 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
     let cancel = super::interrupt_flag();
     let rep = reporter(o.json);
 
-    // 1. The reference: the cache's results, built where missing (not with --against).
-    let reference = if o.against.is_none() {
-        say(
-            o.json,
-            "verify: the cached build (steps missing from the cache are built)",
-        );
-        let exec = Executor {
-            store: &ctx.store,
-            runner: &HostRunner,
-            reporter: rep.as_ref(),
-            jobs: o.jobs.max(1),
-            cancel: &cancel,
-            // A verification rebuilds here; it never fetches or uploads.
-            remote: None,
-            remote_write: false,
-            fresh: &[],
-        };
-        let mut out = exec.run(&plan, &targets);
-        check(&plan, &out)?;
-        // The top-down cut skipped the inputs of cached steps: look every step up.
-        for img in &images {
-            for &id in &img.steps {
-                if let std::collections::btree_map::Entry::Vacant(e) = out.outputs.entry(id) {
-                    if let Ok(Some(rec)) = ctx.store.lookup(&plan.steps[id].key) {
-                        e.insert(rec.output);
-                    }
+    if o.diffoscope && crate::tools::which("diffoscope").is_none() {
+        return Err(CliError::Environment {
+            message: "`--diffoscope` needs diffoscope, which is not installed".into(),
+            help: Some("apt-get install diffoscope-minimal".into()),
+        });
+    }
+    let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    let published = if o.against.is_empty() {
+        None
+    } else {
+        Some(load_published(&o.against, &names, o.json)?)
+    };
+
+    // 1. The reference: the cache's results, built where missing.
+    say(
+        o.json,
+        "verify: the cached build (steps missing from the cache are built)",
+    );
+    let exec = Executor {
+        store: &ctx.store,
+        runner: &HostRunner,
+        reporter: rep.as_ref(),
+        jobs: o.jobs.max(1),
+        cancel: &cancel,
+        // A verification rebuilds here; it never fetches or uploads.
+        remote: None,
+        remote_write: false,
+        fresh: &[],
+    };
+    let mut reference = exec.run(&plan, &targets);
+    check(&plan, &reference)?;
+    // The top-down cut skipped the inputs of cached steps: look every step up.
+    for img in &images {
+        for &id in &img.steps {
+            if let std::collections::btree_map::Entry::Vacant(e) = reference.outputs.entry(id) {
+                if let Ok(Some(rec)) = ctx.store.lookup(&plan.steps[id].key) {
+                    e.insert(rec.output);
                 }
             }
         }
-        Some(out)
-    } else {
-        None
-    };
+    }
+    // With a published build: where the local build already differs from it, before any
+    // rebuild.
+    if let Some(p) = &published {
+        compare_published(&plan, &images, &reference, p, o.json);
+    }
 
     // 2. Everything again in an empty scratch store.
     let scratch_dir = tempfile::Builder::new()
@@ -140,13 +322,23 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         fresh: &[],
     };
     let rebuilt = exec.run(&plan, &targets);
-    let result = check(&plan, &rebuilt).and_then(|()| match (&reference, &o.against) {
-        (Some(reference), _) => {
-            compare_steps(ctx, &scratch, &plan, &images, reference, &rebuilt, o.json)
-        }
-        (None, Some(sums)) => compare_sums(&images, &rebuilt, sums, o.json),
-        (None, None) => unreachable!("either a reference build or --against"),
+    let result = check(&plan, &rebuilt).and_then(|()| match &published {
+        None => compare_steps(ctx, &scratch, &plan, &images, &reference, &rebuilt, o.json),
+        Some(p) => compare_sums(&images, &rebuilt, p, o.json),
     });
+    if o.diffoscope && rebuilt.ok() && result.is_err() {
+        let pair = published
+            .as_ref()
+            .and_then(|p| published_pair(&scratch, &images, &rebuilt, p))
+            .or_else(|| step_pair(ctx, &scratch, &plan, &images, &reference, &rebuilt));
+        match pair {
+            Some(pair) => run_diffoscope(ctx, pair, o.json),
+            None => say(
+                o.json,
+                "verify: no differing pair of files or trees for diffoscope",
+            ),
+        }
+    }
     drop(scratch);
     // A failed rebuild's log lives in the scratch store: keep it for the user to read.
     if o.keep || !rebuilt.ok() {
@@ -154,6 +346,268 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         eprintln!("verify: scratch store kept at `{}`", kept.display());
     }
     result
+}
+
+/// Compares the local build with a published one: output files by SHA-256, then (when a
+/// file differs and the manifest is there) the first step whose output digest differs.
+fn compare_published(
+    plan: &Plan,
+    images: &[&crate::plan::ImagePlan],
+    local: &Outcome,
+    p: &Published,
+    json: bool,
+) {
+    let files = output_sums(images, local);
+    let differing: Vec<&String> = p
+        .sums
+        .iter()
+        .filter(|(n, sha)| files.get(*n).map(String::as_str) != Some(sha.as_str()))
+        .map(|(n, _)| n)
+        .collect();
+    if differing.is_empty() {
+        say(
+            json,
+            &format!(
+                "verify: the local build has the published bytes ({} files)",
+                p.sums.len()
+            ),
+        );
+        return;
+    }
+    let mut first = None;
+    'images: for img in images {
+        let Some(steps) = p.steps.get(&img.name) else {
+            continue;
+        };
+        for &id in &img.steps {
+            let name = step_name(plan, id, &img.name);
+            let (Some((key, theirs)), Some(ours)) =
+                (steps.get(&name), local.outputs.get(&id).map(output_digest))
+            else {
+                continue;
+            };
+            if *theirs != ours {
+                first = Some((img.name.clone(), id, key.clone(), theirs.clone(), ours));
+                break 'images;
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "verify-published",
+                "differing-files": differing,
+                "first-differing-step": first.as_ref().map(|(image, id, key, theirs, ours)| serde_json::json!({
+                    "image": image,
+                    "step": plan.steps[*id].label,
+                    "same-key": *key == plan.steps[*id].key.to_hex(),
+                    "published": theirs,
+                    "local": ours,
+                })),
+            })
+        );
+        return;
+    }
+    eprintln!(
+        "verify: {} of {} published files differ from the local build: {}",
+        differing.len(),
+        p.sums.len(),
+        differing
+            .iter()
+            .map(|n| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    match first {
+        Some((image, id, key, theirs, ours)) => {
+            eprintln!(
+                "verify: the first step whose output differs from the published manifest: \
+                 image `{image}`, step `{}` (published {}, local {})",
+                plan.steps[id].label,
+                &theirs[..12.min(theirs.len())],
+                &ours[..12.min(ours.len())]
+            );
+            if key != plan.steps[id].key.to_hex() {
+                eprintln!(
+                    "verify: its key differs too: the published build had other inputs (spec, \
+                     lock or tool versions), not only other bytes"
+                );
+            }
+        }
+        None if p.steps.is_empty() => eprintln!(
+            "verify: no published manifest, so no step is named (give IMAGE.manifest.json with \
+             --against)"
+        ),
+        None => eprintln!("verify: every step the published manifest lists has the local output"),
+    }
+}
+
+/// The output files of `images` in `out`: name → SHA-256 (the manifest and SBOM included).
+fn output_sums(images: &[&crate::plan::ImagePlan], out: &Outcome) -> BTreeMap<String, String> {
+    let mut got = BTreeMap::new();
+    for img in images {
+        for id in &img.outputs {
+            let Some(o) = out.outputs.get(id) else {
+                continue;
+            };
+            for name in o.files.keys() {
+                if let Some(sha) = o.meta.get(&format!("sha256:{name}")) {
+                    got.insert(name.clone(), sha.clone());
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Two things to compare with diffoscope: (label, path) each, in a folder removed afterwards.
+struct Pair {
+    what: String,
+    a: PathBuf,
+    b: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The first published output file (beside a local SHA256SUMS) that differs from its rebuilt
+/// twin, and that twin.
+fn published_pair(
+    scratch: &Store,
+    images: &[&crate::plan::ImagePlan],
+    rebuilt: &Outcome,
+    p: &Published,
+) -> Option<Pair> {
+    let dir = p.dir.as_ref()?;
+    let got = output_sums(images, rebuilt);
+    // The artifacts first: the SBOM and the manifest differ only because they list them.
+    let is_meta = |n: &str| n.ends_with(".spdx.json") || n.ends_with(".manifest.json");
+    let mut differing: Vec<&String> = p
+        .sums
+        .iter()
+        .filter(|(n, sha)| dir.join(n).is_file() && got.get(*n).is_some_and(|g| g != *sha))
+        .map(|(n, _)| n)
+        .collect();
+    differing.sort_by_key(|n| is_meta(n));
+    let name = *differing.first()?;
+    let tmp = tempfile::Builder::new()
+        .prefix("verify-diffoscope-")
+        .tempdir_in(scratch.root())
+        .ok()?;
+    let r = images
+        .iter()
+        .flat_map(|i| i.outputs.iter())
+        .filter_map(|id| rebuilt.outputs.get(id))
+        .find_map(|o| o.files.get(name))?;
+    let b = tmp.path().join("rebuilt").join(name);
+    std::fs::create_dir_all(b.parent()?).ok()?;
+    scratch.blob_to_file(&r.digest, &b).ok()?;
+    Some(Pair {
+        what: format!("published {name} and the rebuilt one"),
+        a: dir.join(name),
+        b,
+        _dir: Some(tmp),
+    })
+}
+
+/// The first step whose cached and rebuilt outputs differ: its first differing file, else
+/// both trees as tarballs.
+fn step_pair(
+    ctx: &Context,
+    scratch: &Store,
+    plan: &Plan,
+    images: &[&crate::plan::ImagePlan],
+    reference: &Outcome,
+    rebuilt: &Outcome,
+) -> Option<Pair> {
+    let (id, a, b) = images.iter().flat_map(|i| i.steps.iter()).find_map(|&id| {
+        let (a, b) = (reference.outputs.get(&id)?, rebuilt.outputs.get(&id)?);
+        (output_digest(a) != output_digest(b)).then_some((id, a, b))
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("verify-diffoscope-")
+        .tempdir_in(scratch.root())
+        .ok()?;
+    let label = &plan.steps[id].label;
+    for d in ["cached", "rebuilt"] {
+        std::fs::create_dir_all(tmp.path().join(d)).ok()?;
+    }
+    if let Some((name, fa, fb)) = a
+        .files
+        .iter()
+        .find_map(|(n, fa)| b.files.get(n).filter(|fb| *fb != fa).map(|fb| (n, fa, fb)))
+    {
+        let (pa, pb) = (
+            tmp.path().join("cached").join(name),
+            tmp.path().join("rebuilt").join(name),
+        );
+        ctx.store.blob_to_file(&fa.digest, &pa).ok()?;
+        scratch.blob_to_file(&fb.digest, &pb).ok()?;
+        return Some(Pair {
+            what: format!("{name} of step `{label}`, cached and rebuilt"),
+            a: pa,
+            b: pb,
+            _dir: Some(tmp),
+        });
+    }
+    let (ta, tb) = (a.tree.as_ref()?, b.tree.as_ref()?);
+    let (ma, mb) = (
+        ctx.store.get_manifest(ta).ok()?,
+        scratch.get_manifest(tb).ok()?,
+    );
+    let (pa, pb) = (
+        tmp.path().join("cached").join("tree.tar"),
+        tmp.path().join("rebuilt").join("tree.tar"),
+    );
+    for (store, m, p) in [(&ctx.store, &ma, &pa), (scratch, &mb, &pb)] {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(p).ok()?);
+        store.export_tar(m, &mut f, None).ok()?;
+        std::io::Write::flush(&mut f).ok()?;
+    }
+    Some(Pair {
+        what: format!("the trees of step `{label}`, cached and rebuilt"),
+        a: pa,
+        b: pb,
+        _dir: Some(tmp),
+    })
+}
+
+/// Runs diffoscope on `pair`; its text report is kept in the cache's `logs/`.
+fn run_diffoscope(ctx: &Context, pair: Pair, json: bool) {
+    let logs = ctx.store.root().join("logs");
+    let _ = std::fs::create_dir_all(&logs);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let report = logs.join(format!("verify-diffoscope-{stamp}.txt"));
+    say(json, &format!("verify: diffoscope on {}", pair.what));
+    let status = std::process::Command::new("diffoscope")
+        .arg("--no-progress")
+        .arg("--text")
+        .arg(&report)
+        .arg(&pair.a)
+        .arg(&pair.b)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status();
+    match status {
+        // 0: no difference, 1: differences (the report has them).
+        Ok(s) if matches!(s.code(), Some(0 | 1)) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "verify-diffoscope", "compared": pair.what,
+                        "report": report})
+                );
+            } else {
+                eprintln!("verify: diffoscope's report: `{}`", report.display());
+            }
+        }
+        Ok(s) => eprintln!(
+            "verify: diffoscope failed ({s}); see `{}`",
+            report.display()
+        ),
+        Err(e) => eprintln!("verify: cannot run diffoscope: {e}"),
+    }
 }
 
 fn say(json: bool, line: &str) {
@@ -412,23 +866,25 @@ fn text_diff(
     out
 }
 
-/// Reads a `SHA256SUMS` file: file name → digest.
-fn read_sums(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::Usage {
-        message: format!("cannot read `{}`: {e}", path.display()),
-        help: Some("give the SHA256SUMS of a published build: out/IMAGE/SHA256SUMS".into()),
-    })?;
+/// Reads a `SHA256SUMS` text (from `src`): file name → digest.
+fn parse_sums(text: &str, src: &str) -> Result<BTreeMap<String, String>, CliError> {
     let mut sums = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let Some((sha, name)) = line.split_once(char::is_whitespace) else {
-            return Err(CliError::Usage {
-                message: format!("`{}` line {}: not `SHA256  FILE`", path.display(), n + 1),
-                help: None,
-            });
+        let bad = || CliError::Usage {
+            message: format!("`{src}` line {}: not `SHA256  FILE`", n + 1),
+            help: Some(
+                "give the SHA256SUMS or the IMAGE.manifest.json of a published build".into(),
+            ),
         };
+        let Some((sha, name)) = line.split_once(char::is_whitespace) else {
+            return Err(bad());
+        };
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
         let name = name.trim_start().trim_start_matches('*');
         sums.insert(name.to_string(), sha.to_lowercase());
     }
@@ -438,24 +894,14 @@ fn read_sums(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
 fn compare_sums(
     images: &[&crate::plan::ImagePlan],
     rebuilt: &Outcome,
-    sums_path: &Path,
+    p: &Published,
     json: bool,
 ) -> Result<(), CliError> {
-    let expected = read_sums(sums_path)?;
-    let mut got = BTreeMap::new();
-    for img in images {
-        for id in &img.outputs {
-            let Some(o) = rebuilt.outputs.get(id) else {
-                continue;
-            };
-            for name in o.files.keys() {
-                got.insert(name.clone(), o.meta.get(&format!("sha256:{name}")).cloned());
-            }
-        }
-    }
+    let expected = &p.sums;
+    let got = output_sums(images, rebuilt);
     let mut verdicts = Vec::new();
-    for (name, sha) in &expected {
-        let rebuilt = got.get(name).cloned().flatten();
+    for (name, sha) in expected {
+        let rebuilt = got.get(name).cloned();
         verdicts.push(FileVerdict {
             file: name.clone(),
             identical: rebuilt.as_deref() == Some(sha.as_str()),
@@ -494,7 +940,7 @@ fn compare_sums(
     let bad = verdicts.iter().filter(|v| !v.identical).count();
     if verdicts.is_empty() {
         return Err(CliError::Usage {
-            message: format!("`{}` lists no files", sums_path.display()),
+            message: format!("`{}` lists no files", p.label),
             help: None,
         });
     }
@@ -504,7 +950,7 @@ fn compare_sums(
             &format!(
                 "verify: all {} files identical to `{}`",
                 verdicts.len(),
-                sums_path.display()
+                p.label
             ),
         );
         Ok(())
@@ -512,7 +958,7 @@ fn compare_sums(
         Err(CliError::BuildFailed(format!(
             "not reproducible: {bad} of {} files differ from `{}`",
             verdicts.len(),
-            sums_path.display()
+            p.label
         )))
     }
 }

@@ -10,12 +10,43 @@
 //! - Locked, a step installs from a flat repository of exactly its locked files ([`write_repo`]),
 //!   which apt trusts because the `Packages` index carries each file's SHA-256 from the lock.
 
+//!
+//! What apt and dpkg may see of the host is pinned here ([`APT_PINNED`], [`pinned_env`]).
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::{StepContext, StepError};
 use crate::lock::{self, DebError, DebStore, LockSet, LockedDeb};
 use crate::runner::Cmd;
+
+/// apt options of every bootstrap. apt drops privileges to `_apt` for downloads only when
+/// `_apt` can reach the download folder, which depends on who may read the caller's temp
+/// folder and the cache's parents (a cache under `/root` never can): apt is told to stay root,
+/// always, and the folders' owner is normalised in the tree ([`super::scrub`]).
+pub const APT_PINNED: &[&str] = &["APT::Sandbox::User \"root\""];
+/// Where mmdebstrap writes the `--aptopt` lines in the image (removed by a customize hook).
+pub const MMDEBSTRAP_APT_CONF: &str = "etc/apt/apt.conf.d/99mmdebstrap";
+
+/// The environment of mmdebstrap and, through it, apt, dpkg and the maintainer scripts,
+/// beyond `PATH` and the proxy variables ([`crate::runner::PASSED_THROUGH`]): the C locale, UTC,
+/// root's home, and temp files in the step's scratch folder `scratch` (inside the cache, removed
+/// with the step) instead of the caller's `TMPDIR`.
+pub fn pinned_env(scratch: &Path, epoch: i64) -> Vec<(String, String)> {
+    [
+        ("LC_ALL", "C.UTF-8".to_string()),
+        ("LANG", "C.UTF-8".to_string()),
+        ("TZ", "UTC".to_string()),
+        ("HOME", "/root".to_string()),
+        ("TMPDIR", scratch.display().to_string()),
+        ("DEBIAN_FRONTEND", "noninteractive".to_string()),
+        ("DEBCONF_NONINTERACTIVE_SEEN", "true".to_string()),
+        ("SOURCE_DATE_EPOCH", epoch.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
 
 /// The key of a step output's `meta` that holds the `deb` lines of what the step installed.
 pub const DEBS_META: &str = "debs";

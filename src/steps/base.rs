@@ -102,25 +102,39 @@ impl DebianBase {
         Ok(())
     }
 
-    /// The mmdebstrap command line that makes `out`.
+    /// The mmdebstrap command line that makes `out` (in the step's scratch folder, where
+    /// mmdebstrap also makes its temporary root: never in the caller's `TMPDIR`).
     /// `hooks` are extra options before the suite (the customize hooks that keep what apt
-    /// downloaded).
+    /// downloaded). apt's sandbox user and the environment are pinned ([`apt::APT_PINNED`],
+    /// [`apt::pinned_env`]).
     pub fn command(&self, out: &Path, epoch: i64, sources: &[String], hooks: &[String]) -> Cmd {
         let s = &self.spec;
+        let scratch = out.parent().unwrap_or(Path::new("/"));
         let mut cmd = Cmd::new("mmdebstrap")
             .arg(format!("--variant={}", s.variant))
             .arg("--mode=root")
             .arg("--format=tar")
             .arg(format!("--architectures={}", s.architecture))
-            .arg(format!("--components={}", s.components.join(",")));
+            .arg(format!("--components={}", s.components.join(",")))
+            .args(apt::APT_PINNED.iter().map(|o| format!("--aptopt={o}")))
+            // mmdebstrap writes the --aptopt lines into the image too: they are the build's
+            // business, not the image's.
+            .arg(format!(
+                "--customize-hook=rm -f \"$1\"/{}",
+                apt::MMDEBSTRAP_APT_CONF
+            ));
         if let Some(kr) = &s.keyring {
             cmd = cmd.arg(format!("--keyring={}", kr.display()));
         }
-        cmd.args(hooks.iter().map(String::as_str))
+        cmd = cmd
+            .args(hooks.iter().map(String::as_str))
             .arg(&s.suite)
             .arg(out.as_os_str())
-            .args(sources.iter().map(String::as_str))
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .args(sources.iter().map(String::as_str));
+        for (k, v) in apt::pinned_env(scratch, epoch) {
+            cmd = cmd.env(k, v);
+        }
+        cmd
     }
 
     /// The sources lines: the spec's mirror, else the host's.
@@ -230,7 +244,8 @@ mod tests {
         assert_eq!(
             cmd.display(),
             "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
-             --components=main,universe \
+             --components=main,universe '--aptopt=APT::Sandbox::User \"root\"' \
+             '--customize-hook=rm -f \"$1\"/etc/apt/apt.conf.d/99mmdebstrap' \
              --keyring=/usr/share/keyrings/ubuntu-archive-keyring.gpg \
              noble /w/base.tar 'deb http://mirror.example/ubuntu noble main universe'"
         );
@@ -249,10 +264,61 @@ mod tests {
         assert_eq!(
             cmd.display(),
             "mmdebstrap --variant=minbase --mode=root --format=tar --architectures=amd64 \
-             --components=main --skip=essential/unlink \
+             --components=main '--aptopt=APT::Sandbox::User \"root\"' \
+             '--customize-hook=rm -f \"$1\"/etc/apt/apt.conf.d/99mmdebstrap' \
+             --skip=essential/unlink \
              '--customize-hook=sync-out /var/cache/apt/archives /w/debs' \
              '--customize-hook=sync-out /var/lib/apt/lists /w/lists' \
              bookworm /w/base.tar 'deb http://mirror.example/debian bookworm main'"
         );
+    }
+
+    /// Nothing of the caller's environment chooses what mmdebstrap, apt and the maintainer
+    /// scripts see: the runner starts every program from an empty environment, and the
+    /// command pins the rest, its temp folder in the step's own scratch space.
+    #[test]
+    fn mmdebstrap_environment_is_pinned() {
+        let b = base_of("specs/debian-efi.kdl");
+        let cmd = b.command(Path::new("/cache/tmp/s/base-x/base.tar"), 5, &[], &[]);
+        let env = crate::runner::program_env(&cmd, |k| match k {
+            "PATH" => Some("/usr/sbin:/usr/bin".into()),
+            "http_proxy" => Some("http://proxy:3128".into()),
+            // Set by the caller; none of them may arrive.
+            "TMPDIR" | "LANG" | "LC_ALL" | "TZ" | "APT_CONFIG" | "HOME" => {
+                Some("host value".into())
+            }
+            _ => None,
+        });
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .map(|(k, v)| (k.into_string().unwrap(), v.into_string().unwrap()))
+            .collect();
+        let get = |k: &str| {
+            let v: Vec<&str> = env
+                .iter()
+                .filter(|e| e.0 == k)
+                .map(|e| e.1.as_str())
+                .collect();
+            assert!(v.len() <= 1, "{k} twice: {env:?}");
+            v.first().copied()
+        };
+        assert_eq!(get("PATH"), Some("/usr/sbin:/usr/bin"));
+        assert_eq!(get("http_proxy"), Some("http://proxy:3128"));
+        assert_eq!(get("TMPDIR"), Some("/cache/tmp/s/base-x"));
+        assert_eq!(get("LC_ALL"), Some("C.UTF-8"));
+        assert_eq!(get("LANG"), Some("C.UTF-8"));
+        assert_eq!(get("LANGUAGE"), None);
+        assert_eq!(get("TZ"), Some("UTC"));
+        assert_eq!(get("HOME"), Some("/root"));
+        assert_eq!(get("APT_CONFIG"), None);
+        assert_eq!(get("SOURCE_DATE_EPOCH"), Some("5"));
+        assert_eq!(
+            env.len(),
+            crate::steps::apt::pinned_env(Path::new("/"), 0).len() + 2,
+            "{env:?}"
+        );
+        assert!(cmd
+            .args
+            .contains(&"--aptopt=APT::Sandbox::User \"root\"".into()));
     }
 }

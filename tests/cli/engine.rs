@@ -221,6 +221,237 @@ image "clock" {
     assert!(row("run").ends_with("DIFFERENT"), "{}", r.stderr);
 }
 
+const CLOCK_SPEC: &str = r#"
+image "clock" {
+    base "tar" path="rootfs.tar"
+    files "overlay/" dest="/"
+    run "date +%s%N > /etc/built-at"
+    output "tar"
+}
+"#;
+
+/// A python3 `http.server` on a free loopback port, serving `dir`; stopped when dropped.
+struct Http(std::process::Child, u16);
+
+impl Http {
+    fn serve(dir: &std::path::Path) -> Http {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (scripts/install-deps installs it with reprotest)");
+        let t = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed().as_secs() < 10, "http.server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Http(child, port)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Another machine published a build of the same spec whose `run` step wrote other bytes:
+/// verify names that step from the published manifest before it rebuilds anything, for a
+/// published folder and for the same files over HTTP, and diffoscope compares the pair.
+#[test]
+fn verify_against_a_published_build_names_the_first_differing_step_before_rebuilding() {
+    let w = mini();
+    w.write("clock.kdl", CLOCK_SPEC);
+    // The publisher's build, in its own cache.
+    w.run_with_cache(
+        "cache-pub",
+        &["build", "clock.kdl", "--out-dir", "published"],
+    )
+    .ok();
+    let check = |r: &crate::common::Run| {
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        let named = lines
+            .iter()
+            .position(|l| {
+                l.contains("the first step whose output differs from the published manifest")
+            })
+            .unwrap_or_else(|| panic!("no step named:\n{}", r.stderr));
+        assert!(
+            lines[named].contains("step `run `date +%s%N > /etc/built-at``"),
+            "{}",
+            lines[named]
+        );
+        let rebuild = lines
+            .iter()
+            .position(|l| l.starts_with("verify: rebuilding every step"))
+            .unwrap();
+        assert!(named < rebuild, "named after the rebuild:\n{}", r.stderr);
+        assert!(r.stderr.contains("clock.tar"), "{}", r.stderr);
+        assert!(!r.stderr.contains("its key differs"), "{}", r.stderr);
+    };
+    // The published folder: the manifest is found beside SHA256SUMS.
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        "published/clock/SHA256SUMS",
+        "--diffoscope",
+    ]);
+    check(&r);
+    assert!(
+        r.stderr.contains("1 of 3 files differ") || r.stderr.contains("files differ"),
+        "{}",
+        r.stderr
+    );
+    let report = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("verify: diffoscope's report: `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .unwrap_or_else(|| panic!("no diffoscope report:\n{}", r.stderr));
+    assert!(
+        r.stderr.contains("diffoscope on published clock.tar"),
+        "{}",
+        r.stderr
+    );
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(text.contains("etc/built-at"), "{text}");
+
+    // The same over HTTP, both documents given.
+    let http = Http::serve(&w.path("published/clock"));
+    let base = format!("http://127.0.0.1:{}", http.1);
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/SHA256SUMS"),
+        "--against",
+        &format!("{base}/clock.manifest.json"),
+    ]);
+    check(&r);
+    // A manifest that is not the one the sums list is refused.
+    w.write(
+        "forged/clock.manifest.json",
+        &std::fs::read_to_string(w.path("published/clock/clock.manifest.json"))
+            .unwrap()
+            .replace("clock.tar", "clock.tar "),
+    );
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/SHA256SUMS"),
+        "--against",
+        "forged/clock.manifest.json",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("forged/clock.manifest.json` is not the manifest"),
+        "{}",
+        r.stderr
+    );
+    // A URL that answers 404 is a usage error naming it.
+    let r = w.run(&[
+        "verify",
+        "clock.kdl",
+        "--against",
+        &format!("{base}/nothing"),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("HTTP 404"), "{}", r.stderr);
+}
+
+/// Without a published build, `--diffoscope` compares the first differing step's trees.
+#[test]
+fn verify_diffoscope_compares_the_first_differing_step_trees() {
+    let w = mini();
+    w.write("clock.kdl", CLOCK_SPEC);
+    let r = w.run(&["verify", "clock.kdl", "--diffoscope"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("diffoscope on the trees of step `run `date +%s%N > /etc/built-at``"),
+        "{}",
+        r.stderr
+    );
+    let report = r
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("verify: diffoscope's report: `"))
+        .and_then(|l| l.strip_suffix('`'))
+        .unwrap_or_else(|| panic!("no diffoscope report:\n{}", r.stderr));
+    assert!(
+        report.starts_with(&*w.path("cache/logs").to_string_lossy()),
+        "{report}"
+    );
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(text.contains("etc/built-at"), "{text}");
+}
+
+/// Under another group (`sudo -g`, a CI runner's groups), the files of the image are still
+/// owned by root: those a command in the image creates and those imgspec itself writes into
+/// the chroot's tree (the `locale` element's `/etc/locale.gen` and `/etc/default/locale`).
+#[test]
+fn the_callers_group_does_not_reach_the_image() {
+    let w = Workspace::new();
+    w.rootfs_tar_with(
+        "rootfs.tar",
+        &[],
+        &[
+            ("usr/sbin/locale-gen", "#!/bin/sh\nexit 0\n", 0o755),
+            // The element implies the `locales` package: an apt that has nothing to do.
+            ("usr/bin/apt-get", "#!/bin/sh\nexit 0\n", 0o755),
+            ("etc/locale.gen", "# fr_FR.UTF-8 UTF-8\n", 0o644),
+        ],
+    );
+    w.write(
+        "g.kdl",
+        r#"
+image "g" {
+    base "tar" path="rootfs.tar"
+    element "locale" lang="fr_FR.UTF-8"
+    run "mkdir -p /srv && echo x > /srv/by-run"
+    output "tar"
+}
+"#,
+    );
+    let out = std::process::Command::new("setpriv")
+        .args(["--regid=65534", "--groups=4,24", "--"])
+        .arg(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["build", "g.kdl"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = tar_list(&w, "out/g/g.tar");
+    for f in ["etc/default/locale", "etc/locale.gen", "srv/by-run"] {
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(f))
+            .unwrap_or_else(|| panic!("{f} missing:\n{listing}"));
+        assert!(line.contains(" 0/0 "), "{f} not owned by root:root: {line}");
+    }
+    assert!(!listing.contains("65534"), "{listing}");
+}
+
 #[test]
 fn changing_one_overlay_file_rebuilds_only_what_follows_and_plan_says_why() {
     let w = mini();
@@ -287,6 +518,61 @@ fn changing_one_run_command_rebuilds_from_there_with_the_bytes_of_a_cold_build()
         sha256(&w.path("out/mini/mini.tar")),
         sha256(&cold.path("out/mini/mini.tar"))
     );
+}
+
+/// Every entry of `dir`, sorted, with its inode and mtime.
+fn listing(dir: &std::path::Path) -> Vec<(String, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_output_folder_holds_only_the_artifacts_and_a_no_op_build_touches_nothing() {
+    let w = mini();
+    // An older imgspec kept its state in the folder: it goes.
+    w.write("out/mini/.imgspec-state.json", "{}");
+    w.run(&["build", "mini.kdl"]).ok();
+    let names = |l: &[(String, u64, i64, i64)]| l.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    let first = listing(&w.path("out/mini"));
+    assert_eq!(
+        names(&first),
+        [
+            "SHA256SUMS",
+            "mini.manifest.json",
+            "mini.spdx.json",
+            "mini.tar"
+        ]
+    );
+    // The state is in the cache.
+    let states: Vec<_> = std::fs::read_dir(w.path("cache/outputs-v1"))
+        .unwrap()
+        .collect();
+    assert_eq!(states.len(), 1);
+    let r = w.run(&["build", "mini.kdl"]).ok();
+    assert!(r.stderr.contains("(unchanged)"), "{}", r.stderr);
+    assert_eq!(
+        listing(&w.path("out/mini")),
+        first,
+        "a no-op build rewrote a file"
+    );
+    // The same folder reached through another path is the same folder.
+    std::os::unix::fs::symlink(w.path("out"), w.path("out-link")).unwrap();
+    w.run(&["build", "mini.kdl", "--out-dir", "out-link"]).ok();
+    assert_eq!(listing(&w.path("out/mini")), first);
 }
 
 #[test]

@@ -1,9 +1,16 @@
-//! Reproducibility across environments: the default spec built twice from two empty caches,
-//! the second time under another host name (`unshare --uts`), umask, `TMPDIR`, working
-//! directory and spec folder, gives the same bytes in every output file.
-//! Minutes, network and root: ignored by plain `cargo test`, run by `--include-ignored` (CI).
+//! Reproducibility across environments.
+//!
+//! - The default spec built twice from two empty caches, the second time under another host
+//!   name (`unshare --uts`), umask, `TMPDIR`, working directory and spec folder, gives the same
+//!   bytes in every output file (minutes, network and root: `--include-ignored`).
+//! - Debian's `reprotest` (the reproducible-builds project's own tool) builds a network-free
+//!   spec twice with every variation this machine supports, and `imgspec verify` runs inside
+//!   each build, so a leak between layers fails too (default run); and the locked
+//!   `specs/debian-efi.kdl` the same way (`--include-ignored`).
 
 use std::process::Command;
+
+use std::path::Path;
 
 use crate::common::{sha256, Workspace};
 
@@ -132,4 +139,342 @@ fn the_default_spec_gives_the_same_bytes_in_another_environment() {
         .map(|s| s["file"].as_str().unwrap())
         .collect();
     assert_eq!(files, ["debian-efi.kdl", "debian-common.kdl"], "{manifest}");
+}
+
+/// A spec with every kind of step that needs no network: a tarball base, a folder of files
+/// (many entries, for the file-order variation), a `run` command that creates files (their
+/// owner and group, for the user and group variation), an ext4 and a FAT filesystem (mke2fs
+/// and mtools: the clock, the time zone), a GPT disk, and tar, raw and qcow2 outputs.
+const REPROTEST_SPEC: &str = r#"
+image "mini" {
+    base "tar" path="rootfs.tar"
+    files "overlay/"
+    run "mkdir -p /srv/made && echo built > /srv/made/by-run && chmod 600 /srv/made/by-run && touch /srv/made/empty && ls /srv/data > /srv/made/listing"
+    disk table="gpt" size="64MiB" {
+        partition "esp" type="esp" size="16MiB" format="vfat" mount="/boot/efi"
+        partition "root" type="root" format="ext4" mount="/"
+    }
+    output "tar" "raw" "qcow2"
+}
+"#;
+
+/// reprotest's variations (`+all` is these), with what each needs on this machine: None when
+/// it can be applied, else why not.
+fn variations() -> Vec<(&'static str, Option<String>)> {
+    let has = |p: &str| {
+        ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(p).exists())
+    };
+    let need = |progs: &[&str], pkg: &str| -> Option<String> {
+        let missing: Vec<&str> = progs.iter().copied().filter(|p| !has(p)).collect();
+        (!missing.is_empty())
+            .then(|| format!("{} missing (apt-get install {pkg})", missing.join(", ")))
+    };
+    let fuse = if !Path::new("/dev/fuse").exists() {
+        Some("no /dev/fuse: disorderfs needs FUSE".to_string())
+    } else {
+        need(&["disorderfs", "fusermount"], "disorderfs")
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    vec![
+        ("environment", None),
+        ("build_path", None),
+        ("kernel", need(&["setarch"], "util-linux")),
+        ("aslr", need(&["setarch"], "util-linux")),
+        (
+            "num_cpus",
+            (cpus < 2).then(|| format!("{cpus} CPU: nothing to vary")),
+        ),
+        ("time", need(&["faketime"], "faketime")),
+        ("user_group", need(&["sudo"], "sudo")),
+        ("fileordering", fuse),
+        ("domain_host", need(&["sudo", "unshare", "nsenter"], "sudo")),
+        ("home", None),
+        ("locales", None),
+        ("exec_path", None),
+        ("timezone", None),
+        ("umask", None),
+    ]
+}
+
+/// Runs reprotest on `src` with `build` as the build command and every variation this machine
+/// supports (the others named on stderr; under `CI=true` none may be missing). The user and
+/// group variation runs the second build as root with group `nogroup` (imgspec needs root:
+/// the supplementary groups and the primary group are what vary), the host name variation
+/// uses sudo with unshare. Returns reprotest's output; panics unless it says reproducible.
+fn reprotest(
+    src: &Path,
+    build: &str,
+    artifacts: &str,
+    store: &Path,
+    exclude: &[(&str, &str)],
+) -> String {
+    assert!(
+        Path::new("/usr/bin/reprotest").exists(),
+        "reprotest is missing: apt-get install reprotest (scripts/install-deps installs it)"
+    );
+    let vars: Vec<(&str, Option<String>)> = variations()
+        .into_iter()
+        .map(|(v, why)| {
+            let ex = exclude
+                .iter()
+                .find(|(e, _)| *e == v)
+                .map(|(_, w)| w.to_string());
+            (v, why.or(ex))
+        })
+        .collect();
+    let excluded: Vec<&str> = exclude.iter().map(|(v, _)| *v).collect();
+    let skipped: Vec<String> = vars
+        .iter()
+        .filter_map(|(v, why)| why.as_ref().map(|w| format!("{v}: {w}")))
+        .collect();
+    if !skipped.is_empty() {
+        eprintln!(
+            "reprotest: variations this machine cannot apply:\n  {}",
+            skipped.join("\n  ")
+        );
+        let missing: Vec<&String> = skipped
+            .iter()
+            .filter(|s| !excluded.iter().any(|e| s.starts_with(&format!("{e}:"))))
+            .collect();
+        assert!(
+            missing.is_empty() || std::env::var("CI").as_deref() != Ok("true"),
+            "CI must apply every variation: {missing:?}"
+        );
+    }
+    let mut spec: Vec<String> = vec!["-all".into()];
+    spec.extend(
+        vars.iter()
+            .filter(|(_, w)| w.is_none())
+            .map(|(v, _)| format!("+{v}")),
+    );
+    let applied: Vec<&str> = vars
+        .iter()
+        .filter(|(_, w)| w.is_none())
+        .map(|(v, _)| *v)
+        .collect();
+    let mut cmd = Command::new("reprotest");
+    cmd.args(["--verbosity", "1", "--min-cpus", "1"])
+        .arg(format!("--variations={}", spec.join(",")));
+    if applied.contains(&"user_group") {
+        cmd.arg("--vary=user_group.available+=root:nogroup");
+    }
+    if applied.contains(&"domain_host") {
+        cmd.arg("--vary=domain_host.use_sudo=1");
+    }
+    let out = cmd
+        .arg("--store-dir")
+        .arg(store)
+        .args(["-c", build])
+        .arg(src)
+        .arg(artifacts)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success() && stdout.contains("Reproduction successful"),
+        "reprotest: not reproducible (status {})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    // The second build varies each of them (reprotest's INFO line at verbosity 1), and those
+    // that log their value did apply it.
+    let experiment = stderr
+        .lines()
+        .find(|l| l.contains("build \"experiment-1\":"))
+        .unwrap_or_else(|| panic!("no experiment build in reprotest's log:\n{stderr}"));
+    for v in &applied {
+        assert!(
+            experiment.contains(&format!("vary {v}")),
+            "{v} not varied: {experiment}"
+        );
+    }
+    for (v, line) in [
+        ("kernel", "KERNEL variation"),
+        ("num_cpus", "NUM_CPUS variation"),
+        ("time", "FAKETIME variation"),
+        ("fileordering", "DISORDERFS variation"),
+        ("domain_host", "DOMAIN_HOST variation"),
+        ("locales", "LOCALE variation"),
+        ("umask", "UMASK variation"),
+    ] {
+        if applied.contains(&v) {
+            assert!(stderr.contains(line), "{v} was not applied:\n{stderr}");
+        }
+    }
+    // `imgspec verify` ran inside both builds and passed.
+    assert_eq!(
+        stderr.matches("verify: all ").count(),
+        2,
+        "verify did not pass in both builds:\n{stderr}"
+    );
+    let table = format!(
+        "reprotest: {} variations applied ({}), reproducible; not applied: {}\n",
+        applied.len(),
+        applied.join(", "),
+        if skipped.is_empty() {
+            "none".to_string()
+        } else {
+            skipped.join("; ")
+        }
+    );
+    eprint!("{table}");
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "reprotest-{}.txt",
+            src.file_name().unwrap().to_string_lossy()
+        )),
+        format!("{table}{stdout}"),
+    );
+    stdout
+}
+
+/// The build command reprotest runs in its copy of the source folder: a build into an empty
+/// cache of its own (a `mktemp -d` folder, mode 0700, outside the folder that the file-order
+/// variation mounts through FUSE), then `imgspec verify` in the same cache.
+/// With `debs`, the cache's `.deb` store is that shared folder (locked packages are inputs,
+/// like the mirror: fetched once for both builds).
+fn build_command(specs: &str, debs: Option<&Path>) -> String {
+    let link = debs.map_or(String::new(), |d| {
+        format!("ln -s '{}' \"$cache/debs-v1\"; ", d.display())
+    });
+    format!(
+        "set -e; cache=$(mktemp -d); trap 'rm -rf \"$cache\"' EXIT; {link}\
+         '{bin}' --cache-dir \"$cache\" build {specs} --out-dir out; \
+         '{bin}' --cache-dir \"$cache\" verify {specs}",
+        bin = env!("CARGO_BIN_EXE_imgspec"),
+    )
+}
+
+#[test]
+fn reprotest_finds_nothing_of_the_host_in_a_network_free_build() {
+    let w = Workspace::new();
+    w.write("src/mini.kdl", REPROTEST_SPEC);
+    w.rootfs_tar("src/rootfs.tar");
+    w.write("src/overlay/etc/motd", "hello\n");
+    for i in 0..40 {
+        w.write(&format!("src/overlay/srv/data/f{i}"), &format!("{i}\n"));
+        w.write(
+            &format!("src/overlay/boot/efi/EFI/imgspec/e{i}.txt"),
+            &format!("e{i}\n"),
+        );
+    }
+    let out = reprotest(
+        &w.path("src"),
+        &build_command("mini.kdl", None),
+        "out/mini/*",
+        &w.path("reprotest-store"),
+        &[],
+    );
+    for f in [
+        "SHA256SUMS",
+        "mini.tar",
+        "mini.raw",
+        "mini.qcow2",
+        "mini.manifest.json",
+    ] {
+        assert!(
+            out.contains(&format!("./out/mini/{f}\n")),
+            "{f} not compared:\n{out}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "builds the locked specs/debian-efi.kdl twice under reprotest: minutes, root and the host's apt mirror"]
+fn reprotest_finds_nothing_of_the_host_in_the_locked_default_image() {
+    let w = Workspace::new();
+    copy_specs(&w, "src");
+    let specs = w.path("src/specs");
+    assert!(
+        specs.join("debian-efi.kdl.lock").exists(),
+        "specs/debian-efi.kdl.lock is missing: `imgspec lock specs/debian-efi.kdl` writes it"
+    );
+    std::fs::create_dir_all(w.path("debs")).unwrap();
+    let out = reprotest(
+        &specs,
+        &build_command("debian-efi.kdl", Some(&w.path("debs"))),
+        "out/debian-efi/*",
+        &w.path("reprotest-store"),
+        // reprotest varies the kernel with `setarch --uname-2.6`, and libc6's preinst
+        // refuses to install on a kernel older than 3.2.
+        &[(
+            "kernel",
+            "setarch --uname-2.6 makes libc6's preinst refuse the kernel (it needs >= 3.2)",
+        )],
+    );
+    for f in [
+        "SHA256SUMS",
+        "debian-efi.qcow2",
+        "debian-efi.raw",
+        "debian-efi.manifest.json",
+    ] {
+        assert!(
+            out.contains(&format!("./out/debian-efi/{f}\n")),
+            "{f} not compared:\n{out}"
+        );
+    }
+}
+
+/// The committed sums of the locked default image: what every build of
+/// `specs/debian-efi.kdl` with `specs/debian-efi.kdl.lock` must give, on any machine, any day.
+const COMMITTED_SUMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/debian-efi.SHA256SUMS");
+
+#[test]
+#[ignore = "builds the locked specs/debian-efi.kdl from an empty cache: minutes, root and the host's apt mirror"]
+fn the_locked_default_image_has_the_committed_sums() {
+    let refresh = "refresh the lock and the sums together, as one reviewable change: \
+        `imgspec lock specs/debian-efi.kdl --update && imgspec build specs/debian-efi.kdl && \
+        cp out/debian-efi/SHA256SUMS specs/debian-efi.SHA256SUMS && \
+        cp out/debian-efi/debian-efi.manifest.json specs/`, then commit \
+        specs/debian-efi.kdl.lock, specs/debian-efi.SHA256SUMS and specs/debian-efi.manifest.json";
+    let expected = std::fs::read_to_string(COMMITTED_SUMS)
+        .unwrap_or_else(|e| panic!("{COMMITTED_SUMS}: {e}; {refresh}"));
+    let w = Workspace::new();
+    copy_specs(&w, "a");
+    let r = w.run_with_cache(
+        "cache",
+        &["build", "a/specs/debian-efi.kdl", "--out-dir", "out"],
+    );
+    if r.code != 0 {
+        // The mirror dropped a locked package (superseded security updates are removed):
+        // say exactly which, and how to move on; never pass.
+        if r.stderr.contains("neither in the cache nor on the mirror") {
+            let gone: Vec<&str> = r
+                .stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with('`') && l.contains(" of step `"))
+                .collect();
+            panic!(
+                "the mirror no longer has {} locked package(s):\n  {}\n{refresh}",
+                gone.len(),
+                gone.join("\n  ")
+            );
+        }
+        panic!("the locked build failed:\n{}", r.stderr);
+    }
+    let got = std::fs::read_to_string(w.path("out/debian-efi/SHA256SUMS")).unwrap();
+    let lines = |t: &str| -> Vec<String> { t.lines().map(str::to_string).collect() };
+    let differ: Vec<String> = lines(&expected)
+        .into_iter()
+        .filter(|l| !got.lines().any(|g| g == l))
+        .collect();
+    let table = format!("committed sums vs this build:\n{got}");
+    let _ = std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("committed-sums.txt"),
+        &table,
+    );
+    assert!(
+        differ.is_empty() && lines(&expected).len() == lines(&got).len(),
+        "today's bytes are not those of the day the lock was written:\n  committed: {differ:?}\n  \
+         this build:\n{got}\n`imgspec verify specs/debian-efi.kdl --against \
+         specs/debian-efi.SHA256SUMS` names the first step that differs (from the committed \
+         manifest beside the sums); if the tool versions changed on purpose, {refresh}"
+    );
+    eprintln!(
+        "the locked default image has the committed sums ({} files)",
+        lines(&got).len()
+    );
 }
