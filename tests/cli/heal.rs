@@ -206,7 +206,6 @@ fn a_flipped_and_a_truncated_blob_heal_within_the_build() {
     assert_eq!(
         entries(&w.path("out/heal")),
         [
-            ".imgspec-state.json",
             "SHA256SUMS",
             "heal.manifest.json",
             "heal.raw",
