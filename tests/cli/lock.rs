@@ -146,8 +146,8 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
             .run_with_cache("cache-a", &["cache", "push", "spec.kdl", "--remote", &url])
             .ok();
         assert!(
-            p.stdout.contains(&format!("pushed {steps} step results"))
-                && !p.stdout.contains("not in the local"),
+            p.stderr.contains(&format!("pushed {steps} step results"))
+                && !p.stderr.contains("not in the local"),
             "{}{}",
             p.stdout,
             p.stderr
@@ -159,7 +159,7 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
             )
             .ok();
         assert!(
-            p.stdout.contains(&format!("pulled {steps} step results")),
+            p.stderr.contains(&format!("pulled {steps} step results")),
             "{}",
             p.stdout
         );
@@ -178,7 +178,7 @@ fn locked_builds_install_the_lock_and_need_no_mirror_once_cached() {
     );
     let e = e.ok();
     assert!(
-        e.stdout.contains(&format!("exported {steps} step results")),
+        e.stderr.contains(&format!("exported {steps} step results")),
         "{}{}",
         e.stdout,
         e.stderr

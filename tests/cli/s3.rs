@@ -41,6 +41,7 @@ fn garage_bin() -> Option<PathBuf> {
 /// One node of the cluster.
 struct Node {
     config: PathBuf,
+    rpc_port: u16,
     s3_port: u16,
     child: Option<Child>,
 }
@@ -101,6 +102,7 @@ impl Garage {
                 .unwrap();
             nodes.push(Node {
                 config,
+                rpc_port: rpc,
                 s3_port: s3,
                 child: Some(child),
             });
@@ -130,8 +132,28 @@ impl Garage {
                 }
             })
             .collect();
+        // `node id` reads the key file; the servers must also listen before they can meet.
+        for node in &g.nodes {
+            for port in [node.rpc_port, node.s3_port] {
+                let t = Instant::now();
+                while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    assert!(
+                        t.elapsed() < Duration::from_secs(60),
+                        "garage not listening"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
         for id in &ids[1..] {
-            g.cli(&["node", "connect", id]);
+            let t = Instant::now();
+            while !g.cli_on(0, &["node", "connect", id]).status.success() {
+                assert!(
+                    t.elapsed() < Duration::from_secs(30),
+                    "garage node connect {id}"
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         for id in &ids {
             let short = &id[..16];
