@@ -254,8 +254,28 @@ fn reprotest(
         .filter(|(_, w)| w.is_none())
         .map(|(v, _)| *v)
         .collect();
+    // reprotest runs `sudo -h localhost …`, which Debian 12's sudo refuses ("a remote host may
+    // only be specified when listing privileges") unless the machine's own name cannot be
+    // resolved: on a machine with a proper name every sudo-based variation failed. The build
+    // runs on this very host, so a `sudo` first on PATH drops the option and runs the real one.
+    let shim = tempfile::tempdir().unwrap();
+    let sudo = shim.path().join("sudo");
+    std::fs::write(
+        &sudo,
+        "#!/bin/sh
+if [ \"$1\" = -h ]; then shift 2; fi
+exec /usr/bin/sudo \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&sudo, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut cmd = Command::new("reprotest");
-    cmd.args(["--verbosity", "1", "--min-cpus", "1"])
+    cmd.env("PATH", path)
+        .args(["--verbosity", "1", "--min-cpus", "1"])
         .arg(format!("--variations={}", spec.join(",")));
     if applied.contains(&"user_group") {
         cmd.arg("--vary=user_group.available+=root:nogroup");
