@@ -264,7 +264,7 @@ impl S3 {
             let mut buf = vec![0u8; PART];
             let mut sent = 0u64;
             loop {
-                let n = match read_full(&mut reader, &mut buf) {
+                let n = match crate::blob::read_full(&mut reader, &mut buf) {
                     Ok(n) => n,
                     Err(e) => {
                         let _ = w.abort().await;
@@ -285,20 +285,6 @@ impl S3 {
             Ok(())
         })
     }
-}
-
-/// Reads until `buf` is full or the reader ends.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 fn down(what: &str, object: &str, e: &object_store::Error) -> Trouble {

@@ -180,3 +180,30 @@ pub fn sha256(path: &Path) -> String {
         .unwrap()
         .to_string()
 }
+
+/// Every file under `dir` whose bytes contain `needle`.
+pub fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                if bytes
+                    .windows(needle.len())
+                    .any(|win| win == needle.as_bytes())
+                {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}

@@ -4,11 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{sha256, Run, Workspace};
+use crate::common::{files_containing, sha256, Run, Workspace};
 
 const SPEC: &str = r#"
 image "mini" {
@@ -286,33 +286,6 @@ fn imgspec_cmd(w: &Workspace, cache: &str, args: &[&str], env: &[(String, String
 
 fn imgspec(w: &Workspace, cache: &str, args: &[&str], env: &[(String, String)]) -> Run {
     imgspec_cmd(w, cache, args, env).output().unwrap().into()
-}
-
-/// Every file under `dir` whose bytes contain `needle`.
-fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() {
-                let bytes = std::fs::read(&p).unwrap_or_default();
-                if bytes
-                    .windows(needle.len())
-                    .any(|win| win == needle.as_bytes())
-                {
-                    hits.push(p);
-                }
-            }
-        }
-    }
-    hits
 }
 
 #[test]
