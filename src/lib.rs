@@ -6,6 +6,7 @@
 //! Only [`cli`] talks to the user.
 
 pub mod boot;
+pub mod build;
 pub mod cli;
 pub mod exec;
 pub mod format;

@@ -15,7 +15,6 @@ use imgspec_cache::{Credentials, Remote, StepKey, Store};
 
 use super::{error_chain, human_bytes, need_specs, CliError};
 use crate::plan::Plan;
-use crate::spec;
 
 /// The global flags of the remote cache.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -349,9 +348,8 @@ fn unavailable(remote: &Remote, e: &imgspec_cache::RemoteError) -> CliError {
 /// `build` plans them.
 fn plan_of(store: &Store, specs: &[PathBuf]) -> Result<Plan, CliError> {
     need_specs(specs)?;
-    let spec = spec::load(specs)?;
-    let lock = super::lock::load_locks(specs, &spec)?;
-    super::plan_checked(store, &spec, lock.as_ref())
+    let (spec, lock) = crate::build::load(specs)?;
+    Ok(crate::build::plan_of(store, &spec, lock.as_ref())?)
 }
 
 /// Each step of the plan once: (key, label).

@@ -1,0 +1,126 @@
+//! Locked packages before a build: every `.deb` a step that will run installs is in the
+//! cache's deb store, or the build stops before any step, naming each one that is neither
+//! there nor on the mirror.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::{BuildError, Session};
+use crate::exec::error_chain;
+use crate::lock::{DebStore, LockedDeb};
+use crate::plan::{Plan, StepId};
+use crate::spec::model::{Base, Layer};
+use crate::steps::Action;
+
+/// The lock's packages of a step, if it is pinned.
+fn locked_debs(action: &Action) -> Option<&[LockedDeb]> {
+    match action {
+        Action::BaseDebian(b) => b.locked.as_ref().map(|l| l.debs.as_slice()),
+        Action::Packages(p) => p.locked.as_ref().map(|l| l.debs.as_slice()),
+        _ => None,
+    }
+}
+
+/// Suite → archive URI, from the sources the image's base uses (the spec's mirror, else the
+/// host's apt sources).
+fn mirrors_of(session: &Session, image: &str) -> Result<BTreeMap<String, String>, String> {
+    let img = session
+        .spec
+        .images
+        .iter()
+        .find(|i| i.name == image)
+        .ok_or_else(|| format!("no image `{image}`"))?;
+    let Some(Layer::Base(Base::Debian(d))) = img.layers.first() else {
+        return Err(format!(
+            "image `{image}` has no Debian base to take a mirror from"
+        ));
+    };
+    let base = crate::steps::base::DebianBase {
+        spec: d.clone(),
+        locked: None,
+    };
+    let lines = base
+        .sources()
+        .map(|l| l.join("\n"))
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for s in crate::host::parse_one_line(&lines) {
+        for suite in s.suites {
+            out.entry(suite)
+                .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Every locked `.deb` that the steps in `to_run` install is in the cache afterwards (fetched
+/// from the mirror, four at a time, after telling `notice` how many), or none of them runs.
+pub(super) fn fetch_locked(
+    session: &Session,
+    plan: &Plan,
+    to_run: &[StepId],
+    notice: &dyn Fn(&str),
+) -> Result<(), BuildError> {
+    let debs = DebStore::new(session.store.root());
+    // sha256 → (package, step label, URL or why there is none)
+    let mut wanted: BTreeMap<String, (LockedDeb, String, Result<String, String>)> = BTreeMap::new();
+    let mut mirrors: BTreeMap<String, Result<BTreeMap<String, String>, String>> = BTreeMap::new();
+    for &id in to_run {
+        let step = &plan.steps[id];
+        let Some(locked) = locked_debs(&step.action) else {
+            continue;
+        };
+        let image = &step.uses[0].0;
+        for d in locked {
+            if debs.has(&d.sha256) || wanted.contains_key(&d.sha256) {
+                continue;
+            }
+            let m = mirrors
+                .entry(image.clone())
+                .or_insert_with(|| mirrors_of(session, image));
+            let url = match m {
+                Ok(m) => m
+                    .get(&d.suite)
+                    .map(|uri| format!("{uri}/{}", d.filename))
+                    .ok_or_else(|| format!("no mirror of suite `{}` in the sources", d.suite)),
+                Err(e) => Err(e.clone()),
+            };
+            wanted.insert(d.sha256.clone(), (d.clone(), step.label.clone(), url));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    notice(&format!(
+        "fetching {} locked package{} missing from the cache",
+        wanted.len(),
+        if wanted.len() == 1 { "" } else { "s" }
+    ));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .map_err(BuildError::internal)?;
+    let mut failed: Vec<String> = pool.install(|| {
+        wanted
+            .par_iter()
+            .filter_map(|(sha, (d, label, url))| {
+                let r = match url {
+                    Ok(url) => debs.fetch(url, sha).map_err(|e| error_chain(&e)),
+                    Err(e) => Err(e.clone()),
+                };
+                r.err().map(|why| {
+                    format!(
+                        "`{}` {} ({}) of step `{label}`: {why}",
+                        d.name, d.version, d.arch
+                    )
+                })
+            })
+            .collect()
+    });
+    if failed.is_empty() {
+        return Ok(());
+    }
+    failed.sort();
+    Err(BuildError::LockedMissing(failed))
+}
