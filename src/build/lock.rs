@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::Store;
 
-use super::{needs_root, open_store, run, steps_to_run, BuildError, RootFor, RunOptions, Session};
+use super::{
+    needs_root, open_store, run, steps_to_run, BuildError, Feedback, RootFor, RunOptions, Session,
+};
 use crate::lock::{lock_path, parse_debs, Lock, LockSet};
 use crate::plan::{Plan, StepId};
 use crate::spec;
@@ -150,13 +152,13 @@ pub struct LockWritten {
 
 /// `imgspec lock SPEC`: resolves the package sets `update` asks for (building their steps
 /// unlocked in the store at `cache_dir`), keeps the rest, and writes `SPEC.lock` (beside, then
-/// renamed). `notice` hears what a partial update changes before it is checked.
+/// renamed). `feedback` hears what a partial update changes before it is checked.
 pub fn lock_spec(
     cache_dir: &Path,
     spec_path: &Path,
     update: &Update,
     o: &RunOptions,
-    notice: &dyn Fn(&str),
+    feedback: &dyn Feedback,
 ) -> Result<LockWritten, BuildError> {
     let t = std::time::Instant::now();
     let path = lock_path(spec_path);
@@ -272,7 +274,7 @@ pub fn lock_spec(
             return Err(BuildError::UnknownPackages(unknown));
         }
         let changed = pin_others(&mut lock, &old, named);
-        notice(&format!(
+        feedback.notice(&format!(
             "{changed} package{} of the lock change{}; checking that the pinned rest installs \
              with them",
             if changed == 1 { "" } else { "s" },
@@ -283,7 +285,7 @@ pub fn lock_spec(
             spec_path,
             &lock,
             &RunOptions { fresh: &[], ..*o },
-            notice,
+            feedback,
         )?;
     }
     let text = lock.render();
@@ -321,7 +323,7 @@ fn check_locked(
     spec_path: &Path,
     lock: &Lock,
     o: &RunOptions,
-    notice: &dyn Fn(&str),
+    feedback: &dyn Feedback,
 ) -> Result<(), BuildError> {
     let session = Session {
         spec: spec::load(&[spec_path.to_path_buf()])?,
@@ -331,7 +333,7 @@ fn check_locked(
     let plan = session.plan()?;
     let targets: Vec<StepId> = wanted_sets(&plan).iter().map(|w| w.id).collect();
     let to_run = steps_to_run(&session.store, None, &plan, &targets);
-    super::preflight::fetch_locked(&session, &plan, &to_run, notice)?;
+    super::preflight::fetch_locked(&session, &plan, &to_run, feedback)?;
     resolve_steps(&session, &plan, &targets, o).map_err(|e| match e {
         BuildError::Resolve(m) => BuildError::PartialUpdate(m),
         other => other,

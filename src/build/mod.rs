@@ -9,8 +9,8 @@
 //! place an [`Executor`](crate::exec::Executor) is made.
 //!
 //! Nothing here prints or reads the environment: progress goes through the
-//! [`Reporter`](crate::exec::Reporter) and the few notices a verb shows between steps through a
-//! `notice` callback; failures are [`BuildError`]s, which `cli` turns into its messages and exit
+//! [`Reporter`](crate::exec::Reporter), and the few notices and transfers a verb shows between
+//! steps through its [`Feedback`]; failures are [`BuildError`]s, which `cli` turns into its messages and exit
 //! codes.
 
 mod error;
@@ -26,6 +26,33 @@ use imgspec_cache::{Remote, StepKey, Store};
 pub use error::BuildError;
 pub use facts::HostFacts;
 pub use run::{executor, BuildReport, BuildRequest, RunOptions};
+
+/// What a verb hears between steps (the executor's events go to its
+/// [`Reporter`](crate::exec::Reporter)): notices, and the bytes of long transfers.
+pub trait Feedback: Sync {
+    fn notice(&self, message: &str);
+    /// A transfer of `total` bytes (when known) starts; it ends when the result drops.
+    fn transfer(&self, what: &str, total: Option<u64>) -> Box<dyn Transfer + '_>;
+}
+
+/// One transfer under way: told the bytes as they go, from any thread.
+pub trait Transfer: Sync {
+    fn add(&self, bytes: u64);
+}
+
+/// Feedback that goes nowhere (tests, and callers with nobody to tell).
+pub struct Quiet;
+
+impl Feedback for Quiet {
+    fn notice(&self, _: &str) {}
+    fn transfer(&self, _: &str, _: Option<u64>) -> Box<dyn Transfer + '_> {
+        Box::new(Quiet)
+    }
+}
+
+impl Transfer for Quiet {
+    fn add(&self, _: u64) {}
+}
 
 use crate::plan::{Plan, StepId};
 use crate::spec;
@@ -64,16 +91,16 @@ impl Session {
     /// What must hold before a build of `targets` starts a step: the steps it will run (not in
     /// the cache nor on the remote, needed by something not cached), run as root where one of
     /// them needs it, and every locked `.deb` they install in the cache (fetched from the
-    /// mirror now; `notice` is told how many first). Returns the steps that will run.
+    /// mirror now; `feedback` hears how many and their bytes). Returns the steps that will run.
     pub fn preflight(
         &self,
         plan: &Plan,
         targets: &[StepId],
         remote: Option<&Remote>,
-        notice: &dyn Fn(&str),
+        feedback: &dyn Feedback,
     ) -> Result<Vec<StepId>, BuildError> {
         let to_run = steps_to_run(&self.store, remote, plan, targets);
-        preflight::fetch_locked(self, plan, &to_run, notice)?;
+        preflight::fetch_locked(self, plan, &to_run, feedback)?;
         needs_root(plan, &to_run, RootFor::Build)?;
         Ok(to_run)
     }

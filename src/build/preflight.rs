@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
-use super::{BuildError, Session};
+use super::{BuildError, Feedback, Session};
 use crate::exec::error_chain;
 use crate::lock::{DebStore, LockedDeb};
 use crate::plan::{Plan, StepId};
@@ -55,12 +55,13 @@ fn mirrors_of(session: &Session, image: &str) -> Result<BTreeMap<String, String>
 }
 
 /// Every locked `.deb` that the steps in `to_run` install is in the cache afterwards (fetched
-/// from the mirror, four at a time, after telling `notice` how many), or none of them runs.
+/// from the mirror, four at a time, `feedback` told how many and their bytes), or none of them
+/// runs.
 pub(super) fn fetch_locked(
     session: &Session,
     plan: &Plan,
     to_run: &[StepId],
-    notice: &dyn Fn(&str),
+    feedback: &dyn Feedback,
 ) -> Result<(), BuildError> {
     let debs = DebStore::new(session.store.root());
     // sha256 → (package, step label, URL or why there is none)
@@ -92,11 +93,13 @@ pub(super) fn fetch_locked(
     if wanted.is_empty() {
         return Ok(());
     }
-    notice(&format!(
+    feedback.notice(&format!(
         "fetching {} locked package{} missing from the cache",
         wanted.len(),
         if wanted.len() == 1 { "" } else { "s" }
     ));
+    let total: u64 = wanted.values().map(|(d, _, _)| d.size).sum();
+    let transfer = feedback.transfer("locked packages", Some(total));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
         .build()
@@ -106,7 +109,9 @@ pub(super) fn fetch_locked(
             .par_iter()
             .filter_map(|(sha, (d, label, url))| {
                 let r = match url {
-                    Ok(url) => debs.fetch(url, sha).map_err(|e| error_chain(&e)),
+                    Ok(url) => debs
+                        .fetch(url, sha, &|n| transfer.add(n))
+                        .map_err(|e| error_chain(&e)),
                     Err(e) => Err(e.clone()),
                 };
                 r.err().map(|why| {
@@ -118,6 +123,7 @@ pub(super) fn fetch_locked(
             })
             .collect()
     });
+    drop(transfer);
     if failed.is_empty() {
         return Ok(());
     }

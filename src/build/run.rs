@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use imgspec_cache::{Remote, Store};
 
-use super::{BuildError, Session};
+use super::{BuildError, Feedback, Session};
 use crate::exec::{error_chain, Event, Executor, Outcome, Reporter};
 use crate::outputs::Written;
 use crate::plan::{ImagePlan, Plan, StepId};
@@ -82,7 +82,7 @@ pub fn build(
     session: &Session,
     o: &RunOptions,
     req: &BuildRequest,
-    notice: &dyn Fn(&str),
+    feedback: &dyn Feedback,
 ) -> Result<BuildReport, BuildError> {
     let plan = session.plan()?;
     for name in req.images {
@@ -99,7 +99,7 @@ pub fn build(
         .filter(|i| req.images.is_empty() || req.images.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
-    session.preflight(&plan, &targets, o.remote, notice)?;
+    session.preflight(&plan, &targets, o.remote, feedback)?;
 
     let exec = executor(&session.store, o);
     let t = std::time::Instant::now();

@@ -26,9 +26,9 @@ pub(super) fn lock(
         remote: None,
         remote_write: false,
     };
-    let notice = |m: &str| eprintln!("[{}] {m}", super::report::clock());
+    let feedback = super::progress::Feedback { json };
     for s in specs {
-        let w = lock_spec(cache_dir, s, &update, &o, &notice)?;
+        let w = lock_spec(cache_dir, s, &update, &o, &feedback)?;
         if json {
             println!(
                 "{}",

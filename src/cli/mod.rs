@@ -4,6 +4,7 @@ mod diff;
 mod dot;
 mod help;
 mod lock;
+mod progress;
 mod remote;
 mod report;
 mod verify;
@@ -847,8 +848,7 @@ fn build(
         out_dir,
         images: only,
     };
-    let notice = |m: &str| eprintln!("[{}] {m}", report::clock());
-    let r = crate::build::run::build(session, &o, &req, &notice)?;
+    let r = crate::build::run::build(session, &o, &req, &progress::Feedback { json })?;
     if json {
         let s = serde_json::json!({
             "event": "build-finished",
