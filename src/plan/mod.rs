@@ -733,4 +733,6 @@ fn human_size(n: u64) -> String {
 }
 
 #[cfg(test)]
+mod element_keys;
+#[cfg(test)]
 mod tests;
