@@ -493,7 +493,7 @@ fn check_locked(
     preflight(
         &ctx,
         &plan,
-        &steps_to_run(&ctx.store, None, &plan, &targets),
+        &steps_to_run(&ctx.store, &imgspec_cache::Tiers::none(), &plan, &targets),
     )?;
     resolve_steps(&ctx, &plan, &targets, &[], jobs, json).map_err(|e| match e {
         CliError::BuildFailed(m) => CliError::BuildFailed(format!(
@@ -515,7 +515,7 @@ fn resolve_steps(
     json: bool,
 ) -> Result<BTreeMap<StepId, imgspec_cache::StepOutput>, CliError> {
     if !is_root() {
-        let mut to_run = steps_to_run(&ctx.store, None, plan, targets);
+        let mut to_run = steps_to_run(&ctx.store, &imgspec_cache::Tiers::none(), plan, targets);
         to_run.extend(fresh);
         let mut labels: Vec<&str> = to_run
             .into_iter()
@@ -543,8 +543,7 @@ fn resolve_steps(
         jobs: jobs.max(1),
         cancel: &cancel,
         fresh,
-        remote: None,
-        remote_write: false,
+        tiers: &imgspec_cache::Tiers::none(),
     };
     let outcome = exec.run(plan, targets);
     if outcome.interrupted {

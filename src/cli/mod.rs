@@ -400,8 +400,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref images,
         } => {
             let ctx = Context::open(&cache_dir, specs)?;
-            let remote = remote::open(&cli.remote)?;
-            build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
+            let tiers = remote::tiers(&cli.remote)?;
+            build(&ctx, jobs, out_dir, images, &tiers, cli.json)
         }
         Command::Verify {
             ref specs,
@@ -808,7 +808,7 @@ fn build(
     jobs: usize,
     out_dir: &Path,
     only: &[String],
-    remote: Option<&(imgspec_cache::Remote, bool)>,
+    tiers: &imgspec_cache::Tiers,
     json: bool,
 ) -> Result<(), CliError> {
     let plan = ctx.plan()?;
@@ -831,12 +831,12 @@ fn build(
     lock::preflight(
         ctx,
         &plan,
-        &steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets),
+        &steps_to_run(&ctx.store, tiers, &plan, &targets),
     )?;
 
     // Root is needed only by steps that will really run.
     if !is_root() {
-        let to_run: Vec<&str> = steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets)
+        let to_run: Vec<&str> = steps_to_run(&ctx.store, tiers, &plan, &targets)
             .into_iter()
             .filter(|&i| plan.steps[i].action.needs_root())
             .map(|i| plan.steps[i].label.as_str())
@@ -861,8 +861,7 @@ fn build(
         jobs: jobs.max(1),
         cancel: &cancel,
         fresh: &[],
-        remote: remote.map(|(r, _)| r),
-        remote_write: remote.is_some_and(|(_, w)| *w),
+        tiers,
     };
     let t = std::time::Instant::now();
     let mut outcome = exec.run(&plan, &targets);
@@ -1042,19 +1041,14 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 /// The steps a build of `targets` would run (not in the cache, needed by something not cached;
-/// a step the remote cache has a record of counts as cached).
+/// a step a remote cache has a record of counts as cached).
 fn steps_to_run(
     store: &Store,
-    remote: Option<&imgspec_cache::Remote>,
+    tiers: &imgspec_cache::Tiers,
     plan: &Plan,
     targets: &[StepId],
 ) -> Vec<StepId> {
-    let on_remote = |key: &imgspec_cache::StepKey| {
-        remote.is_some_and(|r| {
-            r.exists(&imgspec_cache::remote::record_object(key))
-                .unwrap_or(false)
-        })
-    };
+    let on_remote = |key: &imgspec_cache::StepKey| tiers.has_step(key);
     let mut seen = vec![false; plan.steps.len()];
     let mut out = Vec::new();
     let mut stack = targets.to_vec();

@@ -264,8 +264,7 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         jobs: o.jobs.max(1),
         cancel: &cancel,
         // A verification rebuilds here; it never fetches or uploads.
-        remote: None,
-        remote_write: false,
+        tiers: &imgspec_cache::Tiers::none(),
         fresh: &[],
     };
     let mut reference = exec.run(&plan, &targets);
@@ -317,8 +316,7 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         jobs: o.jobs.max(1),
         cancel: &cancel,
         // A verification rebuilds here; it never fetches or uploads.
-        remote: None,
-        remote_write: false,
+        tiers: &imgspec_cache::Tiers::none(),
         fresh: &[],
     };
     let rebuilt = exec.run(&plan, &targets);
