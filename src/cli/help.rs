@@ -19,7 +19,8 @@ pub const BUILD: &str = "\
 Examples:
   sudo imgspec build specs/debian-efi.kdl
   sudo imgspec build specs/debian-*.kdl --image debian-bios --out-dir /srv/images
-  sudo imgspec build specs/debian-efi.kdl --remote http://cache:8080/imgspec/ --remote-write";
+  sudo imgspec build specs/debian-efi.kdl --remote http://cache:8080/imgspec/ --remote-write
+  sudo imgspec build specs/debian-efi.kdl --remote http://lan:8080/imgspec/ --remote s3://acme/cache";
 
 pub const VERIFY: &str = "\
 Examples:
@@ -85,6 +86,7 @@ Examples:
 pub const CACHE_PULL: &str = "\
 Examples:
   imgspec cache pull specs/debian-efi.kdl --remote http://cache:8080/imgspec/
+  imgspec cache pull specs/debian-efi.kdl --remote http://lan:8080/imgspec/ --remote s3://acme/cache
   IMGSPEC_REMOTE=http://cache:8080/imgspec/ imgspec cache pull specs/*.kdl";
 
 pub const CACHE_EXPORT: &str = "\

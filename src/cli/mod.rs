@@ -221,13 +221,15 @@ enum CacheCommand {
     /// Re-hash every blob; drop corrupt ones and the results that used them
     #[command(after_help = help::CACHE_VERIFY)]
     Verify,
-    /// Upload what the specs need (every step result in the local cache) to the remote cache
+    /// Upload what the specs need (every step result in the local cache) to the remote caches
+    /// (all but those the config file marks `write=#false`)
     #[command(after_help = help::CACHE_PUSH)]
     Push {
         #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
     },
-    /// Download what the specs need from the remote cache, each object checked
+    /// Download what the specs need from the remote caches (each step from the first that has
+    /// it), each object checked
     #[command(after_help = help::CACHE_PULL)]
     Pull {
         #[arg(help = SPECS_HELP, value_name = "SPECS")]
