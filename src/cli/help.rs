@@ -19,8 +19,7 @@ pub const BUILD: &str = "\
 Examples:
   sudo imgspec build specs/debian-efi.kdl
   sudo imgspec build specs/debian-*.kdl --image debian-bios --out-dir /srv/images
-  sudo imgspec build specs/debian-efi.kdl --remote http://cache:8080/imgspec/ --remote-write
-  sudo imgspec build specs/debian-efi.kdl --remote http://lan:8080/imgspec/ --remote s3://acme/cache";
+  sudo imgspec build specs/debian-efi.kdl --remote http://cache:8080/imgspec/ --remote-write";
 
 pub const VERIFY: &str = "\
 Examples:
