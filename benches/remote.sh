@@ -110,7 +110,7 @@ CONF
     for id in "${ids[@]:1}"; do
         for _ in $(seq 150); do g node connect "$id" >/dev/null 2>&1 && break; sleep 0.2; done
     done
-    for id in "${ids[@]}"; do g layout assign -z dc1 -c 1G "${id:0:16}" >/dev/null; done
+    for id in "${ids[@]}"; do g layout assign -z dc1 -c 20G "${id:0:16}" >/dev/null; done
     g layout apply --version 1 >/dev/null
     g bucket create imgspec >/dev/null
     key=$(g key create imgspec-bench)
