@@ -88,8 +88,12 @@
 //! - `index`: the SQLite schema and its migrations, `record`, `lookup`, `last_build`,
 //!   `hash_file_cached`.
 //! - `gc`: `gc`, `verify`, `usage`.
-//! - `remote`: the HTTP remote cache (`cas-v1/`, `ac-v1/` on the server), fetch and push of a
-//!   step with its blobs; see its module doc for the layout and the checks.
+//! - `remote`: the remote cache (`cas-v1/`, `ac-v1/` on the server), fetch and push of a step
+//!   with its blobs, every check of what arrives; see its module doc for the layout and the
+//!   checks. It moves the objects through a `backend::Backend`: `http` (GET/HEAD/PUT) or
+//!   `s3` (`object_store`).
+//! - `tiers`: the ordered list of remotes after the local store, each read-only or
+//!   read-write: lookup in order, what a hit fills, where a built step goes.
 //! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
 //!   sharing; every blob checked on import, all records or none.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
@@ -101,15 +105,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod backend;
 mod blob;
 mod bundle;
 mod gc;
+mod http;
 mod index;
 pub mod remote;
 pub mod s3;
 mod steplock;
 mod sys;
 mod tarball;
+pub mod tiers;
 mod tmp;
 mod tree;
 
@@ -118,6 +125,7 @@ pub use bundle::BundleStats;
 pub use remote::{Credentials, Remote, RemoteError};
 pub use steplock::{Claim, StepLock, LOCKS_DIR};
 pub use sys::try_lock_exclusive;
+pub use tiers::{Mode, Tier, Tiers};
 pub use tree::{diff, Checkout};
 
 /// Name of the blob directory under the root; bump the version when the blob encoding changes.

@@ -1,7 +1,7 @@
-//! The remote cache: blobs and step records shared over plain HTTP, GET/HEAD/PUT of
-//! content-addressed objects, as served by nginx with WebDAV `PUT` (or any server that stores
-//! what is PUT and serves it back), or in an S3 bucket ([`crate::s3`] moves the bytes; the
-//! checks here are the same for both).
+//! The remote cache: blobs and step records shared through a [`Backend`] that moves named
+//! objects: plain HTTP ([`crate::http`], e.g. nginx with WebDAV `PUT`) or an S3 bucket
+//! ([`crate::s3`]). What is moved, and every check of what arrives, is here, the same for every
+//! backend.
 //!
 //! # Layout on the server
 //!
@@ -17,27 +17,27 @@
 //! not a hash of its content), but everything it points at is: every blob fetched is
 //! decompressed and hashed before it enters the local store ([`Store::adopt_compressed`]), and
 //! the record is recorded locally only once all of them are in. A wrong or truncated object is
-//! refused ([`RemoteError::Bad`]) and the caller builds the step itself.
+//! refused ([`RemoteError::Bad`]) and the caller builds the step itself (or asks the next
+//! tier, [`crate::tiers`]).
 //!
-//! Downloads and uploads of one step's blobs run in parallel on a small pool of their own. A
-//! download that breaks off is retried with `Range` from where it stopped, into the same temp
-//! file. The first time the server cannot be reached (or answers with an unexpected status)
-//! the remote is marked down: every later call fails at once, and [`Remote::down_notice`]
-//! hands the reason out exactly once, so the user is told once.
+//! Downloads and uploads of one step's blobs run in parallel on a small pool of their own. The
+//! first time the backend says the place cannot be used ([`Trouble::Down`]) the remote is
+//! marked down: every later call fails at once, and [`Remote::down_notice`] hands the reason
+//! out exactly once, so the user is told once.
 //!
-//! Credentials (basic or bearer) go into an `Authorization` header only. The URL kept and
-//! shown ([`Remote::url`]) has no user information, and no error carries a header.
+//! The URL kept and shown ([`Remote::url`]) has no user information, and no error carries a
+//! credential.
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{Backend, Trouble};
 use crate::{BlobDigest, StepKey, StepOutput, StepRecord, Store, StoreError};
 
 /// Folder of blobs on the server.
@@ -48,8 +48,6 @@ pub const AC_DIR: &str = "ac-v1";
 pub const RECORD_FORMAT: u32 = 1;
 /// Requests at once for one step's blobs.
 const PARALLEL: usize = 8;
-/// Attempts of one request before the server counts as unreachable.
-const ATTEMPTS: u32 = 3;
 /// A step record larger than this is not a record.
 const MAX_RECORD: u64 = 16 << 20;
 
@@ -104,29 +102,7 @@ impl SharedRecord {
         Ok(rec)
     }
 }
-
-/// Who we are to the server.
-#[derive(Clone, Default)]
-pub enum Credentials {
-    #[default]
-    None,
-    Basic {
-        user: String,
-        password: String,
-    },
-    Bearer(String),
-}
-
-// Never print a secret, not even in a debug dump.
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Credentials::None => "None",
-            Credentials::Basic { .. } => "Basic(<redacted>)",
-            Credentials::Bearer(_) => "Bearer(<redacted>)",
-        })
-    }
-}
+pub use crate::http::Credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -155,91 +131,25 @@ impl RemoteError {
 
 type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
-/// A remote cache at one URL.
+/// A remote cache: one [`Backend`] that moves the objects, and everything that is the same for
+/// every backend (which objects, the checks, down-once, the transfer pool, the counters).
 pub struct Remote {
-    /// Scheme, host, port and path, without user information or a trailing `/`.
-    base: String,
-    /// The `Authorization` header value, if any. Never shown.
-    auth: Option<String>,
-    agent: ureq::Agent,
+    /// What to show: the URL without user information or a trailing `/`.
+    shown: String,
+    backend: Box<dyn Backend>,
     pool: rayon::ThreadPool,
     down: Mutex<Option<String>>,
     noticed: AtomicBool,
     bytes_down: AtomicU64,
     bytes_up: AtomicU64,
-    /// The S3 transport, for an `s3://` remote; plain HTTP otherwise.
-    s3: Option<crate::s3::S3>,
 }
 
 /// `url` without user information (`http://user:secret@host/x` → `http://host/x`): the only
 /// form of a remote URL that may be shown.
 pub fn redact_url(url: &str) -> String {
-    match split_userinfo(url) {
+    match crate::http::split_userinfo(url) {
         Some((scheme, _, rest)) => format!("{scheme}://{rest}"),
         None => url.to_string(),
-    }
-}
-
-/// `scheme://user:pass@rest` → (scheme, Some("user:pass"), rest); no `://` → None.
-fn split_userinfo(url: &str) -> Option<(&str, Option<&str>, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => Some((scheme, Some(&rest[..at]), &rest[at + 1..])),
-        None => Some((scheme, None, rest)),
-    }
-}
-
-/// `%XX` escapes of user information in a URL.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16
-            | (*c.get(1).unwrap_or(&0) as u32) << 8
-            | *c.get(2).unwrap_or(&0) as u32;
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i <= c.len() {
-                out.push(T[(n >> shift & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A transport error that says the server cannot be reached at all.
-fn unreachable(e: &ureq::Error) -> bool {
-    match e {
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) => true,
-        ureq::Error::Io(io) => matches!(
-            io.kind(),
-            io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::TimedOut
-        ),
-        _ => false,
     }
 }
 
@@ -264,48 +174,28 @@ pub struct PushStats {
 }
 
 impl Remote {
-    /// A remote at `url` (`http://` or `https://`). User information in the URL is taken out
-    /// and used as basic credentials unless `creds` gives others.
+    /// A remote at `url` (`http://` or `https://`), over plain HTTP. User information in the URL
+    /// is taken out and used as basic credentials unless `creds` gives others.
     pub fn new(url: &str, creds: Credentials) -> Result<Remote> {
-        let shown = redact_url(url);
-        let bad = |reason: &str| RemoteError::BadUrl {
-            url: shown.clone(),
-            reason: reason.into(),
-        };
-        let (scheme, userinfo, rest) = split_userinfo(url).ok_or_else(|| bad("no `http://`"))?;
-        if scheme != "http" && scheme != "https" {
-            return Err(bad("only http:// and https:// are supported"));
-        }
-        if rest.is_empty() || rest.starts_with('/') {
-            return Err(bad("no host"));
-        }
-        let creds = match (creds, userinfo) {
-            (Credentials::None, Some(ui)) => {
-                let (u, p) = ui.split_once(':').unwrap_or((ui, ""));
-                Credentials::Basic {
-                    user: percent_decode(u),
-                    password: percent_decode(p),
-                }
-            }
-            (c, _) => c,
-        };
-        let auth = match creds {
-            Credentials::None => None,
-            Credentials::Basic { user, password } => Some(format!(
-                "Basic {}",
-                base64(format!("{user}:{password}").as_bytes())
-            )),
-            Credentials::Bearer(t) => Some(format!("Bearer {t}")),
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
-            .max_idle_connections_per_host(PARALLEL)
-            .build()
-            .into();
+        let http = crate::http::Http::new(url, creds).map_err(|reason| RemoteError::BadUrl {
+            url: redact_url(url),
+            reason,
+        })?;
+        Remote::with_backend(http.base.clone(), Box::new(http))
+    }
+
+    /// A remote in an S3 bucket (AWS or a self-hosted S3-compatible store): the same objects
+    /// and checks as over HTTP, moved by [`crate::s3`].
+    pub fn new_s3(cfg: &crate::s3::S3Config) -> Result<Remote> {
+        let s3 = crate::s3::S3::new(cfg).map_err(|reason| RemoteError::BadUrl {
+            url: cfg.shown(),
+            reason,
+        })?;
+        Remote::with_backend(cfg.shown(), Box::new(s3))
+    }
+
+    /// A remote whose objects `backend` moves, shown as `shown` (which must hold no secret).
+    pub fn with_backend(shown: String, backend: Box<dyn Backend>) -> Result<Remote> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(PARALLEL)
             .thread_name(|i| format!("imgspec-remote-{i}"))
@@ -315,46 +205,30 @@ impl Remote {
                 reason: format!("cannot start the transfer threads: {e}"),
             })?;
         Ok(Remote {
-            base: format!("{scheme}://{}", rest.trim_end_matches('/')),
-            auth,
-            agent,
+            shown,
+            backend,
             pool,
             down: Mutex::new(None),
             noticed: AtomicBool::new(false),
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
-            s3: None,
         })
     }
 
-    /// A remote in an S3 bucket (AWS or a self-hosted S3-compatible store): the same objects
-    /// and checks as over HTTP, moved by [`crate::s3`].
-    pub fn new_s3(cfg: &crate::s3::S3Config) -> Result<Remote> {
-        let shown = cfg.shown();
-        let s3 = crate::s3::S3::new(cfg).map_err(|reason| RemoteError::BadUrl {
-            url: shown.clone(),
-            reason,
-        })?;
-        let mut r = Remote::new("http://s3.invalid", Credentials::None)?;
-        r.base = shown;
-        r.s3 = Some(s3);
-        Ok(r)
-    }
-
-    fn s3_trouble(&self, t: crate::s3::Trouble, object: &str) -> RemoteError {
+    fn trouble(&self, t: Trouble, object: &str) -> RemoteError {
         match t {
-            crate::s3::Trouble::Down(reason) => self.unavailable(reason),
-            crate::s3::Trouble::TooLarge => RemoteError::Bad {
+            Trouble::Down(reason) => self.unavailable(reason),
+            Trouble::TooLarge => RemoteError::Bad {
                 object: object.into(),
                 reason: format!("larger than {MAX_RECORD} bytes"),
             },
-            crate::s3::Trouble::Local(e) => RemoteError::Store(StoreError::io("<download>")(e)),
+            Trouble::Local(e) => RemoteError::Store(StoreError::io("<download>")(e)),
         }
     }
 
     /// The URL, without credentials: the only form to show.
     pub fn url(&self) -> &str {
-        &self.base
+        &self.shown
     }
 
     /// Compressed bytes downloaded and uploaded so far.
@@ -384,7 +258,7 @@ impl Remote {
         let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
         let reason = down.get_or_insert(reason).clone();
         RemoteError::Unavailable {
-            url: self.base.clone(),
+            url: self.shown.clone(),
             reason,
         }
     }
@@ -392,50 +266,10 @@ impl Remote {
     fn check_up(&self) -> Result<()> {
         match &*self.down.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(reason) => Err(RemoteError::Unavailable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 reason: reason.clone(),
             }),
             None => Ok(()),
-        }
-    }
-
-    fn object_url(&self, object: &str) -> String {
-        format!("{}/{object}", self.base)
-    }
-
-    fn with_auth<B>(&self, rb: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
-        match &self.auth {
-            Some(a) => rb.header("Authorization", a),
-            None => rb,
-        }
-    }
-
-    fn status_error(&self, object: &str, status: u16, what: &str) -> RemoteError {
-        let hint = match status {
-            401 | 403 => {
-                " (check IMGSPEC_REMOTE_USER/IMGSPEC_REMOTE_PASSWORD or IMGSPEC_REMOTE_TOKEN)"
-            }
-            405 => " (does the server accept PUT? nginx needs `dav_methods PUT`)",
-            _ => "",
-        };
-        self.unavailable(format!("{what} `{object}` answered HTTP {status}{hint}"))
-    }
-
-    /// Runs `f` up to [`ATTEMPTS`] times while it fails with a transport error.
-    fn retry<T>(&self, mut f: impl FnMut() -> Result<T, ureq::Error>) -> Result<T> {
-        let mut attempt = 1;
-        loop {
-            self.check_up()?;
-            match f() {
-                Ok(v) => return Ok(v),
-                // Nobody there (no such host, nothing listening, no answer to connect): the
-                // next attempt would wait as long again. Anything after connecting is retried.
-                Err(e) if attempt < ATTEMPTS && !unreachable(&e) => {
-                    std::thread::sleep(Duration::from_millis(100 << attempt));
-                    attempt += 1;
-                }
-                Err(e) => return Err(self.unavailable(e.to_string())),
-            }
         }
     }
 
@@ -447,127 +281,32 @@ impl Remote {
 
     /// Whether the server has `object`.
     pub fn exists(&self, object: &str) -> Result<bool> {
-        if let Some(s3) = &self.s3 {
-            self.check_up()?;
-            return s3.exists(object).map_err(|t| self.s3_trouble(t, object));
-        }
-        let url = self.object_url(object);
-        let resp = self.retry(|| self.with_auth(self.agent.head(&url)).call())?;
-        match resp.status().as_u16() {
-            200..=299 => Ok(true),
-            404 | 410 => Ok(false),
-            s => Err(self.status_error(object, s, "HEAD")),
-        }
+        self.check_up()?;
+        self.backend
+            .exists(object)
+            .map_err(|t| self.trouble(t, object))
+    }
+
+    /// Whether the server has the record of step `key` (its blobs are not looked at).
+    pub fn has_step(&self, key: &StepKey) -> Result<bool> {
+        self.exists(&record_object(key))
     }
 
     /// The bytes of a small object, `None` if the server does not have it.
     pub fn get_small(&self, object: &str) -> Result<Option<Vec<u8>>> {
-        if let Some(s3) = &self.s3 {
-            self.check_up()?;
-            return s3
-                .get_small(object, MAX_RECORD, &self.bytes_down)
-                .map_err(|t| self.s3_trouble(t, object));
-        }
-        let url = self.object_url(object);
-        let mut attempt = 1;
-        loop {
-            let mut resp = self.retry(|| self.with_auth(self.agent.get(&url)).call())?;
-            match resp.status().as_u16() {
-                200 => {}
-                404 | 410 => return Ok(None),
-                s => return Err(self.status_error(object, s, "GET")),
-            }
-            match resp
-                .body_mut()
-                .with_config()
-                .limit(MAX_RECORD)
-                .read_to_vec()
-            {
-                Ok(v) => {
-                    self.bytes_down.fetch_add(v.len() as u64, Ordering::Relaxed);
-                    return Ok(Some(v));
-                }
-                Err(ureq::Error::BodyExceedsLimit(_)) => {
-                    return Err(RemoteError::Bad {
-                        object: object.into(),
-                        reason: format!("larger than {MAX_RECORD} bytes"),
-                    })
-                }
-                Err(_) if attempt < ATTEMPTS => attempt += 1,
-                Err(e) => return Err(self.unavailable(format!("GET `{object}`: {e}"))),
-            }
-        }
+        self.check_up()?;
+        self.backend
+            .get_small(object, MAX_RECORD, &self.bytes_down)
+            .map_err(|t| self.trouble(t, object))
     }
 
-    /// Downloads `object` into `file`, resuming with `Range` after a broken transfer; `false`
-    /// if the server does not have it. `file` holds the whole object on success.
+    /// Downloads `object` into `file`, resuming after a broken transfer where the backend can;
+    /// `false` if the server does not have it. `file` holds the whole object on success.
     pub fn get_to_file(&self, object: &str, file: &mut File) -> Result<bool> {
-        if let Some(s3) = &self.s3 {
-            self.check_up()?;
-            return s3
-                .get_to_file(object, file, &self.bytes_down)
-                .map_err(|t| self.s3_trouble(t, object));
-        }
-        let url = self.object_url(object);
-        let local = |e: io::Error| RemoteError::Store(StoreError::io("<download>")(e));
-        let mut broken = 0;
-        loop {
-            let have = file.seek(SeekFrom::End(0)).map_err(local)?;
-            let mut resp = self.retry(|| {
-                let rb = self.with_auth(self.agent.get(&url));
-                if have > 0 {
-                    rb.header("Range", format!("bytes={have}-")).call()
-                } else {
-                    rb.call()
-                }
-            })?;
-            match resp.status().as_u16() {
-                200 => {
-                    // The whole object (a server that ignores Range): start over.
-                    file.set_len(0).map_err(local)?;
-                    file.seek(SeekFrom::Start(0)).map_err(local)?;
-                }
-                206 => {
-                    let from = resp
-                        .headers()
-                        .get("content-range")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("bytes "))
-                        .and_then(|v| v.split('-').next())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    if from != Some(have) {
-                        file.set_len(0).map_err(local)?;
-                        broken += 1;
-                        if broken >= ATTEMPTS {
-                            return Err(self.unavailable(format!(
-                                "GET `{object}`: the server answers ranges it was not asked for"
-                            )));
-                        }
-                        continue;
-                    }
-                }
-                // Asked for bytes past the end: what we have is all there is.
-                416 if have > 0 => return Ok(true),
-                404 | 410 => return Ok(false),
-                s => return Err(self.status_error(object, s, "GET")),
-            }
-            let start = file.stream_position().map_err(local)?;
-            let mut body = resp.body_mut().as_reader();
-            let copied = io::copy(&mut body, file);
-            let end = file.seek(SeekFrom::End(0)).map_err(local)?;
-            self.bytes_down.fetch_add(end - start, Ordering::Relaxed);
-            match copied {
-                Ok(_) => return Ok(true),
-                Err(e) => {
-                    broken += 1;
-                    if broken >= ATTEMPTS {
-                        return Err(self.unavailable(format!("GET `{object}` broke off: {e}")));
-                    }
-                    // Keep what arrived; the next request asks for the rest.
-                    std::thread::sleep(Duration::from_millis(100 << broken));
-                }
-            }
-        }
+        self.check_up()?;
+        self.backend
+            .get_to_file(object, file, &self.bytes_down)
+            .map_err(|t| self.trouble(t, object))
     }
 
     /// Uploads `len` bytes from `open()` as `object`.
@@ -577,28 +316,10 @@ impl Remote {
         mut open: impl FnMut() -> io::Result<Box<dyn Read + Send>>,
         len: u64,
     ) -> Result<()> {
-        if let Some(s3) = &self.s3 {
-            self.check_up()?;
-            let reader = open().map_err(|e| RemoteError::Store(StoreError::io(object)(e)))?;
-            return s3
-                .put(object, reader, len, &self.bytes_up)
-                .map_err(|t| self.s3_trouble(t, object));
-        }
-        let url = self.object_url(object);
-        let resp = self.retry(|| {
-            let mut r = open().map_err(ureq::Error::Io)?;
-            let body = ureq::SendBody::from_reader(&mut r);
-            self.with_auth(self.agent.put(&url))
-                .header("Content-Length", len.to_string())
-                .send(body)
-        })?;
-        match resp.status().as_u16() {
-            200..=299 => {
-                self.bytes_up.fetch_add(len, Ordering::Relaxed);
-                Ok(())
-            }
-            s => Err(self.status_error(object, s, "PUT")),
-        }
+        self.check_up()?;
+        self.backend
+            .put(object, &mut open, len, &self.bytes_up)
+            .map_err(|t| self.trouble(t, object))
     }
 
     /// Fetches blob `d` into the store unless it is there; `true` if it was downloaded.
@@ -735,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn credentials_leave_the_url_and_are_never_shown() {
+    fn credentials_are_never_shown() {
         assert_eq!(
             redact_url("http://ci:s3cret@cache.example:8080/imgspec/"),
             "http://cache.example:8080/imgspec/"
@@ -743,31 +464,10 @@ mod tests {
         assert_eq!(redact_url("http://h/a@b"), "http://h/a@b");
         let r = Remote::new("https://ci:p%40ss@h:1/x/", Credentials::None).unwrap();
         assert_eq!(r.url(), "https://h:1/x");
-        assert_eq!(r.auth.as_deref(), Some("Basic Y2k6cEBzcw=="));
-        let r = Remote::new("http://u:p@h", Credentials::Bearer("tok".into())).unwrap();
-        assert_eq!(r.url(), "http://h");
-        assert_eq!(r.auth.as_deref(), Some("Bearer tok"));
-        let dbg = format!("{:?}", Credentials::Bearer("tok".into()));
-        assert!(!dbg.contains("tok"), "{dbg}");
         let e = Remote::new("ftp://u:secret@h", Credentials::None)
             .err()
             .unwrap();
         assert!(!e.to_string().contains("secret"), "{e}");
-    }
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
     }
 
     #[test]

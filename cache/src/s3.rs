@@ -9,12 +9,14 @@
 //! pool of threads), so each call is one `block_on` on a small runtime owned by the transport.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+
+use crate::backend::{Backend, Opener, Trouble};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
@@ -79,16 +81,6 @@ impl S3Config {
     }
 }
 
-/// What went wrong, for [`crate::Remote`] to turn into its errors.
-pub(crate) enum Trouble {
-    /// The store cannot be used: unreachable, refusing us, failing.
-    Down(String),
-    /// Larger than the caller's limit.
-    TooLarge,
-    /// The local file.
-    Local(io::Error),
-}
-
 pub(crate) struct S3 {
     store: Arc<AmazonS3>,
     prefix: String,
@@ -148,8 +140,10 @@ impl S3 {
             ObjectPath::from(format!("{}/{object}", self.prefix))
         }
     }
+}
 
-    pub(crate) fn exists(&self, object: &str) -> Result<bool, Trouble> {
+impl Backend for S3 {
+    fn exists(&self, object: &str) -> Result<bool, Trouble> {
         let path = self.path(object);
         match self.rt.block_on(self.store.head(&path)) {
             Ok(_) => Ok(true),
@@ -158,7 +152,7 @@ impl S3 {
         }
     }
 
-    pub(crate) fn get_small(
+    fn get_small(
         &self,
         object: &str,
         limit: u64,
@@ -180,9 +174,8 @@ impl S3 {
         })
     }
 
-    /// Downloads `object` into `file`, resuming from what arrived after a broken transfer;
-    /// `false` if the store does not have it.
-    pub(crate) fn get_to_file(
+    /// Resumes from what arrived after a broken transfer, with a ranged read.
+    fn get_to_file(
         &self,
         object: &str,
         file: &mut File,
@@ -233,16 +226,17 @@ impl S3 {
         })
     }
 
-    /// Uploads `len` bytes of `reader` as `object`: one request for a small object, a multipart
-    /// upload in parts of [`PART`] for a large one (aborted if anything fails).
-    pub(crate) fn put(
+    /// One request for a small object, a multipart upload in parts of [`PART`] for a large one
+    /// (aborted if anything fails).
+    fn put(
         &self,
         object: &str,
-        mut reader: Box<dyn Read + Send>,
+        open: Opener,
         len: u64,
         up_bytes: &AtomicU64,
     ) -> Result<(), Trouble> {
         let path = self.path(object);
+        let mut reader = open().map_err(Trouble::Local)?;
         self.rt.block_on(async {
             if len <= PART as u64 {
                 let mut buf = Vec::with_capacity(len as usize);

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::Store;
+use imgspec_cache::{Store, Tiers};
 
 use super::{
     needs_root, open_store, run, steps_to_run, BuildError, Feedback, RootFor, RunOptions, Session,
@@ -332,7 +332,7 @@ fn check_locked(
     };
     let plan = session.plan()?;
     let targets: Vec<StepId> = wanted_sets(&plan).iter().map(|w| w.id).collect();
-    let to_run = steps_to_run(&session.store, None, &plan, &targets);
+    let to_run = steps_to_run(&session.store, &Tiers::none(), &plan, &targets);
     super::preflight::fetch_locked(&session, &plan, &to_run, feedback)?;
     resolve_steps(&session, &plan, &targets, o).map_err(|e| match e {
         BuildError::Resolve(m) => BuildError::PartialUpdate(m),
@@ -348,15 +348,12 @@ fn resolve_steps(
     targets: &[StepId],
     o: &RunOptions,
 ) -> Result<BTreeMap<StepId, imgspec_cache::StepOutput>, BuildError> {
-    let mut to_run = steps_to_run(&session.store, None, plan, targets);
+    let none = Tiers::none();
+    let mut to_run = steps_to_run(&session.store, &none, plan, targets);
     to_run.extend(o.fresh);
     needs_root(plan, &to_run, RootFor::Lock)?;
     // Resolution never fetches or uploads.
-    let o = RunOptions {
-        remote: None,
-        remote_write: false,
-        ..*o
-    };
+    let o = RunOptions { tiers: &none, ..*o };
     let outcome = run::executor(&session.store, &o).run(plan, targets);
     if outcome.interrupted {
         return Err(BuildError::Interrupted);

@@ -21,7 +21,7 @@ pub mod run;
 
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::{Remote, StepKey, Store};
+use imgspec_cache::{StepKey, Store, Tiers};
 
 pub use error::BuildError;
 pub use facts::HostFacts;
@@ -96,10 +96,10 @@ impl Session {
         &self,
         plan: &Plan,
         targets: &[StepId],
-        remote: Option<&Remote>,
+        tiers: &Tiers,
         feedback: &dyn Feedback,
     ) -> Result<Vec<StepId>, BuildError> {
-        let to_run = steps_to_run(&self.store, remote, plan, targets);
+        let to_run = steps_to_run(&self.store, tiers, plan, targets);
         preflight::fetch_locked(self, plan, &to_run, feedback)?;
         needs_root(plan, &to_run, RootFor::Build)?;
         Ok(to_run)
@@ -173,19 +173,9 @@ pub fn needs_root(plan: &Plan, to_run: &[StepId], verb: RootFor) -> Result<(), B
 }
 
 /// The steps a build of `targets` would run (not in the cache, needed by something not cached;
-/// a step the remote cache has a record of counts as cached).
-pub fn steps_to_run(
-    store: &Store,
-    remote: Option<&Remote>,
-    plan: &Plan,
-    targets: &[StepId],
-) -> Vec<StepId> {
-    let on_remote = |key: &StepKey| {
-        remote.is_some_and(|r| {
-            r.exists(&imgspec_cache::remote::record_object(key))
-                .unwrap_or(false)
-        })
-    };
+/// a step a remote cache has a record of counts as cached).
+pub fn steps_to_run(store: &Store, tiers: &Tiers, plan: &Plan, targets: &[StepId]) -> Vec<StepId> {
+    let on_remote = |key: &StepKey| tiers.has_step(key);
     let mut seen = vec![false; plan.steps.len()];
     let mut out = Vec::new();
     let mut stack = targets.to_vec();

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use imgspec_cache::{Remote, Store};
+use imgspec_cache::{Store, Tiers};
 
 use super::{BuildError, Feedback, Session};
 use crate::exec::{error_chain, Event, Executor, Outcome, Reporter};
@@ -21,10 +21,9 @@ pub struct RunOptions<'a> {
     pub cancel: &'a AtomicBool,
     /// Steps run even when their result is cached (`imgspec lock --update`).
     pub fresh: &'a [StepId],
-    /// A remote cache asked on a local miss (`None` for verbs that never fetch: lock, verify).
-    pub remote: Option<&'a Remote>,
-    /// Whether every step built here is given to `remote` too.
-    pub remote_write: bool,
+    /// The remote caches after the local store, in order, each read-only or read-write
+    /// ([`Tiers::none`] for verbs that never fetch or upload: lock, verify).
+    pub tiers: &'a Tiers,
 }
 
 /// The executor of `o` over `store` (the session's, or a scratch store of `verify`), running
@@ -37,8 +36,7 @@ pub fn executor<'a>(store: &'a Store, o: &RunOptions<'a>) -> Executor<'a> {
         jobs: o.jobs.max(1),
         cancel: o.cancel,
         fresh: o.fresh,
-        remote: o.remote,
-        remote_write: o.remote_write,
+        tiers: o.tiers,
     }
 }
 
@@ -99,7 +97,7 @@ pub fn build(
         .filter(|i| req.images.is_empty() || req.images.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
-    session.preflight(&plan, &targets, o.remote, feedback)?;
+    session.preflight(&plan, &targets, o.tiers, feedback)?;
 
     let exec = executor(&session.store, o);
     let t = std::time::Instant::now();

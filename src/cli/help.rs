@@ -85,6 +85,7 @@ Examples:
 pub const CACHE_PULL: &str = "\
 Examples:
   imgspec cache pull specs/debian-efi.kdl --remote http://cache:8080/imgspec/
+  imgspec cache pull specs/debian-efi.kdl --remote http://lan:8080/imgspec/ --remote s3://acme/cache
   IMGSPEC_REMOTE=http://cache:8080/imgspec/ imgspec cache pull specs/*.kdl";
 
 pub const CACHE_EXPORT: &str = "\

@@ -18,13 +18,13 @@ pub(super) fn lock(
     need_specs(specs)?;
     let cancel = super::interrupt_flag();
     let rep = reporter(json);
+    let tiers = imgspec_cache::Tiers::none();
     let o = RunOptions {
         jobs,
         reporter: rep.as_ref(),
         cancel: &cancel,
         fresh: &[],
-        remote: None,
-        remote_write: false,
+        tiers: &tiers,
     };
     let feedback = super::progress::Feedback { json };
     for s in specs {

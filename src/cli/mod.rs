@@ -222,13 +222,15 @@ enum CacheCommand {
     /// Re-hash every blob; drop corrupt ones and the results that used them
     #[command(after_help = help::CACHE_VERIFY)]
     Verify,
-    /// Upload what the specs need (every step result in the local cache) to the remote cache
+    /// Upload what the specs need (every step result in the local cache) to the remote caches
+    /// (all but those the config file marks `write=#false`)
     #[command(after_help = help::CACHE_PUSH)]
     Push {
         #[arg(help = SPECS_HELP, value_name = "SPECS")]
         specs: Vec<PathBuf>,
     },
-    /// Download what the specs need from the remote cache, each object checked
+    /// Download what the specs need from the remote caches (each step from the first that has
+    /// it), each object checked
     #[command(after_help = help::CACHE_PULL)]
     Pull {
         #[arg(help = SPECS_HELP, value_name = "SPECS")]
@@ -401,8 +403,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref images,
         } => {
             let ctx = open_session(&cache_dir, specs)?;
-            let remote = remote::open(&cli.remote)?;
-            build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
+            let tiers = remote::tiers(&cli.remote)?;
+            build(&ctx, jobs, out_dir, images, &tiers, cli.json)
         }
         Command::Verify {
             ref specs,
@@ -831,7 +833,7 @@ fn build(
     jobs: usize,
     out_dir: &Path,
     only: &[String],
-    remote: Option<&(imgspec_cache::Remote, bool)>,
+    tiers: &imgspec_cache::Tiers,
     json: bool,
 ) -> Result<(), CliError> {
     let cancel = interrupt_flag();
@@ -841,8 +843,7 @@ fn build(
         reporter: rep.as_ref(),
         cancel: &cancel,
         fresh: &[],
-        remote: remote.map(|(r, _)| r),
-        remote_write: remote.is_some_and(|(_, w)| *w),
+        tiers,
     };
     let req = BuildRequest {
         out_dir,

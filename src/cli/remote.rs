@@ -1,31 +1,37 @@
-//! The remote cache and bundles on the command line: `--remote`, `--remote-write`, the config
+//! The remote caches and bundles on the command line: `--remote`, `--remote-write`, the config
 //! file, credentials from the environment, and `cache push/pull/export/import`.
 //!
-//! Where the remote comes from, first found wins: `--remote URL`, `IMGSPEC_REMOTE`, then
-//! `remote "URL"` in the config file (`$XDG_CONFIG_HOME/imgspec/config.kdl`, by default
-//! `~/.config/imgspec/config.kdl`). Uploads happen with `--remote-write` or `remote-write #true`
-//! in the config file. Credentials: `IMGSPEC_REMOTE_TOKEN` (bearer), else
-//! `IMGSPEC_REMOTE_USER`/`IMGSPEC_REMOTE_PASSWORD` (basic), else `user:password@` in the URL.
-//! A URL is only ever shown without its user information.
+//! Tiers: the local cache first, then the remote caches in the order they are named, each
+//! read-only or read-write ([`tiers`]; the executor asks them in order, see
+//! `imgspec_cache::tiers`). Where they come from, first found wins: `--remote URL` (repeat it
+//! for several), `IMGSPEC_REMOTE` (one URL), then the `remote "URL"` nodes of the config file
+//! (`$XDG_CONFIG_HOME/imgspec/config.kdl`, by default `~/.config/imgspec/config.kdl`). A remote
+//! is read-write when its own `write=#true` says so, else when `--remote-write` or
+//! `remote-write #true` is given (and not `write=#false`). Credentials: `IMGSPEC_REMOTE_TOKEN`
+//! (bearer), else `IMGSPEC_REMOTE_USER`/`IMGSPEC_REMOTE_PASSWORD` (basic), else
+//! `user:password@` in the URL; AWS's own chain for `s3://`. A URL is only ever shown without
+//! its user information.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::{Credentials, Remote, StepKey, Store};
+use imgspec_cache::{Credentials, Mode, Remote, StepKey, Store, Tier, Tiers};
 
 use super::progress::{polled, Bar, Counting};
 use super::{error_chain, human_bytes, need_specs, CliError};
 use crate::plan::Plan;
 
-/// The global flags of the remote cache.
+/// The global flags of the remote caches.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct RemoteArgs {
     /// Remote cache: http(s)://HOST/PATH (GET/HEAD/PUT, e.g. nginx with WebDAV PUT) or
-    /// s3://BUCKET/PREFIX (AWS S3 or a self-hosted S3 store)
-    /// [default: `remote` in $XDG_CONFIG_HOME/imgspec/config.kdl]
+    /// s3://BUCKET/PREFIX (AWS S3 or a self-hosted S3 store). Repeat for several: they are
+    /// asked in order after the local cache
+    /// [default: the `remote` nodes of $XDG_CONFIG_HOME/imgspec/config.kdl]
     #[arg(long, global = true, env = "IMGSPEC_REMOTE", value_name = "URL")]
-    pub remote: Option<String>,
-    /// Upload the steps this build makes to the remote cache (for CI)
+    pub remote: Vec<String>,
+    /// Upload the steps this build makes to the remote caches (for CI); a remote the config
+    /// file marks `write=#false` stays read-only
     #[arg(long, global = true)]
     pub remote_write: bool,
 }
@@ -33,9 +39,19 @@ pub struct RemoteArgs {
 /// What the config file says.
 #[derive(Debug, Default, PartialEq)]
 struct Config {
-    remote: Option<String>,
+    /// The `remote` nodes, in order.
+    remotes: Vec<RemoteConfig>,
+    /// `remote-write`: whether remotes that do not say `write=` are written.
     remote_write: Option<bool>,
-    /// Settings of an `s3://` remote: `endpoint=`, `region=`, `path-style=` on `remote`.
+}
+
+/// One `remote` node: `remote "URL" [write=#true|#false] [endpoint=… region=… path-style=…]`.
+#[derive(Debug, Default, PartialEq, Clone)]
+struct RemoteConfig {
+    url: String,
+    /// `write=`: this remote's own mode, whatever `remote-write` and `--remote-write` say.
+    write: Option<bool>,
+    /// Settings of an `s3://` remote: `endpoint=`, `region=`, `path-style=`.
     s3: S3Settings,
 }
 
@@ -58,7 +74,11 @@ fn config_path() -> Option<PathBuf> {
 fn parse_config(text: &str, path: &Path) -> Result<Config, CliError> {
     let bad = |what: String| CliError::Usage {
         message: format!("config file `{}`: {what}", path.display()),
-        help: Some("it may hold `remote \"http://host/path\"` and `remote-write #true`".into()),
+        help: Some(
+            "it may hold `remote \"http://host/path\"` nodes (one per remote cache, asked in \
+             order; `write=#true` on those CI writes to) and `remote-write #true`"
+                .into(),
+        ),
     };
     let doc = kdl::KdlDocument::parse(text).map_err(|e| bad(format!("not valid KDL: {e}")))?;
     let mut config = Config::default();
@@ -72,23 +92,36 @@ fn parse_config(text: &str, path: &Path) -> Result<Config, CliError> {
             .collect();
         match (name, args.as_slice()) {
             ("remote", [kdl::KdlValue::String(s)]) => {
-                config.remote = Some(s.clone());
+                if config.remotes.iter().any(|r| r.url == *s) {
+                    return Err(bad(format!(
+                        "the remote `{}` is named twice",
+                        imgspec_cache::remote::redact_url(s)
+                    )));
+                }
+                let mut r = RemoteConfig {
+                    url: s.clone(),
+                    ..RemoteConfig::default()
+                };
                 for e in node.entries().iter().filter(|e| e.name().is_some()) {
                     let key = e.name().map(|n| n.value()).unwrap_or_default();
                     match (key, e.value()) {
-                        ("endpoint", kdl::KdlValue::String(v)) => {
-                            config.s3.endpoint = Some(v.clone())
-                        }
-                        ("region", kdl::KdlValue::String(v)) => config.s3.region = Some(v.clone()),
-                        ("path-style", kdl::KdlValue::Bool(b)) => config.s3.path_style = Some(*b),
+                        ("write", kdl::KdlValue::Bool(b)) => r.write = Some(*b),
+                        ("endpoint", kdl::KdlValue::String(v)) => r.s3.endpoint = Some(v.clone()),
+                        ("region", kdl::KdlValue::String(v)) => r.s3.region = Some(v.clone()),
+                        ("path-style", kdl::KdlValue::Bool(b)) => r.s3.path_style = Some(*b),
                         _ => {
                             return Err(bad(format!(
-                                "`remote` takes `endpoint=\"URL\"`, `region=\"NAME\"` and \
-                                 `path-style=#true` (for s3:// remotes), not `{key}=`"
+                                "`remote` takes `write=#true|#false`, and `endpoint=\"URL\"`, \
+                                 `region=\"NAME\"` and `path-style=#true` (for s3:// remotes), \
+                                 not `{key}=`"
                             )))
                         }
                     }
                 }
+                if node.children().is_some() {
+                    return Err(bad("`remote` takes no block".into()));
+                }
+                config.remotes.push(r);
             }
             ("remote-write", [kdl::KdlValue::Bool(b)]) => config.remote_write = Some(*b),
             ("remote", _) => return Err(bad("`remote` takes one string, the URL".into())),
@@ -160,24 +193,73 @@ fn credentials() -> Credentials {
     }
 }
 
-/// The remote cache the flags, environment and config file name, and whether to write to it.
-pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
+/// A remote as the flags, environment or config file name it, opened.
+struct Opened {
+    remote: Remote,
+    /// Its own `write=` in the config file.
+    write: Option<bool>,
+}
+
+/// The remotes the flags, environment and config file name, in order, and whether those that
+/// do not say `write=` are read-write.
+fn open_all(args: &RemoteArgs) -> Result<(Vec<Opened>, bool), CliError> {
     let config = read_config()?;
-    let url = args.remote.clone().or(config.remote);
     let write = args.remote_write || config.remote_write.unwrap_or(false);
-    let Some(url) = url else {
-        if args.remote_write {
+    let named: Vec<RemoteConfig> = if args.remote.is_empty() {
+        config.remotes.clone()
+    } else {
+        // URLs from the command line or the environment: each takes the S3 settings the config
+        // file gives the same URL, else those of its first remote (one `remote` with its
+        // `endpoint=` serves `--remote s3://…` as it always did).
+        args.remote
+            .iter()
+            .map(|url| {
+                let from = config
+                    .remotes
+                    .iter()
+                    .find(|r| r.url == *url)
+                    .or(config.remotes.first());
+                RemoteConfig {
+                    url: url.clone(),
+                    write: None,
+                    s3: from.map(|r| r.s3.clone()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    };
+    if named.is_empty() && args.remote_write {
+        return Err(CliError::Usage {
+            message: "--remote-write needs a remote cache".into(),
+            help: Some(
+                "give --remote URL, set IMGSPEC_REMOTE, or write `remote \"URL\"` in the \
+                 config file"
+                    .into(),
+            ),
+        });
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for r in named {
+        if !seen.insert(r.url.clone()) {
             return Err(CliError::Usage {
-                message: "--remote-write needs a remote cache".into(),
-                help: Some(
-                    "give --remote URL, set IMGSPEC_REMOTE, or write `remote \"URL\"` in the \
-                     config file"
-                        .into(),
+                message: format!(
+                    "the remote cache `{}` is named twice",
+                    imgspec_cache::remote::redact_url(&r.url)
                 ),
+                help: Some("name each remote cache once; they are asked in order".into()),
             });
         }
-        return Ok(None);
-    };
+        out.push(Opened {
+            remote: open_one(&r)?,
+            write: r.write,
+        });
+    }
+    Ok((out, write))
+}
+
+/// One remote: the backend its URL's scheme names. A new backend is one more arm here.
+fn open_one(r: &RemoteConfig) -> Result<Remote, CliError> {
+    let url = &r.url;
     let help =
         || Some("a remote cache URL looks like http://host:port/path or s3://bucket/prefix".into());
     // A URL the HTTP client cannot parse would fail every request, each a warning only.
@@ -186,23 +268,46 @@ pub fn open(args: &RemoteArgs) -> Result<Option<(Remote, bool)>, CliError> {
             return Err(CliError::Usage {
                 message: format!(
                     "bad remote cache URL `{}`: {}",
-                    imgspec_cache::remote::redact_url(&url),
+                    imgspec_cache::remote::redact_url(url),
                     e
                 ),
                 help: help(),
             });
         }
     }
-    let remote = if url.starts_with("s3://") {
-        Remote::new_s3(&s3_config(&url, &config.s3)?)
+    if url.starts_with("s3://") {
+        Remote::new_s3(&s3_config(url, &r.s3)?)
     } else {
-        Remote::new(&url, credentials())
+        Remote::new(url, credentials())
     }
     .map_err(|e| CliError::Usage {
         message: error_chain(&e),
         help: help(),
-    })?;
-    Ok(Some((remote, write)))
+    })
+}
+
+/// The tiers of a build: the remote caches the flags, environment and config file name, in
+/// order, each read-only or read-write. Empty when none is named (the local cache only).
+pub fn tiers(args: &RemoteArgs) -> Result<Tiers, CliError> {
+    let (opened, write) = open_all(args)?;
+    Ok(to_tiers(opened, write))
+}
+
+/// Each remote read-write when its own `write=` says so, else when `write`.
+fn to_tiers(opened: Vec<Opened>, write: bool) -> Tiers {
+    Tiers::new(
+        opened
+            .into_iter()
+            .map(|o| Tier {
+                mode: if o.write.unwrap_or(write) {
+                    Mode::ReadWrite
+                } else {
+                    Mode::ReadOnly
+                },
+                remote: o.remote,
+            })
+            .collect(),
+    )
 }
 
 /// An `s3://BUCKET/PREFIX` remote with the config file's settings, then the standard AWS
@@ -320,18 +425,19 @@ fn parse_ini(text: &str, section: &str) -> std::collections::BTreeMap<String, St
     out
 }
 
-fn require(args: &RemoteArgs, what: &str) -> Result<Remote, CliError> {
-    match open(args)? {
-        Some((r, _)) => Ok(r),
-        None => Err(CliError::Usage {
+fn require(args: &RemoteArgs, what: &str) -> Result<(Vec<Opened>, bool), CliError> {
+    let (opened, write) = open_all(args)?;
+    if opened.is_empty() {
+        return Err(CliError::Usage {
             message: format!("`cache {what}` needs a remote cache"),
             help: Some(
                 "give --remote URL, set IMGSPEC_REMOTE, or write `remote \"URL\"` in the config \
                  file"
                     .into(),
             ),
-        }),
+        });
     }
+    Ok((opened, write))
 }
 
 fn unavailable(remote: &Remote, e: &imgspec_cache::RemoteError) -> CliError {
@@ -371,79 +477,135 @@ fn report(json: bool, value: serde_json::Value, text: String) {
     }
 }
 
-/// `doctor`: whether the configured remote cache answers, and to whom.
+/// `doctor`: whether each configured remote cache answers, and whether builds write to it.
 pub fn doctor(args: &RemoteArgs) -> Result<(), CliError> {
-    let Some((remote, write)) = open(args)? else {
+    let tiers = tiers(args)?;
+    if tiers.is_empty() {
         println!("remote cache: none configured");
         return Ok(());
-    };
-    let mode = if write { "read-write" } else { "read-only" };
-    match remote.probe() {
-        Ok(()) => println!("remote cache: {} answers ({mode})", remote.url()),
-        Err(e) => println!(
-            "remote cache: {} UNAVAILABLE ({mode}): builds go on with the local cache only
+    }
+    for (i, t) in tiers.iter().enumerate() {
+        let mode = match t.mode {
+            Mode::ReadWrite => "read-write",
+            Mode::ReadOnly => "read-only",
+        };
+        let which = match tiers.len() {
+            1 => String::new(),
+            n => format!(" {}/{n}", i + 1),
+        };
+        match t.remote.probe() {
+            Ok(()) => println!("remote cache{which}: {} answers ({mode})", t.remote.url()),
+            Err(e) => println!(
+                "remote cache{which}: {} UNAVAILABLE ({mode}): builds go on without it
   {}",
-            remote.url(),
-            error_chain(&e)
-        ),
+                t.remote.url(),
+                error_chain(&e)
+            ),
+        }
     }
     Ok(())
 }
 
-/// `cache push`: the results of every step of the specs that the local cache holds, to the
-/// remote; what the remote has is skipped.
+/// What `cache push` sent to one remote.
+#[derive(Default)]
+struct Pushed {
+    pushed: usize,
+    there: usize,
+    blobs: usize,
+    bytes: u64,
+}
+
+/// `cache push`: the results of every step of the specs that the local cache holds, to every
+/// remote cache but those the config file marks `write=#false` (a push is an explicit request
+/// to write: a remote that says nothing is written, as `cache push --remote URL` always did);
+/// what a remote has is skipped. A remote that cannot be reached fails the command (exit 3)
+/// once the others are done.
 pub fn push(
     store: &Store,
     specs: &[PathBuf],
     args: &RemoteArgs,
     json: bool,
 ) -> Result<(), CliError> {
-    let remote = require(args, "push")?;
-    let plan = plan_of(store, specs)?;
-    let steps = steps(&plan);
-    enum Done {
-        Pushed(imgspec_cache::remote::PushStats),
-        NotLocal(String),
+    let (opened, _) = require(args, "push")?;
+    let targets: Vec<&Remote> = opened
+        .iter()
+        .filter(|o| o.write != Some(false))
+        .map(|o| &o.remote)
+        .collect();
+    if targets.is_empty() {
+        return Err(CliError::Usage {
+            message: "every remote cache is read-only (`write=#false` in the config file)".into(),
+            help: Some("name the one to push to: `imgspec cache push SPEC --remote URL`".into()),
+        });
     }
-    // One step after the other (each step's blobs go in parallel): steps share blobs, and two
-    // steps at once would both find a shared blob missing and both send it.
-    let bar = Bar::new(&format!("pushing to {}", remote.url()), None, json);
-    let results: Vec<Result<Done, imgspec_cache::RemoteError>> = polled(
-        &bar,
-        || remote.traffic().1,
-        || {
-            steps
-                .iter()
-                .map(|(key, label)| match store.lookup(key) {
-                    Ok(Some(rec)) => remote
-                        .push_step(store, key, &rec.kind, &rec.name, &rec.output)
-                        .map(Done::Pushed),
-                    _ => Ok(Done::NotLocal(label.clone())),
-                })
-                .collect()
-        },
-    );
-    drop(bar);
-    let (mut pushed, mut there, mut blobs, mut bytes) = (0, 0, 0, 0u64);
+    let plan = plan_of(store, specs)?;
+    let mut local = Vec::new();
     let mut not_local = Vec::new();
-    for r in results {
-        match r {
-            Ok(Done::Pushed(s)) if s.already_there => there += 1,
-            Ok(Done::Pushed(s)) => {
-                pushed += 1;
-                blobs += s.blobs_sent;
-                bytes += s.bytes_sent;
-            }
-            Ok(Done::NotLocal(l)) => not_local.push(l),
-            Err(e) if e.is_unavailable() => return Err(unavailable(&remote, &e)),
-            Err(e) => return Err(CliError::Internal(error_chain(&e))),
+    for (key, label) in steps(&plan) {
+        match store.lookup(&key) {
+            Ok(Some(rec)) => local.push((key, rec)),
+            _ => not_local.push(label),
         }
     }
-    let mut text = format!(
-        "pushed {pushed} step results ({blobs} blobs, {}) to {}; {there} already there",
-        human_bytes(bytes),
-        remote.url()
-    );
+    let mut lines = Vec::new();
+    let mut per_remote = Vec::new();
+    let mut total = Pushed::default();
+    let mut down = None;
+    for remote in targets {
+        // One step after the other (each step's blobs go in parallel): steps share blobs, and
+        // two steps at once would both find a shared blob missing and both send it.
+        let mut p = Pushed::default();
+        let bar = Bar::new(&format!("pushing to {}", remote.url()), None, json);
+        let sent = polled(
+            &bar,
+            || remote.traffic().1,
+            || {
+                for (key, rec) in &local {
+                    match remote.push_step(store, key, &rec.kind, &rec.name, &rec.output) {
+                        Ok(s) if s.already_there => p.there += 1,
+                        Ok(s) => {
+                            p.pushed += 1;
+                            p.blobs += s.blobs_sent;
+                            p.bytes += s.bytes_sent;
+                        }
+                        Err(e) if e.is_unavailable() => {
+                            down.get_or_insert(unavailable(remote, &e));
+                            break;
+                        }
+                        Err(e) => return Err(CliError::Internal(error_chain(&e))),
+                    }
+                }
+                Ok(())
+            },
+        );
+        drop(bar);
+        sent?;
+        if remote.is_down() {
+            continue;
+        }
+        lines.push(format!(
+            "pushed {} step results ({} blobs, {}) to {}; {} already there",
+            p.pushed,
+            p.blobs,
+            human_bytes(p.bytes),
+            remote.url(),
+            p.there
+        ));
+        per_remote.push(
+            serde_json::json!({"remote": remote.url(), "pushed": p.pushed,
+            "already_there": p.there, "blobs": p.blobs, "bytes": p.bytes}),
+        );
+        total.pushed += p.pushed;
+        total.there += p.there;
+        total.blobs += p.blobs;
+        total.bytes += p.bytes;
+    }
+    if lines.is_empty() {
+        if let Some(e) = down.take() {
+            return Err(e);
+        }
+    }
+    let mut text = lines.join("\n");
     if !not_local.is_empty() {
         text.push_str(&format!(
             "\n{} steps are not in the local cache (build them first): {}",
@@ -453,69 +615,136 @@ pub fn push(
     }
     report(
         json,
-        serde_json::json!({"pushed": pushed, "already_there": there, "blobs": blobs,
-            "bytes": bytes, "not_local": not_local}),
+        serde_json::json!({"pushed": total.pushed, "already_there": total.there,
+            "blobs": total.blobs, "bytes": total.bytes, "not_local": not_local,
+            "remotes": per_remote}),
         text,
     );
-    Ok(())
+    match down {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
-/// `cache pull`: the results of every step of the specs that the remote holds, into the local
-/// cache, each checked; what is local already is skipped.
+/// `cache pull`: the results of every step of the specs that a remote holds, into the local
+/// cache, each checked; what is local already is skipped. The remotes are asked in order, as a
+/// build asks them, and a result found in one is also uploaded to the read-write remotes before
+/// it (as a build fills them). A remote that cannot be reached is skipped with a warning; when
+/// none can, the command fails (exit 3).
 pub fn pull(
     store: &Store,
     specs: &[PathBuf],
     args: &RemoteArgs,
     json: bool,
 ) -> Result<(), CliError> {
-    let remote = require(args, "pull")?;
+    let (opened, write) = require(args, "pull")?;
+    let tiers = to_tiers(opened, write);
     let plan = plan_of(store, specs)?;
     let steps = steps(&plan);
-    enum Done {
-        Local,
-        Pulled,
-        NotThere(String),
-    }
+    let mut pulled = vec![0usize; tiers.len()];
+    let mut filled = vec![0usize; tiers.len()];
+    let mut local = 0;
+    let mut not_there = Vec::new();
+    let mut refused = Vec::new();
+    let mut warnings = Vec::new();
+    let mut first_down: Option<CliError> = None;
     // One step after the other, each step's blobs in parallel (as for push).
-    let bar = Bar::new(&format!("pulling from {}", remote.url()), None, json);
-    let results: Vec<(String, Result<Done, imgspec_cache::RemoteError>)> = polled(
+    let shown: Vec<&str> = tiers.iter().map(|t| t.remote.url()).collect();
+    let bar = Bar::new(&format!("pulling from {}", shown.join(", ")), None, json);
+    let fetched = polled(
         &bar,
-        || remote.traffic().0,
-        || {
-            steps
-                .iter()
-                .map(|(key, label)| {
-                    let r = match store.lookup(key) {
-                        Ok(Some(_)) => Ok(Done::Local),
-                        _ => remote.fetch_step(store, key).map(|r| match r {
-                            Some(_) => Done::Pulled,
-                            None => Done::NotThere(label.clone()),
-                        }),
-                    };
-                    (label.clone(), r)
-                })
-                .collect()
+        || tiers.iter().map(|t| t.remote.traffic().0).sum(),
+        || -> Result<(), CliError> {
+            for (key, label) in &steps {
+                if let Ok(Some(_)) = store.lookup(key) {
+                    local += 1;
+                    continue;
+                }
+                let mut bad = Vec::new();
+                let hit = tiers.fetch_step(store, key, &mut |t, e| {
+                    let remote = tiers.remote(t);
+                    if e.is_unavailable() {
+                        if let Some(why) = remote.down_notice() {
+                            warnings.push(format!(
+                        "warning: the remote cache {} is unavailable; going on without it ({why})",
+                        remote.url()
+                    ));
+                            first_down.get_or_insert(unavailable(remote, e));
+                        }
+                    } else {
+                        bad.push(format!("{label}: {}: {}", remote.url(), error_chain(e)));
+                    }
+                });
+                match hit {
+                    Some(hit) => {
+                        pulled[hit.tier] += 1;
+                        for w in bad {
+                            warnings.push(format!("warning: refused, then found further on: {w}"));
+                        }
+                        let rec = &hit.record;
+                        for t in tiers.fill_targets(hit.tier) {
+                            let remote = tiers.remote(t);
+                            match remote.push_step(store, key, &rec.kind, &rec.name, &rec.output) {
+                                Ok(s) if !s.already_there => filled[t] += 1,
+                                Ok(_) => {}
+                                Err(e) if e.is_unavailable() => {
+                                    if let Some(why) = remote.down_notice() {
+                                        warnings.push(format!(
+                                    "warning: the remote cache {} is unavailable; going on \
+                                     without it ({why})",
+                                    remote.url()
+                                ));
+                                    }
+                                }
+                                Err(e) => return Err(CliError::Internal(error_chain(&e))),
+                            }
+                        }
+                    }
+                    None if bad.is_empty() => not_there.push(label.clone()),
+                    None => refused.extend(bad),
+                }
+            }
+            Ok(())
         },
     );
     drop(bar);
-    let (mut pulled, mut local) = (0, 0);
-    let mut not_there = Vec::new();
-    let mut refused = Vec::new();
-    for (label, r) in results {
-        match r {
-            Ok(Done::Local) => local += 1,
-            Ok(Done::Pulled) => pulled += 1,
-            Ok(Done::NotThere(l)) => not_there.push(l),
-            Err(e) if e.is_unavailable() => return Err(unavailable(&remote, &e)),
-            Err(e) => refused.push(format!("{label}: {}", error_chain(&e))),
+    fetched?;
+    for w in &warnings {
+        eprintln!("{w}");
+    }
+    if tiers.iter().all(|t| t.remote.is_down()) {
+        if let Some(e) = first_down {
+            return Err(e);
         }
     }
-    let (down, _) = remote.traffic();
-    let mut text = format!(
-        "pulled {pulled} step results ({} downloaded) from {}; {local} already local",
-        human_bytes(down),
-        remote.url()
-    );
+    let down: u64 = tiers.iter().map(|t| t.remote.traffic().0).sum();
+    let total: usize = pulled.iter().sum();
+    let mut text = if tiers.len() == 1 {
+        format!(
+            "pulled {total} step results ({} downloaded) from {}; {local} already local",
+            human_bytes(down),
+            tiers.remote(0).url()
+        )
+    } else {
+        let from: Vec<String> = tiers
+            .iter()
+            .zip(&pulled)
+            .map(|(t, n)| format!("{n} from {}", t.remote.url()))
+            .collect();
+        format!(
+            "pulled {total} step results ({} downloaded): {}; {local} already local",
+            human_bytes(down),
+            from.join(", ")
+        )
+    };
+    for (t, n) in tiers.iter().zip(&filled) {
+        if *n > 0 {
+            text.push_str(&format!(
+                "\nfilled {} with {n} step results found further on",
+                t.remote.url()
+            ));
+        }
+    }
     if !not_there.is_empty() {
         text.push_str(&format!(
             "\n{} steps are not on the remote: {}",
@@ -523,10 +752,18 @@ pub fn pull(
             not_there.join(", ")
         ));
     }
+    let per_remote: Vec<serde_json::Value> = tiers
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"remote": t.remote.url(), "pulled": pulled[i], "filled": filled[i],
+                "bytes": t.remote.traffic().0})
+        })
+        .collect();
     report(
         json,
-        serde_json::json!({"pulled": pulled, "already_local": local, "bytes": down,
-            "not_on_remote": not_there, "refused": refused}),
+        serde_json::json!({"pulled": total, "already_local": local, "bytes": down,
+            "not_on_remote": not_there, "refused": refused, "remotes": per_remote}),
         text,
     );
     if !refused.is_empty() {
@@ -643,15 +880,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_config_file_names_a_remote_and_whether_to_write() {
+    fn the_config_file_names_remotes_in_order_and_whether_to_write() {
         let p = Path::new("config.kdl");
         let c = parse_config("remote \"http://h:8080/c\"\nremote-write #true\n", p).unwrap();
         assert_eq!(
             c,
             Config {
-                remote: Some("http://h:8080/c".into()),
+                remotes: vec![RemoteConfig {
+                    url: "http://h:8080/c".into(),
+                    ..RemoteConfig::default()
+                }],
                 remote_write: Some(true),
-                s3: S3Settings::default(),
             }
         );
         let c = parse_config(
@@ -659,15 +898,35 @@ mod tests {
             p,
         )
         .unwrap();
-        assert_eq!(c.remote.as_deref(), Some("s3://b/team"));
+        assert_eq!(c.remotes[0].url, "s3://b/team");
         assert_eq!(
-            c.s3,
+            c.remotes[0].s3,
             S3Settings {
                 endpoint: Some("http://127.0.0.1:3900".into()),
                 region: Some("garage".into()),
                 path_style: Some(true),
             }
         );
+        // Tiers: in order, each with its own mode.
+        let c = parse_config(
+            "remote \"http://lan/c\"\nremote \"s3://b/ci\" write=#true endpoint=\"http://g:3900\"\nremote \"http://far/c\" write=#false\n",
+            p,
+        )
+        .unwrap();
+        let got: Vec<(&str, Option<bool>)> = c
+            .remotes
+            .iter()
+            .map(|r| (r.url.as_str(), r.write))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("http://lan/c", None),
+                ("s3://b/ci", Some(true)),
+                ("http://far/c", Some(false))
+            ]
+        );
+        assert_eq!(c.remotes[1].s3.endpoint.as_deref(), Some("http://g:3900"));
         assert!(parse_config("remote \"s3://b\" colour=\"red\"", p).is_err());
         assert_eq!(parse_config("", p).unwrap(), Config::default());
         for bad in [
@@ -675,6 +934,9 @@ mod tests {
             "remote-write \"yes\"",
             "cache-dir \"/x\"",
             "remote {",
+            "remote \"http://h/c\" write=\"yes\"",
+            "remote \"http://h/c\"\nremote \"http://h/c\"",
+            "remote \"http://h/c\" { write #true; }",
         ] {
             assert!(parse_config(bad, p).is_err(), "{bad}");
         }

@@ -41,8 +41,12 @@ fn line(e: &Event) -> Option<String> {
         Event::StepCached {
             label,
             source: CacheSource::Remote,
+            remote,
             ..
-        } => format!("fetched  {label} (from the remote cache)"),
+        } => format!(
+            "fetched  {label} (from the remote cache {})",
+            remote.as_deref().unwrap_or("")
+        ),
         Event::StepWaiting { label, .. } => {
             format!("waiting  {label}: another build on this cache is building it")
         }
@@ -60,9 +64,14 @@ fn line(e: &Event) -> Option<String> {
             "WARNING  the remote cache {remote} is unavailable; going on with the local cache \
              only\n         ({error})"
         ),
-        Event::RemoteRefused { label, error, .. } => format!(
-            "WARNING  {label}: the remote cache's result was refused and the step will be built \
-             here\n         ({error})"
+        Event::RemoteRefused {
+            label,
+            remote,
+            error,
+            ..
+        } => format!(
+            "WARNING  {label}: the result from the remote cache {remote} was refused (the next \
+             remote cache is asked, else the step is built here)\n         ({error})"
         ),
         Event::CacheDamaged {
             label,
@@ -87,11 +96,12 @@ fn line(e: &Event) -> Option<String> {
         }
         Event::StepUploaded {
             label,
+            remote,
             blobs,
             bytes,
             ..
         } => format!(
-            "uploaded {label} ({blobs} blobs, {})",
+            "uploaded {label} to {remote} ({blobs} blobs, {})",
             super::human_bytes(*bytes)
         ),
     })

@@ -258,13 +258,13 @@ pub fn verify(ctx: &Session, o: &VerifyOptions) -> Result<(), CliError> {
         "verify: the cached build (steps missing from the cache are built)",
     );
     // A verification rebuilds here; it never fetches or uploads.
+    let none = imgspec_cache::Tiers::none();
     let run = RunOptions {
         jobs: o.jobs,
         reporter: rep.as_ref(),
         cancel: &cancel,
         fresh: &[],
-        remote: None,
-        remote_write: false,
+        tiers: &none,
     };
     let mut reference = crate::build::executor(&ctx.store, &run).run(&plan, &targets);
     check(&plan, &reference)?;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use imgspec_cache::{BlobDigest, Claim, Remote, RemoteError, StepOutput, StepRecord, Store};
+use imgspec_cache::{BlobDigest, Claim, RemoteError, StepOutput, StepRecord, Store, Tiers};
 use serde::Serialize;
 
 use crate::plan::{Plan, StepId};
@@ -27,9 +27,12 @@ pub enum Event {
         key: String,
         kind: String,
         label: String,
-        /// Where the result was found: the local store, or the remote cache (fetched, checked
+        /// Where the result was found: the local store, or a remote cache (fetched, checked
         /// and recorded locally).
         source: CacheSource,
+        /// The remote it came from (its URL, without credentials), when `source` is `remote`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
     },
     /// Another build (another process on the same store) is building this step; this one
     /// waits for it and then takes its result.
@@ -63,15 +66,16 @@ pub enum Event {
         label: String,
         because: String,
     },
-    /// The remote cache cannot be used for the rest of this build (unreachable, or refusing
-    /// us): the build goes on locally. Sent once.
+    /// A remote cache cannot be used for the rest of this build (unreachable, or refusing
+    /// us): the build goes on with the other tiers. Sent once per remote.
     RemoteUnavailable { remote: String, error: String },
-    /// The remote's result of a step was wrong (an object failed its check, or is missing):
-    /// refused, and the step is built locally.
+    /// A remote's result of a step was wrong (an object failed its check, or is missing):
+    /// refused; the next remote is asked, else the step is built locally.
     RemoteRefused {
         key: String,
         kind: String,
         label: String,
+        remote: String,
         error: String,
     },
     /// A step's cached result turned out damaged (a blob it references is corrupt or gone):
@@ -86,11 +90,12 @@ pub enum Event {
         problem: String,
         found_by: Option<String>,
     },
-    /// A step built here was uploaded to the remote cache.
+    /// A step built here, or found in a later tier, was uploaded to a read-write remote.
     StepUploaded {
         key: String,
         kind: String,
         label: String,
+        remote: String,
         blobs: usize,
         bytes: u64,
     },
@@ -122,7 +127,7 @@ pub struct Outcome {
     pub outputs: BTreeMap<StepId, StepOutput>,
     pub built: Vec<StepId>,
     pub cached: Vec<StepId>,
-    /// The cached steps that came from the remote cache.
+    /// The cached steps that came from a remote cache.
     pub from_remote: Vec<StepId>,
     pub failed: Vec<Failure>,
     pub skipped: Vec<StepId>,
@@ -165,10 +170,26 @@ pub struct Executor<'a> {
     /// Steps run even when their result is cached (`imgspec lock --update`: the packages as
     /// the mirror has them now).
     pub fresh: &'a [StepId],
-    /// A remote cache: asked on a local miss; and when `remote_write`, given every step built
-    /// here (uploaded in the background, done before `run` returns).
-    pub remote: Option<&'a Remote>,
-    pub remote_write: bool,
+    /// The remote caches after the local store, in order: asked on a local miss; the
+    /// read-write ones are given every step built here and every step a later remote had
+    /// (uploaded in the background, one thread per remote, done before `run` returns).
+    pub tiers: &'a Tiers,
+}
+
+/// The upload queues of one run, one per read-write remote (by tier index).
+struct Uploads {
+    queues: Vec<Option<mpsc::Sender<(StepId, StepOutput)>>>,
+}
+
+impl Uploads {
+    /// Queues the result of step `id` for the remotes `to`.
+    fn send(&self, to: &[usize], id: StepId, output: &StepOutput) {
+        for &t in to {
+            if let Some(Some(q)) = self.queues.get(t) {
+                let _ = q.send((id, output.clone()));
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -215,36 +236,47 @@ impl Executor<'_> {
 
     /// Runs what `targets` need.
     pub fn run(&self, plan: &Plan, targets: &[StepId]) -> Outcome {
-        let upload_to = self.remote.filter(|_| self.remote_write);
+        let writable = self.tiers.writable();
         std::thread::scope(|s| {
-            let (tx, rx) = mpsc::channel::<(StepId, StepOutput)>();
-            let uploader = upload_to.map(|r| s.spawn(move || self.upload(r, plan, rx)));
-            let out = self.run_steps(plan, targets, uploader.as_ref().map(|_| &tx));
-            drop(tx);
-            if let Some(u) = uploader {
+            let mut queues: Vec<Option<mpsc::Sender<(StepId, StepOutput)>>> =
+                (0..self.tiers.len()).map(|_| None).collect();
+            let mut uploaders = Vec::new();
+            for &t in &writable {
+                let (tx, rx) = mpsc::channel();
+                queues[t] = Some(tx);
+                uploaders.push(s.spawn(move || self.upload(t, plan, rx)));
+            }
+            let uploads = Uploads { queues };
+            let out = self.run_steps(plan, targets, &uploads);
+            drop(uploads);
+            for u in uploaders {
                 let _ = u.join();
             }
             out
         })
     }
 
-    /// The lookup phase's last resort: the step's result from the remote cache, if there is
-    /// one and it arrives whole. Trouble is reported, never fatal.
-    fn fetch_from_remote(&self, plan: &Plan, id: StepId) -> Option<StepRecord> {
-        let remote = self.remote?;
+    /// The lookup phase's last resort: the step's result from the first remote that has it
+    /// whole, queued for the read-write remotes before that one. Trouble is reported, never
+    /// fatal.
+    fn fetch_from_remote(
+        &self,
+        plan: &Plan,
+        id: StepId,
+        uploads: &Uploads,
+    ) -> Option<(usize, StepRecord)> {
         let step = &plan.steps[id];
-        match remote.fetch_step(self.store, &step.key) {
-            Ok(r) => r,
-            Err(e) => {
-                self.remote_trouble(remote, &e, plan, id);
-                None
-            }
-        }
+        let hit = self.tiers.fetch_step(self.store, &step.key, &mut |t, e| {
+            self.remote_trouble(t, e, plan, id)
+        })?;
+        uploads.send(&self.tiers.fill_targets(hit.tier), id, &hit.record.output);
+        Some((hit.tier, hit.record))
     }
 
-    /// Tells the user about a remote failure: once for an unavailable remote, once per step for
-    /// a refused object.
-    fn remote_trouble(&self, remote: &Remote, e: &RemoteError, plan: &Plan, id: StepId) {
+    /// Tells the user about a remote failure: once per remote for an unavailable one, once per
+    /// step and remote for a refused object.
+    fn remote_trouble(&self, tier: usize, e: &RemoteError, plan: &Plan, id: StepId) {
+        let remote = self.tiers.remote(tier);
         if e.is_unavailable() {
             if let Some(reason) = remote.down_notice() {
                 self.reporter.event(&Event::RemoteUnavailable {
@@ -259,12 +291,14 @@ impl Executor<'_> {
             key: step.key.to_hex(),
             kind: step.kind().into(),
             label: step.label.clone(),
+            remote: remote.url().to_string(),
             error: error_chain(e),
         });
     }
 
-    /// Uploads each step the build sends, in the order they were built.
-    fn upload(&self, remote: &Remote, plan: &Plan, rx: mpsc::Receiver<(StepId, StepOutput)>) {
+    /// Uploads each step the build sends to remote `tier`, in the order they were sent.
+    fn upload(&self, tier: usize, plan: &Plan, rx: mpsc::Receiver<(StepId, StepOutput)>) {
+        let remote = self.tiers.remote(tier);
         for (id, output) in rx {
             let step = &plan.steps[id];
             match remote.push_step(self.store, &step.key, step.kind(), &step.label, &output) {
@@ -272,24 +306,20 @@ impl Executor<'_> {
                     key: step.key.to_hex(),
                     kind: step.kind().into(),
                     label: step.label.clone(),
+                    remote: remote.url().to_string(),
                     blobs: stats.blobs_sent,
                     bytes: stats.bytes_sent,
                 }),
                 Ok(_) => {}
-                Err(e) => self.remote_trouble(remote, &e, plan, id),
+                Err(e) => self.remote_trouble(tier, &e, plan, id),
             }
         }
     }
 
-    fn run_steps(
-        &self,
-        plan: &Plan,
-        targets: &[StepId],
-        upload: Option<&mpsc::Sender<(StepId, StepOutput)>>,
-    ) -> Outcome {
+    fn run_steps(&self, plan: &Plan, targets: &[StepId], uploads: &Uploads) -> Outcome {
         let mut out = Outcome::default();
         let mut state = vec![State::Unseen; plan.steps.len()];
-        self.resolve(plan, targets.to_vec(), &mut state, &mut out);
+        self.resolve(plan, targets.to_vec(), &mut state, &mut out, uploads);
         let mut ready = Vec::new();
         refresh_ready(plan, &state, &mut ready);
         ready.reverse(); // the first in plan order runs first
@@ -342,9 +372,7 @@ impl Executor<'_> {
                     state[id] = State::Done;
                     match ran {
                         Ran::Built(o) => {
-                            if let Some(tx) = upload {
-                                let _ = tx.send((id, o.clone()));
-                            }
+                            uploads.send(&self.tiers.writable(), id, &o);
                             out.outputs.insert(id, o);
                             out.built.push(id);
                             self.reporter.event(&Event::StepFinished {
@@ -362,13 +390,14 @@ impl Executor<'_> {
                                 kind: step.kind().into(),
                                 label: step.label.clone(),
                                 source: CacheSource::Local,
+                                remote: None,
                             });
                         }
                     }
                     refresh_ready(plan, &state, &mut ready);
                 }
                 Err(error) => {
-                    if self.heal(plan, id, &error, &mut healed, &mut state, &mut out) {
+                    if self.heal(plan, id, &error, &mut healed, &mut state, &mut out, uploads) {
                         refresh_ready(plan, &state, &mut ready);
                         continue;
                     }
@@ -420,7 +449,14 @@ impl Executor<'_> {
     /// The lookup phase, top-down from `stack`: a step found in the cache (local, else remote)
     /// is done and cuts off everything above it; a missing one is needed, and so are its
     /// inputs' lookups. A record found damaged is dropped (said once) and is a miss.
-    fn resolve(&self, plan: &Plan, mut stack: Vec<StepId>, state: &mut [State], out: &mut Outcome) {
+    fn resolve(
+        &self,
+        plan: &Plan,
+        mut stack: Vec<StepId>,
+        state: &mut [State],
+        out: &mut Outcome,
+        uploads: &Uploads,
+    ) {
         while let Some(id) = stack.pop() {
             if !matches!(state[id], State::Unseen) {
                 continue;
@@ -451,12 +487,13 @@ impl Executor<'_> {
                         kind: step.kind().into(),
                         label: step.label.clone(),
                         source: CacheSource::Local,
+                        remote: None,
                     });
                 }
-                // A broken index row is a miss: the step is built again, unless the remote
+                // A broken index row is a miss: the step is built again, unless a remote
                 // cache has it.
-                Ok((None, _)) | Err(_) => match self.fetch_from_remote(plan, id) {
-                    Some(rec) => {
+                Ok((None, _)) | Err(_) => match self.fetch_from_remote(plan, id, uploads) {
+                    Some((tier, rec)) => {
                         state[id] = State::Done;
                         out.outputs.insert(id, rec.output);
                         out.cached.push(id);
@@ -466,6 +503,7 @@ impl Executor<'_> {
                             kind: step.kind().into(),
                             label: step.label.clone(),
                             source: CacheSource::Remote,
+                            remote: Some(self.tiers.remote(tier).url().to_string()),
                         });
                     }
                     None => {
@@ -483,6 +521,7 @@ impl Executor<'_> {
     /// that they are built (or fetched) and the step runs after them, in this same build.
     /// False when the failure is not that, or the same blob failed this step before (then it
     /// is a real failure).
+    #[allow(clippy::too_many_arguments)]
     fn heal(
         &self,
         plan: &Plan,
@@ -491,6 +530,7 @@ impl Executor<'_> {
         healed: &mut BTreeSet<(StepId, BlobDigest)>,
         state: &mut [State],
         out: &mut Outcome,
+        uploads: &Uploads,
     ) -> bool {
         let Some(blob) = error.damaged_blob() else {
             return false;
@@ -538,7 +578,7 @@ impl Executor<'_> {
             });
         }
         state[id] = State::Needed;
-        self.resolve(plan, producers, state, out);
+        self.resolve(plan, producers, state, out, uploads);
         true
     }
 

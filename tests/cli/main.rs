@@ -18,4 +18,5 @@ mod remote;
 mod repro;
 mod s3;
 mod sandbox;
+mod tiers;
 mod usage;

@@ -50,7 +50,7 @@ pub(crate) struct Nginx {
     port: u16,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -155,11 +155,11 @@ http {{
         format!("http://127.0.0.1:{}/imgspec-cache", self.port)
     }
 
-    fn root(&self) -> PathBuf {
+    pub(crate) fn root(&self) -> PathBuf {
         self.dir.path().join("root/imgspec-cache")
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -209,7 +209,7 @@ fn all(r: &Run) -> String {
 }
 
 /// The step records on the server: (kind, JSON).
-fn server_records(n: &Nginx) -> Vec<(String, serde_json::Value)> {
+pub(crate) fn server_records(n: &Nginx) -> Vec<(String, serde_json::Value)> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(n.root().join("ac-v1")).unwrap().flatten() {
         let v: serde_json::Value =

@@ -21,7 +21,7 @@ image "mini" {
 
 /// Steps of SPEC: base, files, run, output, SBOM, manifest.
 const STEPS: usize = 6;
-const BUCKET: &str = "imgspec";
+pub(crate) const BUCKET: &str = "imgspec";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -47,16 +47,16 @@ struct Node {
 }
 
 /// Three Garage nodes with a bucket and a read-write key; killed on drop.
-struct Garage {
+pub(crate) struct Garage {
     bin: PathBuf,
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
-    key_id: String,
-    secret: String,
+    pub(crate) key_id: String,
+    pub(crate) secret: String,
 }
 
 impl Garage {
-    fn start() -> Option<Garage> {
+    pub(crate) fn start() -> Option<Garage> {
         let bin = garage_bin()?;
         let dir = tempfile::tempdir().unwrap();
         let secret: String = (0..32)
@@ -214,11 +214,11 @@ impl Garage {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.nodes[0].s3_port)
     }
 
-    fn kill(&mut self, n: usize) {
+    pub(crate) fn kill(&mut self, n: usize) {
         if let Some(mut c) = self.nodes[n].child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -226,7 +226,7 @@ impl Garage {
     }
 
     /// The environment of an imgspec that uses this cluster with the right key.
-    fn env(&self) -> Vec<(String, String)> {
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID".into(), self.key_id.clone()),
             ("AWS_SECRET_ACCESS_KEY".into(), self.secret.clone()),
