@@ -7,9 +7,9 @@
 
 pub mod boot;
 pub mod cli;
+pub mod distro;
 pub mod exec;
 pub mod format;
-pub mod host;
 pub mod lock;
 pub mod outputs;
 pub mod plan;

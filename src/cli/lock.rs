@@ -4,7 +4,7 @@
 //! (fetched from the mirror when it is not) before any step starts.
 //!
 //! Resolution is a build of the steps that install packages, unlocked: each records what apt
-//! really downloaded ([`crate::steps::apt::harvest`]). A step already in the cache answers
+//! really downloaded ([`crate::distro::debian::apt::harvest`]). A step already in the cache answers
 //! from the cache (what it installed when it was built); `--update` builds them again from
 //! the mirror as it is now.
 
@@ -23,7 +23,7 @@ use crate::plan::{Plan, StepId};
 use crate::runner::HostRunner;
 use crate::spec;
 use crate::spec::model::{Base, Layer};
-use crate::steps::apt::DEBS_META;
+use crate::distro::debian::apt::DEBS_META;
 use crate::steps::{is_root, Action};
 
 /// The locks beside `specs` (`SPEC.lock`), merged; `None` when no spec has one. Every image
@@ -97,7 +97,7 @@ fn mirrors_of(ctx: &Context, image: &str) -> Result<BTreeMap<String, String>, St
             "image `{image}` has no Debian base to take a mirror from"
         ));
     };
-    let base = crate::steps::base::DebianBase {
+    let base = crate::distro::debian::bootstrap::DebianBase {
         spec: d.clone(),
         locked: None,
     };
@@ -106,7 +106,7 @@ fn mirrors_of(ctx: &Context, image: &str) -> Result<BTreeMap<String, String>, St
         .map(|l| l.join("\n"))
         .map_err(|e| e.to_string())?;
     let mut out = BTreeMap::new();
-    for s in crate::host::parse_one_line(&lines) {
+    for s in crate::distro::debian::host::parse_one_line(&lines) {
         for suite in s.suites {
             out.entry(suite)
                 .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
@@ -395,7 +395,7 @@ fn lock_one(
             });
             let date = outputs
                 .get(&w.id)
-                .and_then(|o| o.meta.get(crate::steps::apt::ARCHIVE_DATE_META))
+                .and_then(|o| o.meta.get(crate::distro::debian::apt::ARCHIVE_DATE_META))
                 .and_then(|d| d.parse::<i64>().ok());
             lock.epoch = lock.epoch.max(date);
         }

@@ -440,12 +440,12 @@ fn layer_step(
                 "base tar {}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             ),
-            Action::BaseTar(steps::base::TarBase { path: path.clone() }),
+            Action::BaseTar(crate::distro::debian::bootstrap::TarBase { path: path.clone() }),
         ),
         Layer::Base(Base::Debian(d)) => (
             "base".into(),
             format!("base {} {} {}", d.distro, d.suite, d.variant),
-            Action::BaseDebian(steps::base::DebianBase {
+            Action::BaseDebian(crate::distro::debian::bootstrap::DebianBase {
                 spec: d.clone(),
                 locked: None,
             }),
@@ -519,7 +519,7 @@ fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<()
             set.request
         )));
     }
-    *slot = Some(steps::apt::Locked::of(set));
+    *slot = Some(crate::distro::debian::apt::Locked::of(set));
     Ok(())
 }
 

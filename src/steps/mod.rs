@@ -2,8 +2,6 @@
 //! from its inputs (`run`). A step never calls another step: the executor hands it its inputs'
 //! outputs through the [`StepContext`].
 
-pub mod apt;
-pub mod base;
 pub mod bootloader;
 pub mod chroot;
 pub mod disk;
@@ -23,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::{Manifest, StepOutput, Store, StoreError, TreeDigest};
 
+use crate::distro::debian::bootstrap as base;
 use crate::plan::key::KeyBuilder;
 use crate::runner::{RunError, Runner};
 use crate::tools::{Tool, ToolError};

@@ -8,7 +8,7 @@
 //! input layer, so what a layer costs in the store is what it added.
 //!
 //! Unlocked, the `.deb` files apt downloaded are taken out of the tree before it is imported
-//! and recorded with what apt's lists say of them ([`super::apt::harvest`]), for `imgspec
+//! and recorded with what apt's lists say of them ([`crate::distro::debian::apt::harvest`]), for `imgspec
 //! lock`. Locked, apt's only source is a flat repository of exactly the step's locked files,
 //! put at `/tmp/imgspec-lock` in the tree for the install and removed before the import (the
 //! image's own sources are left alone, so they still name the real archive).
@@ -19,7 +19,7 @@
 
 use imgspec_cache::StepOutput;
 
-use super::apt::{self, Locked};
+use crate::distro::debian::apt::{self, Locked};
 use super::chroot::Session;
 use super::scrub::{scrub, After};
 use super::tree::Tree;

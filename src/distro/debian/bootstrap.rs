@@ -4,7 +4,7 @@
 //!   Key: the tarball's content digest.
 //! - `base "debian"|"ubuntu" suite=... variant=...` runs mmdebstrap (tar output, root mode,
 //!   SOURCE_DATE_EPOCH set, standard input from /dev/null) and imports its tarball, with host
-//!   leaks scrubbed ([`super::scrub`]). The mirror is the spec's `mirror`, else the host's apt
+//!   leaks scrubbed ([`crate::steps::scrub`]). The mirror is the spec's `mirror`, else the host's apt
 //!   sources for the Debian archive (with the suite's `-updates` and `-security` companions).
 //!   Key: distro, suite, variant, architecture, components, the spec's mirror when given (the
 //!   host's mirror is not hashed: any mirror of the archive serves the same packages), the
@@ -17,7 +17,7 @@
 //!   (`copy://`, `[trusted=yes]`: the SHA-256 of each file in the generated index replaces the
 //!   archive's signature); the image's `/etc/apt/sources.list` is then written as an unlocked
 //!   build writes it, naming the real archive.
-//! - Not in the sandbox of [`super::chroot`]: mmdebstrap's root mode runs the maintainer
+//! - Not in the sandbox of [`crate::steps::chroot`]: mmdebstrap's root mode runs the maintainer
 //!   scripts of the essential set in its own `chroot` on the host, with the host's `/dev`
 //!   nodes and `/proc`. Running it inside bwrap would need `CAP_SYS_ADMIN` for the mounts root
 //!   mode makes (which would also let a script remount the host's read-only `/` writable), and
@@ -31,9 +31,9 @@ use std::path::{Path, PathBuf};
 use imgspec_cache::StepOutput;
 
 use super::apt::{self, Locked};
-use super::scrub::{scrub, After};
-use super::tree::Tree;
-use super::{FactError, Facts, StepContext, StepError};
+use crate::steps::scrub::{scrub, After};
+use crate::steps::tree::Tree;
+use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::plan::key::KeyBuilder;
 use crate::runner::Cmd;
 use crate::tools::MMDEBSTRAP;
@@ -144,7 +144,7 @@ impl DebianBase {
         if let Some(m) = &s.mirror {
             return Ok(vec![format!("deb {m} {} {comps}", s.suite)]);
         }
-        let host = crate::host::apt_sources(&s.distro).map_err(|e| {
+        let host = super::host::apt_sources(&s.distro).map_err(|e| {
             StepError::Invalid(format!(
                 "{e}: give `mirror=` with an archive of `{}` in the spec",
                 s.distro
@@ -314,7 +314,7 @@ mod tests {
         assert_eq!(get("SOURCE_DATE_EPOCH"), Some("5"));
         assert_eq!(
             env.len(),
-            crate::steps::apt::pinned_env(Path::new("/"), 0).len() + 2,
+            super::apt::pinned_env(Path::new("/"), 0).len() + 2,
             "{env:?}"
         );
         assert!(cmd

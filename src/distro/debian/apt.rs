@@ -16,14 +16,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{StepContext, StepError};
+use crate::steps::{StepContext, StepError};
 use crate::lock::{self, DebError, DebStore, LockSet, LockedDeb};
 use crate::runner::Cmd;
 
 /// apt options of every bootstrap. apt drops privileges to `_apt` for downloads only when
 /// `_apt` can reach the download folder, which depends on who may read the caller's temp
 /// folder and the cache's parents (a cache under `/root` never can): apt is told to stay root,
-/// always, and the folders' owner is normalised in the tree ([`super::scrub`]).
+/// always, and the folders' owner is normalised in the tree ([`crate::steps::scrub`]).
 pub const APT_PINNED: &[&str] = &["APT::Sandbox::User \"root\""];
 /// Where mmdebstrap writes the `--aptopt` lines in the image (removed by a customize hook).
 pub const MMDEBSTRAP_APT_CONF: &str = "etc/apt/apt.conf.d/99mmdebstrap";
@@ -274,7 +274,7 @@ pub fn write_repo(
 /// left out, fails the step instead of storing a tree that is not what the lock says.
 pub fn check_installed(
     ctx: &StepContext,
-    tree: &super::tree::Tree,
+    tree: &crate::steps::tree::Tree,
     debs: &[LockedDeb],
 ) -> Result<(), StepError> {
     let status = tree
