@@ -18,7 +18,8 @@ use super::{
     Context,
 };
 use crate::exec::Executor;
-use crate::lock::{lock_path, parse_debs, DebStore, Lock, LockSet, LockedDeb};
+use crate::distro::debian::debstore::DebStore;
+use crate::lock::{lock_path, parse_debs, Lock, LockSet, LockedDeb};
 use crate::plan::{Plan, StepId};
 use crate::runner::HostRunner;
 use crate::spec;

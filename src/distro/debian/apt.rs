@@ -17,7 +17,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::steps::{StepContext, StepError};
-use crate::lock::{self, DebError, DebStore, LockSet, LockedDeb};
+use super::archive;
+use super::debstore::{DebError, DebStore};
+use crate::lock::{LockSet, LockedDeb};
 use crate::runner::Cmd;
 
 /// apt options of every bootstrap. apt drops privileges to `_apt` for downloads only when
@@ -188,7 +190,7 @@ pub fn harvest(
         let (sha, size) = store.put(f).map_err(deb_error)?;
         std::fs::remove_file(f).map_err(StepError::io(f))?;
         let c = control(ctx, &store, &sha)?;
-        let get = |n| lock::field(&c, n).unwrap_or_default().to_string();
+        let get = |n| archive::field(&c, n).unwrap_or_default().to_string();
         stored.push((
             get("Package"),
             get("Version"),
@@ -198,7 +200,7 @@ pub fn harvest(
         ));
     }
     let wanted: BTreeSet<String> = stored.iter().map(|s| s.0.clone()).collect();
-    let index = lock::read_lists(lists_dir, &wanted).map_err(deb_error)?;
+    let index = archive::read_lists(lists_dir, &wanted).map_err(deb_error)?;
     let mut out = Vec::new();
     for (name, version, arch, sha256, size) in stored {
         let entries = index
@@ -262,10 +264,10 @@ pub fn write_repo(
         with_control.push((d.clone(), control(ctx, &store, &d.sha256)?));
     }
     let p = dir.join("Packages");
-    let index = lock::packages_index(&with_control);
+    let index = archive::packages_index(&with_control);
     std::fs::write(&p, &index).map_err(StepError::io(&p))?;
     let r = dir.join("Release");
-    std::fs::write(&r, lock::release(suite, index.as_bytes())).map_err(StepError::io(&r))?;
+    std::fs::write(&r, archive::release(suite, index.as_bytes())).map_err(StepError::io(&r))?;
     Ok(())
 }
 
@@ -281,7 +283,7 @@ pub fn check_installed(
         .read(ctx.store, "var/lib/dpkg/status")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let installed = lock::installed(&status);
+    let installed = archive::installed(&status);
     let wrong: Vec<String> = debs
         .iter()
         .filter(|d| installed.get(&(d.name.clone(), d.arch.clone())) != Some(&d.version))
