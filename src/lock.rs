@@ -547,5 +547,4 @@ mod tests {
         b.debs[0].version = "252.39-1~deb12u1".into();
         assert_ne!(a.digest(), b.digest());
     }
-
 }

@@ -4,7 +4,7 @@
 //! (fetched from the mirror when it is not) before any step starts.
 //!
 //! Resolution is a build of the steps that install packages, unlocked: each records what apt
-//! really downloaded ([`crate::distro::debian::apt::harvest`]). A step already in the cache answers
+//! really downloaded ([`crate::distro::record_installed`]). A step already in the cache answers
 //! from the cache (what it installed when it was built); `--update` builds them again from
 //! the mirror as it is now.
 
@@ -17,14 +17,13 @@ use super::{
     error_chain, internal, need_specs, open_store, reporter, step_name, steps_to_run, CliError,
     Context,
 };
+use crate::distro::{self, DEBS_META};
 use crate::exec::Executor;
-use crate::distro::debian::debstore::DebStore;
 use crate::lock::{lock_path, parse_debs, Lock, LockSet, LockedDeb};
 use crate::plan::{Plan, StepId};
 use crate::runner::HostRunner;
 use crate::spec;
 use crate::spec::model::{Base, Layer};
-use crate::distro::debian::apt::DEBS_META;
 use crate::steps::{is_root, Action};
 
 /// The locks beside `specs` (`SPEC.lock`), merged; `None` when no spec has one. Every image
@@ -75,17 +74,17 @@ fn lock_error(e: crate::lock::LockError) -> CliError {
     }
 }
 
-/// The lock's packages of a step, if it is pinned.
-fn locked_debs(action: &Action) -> Option<&[LockedDeb]> {
+/// The lock's packages of a step, if it is pinned, and the family that installs them.
+fn locked_debs(action: &Action) -> Option<(&'static dyn distro::Family, &[LockedDeb])> {
     match action {
-        Action::BaseDebian(b) => b.locked.as_ref().map(|l| l.debs.as_slice()),
-        Action::Packages(p) => p.locked.as_ref().map(|l| l.debs.as_slice()),
+        Action::Bootstrap(b) => b.locked.as_ref().map(|l| (b.family, l.debs.as_slice())),
+        Action::Packages(p) => p.locked.as_ref().map(|l| (p.family, l.debs.as_slice())),
         _ => None,
     }
 }
 
 /// Suite → archive URI, from the sources the image's base uses (the spec's mirror, else the
-/// host's apt sources).
+/// host's apt sources), as its distribution family reads them.
 fn mirrors_of(ctx: &Context, image: &str) -> Result<BTreeMap<String, String>, String> {
     let img = ctx
         .spec
@@ -98,40 +97,34 @@ fn mirrors_of(ctx: &Context, image: &str) -> Result<BTreeMap<String, String>, St
             "image `{image}` has no Debian base to take a mirror from"
         ));
     };
-    let base = crate::distro::debian::bootstrap::DebianBase {
-        spec: d.clone(),
-        locked: None,
-    };
-    let lines = base
-        .sources()
-        .map(|l| l.join("\n"))
-        .map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for s in crate::distro::debian::host::parse_one_line(&lines) {
-        for suite in s.suites {
-            out.entry(suite)
-                .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
-        }
-    }
-    Ok(out)
+    distro::family_of(img).mirrors(d)
 }
 
 /// Every locked `.deb` that the steps in `to_run` install is in the cache afterwards, or the
 /// build stops here, before any step, naming each package that is neither in the cache nor on
 /// the mirror.
 pub(super) fn preflight(ctx: &Context, plan: &Plan, to_run: &[StepId]) -> Result<(), CliError> {
-    let debs = DebStore::new(ctx.store.root());
-    // sha256 → (package, step label, URL or why there is none)
-    let mut wanted: BTreeMap<String, (LockedDeb, String, Result<String, String>)> = BTreeMap::new();
+    let root = ctx.store.root();
+    // sha256 → (package, step label, URL or why there is none, the family that stores it)
+    #[allow(clippy::type_complexity)]
+    let mut wanted: BTreeMap<
+        String,
+        (
+            LockedDeb,
+            String,
+            Result<String, String>,
+            &'static dyn distro::Family,
+        ),
+    > = BTreeMap::new();
     let mut mirrors: BTreeMap<String, Result<BTreeMap<String, String>, String>> = BTreeMap::new();
     for &id in to_run {
         let step = &plan.steps[id];
-        let Some(locked) = locked_debs(&step.action) else {
+        let Some((family, locked)) = locked_debs(&step.action) else {
             continue;
         };
         let image = &step.uses[0].0;
         for d in locked {
-            if debs.has(&d.sha256) || wanted.contains_key(&d.sha256) {
+            if family.has_locked(root, &d.sha256) || wanted.contains_key(&d.sha256) {
                 continue;
             }
             let m = mirrors
@@ -144,7 +137,10 @@ pub(super) fn preflight(ctx: &Context, plan: &Plan, to_run: &[StepId]) -> Result
                     .ok_or_else(|| format!("no mirror of suite `{}` in the sources", d.suite)),
                 Err(e) => Err(e.clone()),
             };
-            wanted.insert(d.sha256.clone(), (d.clone(), step.label.clone(), url));
+            wanted.insert(
+                d.sha256.clone(),
+                (d.clone(), step.label.clone(), url, family),
+            );
         }
     }
     if wanted.is_empty() {
@@ -163,9 +159,9 @@ pub(super) fn preflight(ctx: &Context, plan: &Plan, to_run: &[StepId]) -> Result
     let mut failed: Vec<String> = pool.install(|| {
         wanted
             .par_iter()
-            .filter_map(|(sha, (d, label, url))| {
+            .filter_map(|(sha, (d, label, url, family))| {
                 let r = match url {
-                    Ok(url) => debs.fetch(url, sha).map_err(|e| error_chain(&e)),
+                    Ok(url) => family.fetch_locked(root, url, sha),
                     Err(e) => Err(e.clone()),
                 };
                 r.err().map(|why| {
@@ -210,7 +206,7 @@ fn wanted_sets(plan: &Plan) -> Vec<Wanted> {
         for &id in &img.steps {
             let s = &plan.steps[id];
             let request = match &s.action {
-                Action::BaseDebian(b) => crate::lock::base_request(&b.spec),
+                Action::Bootstrap(b) => crate::lock::base_request(&b.spec),
                 Action::Packages(p) => crate::lock::packages_request(&p.packages),
                 _ => continue,
             };
@@ -396,7 +392,7 @@ fn lock_one(
             });
             let date = outputs
                 .get(&w.id)
-                .and_then(|o| o.meta.get(crate::distro::debian::apt::ARCHIVE_DATE_META))
+                .and_then(|o| o.meta.get(distro::ARCHIVE_DATE_META))
                 .and_then(|d| d.parse::<i64>().ok());
             lock.epoch = lock.epoch.max(date);
         }
@@ -581,35 +577,11 @@ pub(super) fn gc_debs(
             keep.extend(debs.into_iter().map(|d| d.sha256));
         }
     }
-    let dir = store.root().join("debs-v1");
     let (mut n, mut bytes) = (0, 0);
-    let Ok(shards) = std::fs::read_dir(&dir) else {
-        return Ok((0, 0));
-    };
-    for shard in shards.flatten() {
-        let Ok(files) = std::fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let p = f.path();
-            if p.extension().is_none_or(|e| e != "deb") {
-                continue;
-            }
-            let sha = p
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if keep.contains(&sha) {
-                continue;
-            }
-            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if std::fs::remove_file(&p).is_ok() {
-                let _ = std::fs::remove_file(p.with_extension("control"));
-                n += 1;
-                bytes += size;
-            }
-        }
+    for family in crate::distro::FAMILIES {
+        let (fn_, fb) = family.gc_locked(store.root(), &keep);
+        n += fn_;
+        bytes += fb;
     }
     Ok((n, bytes))
 }

@@ -53,14 +53,8 @@ pub const ELEMENT_VERSIONS: &[(&str, u32)] = &[
     ("grub2", 1),
 ];
 
-/// GRUB's packages for `grub2`: both firmwares' modules and the tools (`grub-install`,
-/// `grub-mkconfig`) that Ironic runs inside the image.
-pub const GRUB2_PACKAGES: &[&str] = &[
-    "grub-common",
-    "grub-efi-amd64-bin",
-    "grub-pc-bin",
-    "grub2-common",
-];
+/// GRUB's packages for `grub2`: the Debian family's (the bootloader step's too).
+pub const GRUB2_PACKAGES: &[&str] = crate::distro::debian::GRUB_PACKAGES;
 
 /// Locales glibc has built in: no `locales` package, no `locale-gen`.
 const BUILTIN_LOCALES: &[&str] = &["C", "C.UTF-8", "C.utf8", "POSIX"];

@@ -4,7 +4,8 @@
 //! - Unlocked, a step records what apt really downloaded ([`harvest`]): each `.deb` is moved
 //!   into the cache's deb store by SHA-256, its name, version and architecture read with
 //!   `dpkg-deb -f`, its suite, archive `Filename` and priority found in apt's lists of the same
-//!   run. The result goes into the step's output as `deb` lines under [`DEBS_META`]; `imgspec
+//!   run. The result goes into the step's output as `deb` lines under
+//!   [`crate::distro::DEBS_META`]; `imgspec
 //!   lock` writes them into the lock file. Nothing of this reaches the image tree (the files
 //!   are taken out before it is imported; lists and caches are scrubbed).
 //! - Locked, a step installs from a flat repository of exactly its locked files ([`write_repo`]),
@@ -16,11 +17,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use crate::steps::{StepContext, StepError};
 use super::archive;
 use super::debstore::{DebError, DebStore};
-use crate::lock::{LockSet, LockedDeb};
+use crate::lock::LockedDeb;
 use crate::runner::Cmd;
+use crate::steps::{StepContext, StepError};
 
 /// apt options of every bootstrap. apt drops privileges to `_apt` for downloads only when
 /// `_apt` can reach the download folder, which depends on who may read the caller's temp
@@ -48,27 +49,6 @@ pub fn pinned_env(scratch: &Path, epoch: i64) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// The key of a step output's `meta` that holds the `deb` lines of what the step installed.
-pub const DEBS_META: &str = "debs";
-/// Step output metadata: the newest `Date:` of the archive's `Release` files apt read, in
-/// seconds since the epoch. `imgspec lock` takes it as the lock's epoch.
-pub const ARCHIVE_DATE_META: &str = "archive-date";
-
-/// Records in a step's output what it installed (`debs`) and, when it resolved from the
-/// archive rather than from a lock, the archive's date.
-pub fn record_installed(
-    output: &mut imgspec_cache::StepOutput,
-    installed: &[LockedDeb],
-    archive_date: Option<i64>,
-) {
-    output
-        .meta
-        .insert(DEBS_META.into(), crate::lock::render_debs(installed));
-    if let Some(d) = archive_date {
-        output.meta.insert(ARCHIVE_DATE_META.into(), d.to_string());
-    }
 }
 
 /// The newest `Date:` among the `*Release` files of an apt lists folder.
@@ -124,22 +104,6 @@ pub fn parse_release_date(s: &str) -> Option<i64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
-}
-
-/// A step's locked packages, with the digest its key hashes.
-#[derive(Clone, Debug)]
-pub struct Locked {
-    pub digest: String,
-    pub debs: Vec<LockedDeb>,
-}
-
-impl Locked {
-    pub fn of(set: &LockSet) -> Locked {
-        Locked {
-            digest: set.digest(),
-            debs: set.debs.clone(),
-        }
-    }
 }
 
 fn deb_error(e: DebError) -> StepError {

@@ -1,7 +1,5 @@
-//! `base`: the first layer of an image's root filesystem.
+//! The Debian family's bootstrap (kind `base-debian`, see [`crate::steps::bootstrap`]):
 //!
-//! - `base "tar" path=...` imports a root filesystem tarball (`.tar` or `.tar.zst`) as it is.
-//!   Key: the tarball's content digest.
 //! - `base "debian"|"ubuntu" suite=... variant=...` runs mmdebstrap (tar output, root mode,
 //!   SOURCE_DATE_EPOCH set, standard input from /dev/null) and imports its tarball, with host
 //!   leaks scrubbed ([`crate::steps::scrub`]). The mirror is the spec's `mirror`, else the host's apt
@@ -25,50 +23,22 @@
 //!   root and still chroots without `pivot_root` (an escaped script is then an unprivileged
 //!   user of the host, not nobody).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use imgspec_cache::StepOutput;
 
-use super::apt::{self, Locked};
-use crate::steps::scrub::{scrub, After};
-use crate::steps::tree::Tree;
-use crate::steps::{FactError, Facts, StepContext, StepError};
+use super::apt;
+use super::scrub::scrub;
+use crate::distro::{record_installed, Locked};
 use crate::plan::key::KeyBuilder;
 use crate::runner::Cmd;
+use crate::steps::scrub::After;
+use crate::steps::tree::Tree;
+use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::tools::MMDEBSTRAP;
 
-pub const TAR_VERSION: u32 = 1;
 pub const DEBIAN_VERSION: u32 = 2;
-
-#[derive(Clone, Debug)]
-pub struct TarBase {
-    pub path: PathBuf,
-}
-
-impl TarBase {
-    pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
-        let d = facts
-            .file_digest(&self.path)
-            .map_err(|source| FactError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        k.file("tarball", &d);
-        Ok(())
-    }
-
-    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
-        let f = std::fs::File::open(&self.path).map_err(StepError::io(&self.path))?;
-        let mut reader: Box<dyn Read> = if self.path.extension().is_some_and(|e| e == "zst") {
-            Box::new(zstd::Decoder::new(f).map_err(StepError::io(&self.path))?)
-        } else {
-            Box::new(std::io::BufReader::new(f))
-        };
-        let m = ctx.store.import_tar(&mut reader, &ctx.import_options())?;
-        ctx.tree_output(&m)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct DebianBase {
@@ -153,6 +123,23 @@ impl DebianBase {
         Ok(host.lines_for(&s.suite, &comps))
     }
 
+    /// Suite → archive URI, from the sources the base uses (the spec's mirror, else the host's
+    /// apt sources): where a locked `.deb` is fetched from.
+    pub fn mirrors(&self) -> Result<BTreeMap<String, String>, String> {
+        let lines = self
+            .sources()
+            .map(|l| l.join("\n"))
+            .map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for s in super::host::parse_one_line(&lines) {
+            for suite in s.suites {
+                out.entry(suite)
+                    .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// The customize hooks of an unlocked bootstrap: the downloaded files (kept in the cache by
     /// `--skip=essential/unlink`) and apt's lists, copied out to `debs` and `lists`.
     pub fn keep_hooks(debs: &Path, lists: &Path) -> Vec<String> {
@@ -213,7 +200,7 @@ impl DebianBase {
         };
         let mut output = ctx.tree_output(&tree.into_manifest())?;
         let archive_date = archive_date.filter(|_| self.locked.is_none());
-        apt::record_installed(&mut output, &installed, archive_date);
+        record_installed(&mut output, &installed, archive_date);
         Ok(output)
     }
 }
@@ -222,6 +209,7 @@ impl DebianBase {
 mod tests {
     use super::*;
     use crate::spec::model::{Base, Layer};
+    use std::path::PathBuf;
 
     fn base_of(spec: &str) -> DebianBase {
         let spec = crate::spec::load(&[PathBuf::from(spec)]).unwrap();
