@@ -32,6 +32,8 @@ pub static FAMILIES: &[&dyn Family] = &[&debian::DEBIAN];
 pub struct Distro {
     /// `base "NAME"`: `debian`, `ubuntu`.
     pub name: &'static str,
+    /// The usage line diagnostics show: `base "debian" suite="bookworm" […]`.
+    pub usage: &'static str,
     /// The archive areas when the spec gives no `components`.
     pub default_components: &'static str,
 }

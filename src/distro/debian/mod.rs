@@ -36,10 +36,12 @@ pub static DEBIAN: DebianFamily = DebianFamily;
 pub const DISTROS: &[Distro] = &[
     Distro {
         name: "debian",
+        usage: "base \"debian\" suite=\"bookworm\" [variant=\"minbase\"] [mirror=\"URL\"] [components=\"main\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
         default_components: "main",
     },
     Distro {
         name: "ubuntu",
+        usage: "base \"ubuntu\" suite=\"noble\" [mirror=\"URL\"] [variant=\"minbase\"] [components=\"main universe\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
         default_components: "main universe",
     },
 ];
