@@ -4,6 +4,7 @@ mod diff;
 mod dot;
 mod help;
 mod lock;
+mod progress;
 mod remote;
 mod report;
 mod verify;
@@ -12,20 +13,20 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use imgspec_cache::{GcPolicy, Store};
 use miette::Diagnostic;
 use serde::Serialize;
 
-use crate::exec::{error_chain, Executor, Reporter};
+use crate::build::{cached, BuildError, BuildRequest, RootFor, RunOptions, Session};
+use crate::exec::{error_chain, Reporter};
 use crate::plan::key::{explain_change, KeyPart};
 use crate::plan::{Plan, StepId};
-use crate::runner::HostRunner;
 use crate::spec;
-use crate::steps::{is_root, Facts};
-use crate::tools::{install_line, Tool, ToolBox, ToolError};
+use crate::steps::is_root;
+use crate::tools::{install_line, Tool};
 
 #[derive(Parser)]
 #[command(
@@ -376,13 +377,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             // Planning needs no cache: without one it can use (another user's, say), every
             // step is shown as to build, from an empty store that is removed afterwards.
             let scratch;
-            let ctx = match Context::open(&cache_dir, specs) {
+            let ctx = match open_session(&cache_dir, specs) {
                 Err(CliError::Environment { message, .. })
                     if message.starts_with("cannot open the cache") =>
                 {
                     eprintln!("warning: {message}: planning without it (nothing shows as cached)");
                     scratch = tempfile::tempdir().map_err(internal)?;
-                    Context::open(scratch.path(), specs)?
+                    open_session(scratch.path(), specs)?
                 }
                 other => other?,
             };
@@ -399,7 +400,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ref out_dir,
             ref images,
         } => {
-            let ctx = Context::open(&cache_dir, specs)?;
+            let ctx = open_session(&cache_dir, specs)?;
             let remote = remote::open(&cli.remote)?;
             build(&ctx, jobs, out_dir, images, remote.as_ref(), cli.json)
         }
@@ -411,7 +412,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             diffoscope,
             keep,
         } => {
-            let ctx = Context::open(&cache_dir, specs)?;
+            let ctx = open_session(&cache_dir, specs)?;
             verify::verify(
                 &ctx,
                 &verify::VerifyOptions {
@@ -435,7 +436,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         } => lock::lock(
             &cache_dir,
             specs,
-            lock::Update::from_arg(update.clone()),
+            crate::build::lock::Update::from_arg(update.clone()),
             jobs,
             cli.json,
         ),
@@ -543,89 +544,118 @@ fn check(specs: &[PathBuf], json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Host facts for planning: tool versions and file digests (cached in the store's index).
-/// Missing tools are collected, not fatal, so that all of them are reported at once.
-struct HostFacts<'a> {
-    store: &'a Store,
-    tools: ToolBox,
-    missing: Mutex<Vec<Tool>>,
+/// The session of a verb over the cache at `cache_dir`: its specs (at least one) with their
+/// locks; says once when the cache's index was found damaged.
+fn open_session(cache_dir: &Path, specs: &[PathBuf]) -> Result<Session, CliError> {
+    need_specs(specs)?;
+    let s = Session::open(cache_dir, specs)?;
+    if let Some(r) = s.store.index_reset() {
+        eprintln!("{}", index_reset_notice(r));
+    }
+    Ok(s)
 }
 
-impl Facts for HostFacts<'_> {
-    fn tool_version(&self, tool: &Tool) -> Result<String, ToolError> {
-        match self.tools.version(tool) {
-            Err(ToolError::Missing { .. }) => {
-                let mut m = self.missing.lock().unwrap();
-                if !m.contains(tool) {
-                    m.push(*tool);
-                }
-                Ok("missing".into())
+/// Each failure of the library, in words for people, with its help line and exit code.
+impl From<BuildError> for CliError {
+    fn from(e: BuildError) -> CliError {
+        let usage = |message: String, help: Option<String>| CliError::Usage { message, help };
+        let env = |message: String, help: Option<String>| CliError::Environment { message, help };
+        match e {
+            BuildError::Spec(e) => CliError::Spec(e),
+            BuildError::Store { dir, source } => env(
+                format!(
+                    "cannot open the cache at `{}`: {}",
+                    dir.display(),
+                    error_chain(&source)
+                ),
+                Some("choose another place with --cache-dir or IMGSPEC_CACHE_DIR".into()),
+            ),
+            BuildError::Lock(e) => usage(
+                error_chain(&e),
+                Some(
+                    "fix that line, or write the lock again with `imgspec lock --update SPEC`"
+                        .into(),
+                ),
+            ),
+            BuildError::NotInLock { image, spec, lock } => usage(
+                format!(
+                    "image `{image}` of `{}` is not in its lock `{}`",
+                    spec.display(),
+                    lock.display()
+                ),
+                Some(format!("lock it with `imgspec lock {}`", spec.display())),
+            ),
+            BuildError::Plan(e) => plan_error(e),
+            BuildError::MissingTools(m) => missing_tools(&m),
+            BuildError::NeedsRoot {
+                steps,
+                verb: RootFor::Build,
+            } => env(
+                format!(
+                    "these steps must run as root (chroot, device nodes, file owners): {}",
+                    steps.join(", ")
+                ),
+                Some("run imgspec as root, e.g. `sudo imgspec build ...`".into()),
+            ),
+            BuildError::NeedsRoot {
+                steps,
+                verb: RootFor::Lock,
+            } => env(
+                format!(
+                    "resolving the packages runs these steps, which must run as root: {}",
+                    steps.join(", ")
+                ),
+                Some("run imgspec as root, e.g. `sudo imgspec lock ...`".into()),
+            ),
+            BuildError::LockedMissing(failed) => env(
+                format!(
+                    "nothing was built: {} locked package{} neither in the cache nor on the \
+                     mirror:\n  {}",
+                    failed.len(),
+                    if failed.len() == 1 { " is" } else { "s are" },
+                    failed.join("\n  ")
+                ),
+                Some(
+                    "the mirror has moved on and the cache does not have them: lock what the \
+                     mirror has now with `imgspec lock --update SPEC`"
+                        .into(),
+                ),
+            ),
+            BuildError::NoImage { name, known } => usage(
+                format!("no image `{name}` in the specs"),
+                Some(format!("images: {}", known.join(", "))),
+            ),
+            BuildError::Failed(m) => CliError::BuildFailed(m),
+            BuildError::Interrupted => CliError::Interrupted,
+            BuildError::NothingPinned { lock, spec } => usage(
+                format!("`{}` pins nothing yet", lock.display()),
+                Some(format!(
+                    "write it first with `imgspec lock {}`",
+                    spec.display()
+                )),
+            ),
+            BuildError::NothingToLock { spec } => usage(
+                format!("`{}` installs no packages: nothing to lock", spec.display()),
+                Some("a lock pins `base \"debian\"` and `packages` layers".into()),
+            ),
+            BuildError::UnknownPackages(u) => usage(
+                format!("no package set installs {}", u.join(", ")),
+                Some("name packages of the lock file, or give `--update` alone".into()),
+            ),
+            BuildError::PartialUpdate(lines) => CliError::BuildFailed(format!(
+                "the named packages cannot be updated with the rest pinned (the lock is left as \
+                 it was): name more packages, or refresh everything with `--update` alone\n\
+                 cannot resolve the packages:\n{lines}"
+            )),
+            BuildError::Resolve(lines) => {
+                CliError::BuildFailed(format!("cannot resolve the packages:\n{lines}"))
             }
-            other => other,
+            BuildError::Write { path, source } => {
+                env(format!("cannot write `{}`: {source}", path.display()), None)
+            }
+            BuildError::Internal(m) => CliError::Internal(m),
         }
     }
-    fn file_digest(&self, path: &Path) -> Result<String, std::io::Error> {
-        self.store
-            .hash_file_cached(path)
-            .map(|d| d.to_hex())
-            .map_err(|e| std::io::Error::other(error_chain(&e)))
-    }
-}
-
-struct Context {
-    store: Store,
-    spec: spec::model::Spec,
-    /// The locks beside the specs, merged.
-    lock: Option<crate::lock::Lock>,
-}
-
-impl HostFacts<'_> {
-    fn new(store: &Store) -> HostFacts<'_> {
-        HostFacts {
-            store,
-            tools: ToolBox::new(Some(store.root().join("tool-versions.json"))),
-            missing: Mutex::default(),
-        }
-    }
-}
-
-impl Context {
-    fn open(cache_dir: &Path, specs: &[PathBuf]) -> Result<Self, CliError> {
-        need_specs(specs)?;
-        let spec = spec::load(specs)?;
-        let lock = lock::load_locks(specs, &spec)?;
-        let store = open_store(cache_dir)?;
-        Ok(Context { store, spec, lock })
-    }
-
-    fn facts(&self) -> HostFacts<'_> {
-        HostFacts::new(&self.store)
-    }
-
-    /// Plans; fails with the install line when host tools are missing.
-    fn plan(&self) -> Result<Plan, CliError> {
-        plan_checked(&self.store, &self.spec, self.lock.as_ref())
-    }
-}
-
-/// The plan every verb uses (build, plan, verify, cache push/pull/export/gc): the specs with
-/// their locks, so that all compute the same keys; fails with the install line when host tools
-/// are missing.
-fn plan_checked(
-    store: &Store,
-    spec: &spec::model::Spec,
-    lock: Option<&crate::lock::Lock>,
-) -> Result<Plan, CliError> {
-    let facts = HostFacts::new(store);
-    let plan = crate::plan::plan_locked(spec, &facts, lock).map_err(plan_error)?;
-    let missing = facts
-        .missing
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner());
-    if !missing.is_empty() {
-        return Err(missing_tools(&missing));
-    }
-    Ok(plan)
 }
 
 fn plan_error(e: crate::plan::PlanError) -> CliError {
@@ -662,14 +692,7 @@ fn missing_tools(missing: &[Tool]) -> CliError {
 }
 
 fn open_store(dir: &Path) -> Result<Store, CliError> {
-    let store = Store::open(dir).map_err(|e| CliError::Environment {
-        message: format!(
-            "cannot open the cache at `{}`: {}",
-            dir.display(),
-            error_chain(&e)
-        ),
-        help: Some("choose another place with --cache-dir or IMGSPEC_CACHE_DIR".into()),
-    })?;
+    let store = crate::build::open_store(dir)?;
     if let Some(r) = store.index_reset() {
         eprintln!("{}", index_reset_notice(r));
     }
@@ -757,7 +780,7 @@ fn image_views(store: &Store, plan: &Plan) -> Vec<ImageView> {
         .collect()
 }
 
-fn show_plan(ctx: &Context, plan: &Plan, json: bool) -> Result<(), CliError> {
+fn show_plan(ctx: &Session, plan: &Plan, json: bool) -> Result<(), CliError> {
     let views = image_views(&ctx.store, plan);
     if json {
         let s = serde_json::to_string_pretty(&serde_json::json!({ "images": views }))
@@ -804,132 +827,41 @@ fn reporter(json: bool) -> Box<dyn Reporter> {
 }
 
 fn build(
-    ctx: &Context,
+    session: &Session,
     jobs: usize,
     out_dir: &Path,
     only: &[String],
     remote: Option<&(imgspec_cache::Remote, bool)>,
     json: bool,
 ) -> Result<(), CliError> {
-    let plan = ctx.plan()?;
-    for name in only {
-        if plan.image(name).is_none() {
-            let known: Vec<&str> = plan.images.iter().map(|i| i.name.as_str()).collect();
-            return Err(CliError::Usage {
-                message: format!("no image `{name}` in the specs"),
-                help: Some(format!("images: {}", known.join(", "))),
-            });
-        }
-    }
-    let images: Vec<_> = plan
-        .images
-        .iter()
-        .filter(|i| only.is_empty() || only.contains(&i.name))
-        .collect();
-    let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
-    // Locked packages: every file in the cache (or fetched now) before any step starts.
-    lock::preflight(
-        ctx,
-        &plan,
-        &steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets),
-    )?;
-
-    // Root is needed only by steps that will really run.
-    if !is_root() {
-        let to_run: Vec<&str> = steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets)
-            .into_iter()
-            .filter(|&i| plan.steps[i].action.needs_root())
-            .map(|i| plan.steps[i].label.as_str())
-            .collect();
-        if !to_run.is_empty() {
-            return Err(CliError::Environment {
-                message: format!(
-                    "these steps must run as root (chroot, device nodes, file owners): {}",
-                    to_run.join(", ")
-                ),
-                help: Some("run imgspec as root, e.g. `sudo imgspec build ...`".into()),
-            });
-        }
-    }
-
     let cancel = interrupt_flag();
     let rep = reporter(json);
-    let exec = Executor {
-        store: &ctx.store,
-        runner: &HostRunner,
+    let o = RunOptions {
+        jobs,
         reporter: rep.as_ref(),
-        jobs: jobs.max(1),
         cancel: &cancel,
         fresh: &[],
         remote: remote.map(|(r, _)| r),
         remote_write: remote.is_some_and(|(_, w)| *w),
     };
-    let t = std::time::Instant::now();
-    let mut outcome = exec.run(&plan, &targets);
-    let mut failed_images = Vec::new();
-    let mut summary = Vec::new();
-    let mut heals = 0;
-    for img in &images {
-        let dir = out_dir.join(&img.name);
-        let written = loop {
-            if outcome.interrupted {
-                return Err(CliError::Interrupted);
-            }
-            let outs: Option<Vec<_>> = img.outputs.iter().map(|i| outcome.outputs.get(i)).collect();
-            let Some(outs) = outs else {
-                break None;
-            };
-            let e = match crate::outputs::materialise(&ctx.store, &outs, &dir) {
-                Ok(w) => break Some(w),
-                Err(e) => e,
-            };
-            // A damaged blob of an output step: its result is a miss after all. The step is
-            // built again and the folder written then (the old one is still whole).
-            let again = if heals < MAX_OUTPUT_HEALS {
-                heal_outputs(&ctx.store, &plan, img, &dir, &outcome, &e, rep.as_ref())
-            } else {
-                Vec::new()
-            };
-            if again.is_empty() {
-                return Err(internal(e));
-            }
-            heals += 1;
-            let rerun = exec.run(&plan, &again);
-            outcome.absorb(rerun);
-        };
-        let Some(written) = written else {
-            failed_images.push(img.name.clone());
-            continue;
-        };
-        for &id in &img.steps {
-            let s = &plan.steps[id];
-            let parts = serde_json::to_string(&s.parts).map_err(internal)?;
-            ctx.store
-                .set_last_build(&img.name, &step_name(&plan, id, &img.name), &s.key, &parts)
-                .map_err(internal)?;
-        }
-        summary.push((img.name.clone(), written));
-    }
-    let seconds = t.elapsed().as_secs_f64();
-    // Up to date: every step of the images that did not have to run (a cached output step
-    // makes everything it was made from up to date without even looking).
-    let mut all: Vec<StepId> = images.iter().flat_map(|i| i.steps.clone()).collect();
-    all.sort_unstable();
-    all.dedup();
-    let up_to_date = all.len() - outcome.built.len() - outcome.failed.len() - outcome.skipped.len();
+    let req = BuildRequest {
+        out_dir,
+        images: only,
+    };
+    let r = crate::build::run::build(session, &o, &req, &progress::Feedback { json })?;
     if json {
         let s = serde_json::json!({
             "event": "build-finished",
-            "built": outcome.built.len(),
-            "cached": up_to_date,
-            "from_remote": outcome.from_remote.len(),
-            "failed": outcome.failed.len(),
-            "seconds": seconds,
-            "images": summary.iter().map(|(n, w)| serde_json::json!({"name": n, "files": w})).collect::<Vec<_>>(),
+            "built": r.built,
+            "cached": r.up_to_date,
+            "from_remote": r.from_remote,
+            "failed": r.failed,
+            "seconds": r.seconds,
+            "images": r.images.iter().map(|(n, w)| serde_json::json!({"name": n, "files": w})).collect::<Vec<_>>(),
         });
         println!("{s}");
     } else {
-        for (name, written) in &summary {
+        for (name, written) in &r.images {
             eprintln!("image `{name}`:");
             for w in written {
                 eprintln!(
@@ -939,94 +871,19 @@ fn build(
                 );
             }
         }
-        let fetched = match outcome.from_remote.len() {
+        let fetched = match r.from_remote {
             0 => String::new(),
             n => format!(" ({n} fetched from the remote cache)"),
         };
         eprintln!(
             "{} steps built, {} cached, {} failed in {:.2}s{fetched}",
-            outcome.built.len(),
-            up_to_date,
-            outcome.failed.len(),
-            seconds
+            r.built, r.up_to_date, r.failed, r.seconds
         );
     }
-    if !outcome.ok() || !failed_images.is_empty() {
-        let mut msg = failures(&plan, &outcome);
-        if !failed_images.is_empty() {
-            msg.push(format!("images not built: {}", failed_images.join(", ")));
-        }
-        return Err(CliError::BuildFailed(msg.join("\n")));
+    match r.error() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
     }
-    Ok(())
-}
-
-/// How many times one build rebuilds output steps whose blobs were found damaged while the
-/// output folder was written (each time another blob: a disk that keeps damaging what is
-/// written to it is not worked around forever).
-const MAX_OUTPUT_HEALS: usize = 4;
-
-/// Drops the records of `img`'s output steps that reference the blob `e` found damaged (and
-/// the blob itself), saying so; returns those steps, to be built again (none when `e` is not
-/// about a damaged blob of theirs).
-fn heal_outputs(
-    store: &Store,
-    plan: &Plan,
-    img: &crate::plan::ImagePlan,
-    dir: &Path,
-    outcome: &crate::exec::Outcome,
-    e: &crate::outputs::OutputError,
-    rep: &dyn Reporter,
-) -> Vec<StepId> {
-    let Some(d) = e.damaged_blob() else {
-        return Vec::new();
-    };
-    let d = &d;
-    let steps: Vec<StepId> = img
-        .outputs
-        .iter()
-        .copied()
-        .filter(|i| {
-            outcome
-                .outputs
-                .get(i)
-                .is_some_and(|o| store.references_blob(o, d))
-        })
-        .collect();
-    if steps.is_empty() || store.discard_damaged_blob(d).is_err() {
-        return Vec::new();
-    }
-    for &id in &steps {
-        let step = &plan.steps[id];
-        if let Some(o) = outcome.outputs.get(&id) {
-            let _ = store.drop_record(&step.key, o);
-        }
-        rep.event(&crate::exec::Event::CacheDamaged {
-            key: step.key.to_hex(),
-            kind: step.kind().into(),
-            label: step.label.clone(),
-            blob: Some(d.to_hex()),
-            problem: error_chain(e),
-            found_by: Some(format!("{}/", dir.display())),
-        });
-    }
-    steps
-}
-
-/// One line (and its log) per failed step: what a failed build, lock or verify says.
-fn failures(plan: &Plan, outcome: &crate::exec::Outcome) -> Vec<String> {
-    outcome
-        .failed
-        .iter()
-        .map(|f| {
-            format!(
-                "step `{}` failed: {}\n  log: {}",
-                plan.steps[f.step].label,
-                error_chain(&f.error),
-                f.log.display()
-            )
-        })
-        .collect()
 }
 
 /// Set on Ctrl-C or SIGTERM, which also stops the running child processes.
@@ -1041,43 +898,15 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     cancel
 }
 
-/// The steps a build of `targets` would run (not in the cache, needed by something not cached;
-/// a step the remote cache has a record of counts as cached).
-fn steps_to_run(
-    store: &Store,
-    remote: Option<&imgspec_cache::Remote>,
-    plan: &Plan,
-    targets: &[StepId],
-) -> Vec<StepId> {
-    let on_remote = |key: &imgspec_cache::StepKey| {
-        remote.is_some_and(|r| {
-            r.exists(&imgspec_cache::remote::record_object(key))
-                .unwrap_or(false)
-        })
-    };
-    let mut seen = vec![false; plan.steps.len()];
-    let mut out = Vec::new();
-    let mut stack = targets.to_vec();
-    while let Some(id) = stack.pop() {
-        let key = &plan.steps[id].key;
-        if std::mem::replace(&mut seen[id], true) || cached(store, key) || on_remote(key) {
-            continue;
-        }
-        out.push(id);
-        stack.extend(&plan.steps[id].inputs);
-    }
-    out
-}
-
 fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
-    let ctx = Context::open(cache_dir, specs)?;
-    let facts = ctx.facts();
-    let plan =
-        crate::plan::plan_locked(&ctx.spec, &facts, ctx.lock.as_ref()).map_err(plan_error)?;
+    let session = open_session(cache_dir, specs)?;
+    let facts = session.facts();
+    let plan = crate::plan::plan_locked(&session.spec, &facts, session.lock.as_ref())
+        .map_err(plan_error)?;
     let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
     tools.sort();
     tools.dedup();
-    let missing = facts.missing.into_inner().unwrap();
+    let missing = facts.into_missing();
     for t in &tools {
         let state = if missing.contains(t) {
             "MISSING".to_string()
@@ -1160,11 +989,8 @@ fn cache(
         } => {
             let mut keep_locks = None;
             let policy = if !specs.is_empty() {
-                let spec = spec::load(&specs)?;
-                let locks = lock::load_locks(&specs, &spec)?;
-                let facts = HostFacts::new(&store);
-                let plan =
-                    crate::plan::plan_locked(&spec, &facts, locks.as_ref()).map_err(internal)?;
+                let (spec, locks) = crate::build::load(&specs)?;
+                let plan = crate::build::plan_of(&store, &spec, locks.as_ref())?;
                 keep_locks = Some(locks.unwrap_or_default());
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
@@ -1200,7 +1026,7 @@ fn cache(
             // Locked `.deb` files go only when specs say what to keep (they may be the only
             // copy left once the mirror has moved on).
             if let Some(locks) = keep_locks {
-                let (n, bytes) = lock::gc_debs(&store, &locks)?;
+                let (n, bytes) = crate::build::lock::gc_debs(&store, &locks)?;
                 println!(
                     "removed {n} .deb files no lock or step result needs, freed {}",
                     human_bytes(bytes)
@@ -1356,13 +1182,6 @@ fn direct_kernel(
             ),
         }),
     }
-}
-
-/// Whether a step's result is in the store (and whole).
-/// Whether the step's result is in the cache, changing nothing: a damaged record is left for
-/// the build's own lookup to drop and report.
-fn cached(store: &Store, key: &imgspec_cache::StepKey) -> bool {
-    matches!(store.has_complete_record(key), Ok(true))
 }
 
 fn human_bytes(n: u64) -> String {

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::{Credentials, Remote, StepKey, Store};
 
+use super::progress::{polled, Bar, Counting};
 use super::{error_chain, human_bytes, need_specs, CliError};
 use crate::plan::Plan;
-use crate::spec;
 
 /// The global flags of the remote cache.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -349,9 +349,8 @@ fn unavailable(remote: &Remote, e: &imgspec_cache::RemoteError) -> CliError {
 /// `build` plans them.
 fn plan_of(store: &Store, specs: &[PathBuf]) -> Result<Plan, CliError> {
     need_specs(specs)?;
-    let spec = spec::load(specs)?;
-    let lock = super::lock::load_locks(specs, &spec)?;
-    super::plan_checked(store, &spec, lock.as_ref())
+    let (spec, lock) = crate::build::load(specs)?;
+    Ok(crate::build::plan_of(store, &spec, lock.as_ref())?)
 }
 
 /// Each step of the plan once: (key, label).
@@ -408,15 +407,23 @@ pub fn push(
     }
     // One step after the other (each step's blobs go in parallel): steps share blobs, and two
     // steps at once would both find a shared blob missing and both send it.
-    let results: Vec<Result<Done, imgspec_cache::RemoteError>> = steps
-        .iter()
-        .map(|(key, label)| match store.lookup(key) {
-            Ok(Some(rec)) => remote
-                .push_step(store, key, &rec.kind, &rec.name, &rec.output)
-                .map(Done::Pushed),
-            _ => Ok(Done::NotLocal(label.clone())),
-        })
-        .collect();
+    let bar = Bar::new(&format!("pushing to {}", remote.url()), None, json);
+    let results: Vec<Result<Done, imgspec_cache::RemoteError>> = polled(
+        &bar,
+        || remote.traffic().1,
+        || {
+            steps
+                .iter()
+                .map(|(key, label)| match store.lookup(key) {
+                    Ok(Some(rec)) => remote
+                        .push_step(store, key, &rec.kind, &rec.name, &rec.output)
+                        .map(Done::Pushed),
+                    _ => Ok(Done::NotLocal(label.clone())),
+                })
+                .collect()
+        },
+    );
+    drop(bar);
     let (mut pushed, mut there, mut blobs, mut bytes) = (0, 0, 0, 0u64);
     let mut not_local = Vec::new();
     for r in results {
@@ -470,19 +477,27 @@ pub fn pull(
         NotThere(String),
     }
     // One step after the other, each step's blobs in parallel (as for push).
-    let results: Vec<(String, Result<Done, imgspec_cache::RemoteError>)> = steps
-        .iter()
-        .map(|(key, label)| {
-            let r = match store.lookup(key) {
-                Ok(Some(_)) => Ok(Done::Local),
-                _ => remote.fetch_step(store, key).map(|r| match r {
-                    Some(_) => Done::Pulled,
-                    None => Done::NotThere(label.clone()),
-                }),
-            };
-            (label.clone(), r)
-        })
-        .collect();
+    let bar = Bar::new(&format!("pulling from {}", remote.url()), None, json);
+    let results: Vec<(String, Result<Done, imgspec_cache::RemoteError>)> = polled(
+        &bar,
+        || remote.traffic().0,
+        || {
+            steps
+                .iter()
+                .map(|(key, label)| {
+                    let r = match store.lookup(key) {
+                        Ok(Some(_)) => Ok(Done::Local),
+                        _ => remote.fetch_step(store, key).map(|r| match r {
+                            Some(_) => Done::Pulled,
+                            None => Done::NotThere(label.clone()),
+                        }),
+                    };
+                    (label.clone(), r)
+                })
+                .collect()
+        },
+    );
+    drop(bar);
     let (mut pulled, mut local) = (0, 0);
     let mut not_there = Vec::new();
     let mut refused = Vec::new();
@@ -553,9 +568,17 @@ pub fn export(store: &Store, specs: &[PathBuf], out: &Path, json: bool) -> Resul
         .prefix(".imgspec-bundle-")
         .tempfile_in(dir)
         .map_err(io_err)?;
+    let bar = Bar::new(&format!("exporting {}", out.display()), None, json);
     let stats = store
-        .export_bundle(&keys, tmp.as_file_mut())
+        .export_bundle(
+            &keys,
+            &mut Counting {
+                inner: tmp.as_file_mut(),
+                bar: &bar,
+            },
+        )
         .map_err(|e| CliError::Internal(error_chain(&e)))?;
+    drop(bar);
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(out).map_err(|e| io_err(e.error))?;
     let mut text = format!(
@@ -587,8 +610,15 @@ pub fn import(store: &Store, bundle: &Path, json: bool) -> Result<(), CliError> 
         message: format!("cannot open the bundle `{}`: {e}", bundle.display()),
         help: None,
     })?;
-    let mut r = std::io::BufReader::new(file);
-    let stats = store.import_bundle(&mut r).map_err(|e| CliError::Usage {
+    let total = file.metadata().ok().map(|m| m.len());
+    let bar = Bar::new(&format!("importing {}", bundle.display()), total, json);
+    let mut r = std::io::BufReader::new(Counting {
+        inner: file,
+        bar: &bar,
+    });
+    let stats = store.import_bundle(&mut r);
+    drop(bar);
+    let stats = stats.map_err(|e| CliError::Usage {
         message: format!("bundle `{}` refused: {}", bundle.display(), error_chain(&e)),
         help: Some(
             "nothing from it was recorded; make it again with `imgspec cache export`".into(),

@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 use imgspec_cache::{EntryKind, Manifest, StepOutput, Store, TreeChange};
 use serde::Serialize;
 
-use super::{open_store, reporter, step_name, CliError, Context};
-use crate::exec::{Executor, Outcome};
+use super::{open_store, reporter, step_name, CliError};
+use crate::build::{RunOptions, Session};
+use crate::exec::Outcome;
 use crate::plan::{Plan, StepId};
-use crate::runner::HostRunner;
 use crate::steps::meta::output_digest;
 
 /// Files listed for the first differing step, at most.
@@ -222,7 +222,7 @@ struct FileVerdict {
     identical: bool,
 }
 
-pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
+pub fn verify(ctx: &Session, o: &VerifyOptions) -> Result<(), CliError> {
     let plan = ctx.plan()?;
     let images: Vec<_> = plan
         .images
@@ -257,18 +257,16 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
         o.json,
         "verify: the cached build (steps missing from the cache are built)",
     );
-    let exec = Executor {
-        store: &ctx.store,
-        runner: &HostRunner,
+    // A verification rebuilds here; it never fetches or uploads.
+    let run = RunOptions {
+        jobs: o.jobs,
         reporter: rep.as_ref(),
-        jobs: o.jobs.max(1),
         cancel: &cancel,
-        // A verification rebuilds here; it never fetches or uploads.
+        fresh: &[],
         remote: None,
         remote_write: false,
-        fresh: &[],
     };
-    let mut reference = exec.run(&plan, &targets);
+    let mut reference = crate::build::executor(&ctx.store, &run).run(&plan, &targets);
     check(&plan, &reference)?;
     // The top-down cut skipped the inputs of cached steps: look every step up.
     for img in &images {
@@ -312,18 +310,7 @@ pub fn verify(ctx: &Context, o: &VerifyOptions) -> Result<(), CliError> {
             scratch_dir.path().display()
         ),
     );
-    let exec = Executor {
-        store: &scratch,
-        runner: &HostRunner,
-        reporter: rep.as_ref(),
-        jobs: o.jobs.max(1),
-        cancel: &cancel,
-        // A verification rebuilds here; it never fetches or uploads.
-        remote: None,
-        remote_write: false,
-        fresh: &[],
-    };
-    let rebuilt = exec.run(&plan, &targets);
+    let rebuilt = crate::build::executor(&scratch, &run).run(&plan, &targets);
     let result = check(&plan, &rebuilt).and_then(|()| match &published {
         None => compare_steps(ctx, &scratch, &plan, &images, &reference, &rebuilt, o.json),
         Some(p) => compare_sums(&images, &rebuilt, p, o.json),
@@ -514,7 +501,7 @@ fn published_pair(
 /// The first step whose cached and rebuilt outputs differ: its first differing file, else
 /// both trees as tarballs.
 fn step_pair(
-    ctx: &Context,
+    ctx: &Session,
     scratch: &Store,
     plan: &Plan,
     images: &[&crate::plan::ImagePlan],
@@ -574,7 +561,7 @@ fn step_pair(
 }
 
 /// Runs diffoscope on `pair`; its text report is kept in the cache's `logs/`.
-fn run_diffoscope(ctx: &Context, pair: Pair, json: bool) {
+fn run_diffoscope(ctx: &Session, pair: Pair, json: bool) {
     let logs = ctx.store.root().join("logs");
     let _ = std::fs::create_dir_all(&logs);
     let stamp = std::time::SystemTime::now()
@@ -625,7 +612,9 @@ fn check(plan: &Plan, out: &Outcome) -> Result<(), CliError> {
     if out.ok() {
         return Ok(());
     }
-    Err(CliError::BuildFailed(super::failures(plan, out).join("\n")))
+    Err(CliError::BuildFailed(
+        crate::build::run::failures(plan, out).join("\n"),
+    ))
 }
 
 fn short(d: &Option<String>) -> String {
@@ -634,7 +623,7 @@ fn short(d: &Option<String>) -> String {
 }
 
 fn compare_steps(
-    ctx: &Context,
+    ctx: &Session,
     scratch: &Store,
     plan: &Plan,
     images: &[&crate::plan::ImagePlan],

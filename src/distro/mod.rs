@@ -85,8 +85,15 @@ pub trait Family: std::fmt::Debug + Send + Sync {
     fn locked_dir(&self) -> &'static str;
     /// Whether the cache at `cache_root` has the locked file of SHA-256 `sha256`.
     fn has_locked(&self, cache_root: &Path, sha256: &str) -> bool;
-    /// Downloads `url` into the cache's locked files, checking its SHA-256.
-    fn fetch_locked(&self, cache_root: &Path, url: &str, sha256: &str) -> Result<(), String>;
+    /// Downloads `url` into the cache's locked files, checking its SHA-256; `done` hears the
+    /// bytes as they come.
+    fn fetch_locked(
+        &self,
+        cache_root: &Path,
+        url: &str,
+        sha256: &str,
+        done: &dyn Fn(u64),
+    ) -> Result<(), String>;
     /// Removes the locked files whose SHA-256 is not in `keep`: how many, and their bytes.
     fn gc_locked(&self, cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64);
 

@@ -485,17 +485,9 @@ fn layer_step(
             (format!("user:{}", u.name), step.label(), Action::User(step))
         }
         Layer::Element(e) => {
-            let kind = crate::spec::model::ELEMENTS
-                .iter()
-                .map(|(n, _, _)| *n)
-                .find(|n| *n == e.name)
-                .unwrap_or("element");
-            let step = steps::element::ElementStep {
-                name: e.name.clone(),
-                params: e.params.clone(),
-            };
+            let step = steps::element::ElementStep { element: e.clone() };
             (
-                format!("element:{}", nth(kind)),
+                format!("element:{}", nth(e.name())),
                 step.label(),
                 Action::Element(step),
             )
@@ -548,7 +540,7 @@ fn short(s: &str) -> String {
 
 /// The image's layers, with the packages that other layers need added to a package set before
 /// them: GRUB's when the image has a bootloader, each element's
-/// ([`steps::element::packages`]: `cloud-init`, `cloud-guest-utils`, `tzdata`, …) and each
+/// ([`crate::element::Element::packages`]: `cloud-init`, `cloud-guest-utils`, `tzdata`, …) and each
 /// user's ([`steps::user::packages`]: `passwd`, `sudo`). They join the image's first package
 /// set when it comes before every layer that needs them; otherwise they get a set of their own
 /// right after the base (named `bootloader` when only the bootloader needs it, else
@@ -560,7 +552,7 @@ fn with_boot_packages(image: &Image) -> Vec<Layer> {
     let mut first_user = None;
     for (i, l) in layers.iter().enumerate() {
         let p = match l {
-            Layer::Element(e) => steps::element::packages(&e.name, &e.params),
+            Layer::Element(e) => e.element().packages(),
             Layer::User(u) => steps::user::packages(u),
             _ => continue,
         };
@@ -734,5 +726,7 @@ fn human_size(n: u64) -> String {
     }
 }
 
+#[cfg(test)]
+mod element_keys;
 #[cfg(test)]
 mod tests;

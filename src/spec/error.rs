@@ -274,6 +274,20 @@ pub enum SpecError {
         help: String,
     },
 
+    /// A parameter of an element whose value the element refuses (`crate::element`).
+    #[error("{message}")]
+    #[diagnostic(code("spec::bad-element-param"))]
+    BadElementParam {
+        #[source_code]
+        src: Src,
+        #[label("{label}")]
+        span: SourceSpan,
+        message: String,
+        label: String,
+        #[help]
+        help: String,
+    },
+
     #[error("`{what}` must be {expected}, found {found}")]
     #[diagnostic(code("spec::wrong-type"))]
     WrongType {

@@ -9,11 +9,13 @@ use std::collections::BTreeMap;
 use kdl::KdlNode;
 use miette::SourceSpan;
 
+use crate::element::{self, ELEMENTS};
+
 use super::disk;
 use super::error::{did_you_mean, SpecError};
 use super::model::{
-    Base, Bootloader, BootloaderKind, Debian, Disk, Element, Files, Layer, OutputFormat, Packages,
-    Run, User, DEFAULT_CMDLINE, ELEMENTS,
+    Base, Bootloader, BootloaderKind, Debian, Disk, Files, Layer, OutputFormat, Packages, Run,
+    User, DEFAULT_CMDLINE,
 };
 use super::read::{
     arg_count, children, node_name, Cx, FileId, FromValue, Problems, Scalar, Shape, Spanned, MANY,
@@ -556,37 +558,67 @@ fn read_user(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
 
 fn read_element(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Layer> {
     let name = cx.arg::<String>(node, &ELEMENT, 0, "the name of an element")?;
-    let Some(&(_, required, optional)) = ELEMENTS.iter().find(|(n, _, _)| *n == name.value) else {
-        cx.unknown_value(&name, "element", ELEMENTS.iter().map(|(n, _, _)| *n));
+    let Some(definition) = element::find(&name.value) else {
+        cx.unknown_value(&name, "element", ELEMENTS.iter().map(|d| d.name));
         return None;
     };
-    let params: Vec<&str> = required.iter().chain(optional).copied().collect();
+    let names: Vec<&str> = definition.params.iter().map(|p| p.name).collect();
     cx.check_shape(
         node,
         &Shape {
-            props: &params,
+            props: &names,
             ..ELEMENT
         },
     );
     let mut values = BTreeMap::new();
-    for key in required {
-        let help = format!(
-            "element `{}` needs `{key}`: write `element \"{}\" {key}=\"…\"`",
-            name.value, name.value
-        );
-        if let Some(value) = cx.required_prop::<Scalar>(node, key, help) {
-            values.insert(key.to_string(), value.value.0);
+    let mut spans = BTreeMap::new();
+    let mut complete = true;
+    for param in definition.params {
+        let key = param.name;
+        let value = if param.required {
+            let help = format!(
+                "element `{}` needs `{key}`: write `element \"{}\" {key}=\"…\"`",
+                name.value, name.value
+            );
+            cx.required_prop::<Scalar>(node, key, help)
+        } else {
+            cx.prop::<Scalar>(node, key)
+        };
+        match value {
+            Some(value) => {
+                spans.insert(key, value.span);
+                values.insert(key.to_string(), value.value.0);
+            }
+            None => complete &= !param.required,
         }
     }
-    for key in optional {
-        if let Some(value) = cx.prop::<Scalar>(node, key) {
-            values.insert(key.to_string(), value.value.0);
+    if !complete {
+        return None; // reported
+    }
+    match element::Configured::new(definition.name, values) {
+        Ok(configured) => Some(Layer::Element(configured)),
+        Err(refused) => {
+            for e in refused {
+                let span = e
+                    .param
+                    .as_deref()
+                    .and_then(|p| spans.get(p).copied())
+                    .unwrap_or_else(|| node.name().span());
+                let message = match &e.param {
+                    Some(p) => format!("`{p}` of element `{}`: {}", definition.name, e.message),
+                    None => e.message,
+                };
+                cx.report(SpecError::BadElementParam {
+                    src: cx.src(),
+                    span,
+                    message,
+                    label: e.label,
+                    help: e.help,
+                });
+            }
+            None
         }
     }
-    Some(Layer::Element(Element {
-        name: name.value,
-        params: values,
-    }))
 }
 
 fn read_bootloader(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Bootloader> {

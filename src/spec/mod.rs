@@ -37,7 +37,7 @@
 //! run "systemctl enable ssh"              // /bin/sh -c inside the image root
 //! user "ops" [groups="sudo adm"] [ssh-key="ssh-ed25519 …"]… [password-hash="$6$…"]
 //!      [sudo=#true] [shell="/bin/bash"] [{ ssh-key "…" … }]
-//! element "hostname" name="node1"         // see model::ELEMENTS for names and parameters
+//! element "hostname" name="node1"         // see crate::element for names and parameters
 //! bootloader "grub-efi"|"grub-bios"|"hybrid" [cmdline="console=tty0 console=ttyS0,115200"]
 //! disk [table="gpt"] size="2GiB" {
 //!     partition "esp"  type="esp"  size="200MiB" format="vfat" mount="/boot/efi"

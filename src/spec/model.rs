@@ -99,26 +99,9 @@ pub struct User {
 }
 
 /// `element "NAME" [param=value ...]`: a built-in, parameterised customisation (the
-/// diskimage-builder element of the same name). Known names and their parameters are listed in
-/// [`ELEMENTS`]; validation rejects others.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Element {
-    pub name: String,
-    /// Sorted by name.
-    pub params: std::collections::BTreeMap<String, String>,
-}
-
-/// Known elements: (name, required parameters, optional parameters).
-pub const ELEMENTS: &[(&str, &[&str], &[&str])] = &[
-    ("dhcp-all-interfaces", &[], &[]),
-    ("serial-console", &[], &["port", "speed"]),
-    ("hostname", &["name"], &[]),
-    ("growroot", &[], &[]),
-    ("cloud-init", &[], &["datasources"]),
-    ("timezone", &["zone"], &[]),
-    ("locale", &["lang"], &[]),
-    ("grub2", &[], &[]),
-];
+/// diskimage-builder element of the same name), with its parameters read and checked. The
+/// elements, their parameters and what they do are in [`crate::element`].
+pub type Element = crate::element::Configured;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Base {

@@ -173,14 +173,14 @@ fn inheritance_puts_parent_layers_first_and_replaces_single_nodes() {
         shell: "/bin/bash".to_string(),
     });
     let own = vec![
-        Layer::Element(Element {
-            name: "dhcp-all-interfaces".to_string(),
-            params: Default::default(),
-        }),
-        Layer::Element(Element {
-            name: "hostname".to_string(),
-            params: [("name".to_string(), "node1".to_string())].into(),
-        }),
+        Layer::Element(Element::new("dhcp-all-interfaces", Default::default()).unwrap()),
+        Layer::Element(
+            Element::new(
+                "hostname",
+                [("name".to_string(), "node1".to_string())].into(),
+            )
+            .unwrap(),
+        ),
         Layer::Files(Files {
             source: canonical(VALID, "overlay"),
             source_text: "overlay/".to_string(),

@@ -376,6 +376,55 @@ fn a_missing_group_zone_or_locale_fails_its_step_by_name() {
     }
 }
 
+/// A parameter value no image could take is refused by `check`, at its span, before the base
+/// and the package set that would come before the element are built (it used to fail the
+/// element's step, after them).
+#[test]
+fn bad_element_parameters_are_refused_by_check_before_anything_is_built() {
+    let w = workspace();
+    let bad = SPEC
+        .replace("speed=\"57600\"", "speed=\"fast\"")
+        .replace("zone=\"Europe/Paris\"", "zone=\"../../etc/passwd\"")
+        .replace("lang=\"fr_FR.UTF-8\"", "lang=\"fr FR\"")
+        .replace(
+            "datasources=\"ConfigDrive NoCloud\"",
+            "datasources=\"None\"",
+        )
+        .replace("name=\"web1.example.org\"", "name=\"web_1\"")
+        .replace("KEY", KEY)
+        .replace("HASH", HASH);
+    assert_ne!(bad, SPEC.replace("KEY", KEY).replace("HASH", HASH));
+    w.write("bad.kdl", &bad);
+    for command in ["check", "build"] {
+        let r = w.run(&[command, "bad.kdl"]);
+        assert_eq!(r.code, 2, "{command}: {}", r.stderr);
+        assert_eq!(
+            r.stderr.matches("spec::bad-element-param").count(),
+            5,
+            "{command}: {}",
+            r.stderr
+        );
+        for why in [
+            "`speed` of element `serial-console`: `fast` is not a baud rate",
+            "`zone` of element `timezone`: `../../etc/passwd` is not a time zone name",
+            "`lang` of element `locale`: `fr FR` is not a locale name",
+            "`datasources` of element `cloud-init`: `None` names no datasource",
+            "`name` of element `hostname`: `web_1` is not a host name",
+        ] {
+            assert!(r.stderr.contains(why), "{command}: {why}: {}", r.stderr);
+        }
+    }
+    assert!(!w.path("out/el").exists());
+    assert!(
+        !w.path("cache/blobs-v1").exists()
+            || std::fs::read_dir(w.path("cache/blobs-v1"))
+                .unwrap()
+                .next()
+                .is_none(),
+        "something was built"
+    );
+}
+
 /// `imgspec` for the password of `ops` in the Debian test (`openssl passwd -6 -salt imgspecsalt`).
 const DEBIAN_HASH: &str =
     "$6$imgspecsalt$eZjSHVKQ3MxyqoHoxkY.s4mkWdQSgOQUS8kk4UYF/92HLHWi5iHdZ5D9vcyC/ofvXAk/01WLLKJyzKDzNLLT40";

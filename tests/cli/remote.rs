@@ -853,3 +853,108 @@ fn a_refusing_or_failing_remote_lets_the_build_go_on() {
         assert!(w.path("out/mini/mini.tar").exists());
     }
 }
+
+/// `imgspec ARGS` on a terminal (a pseudo-terminal from util-linux's `script`): what a person
+/// sees on stderr.
+fn on_a_terminal(w: &Workspace, cache: &str, args: &[&str]) -> String {
+    let mut line = format!("'{}'", env!("CARGO_BIN_EXE_imgspec"));
+    for a in args {
+        line.push_str(&format!(" '{a}'"));
+    }
+    let out = imgspec_cmd(w, cache, &[], &[])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("IMGSPEC_CACHE_DIR", w.path(cache))
+        .env("XDG_CONFIG_HOME", w.path("config"))
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1")
+        .output_of_script(&line);
+    assert!(out.status.success(), "{line}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+trait ScriptExt {
+    fn output_of_script(&mut self, line: &str) -> std::process::Output;
+}
+
+impl ScriptExt for Command {
+    /// Runs `line` under `script -qec` with this command's environment and folder.
+    fn output_of_script(&mut self, line: &str) -> std::process::Output {
+        let mut c = Command::new("script");
+        c.args(["-qec", line, "/dev/null"]);
+        if let Some(d) = self.get_current_dir() {
+            c.current_dir(d);
+        }
+        c.env_clear();
+        for (k, v) in self.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c.output().unwrap()
+    }
+}
+
+#[test]
+fn long_transfers_show_bytes_and_rate_on_a_terminal_and_nothing_when_piped() {
+    let Some(nginx) = Nginx::start(false) else {
+        return;
+    };
+    let w = mini();
+    let url = nginx.url();
+    imgspec(&w, "cache-a", &["build", "mini.kdl"], &[]).ok();
+
+    // Piped: the summary lines only, no bar.
+    let e = imgspec(
+        &w,
+        "cache-a",
+        &["cache", "export", "mini.kdl", "-o", "piped.tar.zst"],
+        &[],
+    )
+    .ok();
+    assert!(!e.stderr.contains("exporting"), "{}", e.stderr);
+    assert!(!e.stderr.contains("/s"), "{}", e.stderr);
+
+    // On a terminal: each transfer's bar, with bytes and rate; the time left where the total
+    // is known (a bundle read back).
+    let tty = on_a_terminal(
+        &w,
+        "cache-a",
+        &["cache", "export", "mini.kdl", "-o", "b.tar.zst"],
+    );
+    assert!(tty.contains("exporting b.tar.zst"), "{tty}");
+    assert!(tty.contains("B/s"), "{tty}");
+    let tty = on_a_terminal(&w, "cache-b", &["cache", "import", "b.tar.zst"]);
+    assert!(tty.contains("importing b.tar.zst"), "{tty}");
+    assert!(tty.contains("B/s") && tty.contains("eta"), "{tty}");
+    let tty = on_a_terminal(
+        &w,
+        "cache-a",
+        &[
+            "cache",
+            "push",
+            "mini.kdl",
+            "--remote",
+            &url,
+            "--remote-write",
+        ],
+    );
+    assert!(tty.contains(&format!("pushing to {url}")), "{tty}");
+    assert!(tty.contains("B/s"), "{tty}");
+    let tty = on_a_terminal(
+        &w,
+        "cache-c",
+        &["cache", "pull", "mini.kdl", "--remote", &url],
+    );
+    assert!(tty.contains(&format!("pulling from {url}")), "{tty}");
+    assert!(tty.contains("B/s"), "{tty}");
+    // Piped, the same pull into another cache says nothing but its summary.
+    let p = imgspec(
+        &w,
+        "cache-d",
+        &["cache", "pull", "mini.kdl", "--remote", &url],
+        &[],
+    )
+    .ok();
+    assert!(!p.stderr.contains("pulling from"), "{}", p.stderr);
+}

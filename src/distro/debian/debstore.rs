@@ -82,8 +82,9 @@ impl DebStore {
         Ok((sha, size))
     }
 
-    /// Downloads `url` into the store, checking that its SHA-256 is `sha256`.
-    pub fn fetch(&self, url: &str, sha256: &str) -> Result<(), DebError> {
+    /// Downloads `url` into the store, checking that its SHA-256 is `sha256`; `done` hears the
+    /// bytes as they come.
+    pub fn fetch(&self, url: &str, sha256: &str, done: &dyn Fn(u64)) -> Result<(), DebError> {
         let dest = self.path(sha256);
         let parent = dest.parent().expect("a deb path has a parent");
         std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -115,6 +116,7 @@ impl DebStore {
                 }
                 h.update(&buf[..n]);
                 f.write_all(&buf[..n]).map_err(io(&tmp))?;
+                done(n as u64);
             }
             f.sync_all().map_err(io(&tmp))?;
             let got = hex(&h.finalize());

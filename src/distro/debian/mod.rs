@@ -125,9 +125,15 @@ impl Family for DebianFamily {
         DebStore::new(cache_root).has(sha256)
     }
 
-    fn fetch_locked(&self, cache_root: &Path, url: &str, sha256: &str) -> Result<(), String> {
+    fn fetch_locked(
+        &self,
+        cache_root: &Path,
+        url: &str,
+        sha256: &str,
+        done: &dyn Fn(u64),
+    ) -> Result<(), String> {
         DebStore::new(cache_root)
-            .fetch(url, sha256)
+            .fetch(url, sha256, done)
             .map_err(|e| crate::exec::error_chain(&e))
     }
 

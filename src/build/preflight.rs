@@ -1,0 +1,126 @@
+//! Locked packages before a build: every `.deb` a step that will run installs is in the
+//! cache's deb store, or the build stops before any step, naming each one that is neither
+//! there nor on the mirror.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::{BuildError, Feedback, Session};
+use crate::distro;
+use crate::lock::LockedDeb;
+use crate::plan::{Plan, StepId};
+use crate::spec::model::{Base, Layer};
+use crate::steps::Action;
+
+/// The lock's packages of a step, if it is pinned, and the family that installs them.
+fn locked_debs(action: &Action) -> Option<(&'static dyn distro::Family, &[LockedDeb])> {
+    match action {
+        Action::Bootstrap(b) => b.locked.as_ref().map(|l| (b.family, l.debs.as_slice())),
+        Action::Packages(p) => p.locked.as_ref().map(|l| (p.family, l.debs.as_slice())),
+        _ => None,
+    }
+}
+
+/// Suite → archive URI, from the sources the image's base uses (the spec's mirror, else the
+/// host's apt sources), as its distribution family reads them.
+fn mirrors_of(session: &Session, image: &str) -> Result<BTreeMap<String, String>, String> {
+    let img = session
+        .spec
+        .images
+        .iter()
+        .find(|i| i.name == image)
+        .ok_or_else(|| format!("no image `{image}`"))?;
+    let Some(Layer::Base(Base::Debian(d))) = img.layers.first() else {
+        return Err(format!(
+            "image `{image}` has no Debian base to take a mirror from"
+        ));
+    };
+    distro::family_of(img).mirrors(d)
+}
+
+/// A locked file to fetch: the package, the step's label, its URL or why there is none, and
+/// the family that keeps it.
+type Wanted = (
+    LockedDeb,
+    String,
+    Result<String, String>,
+    &'static dyn distro::Family,
+);
+
+/// Every locked `.deb` that the steps in `to_run` install is in the cache afterwards (fetched
+/// from the mirror, four at a time, `feedback` told how many and their bytes), or none of them
+/// runs.
+pub(super) fn fetch_locked(
+    session: &Session,
+    plan: &Plan,
+    to_run: &[StepId],
+    feedback: &dyn Feedback,
+) -> Result<(), BuildError> {
+    let root = session.store.root();
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
+    let mut mirrors: BTreeMap<String, Result<BTreeMap<String, String>, String>> = BTreeMap::new();
+    for &id in to_run {
+        let step = &plan.steps[id];
+        let Some((family, locked)) = locked_debs(&step.action) else {
+            continue;
+        };
+        let image = &step.uses[0].0;
+        for d in locked {
+            if family.has_locked(root, &d.sha256) || wanted.contains_key(&d.sha256) {
+                continue;
+            }
+            let m = mirrors
+                .entry(image.clone())
+                .or_insert_with(|| mirrors_of(session, image));
+            let url = match m {
+                Ok(m) => m
+                    .get(&d.suite)
+                    .map(|uri| format!("{uri}/{}", d.filename))
+                    .ok_or_else(|| format!("no mirror of suite `{}` in the sources", d.suite)),
+                Err(e) => Err(e.clone()),
+            };
+            wanted.insert(
+                d.sha256.clone(),
+                (d.clone(), step.label.clone(), url, family),
+            );
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    feedback.notice(&format!(
+        "fetching {} locked package{} missing from the cache",
+        wanted.len(),
+        if wanted.len() == 1 { "" } else { "s" }
+    ));
+    let total: u64 = wanted.values().map(|(d, _, _, _)| d.size).sum();
+    let transfer = feedback.transfer("locked packages", Some(total));
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .map_err(BuildError::internal)?;
+    let mut failed: Vec<String> = pool.install(|| {
+        wanted
+            .par_iter()
+            .filter_map(|(sha, (d, label, url, family))| {
+                let r = match url {
+                    Ok(url) => family.fetch_locked(root, url, sha, &|n| transfer.add(n)),
+                    Err(e) => Err(e.clone()),
+                };
+                r.err().map(|why| {
+                    format!(
+                        "`{}` {} ({}) of step `{label}`: {why}",
+                        d.name, d.version, d.arch
+                    )
+                })
+            })
+            .collect()
+    });
+    drop(transfer);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    failed.sort();
+    Err(BuildError::LockedMissing(failed))
+}
