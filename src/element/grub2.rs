@@ -15,7 +15,12 @@ pub static DEFINITION: Definition = Definition {
 
 /// GRUB's packages: both firmwares' modules and the tools (`grub-install`, `grub-mkconfig`)
 /// that Ironic runs inside the image. The bootloader step needs the same set.
-pub const PACKAGES: &[&str] = crate::distro::debian::GRUB_PACKAGES;
+pub const PACKAGES: &[&str] = &[
+    "grub-common",
+    "grub-efi-amd64-bin",
+    "grub-pc-bin",
+    "grub2-common",
+];
 
 fn parse(_: &Params<'_>) -> Parsed {
     Ok(Box::new(Grub2))

@@ -47,15 +47,10 @@ pub const DISTROS: &[Distro] = &[
 ];
 
 /// GRUB's packages: both firmwares' modules and the tools (`grub-install`, `grub-mkconfig`)
-/// that Ironic runs inside the image. The bootloader step needs them, and `element "grub2"`
-/// installs the same set, so that BIOS, UEFI and partition-image variants of one image share
-/// their package layers.
-pub const GRUB_PACKAGES: &[&str] = &[
-    "grub-common",
-    "grub-efi-amd64-bin",
-    "grub-pc-bin",
-    "grub2-common",
-];
+/// that Ironic runs inside the image. The bootloader step needs them; `element "grub2"` installs
+/// the same set (the list is the element's: elements import nothing of the crate), so that
+/// BIOS, UEFI and partition-image variants of one image share their package layers.
+pub const GRUB_PACKAGES: &[&str] = crate::element::grub2::PACKAGES;
 
 fn base(spec: &BaseSpec, locked: Option<&Locked>) -> DebianBase {
     DebianBase {
