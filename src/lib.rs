@@ -9,10 +9,10 @@
 pub mod boot;
 pub mod build;
 pub mod cli;
+pub mod distro;
 pub mod element;
 pub mod exec;
 pub mod format;
-pub mod host;
 pub mod lock;
 pub mod outputs;
 pub mod plan;

@@ -1,6 +1,6 @@
 //! Lock files through the session: reading the locks beside the specs, and `imgspec lock`'s
 //! resolution. Resolution is a build of the steps that install packages, unlocked: each records
-//! what apt really downloaded ([`crate::steps::apt::harvest`]). A step already in the cache
+//! what apt really downloaded ([`crate::distro::record_installed`]). A step already in the cache
 //! answers from the cache (what it installed when it was built); `--update` builds them again
 //! from the mirror as it is now.
 
@@ -12,11 +12,11 @@ use imgspec_cache::{Store, Tiers};
 use super::{
     needs_root, open_store, run, steps_to_run, BuildError, Feedback, RootFor, RunOptions, Session,
 };
+use crate::distro::DEBS_META;
 use crate::lock::{lock_path, parse_debs, Lock, LockSet};
 use crate::plan::{Plan, StepId};
 use crate::spec;
 use crate::spec::model::{Base, Layer};
-use crate::steps::apt::DEBS_META;
 use crate::steps::Action;
 
 /// The locks beside `specs` (`SPEC.lock`), merged; `None` when no spec has one. Every image
@@ -68,7 +68,7 @@ fn wanted_sets(plan: &Plan) -> Vec<Wanted> {
         for &id in &img.steps {
             let s = &plan.steps[id];
             let request = match &s.action {
-                Action::BaseDebian(b) => crate::lock::base_request(&b.spec),
+                Action::Bootstrap(b) => crate::lock::base_request(&b.spec),
                 Action::Packages(p) => crate::lock::packages_request(&p.packages),
                 _ => continue,
             };
@@ -253,7 +253,7 @@ pub fn lock_spec(
             });
             let date = outputs
                 .get(&w.id)
-                .and_then(|o| o.meta.get(crate::steps::apt::ARCHIVE_DATE_META))
+                .and_then(|o| o.meta.get(crate::distro::ARCHIVE_DATE_META))
                 .and_then(|d| d.parse::<i64>().ok());
             lock.epoch = lock.epoch.max(date);
         }
@@ -383,35 +383,11 @@ pub fn gc_debs(store: &Store, locks: &Lock) -> Result<(usize, u64), BuildError> 
             keep.extend(debs.into_iter().map(|d| d.sha256));
         }
     }
-    let dir = store.root().join("debs-v1");
     let (mut n, mut bytes) = (0, 0);
-    let Ok(shards) = std::fs::read_dir(&dir) else {
-        return Ok((0, 0));
-    };
-    for shard in shards.flatten() {
-        let Ok(files) = std::fs::read_dir(shard.path()) else {
-            continue;
-        };
-        for f in files.flatten() {
-            let p = f.path();
-            if p.extension().is_none_or(|e| e != "deb") {
-                continue;
-            }
-            let sha = p
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if keep.contains(&sha) {
-                continue;
-            }
-            let size = f.metadata().map(|m| m.len()).unwrap_or(0);
-            if std::fs::remove_file(&p).is_ok() {
-                let _ = std::fs::remove_file(p.with_extension("control"));
-                n += 1;
-                bytes += size;
-            }
-        }
+    for family in crate::distro::FAMILIES {
+        let (fn_, fb) = family.gc_locked(store.root(), &keep);
+        n += fn_;
+        bytes += fb;
     }
     Ok((n, bytes))
 }

@@ -7,23 +7,23 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::{BuildError, Feedback, Session};
-use crate::exec::error_chain;
-use crate::lock::{DebStore, LockedDeb};
+use crate::distro;
+use crate::lock::LockedDeb;
 use crate::plan::{Plan, StepId};
 use crate::spec::model::{Base, Layer};
 use crate::steps::Action;
 
-/// The lock's packages of a step, if it is pinned.
-fn locked_debs(action: &Action) -> Option<&[LockedDeb]> {
+/// The lock's packages of a step, if it is pinned, and the family that installs them.
+fn locked_debs(action: &Action) -> Option<(&'static dyn distro::Family, &[LockedDeb])> {
     match action {
-        Action::BaseDebian(b) => b.locked.as_ref().map(|l| l.debs.as_slice()),
-        Action::Packages(p) => p.locked.as_ref().map(|l| l.debs.as_slice()),
+        Action::Bootstrap(b) => b.locked.as_ref().map(|l| (b.family, l.debs.as_slice())),
+        Action::Packages(p) => p.locked.as_ref().map(|l| (p.family, l.debs.as_slice())),
         _ => None,
     }
 }
 
 /// Suite → archive URI, from the sources the image's base uses (the spec's mirror, else the
-/// host's apt sources).
+/// host's apt sources), as its distribution family reads them.
 fn mirrors_of(session: &Session, image: &str) -> Result<BTreeMap<String, String>, String> {
     let img = session
         .spec
@@ -36,23 +36,17 @@ fn mirrors_of(session: &Session, image: &str) -> Result<BTreeMap<String, String>
             "image `{image}` has no Debian base to take a mirror from"
         ));
     };
-    let base = crate::steps::base::DebianBase {
-        spec: d.clone(),
-        locked: None,
-    };
-    let lines = base
-        .sources()
-        .map(|l| l.join("\n"))
-        .map_err(|e| e.to_string())?;
-    let mut out = BTreeMap::new();
-    for s in crate::host::parse_one_line(&lines) {
-        for suite in s.suites {
-            out.entry(suite)
-                .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
-        }
-    }
-    Ok(out)
+    distro::family_of(img).mirrors(d)
 }
+
+/// A locked file to fetch: the package, the step's label, its URL or why there is none, and
+/// the family that keeps it.
+type Wanted = (
+    LockedDeb,
+    String,
+    Result<String, String>,
+    &'static dyn distro::Family,
+);
 
 /// Every locked `.deb` that the steps in `to_run` install is in the cache afterwards (fetched
 /// from the mirror, four at a time, `feedback` told how many and their bytes), or none of them
@@ -63,18 +57,17 @@ pub(super) fn fetch_locked(
     to_run: &[StepId],
     feedback: &dyn Feedback,
 ) -> Result<(), BuildError> {
-    let debs = DebStore::new(session.store.root());
-    // sha256 → (package, step label, URL or why there is none)
-    let mut wanted: BTreeMap<String, (LockedDeb, String, Result<String, String>)> = BTreeMap::new();
+    let root = session.store.root();
+    let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     let mut mirrors: BTreeMap<String, Result<BTreeMap<String, String>, String>> = BTreeMap::new();
     for &id in to_run {
         let step = &plan.steps[id];
-        let Some(locked) = locked_debs(&step.action) else {
+        let Some((family, locked)) = locked_debs(&step.action) else {
             continue;
         };
         let image = &step.uses[0].0;
         for d in locked {
-            if debs.has(&d.sha256) || wanted.contains_key(&d.sha256) {
+            if family.has_locked(root, &d.sha256) || wanted.contains_key(&d.sha256) {
                 continue;
             }
             let m = mirrors
@@ -87,7 +80,10 @@ pub(super) fn fetch_locked(
                     .ok_or_else(|| format!("no mirror of suite `{}` in the sources", d.suite)),
                 Err(e) => Err(e.clone()),
             };
-            wanted.insert(d.sha256.clone(), (d.clone(), step.label.clone(), url));
+            wanted.insert(
+                d.sha256.clone(),
+                (d.clone(), step.label.clone(), url, family),
+            );
         }
     }
     if wanted.is_empty() {
@@ -98,7 +94,7 @@ pub(super) fn fetch_locked(
         wanted.len(),
         if wanted.len() == 1 { "" } else { "s" }
     ));
-    let total: u64 = wanted.values().map(|(d, _, _)| d.size).sum();
+    let total: u64 = wanted.values().map(|(d, _, _, _)| d.size).sum();
     let transfer = feedback.transfer("locked packages", Some(total));
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(4)
@@ -107,11 +103,9 @@ pub(super) fn fetch_locked(
     let mut failed: Vec<String> = pool.install(|| {
         wanted
             .par_iter()
-            .filter_map(|(sha, (d, label, url))| {
+            .filter_map(|(sha, (d, label, url, family))| {
                 let r = match url {
-                    Ok(url) => debs
-                        .fetch(url, sha, &|n| transfer.add(n))
-                        .map_err(|e| error_chain(&e)),
+                    Ok(url) => family.fetch_locked(root, url, sha, &|n| transfer.add(n)),
                     Err(e) => Err(e.clone()),
                 };
                 r.err().map(|why| {

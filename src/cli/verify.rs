@@ -298,9 +298,11 @@ pub fn verify(ctx: &Session, o: &VerifyOptions) -> Result<(), CliError> {
     let scratch = open_store(scratch_dir.path())?;
     // Locked `.deb` files are inputs, like the mirror, not step results: the scratch store
     // reads (and adds to) the cache's.
-    let debs = ctx.store.root().join("debs-v1");
-    let _ = std::fs::create_dir_all(&debs);
-    let _ = std::os::unix::fs::symlink(&debs, scratch_dir.path().join("debs-v1"));
+    for family in crate::distro::FAMILIES {
+        let debs = ctx.store.root().join(family.locked_dir());
+        let _ = std::fs::create_dir_all(&debs);
+        let _ = std::os::unix::fs::symlink(&debs, scratch_dir.path().join(family.locked_dir()));
+    }
     say(
         o.json,
         &format!(

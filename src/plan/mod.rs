@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use imgspec_cache::StepKey;
 
+use crate::distro::{self, Family};
 use crate::format::gpt;
 use crate::lock::{self, Lock};
 use crate::spec::model::{
@@ -159,7 +160,8 @@ impl Builder<'_> {
         let mut counts: HashMap<&str, usize> = HashMap::new();
         let mut tree: Option<StepId> = None;
         for layer in &with_boot_packages(image) {
-            let (name, label, mut action) = layer_step(layer, &mut counts);
+            let (name, label, mut action) =
+                layer_step(layer, distro::family_of(image), &mut counts);
             // Images of specs without a lock (built together with locked ones) stay unlocked.
             if let Some(lock) = self.lock.filter(|l| l.has_image(&image.name)) {
                 pin(&mut action, lock, image, &name)?;
@@ -326,6 +328,7 @@ impl Builder<'_> {
                         .lock
                         .map(|l| l.deb_sha256(&image.name))
                         .unwrap_or_default(),
+                    family: distro::family_of(image),
                 }),
                 inputs: std::iter::once(tree)
                     .chain(outputs.iter().copied())
@@ -426,6 +429,7 @@ impl Builder<'_> {
 /// The step of one tree layer: its stable name in the image, its label and its action.
 fn layer_step(
     layer: &Layer,
+    family: &'static dyn Family,
     counts: &mut HashMap<&'static str, usize>,
 ) -> (String, String, Action) {
     let mut nth = |kind: &'static str| {
@@ -440,12 +444,13 @@ fn layer_step(
                 "base tar {}",
                 path.file_name().unwrap_or_default().to_string_lossy()
             ),
-            Action::BaseTar(steps::base::TarBase { path: path.clone() }),
+            Action::BaseTar(steps::base_tar::TarBase { path: path.clone() }),
         ),
         Layer::Base(Base::Debian(d)) => (
             "base".into(),
             format!("base {} {} {}", d.distro, d.suite, d.variant),
-            Action::BaseDebian(steps::base::DebianBase {
+            Action::Bootstrap(steps::bootstrap::Bootstrap {
+                family: distro::family_of_base(d),
                 spec: d.clone(),
                 locked: None,
             }),
@@ -472,6 +477,7 @@ fn layer_step(
                 name: p.name.clone(),
                 packages: p.packages.clone(),
                 locked: None,
+                family,
             }),
         ),
         Layer::User(u) => {
@@ -493,7 +499,7 @@ fn layer_step(
 /// was made for another request (the spec changed since `imgspec lock`), is refused.
 fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<(), PlanError> {
     let (request, slot) = match action {
-        Action::BaseDebian(b) => (lock::base_request(&b.spec), &mut b.locked),
+        Action::Bootstrap(b) => (lock::base_request(&b.spec), &mut b.locked),
         Action::Packages(p) => (lock::packages_request(&p.packages), &mut p.locked),
         _ => return Ok(()),
     };
@@ -511,7 +517,7 @@ fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<()
             set.request
         )));
     }
-    *slot = Some(steps::apt::Locked::of(set));
+    *slot = Some(distro::Locked::of(set));
     Ok(())
 }
 
@@ -531,11 +537,6 @@ fn short(s: &str) -> String {
     }
     format!("`{out}`")
 }
-
-/// Packages the bootloader step needs in the image: both firmwares' modules, and the same set
-/// as `element "grub2"`, so that BIOS, UEFI and partition-image variants of one image share
-/// their package layers.
-pub const BOOT_PACKAGES: &[&str] = crate::element::grub2::PACKAGES;
 
 /// The image's layers, with the packages that other layers need added to a package set before
 /// them: GRUB's when the image has a bootloader, each element's
@@ -561,8 +562,9 @@ fn with_boot_packages(image: &Image) -> Vec<Layer> {
         }
     }
     let layers_want = !wanted.is_empty();
-    if image.bootloader.is_some() {
-        wanted.extend(BOOT_PACKAGES);
+    // The packages the bootloader step needs, as the image's family names them.
+    if let Some(b) = &image.bootloader {
+        wanted.extend(distro::family_of(image).boot_packages(b.kind));
     }
     if wanted.is_empty() {
         return layers;

@@ -25,6 +25,7 @@ use super::values::{
     absolute_path, check_simple_name, check_user_name, check_word, is_package_name, resolve_path,
     words, Confined, Need,
 };
+use crate::distro::Distro;
 
 /// Index of a declaration in the list of all of them, in file order.
 pub(crate) type DeclId = usize;
@@ -108,13 +109,18 @@ const BASE_TAR: Shape<'static> = Shape {
     props: &["path"],
     ..single("base \"tar\" path=\"rootfs.tar\"")
 };
-const BASE_DEBIAN: Shape<'static> = Shape {
-    props: &["suite", "variant", "mirror", "components", "architecture", "keyring"],
-    ..single("base \"debian\" suite=\"bookworm\" [variant=\"minbase\"] [mirror=\"URL\"] [components=\"main\"] [architecture=\"amd64\"] [keyring=\"PATH\"]")
-};
-const BASE_UBUNTU: Shape<'static> = Shape {
-    usage: "base \"ubuntu\" suite=\"noble\" [mirror=\"URL\"] [variant=\"minbase\"] [components=\"main universe\"] [architecture=\"amd64\"] [keyring=\"PATH\"]",
-    ..BASE_DEBIAN
+/// A distribution base (`base "debian"`, `base "ubuntu"`, …): the usage line is the
+/// distribution's own ([`crate::distro::Distro::usage`]).
+const BASE_DISTRO: Shape<'static> = Shape {
+    props: &[
+        "suite",
+        "variant",
+        "mirror",
+        "components",
+        "architecture",
+        "keyring",
+    ],
+    ..single("base \"DISTRO\" suite=\"…\"")
 };
 const PACKAGES: Shape<'static> = Shape {
     max_args: MANY,
@@ -325,40 +331,35 @@ fn read_epoch(cx: &mut Cx<'_>, node: &KdlNode) -> Option<i64> {
 /// A `keyring` larger than this is refused.
 const MAX_KEYRING_BYTES: u64 = 16 << 20;
 
-/// What `base` starts from.
-#[derive(Clone, Copy)]
-enum BaseKind {
-    Tar,
-    Debian,
-    Ubuntu,
-}
-
 fn read_base(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
     let kind = cx.arg::<String>(node, &BASE, 0, "a kind (`debian`, `ubuntu` or `tar`)")?;
-    let kinds = [
-        ("debian", BaseKind::Debian),
-        ("ubuntu", BaseKind::Ubuntu),
-        ("tar", BaseKind::Tar),
-    ];
+    // Every registered distribution, then `tar`.
+    let mut kinds: Vec<(&str, Option<&'static Distro>)> = crate::distro::FAMILIES
+        .iter()
+        .flat_map(|f| f.distros())
+        .map(|d| (d.name, Some(d)))
+        .collect();
+    kinds.push(("tar", None));
     match cx.choice(&kind, "base", &kinds)? {
-        BaseKind::Tar => {
+        None => {
             cx.check_shape(node, &BASE_TAR);
             let usage = format!("write it as `{}`", BASE_TAR.usage);
             let path = cx.required_prop::<String>(node, "path", usage)?;
             let path = resolve_path(cx, &path, Need::File, Confined::Yes)?;
             Some(Base::Tar { path })
         }
-        BaseKind::Debian => read_debian(cx, node, "debian"),
-        BaseKind::Ubuntu => read_debian(cx, node, "ubuntu"),
+        Some(distro) => read_debian(cx, node, distro),
     }
 }
 
 /// `base "debian"` and `base "ubuntu"`: the same options; Ubuntu has other default
 /// components. Without `mirror`, the build takes the host's apt sources, which must then be of
 /// the same distribution (checked when the step runs).
-fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
-    let ubuntu = distro == "ubuntu";
-    let shape = if ubuntu { &BASE_UBUNTU } else { &BASE_DEBIAN };
+fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &Distro) -> Option<Base> {
+    let shape = &Shape {
+        usage: distro.usage,
+        ..BASE_DISTRO
+    };
     cx.check_shape(node, shape);
     let mirror = cx.prop::<String>(node, "mirror");
     let suite = cx.required_prop::<String>(node, "suite", format!("write it as `{}`", shape.usage));
@@ -420,9 +421,9 @@ fn read_debian(cx: &mut Cx<'_>, node: &KdlNode, distro: &str) -> Option<Base> {
         }
         None => None,
     };
-    let default_components = if ubuntu { "main universe" } else { "main" };
+    let default_components = distro.default_components;
     Some(Base::Debian(Debian {
-        distro: distro.to_string(),
+        distro: distro.name.to_string(),
         suite: suite?.value,
         variant: variant.map_or_else(|| "minbase".to_string(), |v| v.value),
         mirror: mirror.map(|m| m.value),

@@ -2,8 +2,8 @@
 //! they are cached, keyed and reproducible like everything else.
 //!
 //! - `sbom`: `IMAGE.spdx.json`, an SPDX 2.3 document. Inputs: the final root filesystem tree,
-//!   then the image's output steps. Every installed Debian package of the tree (from
-//!   `var/lib/dpkg/status`) is an SPDX package with its version, architecture, a purl and,
+//!   then the image's output steps. Every installed package of the tree (as its distribution
+//!   family reads it: Debian's `var/lib/dpkg/status`, [`crate::distro::debian::dpkg`]) is an SPDX package with its version, architecture, a purl and,
 //!   when a lock file pins it, the SHA-256 of its `.deb`; every output file is a package of
 //!   purpose `FILE` with its SHA-256, described by the document and containing the packages.
 //!   The creation time is the image epoch, the namespace a URN derived from the content.
@@ -23,6 +23,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{FactError, StepContext, StepError};
+use crate::distro::Installed;
 use crate::plan::key::KeyBuilder;
 
 pub const SBOM_VERSION: u32 = 1;
@@ -41,6 +42,9 @@ pub struct SbomStep {
     pub file_name: String,
     /// SHA-256 of `.deb`s a lock pins, by `name:arch:version`.
     pub deb_sha256: BTreeMap<String, String>,
+    /// The image's distribution family: it reads the tree's package database (not hashed: the
+    /// tree's key says which base it grew from).
+    pub family: &'static dyn crate::distro::Family,
 }
 
 #[derive(Clone, Debug)]
@@ -56,49 +60,6 @@ pub struct ManifestStep {
     pub tools: BTreeMap<String, String>,
 }
 
-/// An installed Debian package.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Installed {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    pub source: Option<String>,
-}
-
-/// The installed packages in a `dpkg/status` file, sorted by name and architecture.
-pub fn installed_packages(status: &str) -> Vec<Installed> {
-    let mut out = Vec::new();
-    for stanza in status.split("\n\n") {
-        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
-        for line in stanza.lines() {
-            if line.starts_with([' ', '\t']) {
-                continue;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                fields.insert(k, v.trim());
-            }
-        }
-        let installed = fields
-            .get("Status")
-            .is_some_and(|s| s.ends_with(" installed"));
-        let (Some(name), Some(version), true) =
-            (fields.get("Package"), fields.get("Version"), installed)
-        else {
-            continue;
-        };
-        out.push(Installed {
-            name: name.to_string(),
-            version: version.to_string(),
-            arch: fields.get("Architecture").unwrap_or(&"all").to_string(),
-            source: fields
-                .get("Source")
-                .map(|s| s.split_whitespace().next().unwrap_or(s).to_string()),
-        });
-    }
-    out.sort();
-    out
-}
-
 /// `ID` and `VERSION_ID` from an os-release file.
 fn os_release(text: &str) -> (Option<String>, Option<String>) {
     let get = |key: &str| {
@@ -107,20 +68,6 @@ fn os_release(text: &str) -> (Option<String>, Option<String>) {
             .map(|v| v.trim().trim_matches('"').to_string())
     };
     (get("ID"), get("VERSION_ID"))
-}
-
-/// Percent-encodes what a purl component may not hold as is.
-fn purl_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'~' | b'+' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// An SPDX identifier: letters, digits, `.` and `-` only.
@@ -219,7 +166,7 @@ impl SbomStep {
                 _ => Ok(None),
             }
         };
-        let packages = installed_packages(&read("var/lib/dpkg/status")?.unwrap_or_default());
+        let packages = self.family.installed(&read)?;
         let os = match read("etc/os-release")? {
             Some(t) => Some(t),
             None => read("usr/lib/os-release")?,
@@ -251,7 +198,6 @@ impl SbomStep {
             }
             format!("urn:imgspec:{}:{}", self.image, h.finalize().to_hex())
         };
-        let namespace_distro = distro.clone().unwrap_or_else(|| "debian".into());
         let mut spdx_packages = Vec::new();
         let mut relationships = Vec::new();
         for (name, (_, sha)) in files {
@@ -276,16 +222,9 @@ impl SbomStep {
         }
         for p in packages {
             let id = spdx_id("Package", &format!("{}-{}", p.name, p.arch));
-            let mut purl = format!(
-                "pkg:deb/{}/{}@{}?arch={}",
-                purl_escape(&namespace_distro),
-                purl_escape(&p.name),
-                purl_escape(&p.version),
-                purl_escape(&p.arch)
-            );
-            if let (Some(d), Some(v)) = (&distro, &distro_version) {
-                purl.push_str(&format!("&distro={}-{}", purl_escape(d), purl_escape(v)));
-            }
+            let purl = self
+                .family
+                .purl(p, (distro.as_deref(), distro_version.as_deref()));
             let mut pkg = json!({
                 "SPDXID": id,
                 "name": p.name,
@@ -435,39 +374,12 @@ mod tests {
     }
 
     #[test]
-    fn reads_installed_packages_only() {
-        let status = "Package: b\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:2.0-1\nSource: bsrc (2.0-1)\nDescription: x\n continued: line\n\nPackage: a\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: c\nStatus: install ok installed\nArchitecture: all\nVersion: 3\n";
-        let p = installed_packages(status);
-        assert_eq!(
-            p,
-            vec![
-                Installed {
-                    name: "b".into(),
-                    version: "1:2.0-1".into(),
-                    arch: "amd64".into(),
-                    source: Some("bsrc".into()),
-                },
-                Installed {
-                    name: "c".into(),
-                    version: "3".into(),
-                    arch: "all".into(),
-                    source: None,
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn purls_escape_epochs() {
-        assert_eq!(purl_escape("1:2.0+b1~x"), "1%3A2.0+b1~x");
-    }
-
-    #[test]
     fn sbom_is_spdx_and_pins_lock_checksums() {
         let step = SbomStep {
             image: "img".into(),
             file_name: "img.spdx.json".into(),
             deb_sha256: BTreeMap::from([("b:amd64:1".to_string(), "ab".repeat(32))]),
+            family: &crate::distro::debian::DEBIAN,
         };
         let pkgs = vec![Installed {
             name: "b".into(),

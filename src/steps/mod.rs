@@ -2,9 +2,9 @@
 //! from its inputs (`run`). A step never calls another step: the executor hands it its inputs'
 //! outputs through the [`StepContext`].
 
-pub mod apt;
-pub mod base;
+pub mod base_tar;
 pub mod bootloader;
+pub mod bootstrap;
 pub mod chroot;
 pub mod disk;
 pub mod element;
@@ -30,8 +30,9 @@ use crate::tools::{Tool, ToolError};
 /// What a step does, with every parameter it needs. Built by the plan, run by the executor.
 #[derive(Clone, Debug)]
 pub enum Action {
-    BaseTar(base::TarBase),
-    BaseDebian(base::DebianBase),
+    BaseTar(base_tar::TarBase),
+    /// `base "debian"` and every other distribution base: its family's bootstrap.
+    Bootstrap(bootstrap::Bootstrap),
     Packages(packages::PackagesStep),
     Files(files::FilesStep),
     Run(run::RunStep),
@@ -51,7 +52,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::BaseTar(_) => "base-tar",
-            Action::BaseDebian(_) => "base-debian",
+            Action::Bootstrap(b) => b.family.bootstrap_kind().0,
             Action::Packages(_) => "packages",
             Action::Files(_) => "files",
             Action::Run(_) => "run",
@@ -70,8 +71,8 @@ impl Action {
     /// The kind's version: bump it whenever what the kind hashes or produces changes.
     pub fn version(&self) -> u32 {
         match self {
-            Action::BaseTar(_) => base::TAR_VERSION,
-            Action::BaseDebian(_) => base::DEBIAN_VERSION,
+            Action::BaseTar(_) => base_tar::VERSION,
+            Action::Bootstrap(b) => b.family.bootstrap_kind().1,
             Action::Packages(_) => packages::VERSION,
             Action::Files(_) => files::VERSION,
             Action::Run(_) => run::VERSION,
@@ -96,7 +97,7 @@ impl Action {
             | Action::Fstab(_)
             | Action::Sbom(_)
             | Action::Manifest(_) => vec![],
-            Action::BaseDebian(_) => vec![crate::tools::MMDEBSTRAP],
+            Action::Bootstrap(b) => b.family.bootstrap_tools(),
             Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
                 run::TOOLS.to_vec()
             }
@@ -112,7 +113,7 @@ impl Action {
             Action::Element(e) => e.needs_root(),
             _ => matches!(
                 self,
-                Action::BaseDebian(_)
+                Action::Bootstrap(_)
                     | Action::Run(_)
                     | Action::Packages(_)
                     | Action::Bootloader(_)
@@ -126,7 +127,7 @@ impl Action {
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
         match self {
             Action::BaseTar(s) => s.hash(k, facts),
-            Action::BaseDebian(s) => s.hash(k, facts),
+            Action::Bootstrap(s) => s.hash(k, facts),
             Action::Packages(s) => s.hash(k),
             Action::Files(s) => s.hash(k, facts),
             Action::Run(s) => s.hash(k),
@@ -145,7 +146,7 @@ impl Action {
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         match self {
             Action::BaseTar(s) => s.run(ctx),
-            Action::BaseDebian(s) => s.run(ctx),
+            Action::Bootstrap(s) => s.run(ctx),
             Action::Packages(s) => s.run(ctx),
             Action::Files(s) => s.run(ctx),
             Action::Run(s) => s.run(ctx),

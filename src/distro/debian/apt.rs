@@ -4,7 +4,8 @@
 //! - Unlocked, a step records what apt really downloaded ([`harvest`]): each `.deb` is moved
 //!   into the cache's deb store by SHA-256, its name, version and architecture read with
 //!   `dpkg-deb -f`, its suite, archive `Filename` and priority found in apt's lists of the same
-//!   run. The result goes into the step's output as `deb` lines under [`DEBS_META`]; `imgspec
+//!   run. The result goes into the step's output as `deb` lines under
+//!   [`crate::distro::DEBS_META`]; `imgspec
 //!   lock` writes them into the lock file. Nothing of this reaches the image tree (the files
 //!   are taken out before it is imported; lists and caches are scrubbed).
 //! - Locked, a step installs from a flat repository of exactly its locked files ([`write_repo`]),
@@ -16,14 +17,16 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{StepContext, StepError};
-use crate::lock::{self, DebError, DebStore, LockSet, LockedDeb};
+use super::archive;
+use super::debstore::{DebError, DebStore};
+use crate::lock::LockedDeb;
 use crate::runner::Cmd;
+use crate::steps::{StepContext, StepError};
 
 /// apt options of every bootstrap. apt drops privileges to `_apt` for downloads only when
 /// `_apt` can reach the download folder, which depends on who may read the caller's temp
 /// folder and the cache's parents (a cache under `/root` never can): apt is told to stay root,
-/// always, and the folders' owner is normalised in the tree ([`super::scrub`]).
+/// always, and the folders' owner is normalised in the tree ([`crate::steps::scrub`]).
 pub const APT_PINNED: &[&str] = &["APT::Sandbox::User \"root\""];
 /// Where mmdebstrap writes the `--aptopt` lines in the image (removed by a customize hook).
 pub const MMDEBSTRAP_APT_CONF: &str = "etc/apt/apt.conf.d/99mmdebstrap";
@@ -46,27 +49,6 @@ pub fn pinned_env(scratch: &Path, epoch: i64) -> Vec<(String, String)> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
-}
-
-/// The key of a step output's `meta` that holds the `deb` lines of what the step installed.
-pub const DEBS_META: &str = "debs";
-/// Step output metadata: the newest `Date:` of the archive's `Release` files apt read, in
-/// seconds since the epoch. `imgspec lock` takes it as the lock's epoch.
-pub const ARCHIVE_DATE_META: &str = "archive-date";
-
-/// Records in a step's output what it installed (`debs`) and, when it resolved from the
-/// archive rather than from a lock, the archive's date.
-pub fn record_installed(
-    output: &mut imgspec_cache::StepOutput,
-    installed: &[LockedDeb],
-    archive_date: Option<i64>,
-) {
-    output
-        .meta
-        .insert(DEBS_META.into(), crate::lock::render_debs(installed));
-    if let Some(d) = archive_date {
-        output.meta.insert(ARCHIVE_DATE_META.into(), d.to_string());
-    }
 }
 
 /// The newest `Date:` among the `*Release` files of an apt lists folder.
@@ -124,22 +106,6 @@ pub fn parse_release_date(s: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
-/// A step's locked packages, with the digest its key hashes.
-#[derive(Clone, Debug)]
-pub struct Locked {
-    pub digest: String,
-    pub debs: Vec<LockedDeb>,
-}
-
-impl Locked {
-    pub fn of(set: &LockSet) -> Locked {
-        Locked {
-            digest: set.digest(),
-            debs: set.debs.clone(),
-        }
-    }
-}
-
 fn deb_error(e: DebError) -> StepError {
     StepError::Invalid(crate::exec::error_chain(&e))
 }
@@ -188,7 +154,7 @@ pub fn harvest(
         let (sha, size) = store.put(f).map_err(deb_error)?;
         std::fs::remove_file(f).map_err(StepError::io(f))?;
         let c = control(ctx, &store, &sha)?;
-        let get = |n| lock::field(&c, n).unwrap_or_default().to_string();
+        let get = |n| archive::field(&c, n).unwrap_or_default().to_string();
         stored.push((
             get("Package"),
             get("Version"),
@@ -198,7 +164,7 @@ pub fn harvest(
         ));
     }
     let wanted: BTreeSet<String> = stored.iter().map(|s| s.0.clone()).collect();
-    let index = lock::read_lists(lists_dir, &wanted).map_err(deb_error)?;
+    let index = archive::read_lists(lists_dir, &wanted).map_err(deb_error)?;
     let mut out = Vec::new();
     for (name, version, arch, sha256, size) in stored {
         let entries = index
@@ -262,10 +228,10 @@ pub fn write_repo(
         with_control.push((d.clone(), control(ctx, &store, &d.sha256)?));
     }
     let p = dir.join("Packages");
-    let index = lock::packages_index(&with_control);
+    let index = archive::packages_index(&with_control);
     std::fs::write(&p, &index).map_err(StepError::io(&p))?;
     let r = dir.join("Release");
-    std::fs::write(&r, lock::release(suite, index.as_bytes())).map_err(StepError::io(&r))?;
+    std::fs::write(&r, archive::release(suite, index.as_bytes())).map_err(StepError::io(&r))?;
     Ok(())
 }
 
@@ -274,14 +240,14 @@ pub fn write_repo(
 /// left out, fails the step instead of storing a tree that is not what the lock says.
 pub fn check_installed(
     ctx: &StepContext,
-    tree: &super::tree::Tree,
+    tree: &crate::steps::tree::Tree,
     debs: &[LockedDeb],
 ) -> Result<(), StepError> {
     let status = tree
         .read(ctx.store, "var/lib/dpkg/status")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let installed = lock::installed(&status);
+    let installed = archive::installed(&status);
     let wrong: Vec<String> = debs
         .iter()
         .filter(|d| installed.get(&(d.name.clone(), d.arch.clone())) != Some(&d.version))

@@ -1,10 +1,8 @@
-//! `base`: the first layer of an image's root filesystem.
+//! The Debian family's bootstrap (kind `base-debian`, see [`crate::steps::bootstrap`]):
 //!
-//! - `base "tar" path=...` imports a root filesystem tarball (`.tar` or `.tar.zst`) as it is.
-//!   Key: the tarball's content digest.
 //! - `base "debian"|"ubuntu" suite=... variant=...` runs mmdebstrap (tar output, root mode,
 //!   SOURCE_DATE_EPOCH set, standard input from /dev/null) and imports its tarball, with host
-//!   leaks scrubbed ([`super::scrub`]). The mirror is the spec's `mirror`, else the host's apt
+//!   leaks scrubbed ([`crate::steps::scrub`]). The mirror is the spec's `mirror`, else the host's apt
 //!   sources for the Debian archive (with the suite's `-updates` and `-security` companions).
 //!   Key: distro, suite, variant, architecture, components, the spec's mirror when given (the
 //!   host's mirror is not hashed: any mirror of the archive serves the same packages), the
@@ -17,7 +15,7 @@
 //!   (`copy://`, `[trusted=yes]`: the SHA-256 of each file in the generated index replaces the
 //!   archive's signature); the image's `/etc/apt/sources.list` is then written as an unlocked
 //!   build writes it, naming the real archive.
-//! - Not in the sandbox of [`super::chroot`]: mmdebstrap's root mode runs the maintainer
+//! - Not in the sandbox of [`crate::steps::chroot`]: mmdebstrap's root mode runs the maintainer
 //!   scripts of the essential set in its own `chroot` on the host, with the host's `/dev`
 //!   nodes and `/proc`. Running it inside bwrap would need `CAP_SYS_ADMIN` for the mounts root
 //!   mode makes (which would also let a script remount the host's read-only `/` writable), and
@@ -25,50 +23,22 @@
 //!   root and still chroots without `pivot_root` (an escaped script is then an unprivileged
 //!   user of the host, not nobody).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 
 use imgspec_cache::StepOutput;
 
-use super::apt::{self, Locked};
-use super::scrub::{scrub, After};
-use super::tree::Tree;
-use super::{FactError, Facts, StepContext, StepError};
+use super::apt;
+use super::scrub::scrub;
+use crate::distro::{record_installed, Locked};
 use crate::plan::key::KeyBuilder;
 use crate::runner::Cmd;
+use crate::steps::scrub::After;
+use crate::steps::tree::Tree;
+use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::tools::MMDEBSTRAP;
 
-pub const TAR_VERSION: u32 = 1;
 pub const DEBIAN_VERSION: u32 = 2;
-
-#[derive(Clone, Debug)]
-pub struct TarBase {
-    pub path: PathBuf,
-}
-
-impl TarBase {
-    pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
-        let d = facts
-            .file_digest(&self.path)
-            .map_err(|source| FactError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        k.file("tarball", &d);
-        Ok(())
-    }
-
-    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
-        let f = std::fs::File::open(&self.path).map_err(StepError::io(&self.path))?;
-        let mut reader: Box<dyn Read> = if self.path.extension().is_some_and(|e| e == "zst") {
-            Box::new(zstd::Decoder::new(f).map_err(StepError::io(&self.path))?)
-        } else {
-            Box::new(std::io::BufReader::new(f))
-        };
-        let m = ctx.store.import_tar(&mut reader, &ctx.import_options())?;
-        ctx.tree_output(&m)
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct DebianBase {
@@ -144,13 +114,30 @@ impl DebianBase {
         if let Some(m) = &s.mirror {
             return Ok(vec![format!("deb {m} {} {comps}", s.suite)]);
         }
-        let host = crate::host::apt_sources(&s.distro).map_err(|e| {
+        let host = super::host::apt_sources(&s.distro).map_err(|e| {
             StepError::Invalid(format!(
                 "{e}: give `mirror=` with an archive of `{}` in the spec",
                 s.distro
             ))
         })?;
         Ok(host.lines_for(&s.suite, &comps))
+    }
+
+    /// Suite → archive URI, from the sources the base uses (the spec's mirror, else the host's
+    /// apt sources): where a locked `.deb` is fetched from.
+    pub fn mirrors(&self) -> Result<BTreeMap<String, String>, String> {
+        let lines = self
+            .sources()
+            .map(|l| l.join("\n"))
+            .map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for s in super::host::parse_one_line(&lines) {
+            for suite in s.suites {
+                out.entry(suite)
+                    .or_insert_with(|| s.uri.trim_end_matches('/').to_string());
+            }
+        }
+        Ok(out)
     }
 
     /// The customize hooks of an unlocked bootstrap: the downloaded files (kept in the cache by
@@ -213,7 +200,7 @@ impl DebianBase {
         };
         let mut output = ctx.tree_output(&tree.into_manifest())?;
         let archive_date = archive_date.filter(|_| self.locked.is_none());
-        apt::record_installed(&mut output, &installed, archive_date);
+        record_installed(&mut output, &installed, archive_date);
         Ok(output)
     }
 }
@@ -222,6 +209,7 @@ impl DebianBase {
 mod tests {
     use super::*;
     use crate::spec::model::{Base, Layer};
+    use std::path::PathBuf;
 
     fn base_of(spec: &str) -> DebianBase {
         let spec = crate::spec::load(&[PathBuf::from(spec)]).unwrap();
@@ -314,7 +302,7 @@ mod tests {
         assert_eq!(get("SOURCE_DATE_EPOCH"), Some("5"));
         assert_eq!(
             env.len(),
-            crate::steps::apt::pinned_env(Path::new("/"), 0).len() + 2,
+            super::apt::pinned_env(Path::new("/"), 0).len() + 2,
             "{env:?}"
         );
         assert!(cmd
