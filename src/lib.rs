@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod cli;
 pub mod exec;
+pub mod foreign;
 pub mod format;
 pub mod host;
 pub mod lock;

@@ -146,6 +146,11 @@ enum Command {
         /// Guest memory in MiB
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// UEFI with Secure Boot enforced: OVMF's secboot build with Microsoft's keys enrolled
+        /// (an image built with `bootloader "grub-efi" secure-boot=#true` boots; others are
+        /// refused by the firmware)
+        #[arg(long)]
+        secure_boot: bool,
         /// Do not echo the serial console
         #[arg(long, short)]
         quiet: bool,
@@ -444,6 +449,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             firmware,
             timeout,
             memory,
+            secure_boot,
             quiet,
             accel,
             kernel,
@@ -471,18 +477,43 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     (f, Some(why))
                 }
             };
+            // The machine: the architecture the root partition's type names (a partition
+            // image set: its kernel's).
+            let arch = match &kernel {
+                Some((k, _, _)) => crate::boot::kernel_arch(k),
+                None => crate::boot::detect_arch(&image).ok(),
+            }
+            .unwrap_or(crate::boot::Arch::X86_64);
+            if secure_boot && arch == crate::boot::Arch::Aarch64 {
+                return Err(CliError::Usage {
+                    message: "--secure-boot is for x86-64 images; this one is arm64".into(),
+                    help: Some("leave out --secure-boot: arm64 images boot under AAVMF".into()),
+                });
+            }
+            if secure_boot && firmware == crate::boot::Firmware::Bios {
+                return Err(CliError::Usage {
+                    message: "--secure-boot needs UEFI, and this boot is a BIOS one".into(),
+                    help: Some(
+                        "Secure Boot starts a whole disk under OVMF: leave out --firmware bios \
+                         (and --kernel, a direct kernel boot has no firmware to check it)"
+                            .into(),
+                    ),
+                });
+            }
             let o = crate::boot::BootOptions {
                 accel: match accel {
                     AccelArg::Auto => crate::boot::Accel::Auto,
                     AccelArg::Kvm => crate::boot::Accel::Kvm,
                     AccelArg::Tcg => crate::boot::Accel::Tcg,
                 },
+                arch,
                 image,
                 firmware,
                 timeout: std::time::Duration::from_secs(timeout),
                 kernel,
                 memory_mib: memory,
                 expect,
+                secure_boot,
             };
             boot(o, why, quiet)
         }
@@ -634,6 +665,10 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Foreign { .. } => Some(
+            "build it on a host of its architecture, or use one of the architectures named"
+                .to_string(),
+        ),
         crate::plan::PlanError::Disk { .. } => {
             Some("change the disk's `size` or the partitions' sizes".to_string())
         }
@@ -646,6 +681,14 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
         message: error_chain(&e),
         help,
     }
+}
+
+/// What keeps the host from running the programs of image `name` (another architecture's,
+/// under emulation), and the fix.
+fn foreign_problem(spec: &spec::model::Spec, name: &str) -> Option<(String, String)> {
+    let image = spec.images.iter().find(|i| i.name == name)?;
+    let e = crate::foreign::emulator(crate::plan::architecture(image)).ok()??;
+    crate::foreign::binfmt_problem(e, Path::new("/proc/sys/fs/binfmt_misc"))
 }
 
 fn missing_tools(missing: &[Tool]) -> CliError {
@@ -849,6 +892,23 @@ fn build(
                 ),
                 help: Some("run imgspec as root, e.g. `sudo imgspec build ...`".into()),
             });
+        }
+    }
+
+    // A foreign image's programs need the emulator registered, when a step will run them.
+    let to_run = steps_to_run(&ctx.store, remote.map(|(r, _)| r), &plan, &targets);
+    for image in &images {
+        let runs = image
+            .steps
+            .iter()
+            .any(|id| to_run.contains(id) && plan.steps[*id].action.runs_image_programs());
+        if runs {
+            if let Some((why, fix)) = foreign_problem(&ctx.spec, &image.name) {
+                return Err(CliError::Environment {
+                    message: format!("image `{}` cannot be built here: {why}", image.name),
+                    help: Some(fix),
+                });
+            }
         }
     }
 
@@ -1075,6 +1135,12 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     let plan =
         crate::plan::plan_locked(&ctx.spec, &facts, ctx.lock.as_ref()).map_err(plan_error)?;
     let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
+    tools.extend(ctx.spec.images.iter().filter_map(|i| {
+        crate::foreign::emulator(crate::plan::architecture(i))
+            .ok()
+            .flatten()
+            .map(|e| e.tool)
+    }));
     tools.sort();
     tools.dedup();
     let missing = facts.missing.into_inner().unwrap();
@@ -1101,12 +1167,34 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
             root_steps.join(", ")
         );
     }
+    let mut emulation = None;
+    for image in &ctx.spec.images {
+        let arch = crate::plan::architecture(image);
+        if let Ok(Some(e)) = crate::foreign::emulator(arch) {
+            match foreign_problem(&ctx.spec, &image.name) {
+                None => println!(
+                    "emulation: {arch} programs run under binfmt_misc `{}` ({})",
+                    e.binfmt, e.tool.program
+                ),
+                Some((why, fix)) => {
+                    println!("emulation: {arch} programs CANNOT run: {why}\n  fix: {fix}");
+                    emulation.get_or_insert((why, fix));
+                }
+            }
+        }
+    }
     let missing: Vec<Tool> = tools
         .into_iter()
         .filter(|t| missing.contains(t) || crate::tools::which(t.program).is_none())
         .collect();
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
+    }
+    if let Some((why, fix)) = emulation {
+        return Err(CliError::Environment {
+            message: why,
+            help: Some(fix),
+        });
     }
     println!("all host tools found");
     Ok(())
@@ -1256,7 +1344,11 @@ fn cache(
 
 fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result<(), CliError> {
     use crate::boot::{BootError, Firmware};
-    let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
+    let qemu = match o.arch {
+        crate::boot::Arch::X86_64 => crate::tools::QEMU_SYSTEM,
+        crate::boot::Arch::Aarch64 => crate::tools::QEMU_SYSTEM_AARCH64,
+    };
+    let missing: Vec<Tool> = [qemu, crate::tools::QEMU_IMG]
         .into_iter()
         .filter(|t| crate::tools::which(t.program).is_none())
         .collect();
@@ -1271,12 +1363,18 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
             help: None,
         },
     })?;
-    let how = match (&o.kernel, o.firmware, why) {
+    let mut how = match (&o.kernel, o.firmware, why) {
         (Some((k, _, _)), _, _) => format!("partition image, kernel `{}`", k.display()),
         (None, _, Some(why)) => why,
         (None, Firmware::Uefi, None) => "UEFI, OVMF".to_string(),
         (None, Firmware::Bios, None) => "BIOS, SeaBIOS".to_string(),
     };
+    if o.arch == crate::boot::Arch::Aarch64 {
+        how.push_str("; arm64: qemu-system-aarch64 -machine virt, AAVMF");
+    }
+    if o.secure_boot {
+        how.push_str("; Secure Boot enforced, Microsoft's keys");
+    }
     eprintln!(
         "[{}] booting `{}` ({how})",
         report::clock(),
@@ -1295,8 +1393,29 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
         Err(e @ (BootError::NotAnImage { .. } | BootError::NoImage(_))) => Err(not_an_image(&e)),
         Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
             message: e.to_string(),
-            help: Some("install it with: apt-get install ovmf".into()),
+            help: Some(format!(
+                "install it with: apt-get install {}",
+                match o.arch {
+                    crate::boot::Arch::X86_64 => "ovmf",
+                    crate::boot::Arch::Aarch64 => "qemu-efi-aarch64",
+                }
+            )),
         }),
+        Err(BootError::NothingToBoot { line, .. })
+            if o.secure_boot && line.contains("Access Denied") =>
+        {
+            Err(CliError::Usage {
+                message: format!(
+                    "Secure Boot refused the disk's boot loader (not signed by a key the \
+                     firmware trusts): `{line}`"
+                ),
+                help: Some(
+                    "build the image with `bootloader \"grub-efi\" secure-boot=#true` (Debian's \
+                     signed shim and GRUB), or boot it without --secure-boot"
+                        .into(),
+                ),
+            })
+        }
         Err(e @ BootError::NothingToBoot { .. }) => {
             let other = match o.firmware {
                 Firmware::Uefi => "bios",
