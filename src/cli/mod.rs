@@ -161,8 +161,8 @@ enum Command {
         /// Initramfs for direct boot [default: NAME.initrd beside the image]
         #[arg(long)]
         initrd: Option<PathBuf>,
-        /// Kernel command line for direct boot
-        #[arg(long, default_value = "root=/dev/vda ro console=ttyS0,115200")]
+        /// Kernel command line for direct boot (an arm64 kernel gets console=ttyAMA0)
+        #[arg(long, default_value = DEFAULT_APPEND)]
         append: String,
         /// What on the serial console means success
         #[arg(long, default_value = "login:")]
@@ -261,6 +261,10 @@ enum AccelArg {
     Kvm,
     Tcg,
 }
+
+/// The command line of a direct kernel boot (`boot --append`); on arm64 its console is
+/// `ttyAMA0`.
+const DEFAULT_APPEND: &str = "root=/dev/vda ro console=ttyS0,115200";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FirmwareArg {
@@ -457,7 +461,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             append,
             expect,
         } => {
-            let kernel = direct_kernel(&image, kernel, initrd, append)?;
+            let mut kernel = direct_kernel(&image, kernel, initrd, append)?;
             let (firmware, why) = match (firmware, &kernel) {
                 // A direct kernel boot starts under SeaBIOS whatever the disk holds.
                 (_, Some(_)) => (crate::boot::Firmware::Bios, None),
@@ -484,6 +488,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 None => crate::boot::detect_arch(&image).ok(),
             }
             .unwrap_or(crate::boot::Arch::X86_64);
+            // The default command line's console is a PC serial port; arm64's is a PL011.
+            if let (crate::boot::Arch::Aarch64, Some((_, _, append))) = (arch, kernel.as_mut()) {
+                if append == DEFAULT_APPEND {
+                    *append = append.replace("console=ttyS0", "console=ttyAMA0");
+                }
+            }
             if secure_boot && arch == crate::boot::Arch::Aarch64 {
                 return Err(CliError::Usage {
                     message: "--secure-boot is for x86-64 images; this one is arm64".into(),
