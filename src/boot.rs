@@ -184,88 +184,29 @@ pub fn qemu_args(
     vars: Option<(&str, &Path)>,
 ) -> Vec<String> {
     let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
-    if o.arch == Arch::Aarch64 {
-        return aarch64_args(o, accel, cpu, overlay, vars);
-    }
-    // graphics=off: SeaBIOS writes its messages (and "No bootable device.") to the serial port.
-    // Secure Boot: OVMF's secboot build keeps its variables behind SMM, on a flash only SMM
-    // may write.
-    let machine = if o.secure_boot {
-        "q35,smm=on,graphics=off"
-    } else {
-        "q35,graphics=off"
+    let (machine, cpu) = match o.arch {
+        // graphics=off: SeaBIOS writes its messages (and "No bootable device.") to the serial
+        // port. Secure Boot: OVMF's secboot build keeps its variables behind SMM, on a flash
+        // only SMM may write.
+        Arch::X86_64 if o.secure_boot => ("q35,smm=on,graphics=off", cpu),
+        Arch::X86_64 => ("q35,graphics=off", cpu),
+        // The virt board; its serial port is a PL011 (`ttyAMA0` in the guest). Under TCG,
+        // pointer authentication with QEMU's own cheap algorithm instead of the architected
+        // one (QEMU's advice: QARMA is slow to emulate).
+        Arch::Aarch64 if !kvm => ("virt", "max,pauth-impdef=on"),
+        Arch::Aarch64 => ("virt", cpu),
     };
     let mut a: Vec<String> = [
         "-accel", accel, "-machine", machine, "-cpu", cpu, "-smp", "2",
     ]
     .map(String::from)
     .to_vec();
-    if o.secure_boot {
+    if o.secure_boot && o.arch == Arch::X86_64 {
         a.extend([
             "-global".into(),
             "driver=cfi.pflash01,property=secure,value=on".into(),
         ]);
     }
-    a.extend(["-m".into(), o.memory_mib.to_string()]);
-    a.extend(
-        [
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ]
-        .map(String::from),
-    );
-    a.extend(["-nic".into(), "user,model=virtio-net-pci".into()]);
-    a.extend([
-        "-drive".into(),
-        format!("file={},if=virtio,format=qcow2", overlay.display()),
-    ]);
-    if let Some((code, vars)) = vars {
-        a.extend([
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-        ]);
-    }
-    if let Some((k, i, append)) = &o.kernel {
-        a.extend([
-            "-kernel".into(),
-            k.display().to_string(),
-            "-initrd".into(),
-            i.display().to_string(),
-            "-append".into(),
-            append.clone(),
-        ]);
-    }
-    a
-}
-
-/// `qemu-system-aarch64 -machine virt`: the same disk, network and console as on x86-64; the
-/// serial port is the virt board's PL011 (`ttyAMA0` in the guest).
-fn aarch64_args(
-    o: &BootOptions,
-    accel: &str,
-    cpu: &str,
-    overlay: &Path,
-    vars: Option<(&str, &Path)>,
-) -> Vec<String> {
-    // Under TCG, pointer authentication with QEMU's own cheap algorithm instead of the
-    // architected one (QEMU's advice: the architected QARMA is slow to emulate).
-    let cpu = if cpu == "max" {
-        "max,pauth-impdef=on"
-    } else {
-        cpu
-    };
-    let mut a: Vec<String> = [
-        "-accel", accel, "-machine", "virt", "-cpu", cpu, "-smp", "2",
-    ]
-    .map(String::from)
-    .to_vec();
     a.extend(["-m".into(), o.memory_mib.to_string()]);
     a.extend(
         [
