@@ -1380,7 +1380,10 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
         (None, Firmware::Bios, None) => "BIOS, SeaBIOS".to_string(),
     };
     if o.arch == crate::boot::Arch::Aarch64 {
-        how.push_str("; arm64: qemu-system-aarch64 -machine virt, AAVMF");
+        how.push_str("; arm64: qemu-system-aarch64 -machine virt");
+        if o.kernel.is_none() {
+            how.push_str(", AAVMF");
+        }
     }
     if o.secure_boot {
         how.push_str("; Secure Boot enforced, Microsoft's keys");
