@@ -25,6 +25,38 @@ pub enum Firmware {
     Bios,
 }
 
+/// The machine QEMU emulates: the image's architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// `qemu-system-x86_64 -machine q35`, OVMF or SeaBIOS.
+    X86_64,
+    /// `qemu-system-aarch64 -machine virt`, AAVMF (UEFI only).
+    Aarch64,
+}
+
+impl Arch {
+    pub fn program(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+    /// The Debian package of [`Arch::program`].
+    pub fn package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86",
+            Arch::Aarch64 => "qemu-system-arm",
+        }
+    }
+    /// Whether this host can run it under KVM at all (its own architecture).
+    fn native(self) -> bool {
+        matches!(
+            (self, std::env::consts::ARCH),
+            (Arch::X86_64, "x86_64") | (Arch::Aarch64, "aarch64")
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
     /// KVM if it works, else TCG.
@@ -36,6 +68,7 @@ pub enum Accel {
 #[derive(Clone, Debug)]
 pub struct BootOptions {
     pub accel: Accel,
+    pub arch: Arch,
     pub image: PathBuf,
     pub firmware: Firmware,
     pub timeout: Duration,
@@ -44,6 +77,9 @@ pub struct BootOptions {
     pub memory_mib: u32,
     /// What marks success on the console.
     pub expect: String,
+    /// UEFI with Secure Boot enforced: OVMF's `secboot` build (SMM, a secure flash) with
+    /// Microsoft's keys enrolled in its variable store ([`OVMF_SECURE_BOOT`]).
+    pub secure_boot: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +152,20 @@ const OVMF: &[(&str, &str)] = &[
     ),
 ];
 
+/// AAVMF, the arm64 build of the same firmware (Debian's `qemu-efi-aarch64`).
+const AAVMF: &[(&str, &str)] = &[(
+    "/usr/share/AAVMF/AAVMF_CODE.fd",
+    "/usr/share/AAVMF/AAVMF_VARS.fd",
+)];
+
+/// OVMF with Secure Boot enforced, as Debian installs it: the `secboot` code (which needs SMM
+/// and a secure flash) and a variable store with Microsoft's KEK and db enrolled (`ms`), so
+/// only a loader signed by Microsoft's UEFI CA, such as a distribution's shim, starts.
+pub const OVMF_SECURE_BOOT: &[(&str, &str)] = &[(
+    "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+    "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+)];
+
 /// Kills the VM when dropped.
 struct Vm(Child);
 
@@ -134,19 +184,29 @@ pub fn qemu_args(
     vars: Option<(&str, &Path)>,
 ) -> Vec<String> {
     let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
-    // graphics=off: SeaBIOS writes its messages (and "No bootable device.") to the serial port.
+    let (machine, cpu) = match o.arch {
+        // graphics=off: SeaBIOS writes its messages (and "No bootable device.") to the serial
+        // port. Secure Boot: OVMF's secboot build keeps its variables behind SMM, on a flash
+        // only SMM may write.
+        Arch::X86_64 if o.secure_boot => ("q35,smm=on,graphics=off", cpu),
+        Arch::X86_64 => ("q35,graphics=off", cpu),
+        // The virt board; its serial port is a PL011 (`ttyAMA0` in the guest). Under TCG,
+        // pointer authentication with QEMU's own cheap algorithm instead of the architected
+        // one (QEMU's advice: QARMA is slow to emulate).
+        Arch::Aarch64 if !kvm => ("virt", "max,pauth-impdef=on"),
+        Arch::Aarch64 => ("virt", cpu),
+    };
     let mut a: Vec<String> = [
-        "-accel",
-        accel,
-        "-machine",
-        "q35,graphics=off",
-        "-cpu",
-        cpu,
-        "-smp",
-        "2",
+        "-accel", accel, "-machine", machine, "-cpu", cpu, "-smp", "2",
     ]
     .map(String::from)
     .to_vec();
+    if o.secure_boot && o.arch == Arch::X86_64 {
+        a.extend([
+            "-global".into(),
+            "driver=cfi.pflash01,property=secure,value=on".into(),
+        ]);
+    }
     a.extend(["-m".into(), o.memory_mib.to_string()]);
     a.extend(
         [
@@ -275,7 +335,7 @@ pub fn boot(o: &BootOptions, on_line: &mut dyn FnMut(&str)) -> Result<Duration, 
     let try_kvm = match o.accel {
         Accel::Kvm => true,
         Accel::Tcg => false,
-        Accel::Auto => kvm_usable(),
+        Accel::Auto => o.arch.native() && kvm_usable(),
     };
     if try_kvm {
         let mut lines = 0usize;
@@ -320,13 +380,25 @@ fn boot_with(
         ));
     }
     let mut vars = None;
-    // A direct kernel boot needs no firmware of its own choosing: SeaBIOS starts it fastest.
+    // A direct kernel boot needs no firmware of its own choosing: SeaBIOS starts it fastest
+    // (the virt board of arm64 starts a kernel with none at all).
     if o.firmware == Firmware::Uefi && o.kernel.is_none() {
-        let (code, v) = OVMF
+        let candidates = match (o.arch, o.secure_boot) {
+            (Arch::Aarch64, _) => AAVMF,
+            (Arch::X86_64, true) => OVMF_SECURE_BOOT,
+            (Arch::X86_64, false) => OVMF,
+        };
+        let (code, v) = candidates
             .iter()
             .find(|(c, v)| Path::new(c).exists() && Path::new(v).exists())
             .ok_or_else(|| {
-                BootError::NoFirmware(OVMF.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", "))
+                BootError::NoFirmware(
+                    candidates
+                        .iter()
+                        .flat_map(|(c, v)| [*c, *v])
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                )
             })?;
         let copy = tmp.path().join("vars.fd");
         std::fs::copy(v, &copy).map_err(|source| BootError::Io {
@@ -341,14 +413,14 @@ fn boot_with(
         &overlay,
         vars.as_ref().map(|(c, v)| (*c, v.as_path())),
     );
-    let child = Command::new("qemu-system-x86_64")
+    let child = Command::new(o.arch.program())
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|source| BootError::Spawn {
-            program: "qemu-system-x86_64".into(),
+            program: o.arch.program().into(),
             source,
         })?;
     let mut vm = Vm(child);
@@ -561,6 +633,67 @@ fn read_prefix(image: &Path) -> Result<Vec<u8>, BootError> {
     std::fs::read(&out).map_err(|e| bad(e.to_string()))
 }
 
+/// The machine an image is for: the architecture its GPT's root partition type names (the
+/// Discoverable Partitions types), else x86-64. A partition image set (no table) is told by
+/// its kernel ([`kernel_arch`]).
+pub fn detect_arch(image: &Path) -> Result<Arch, BootError> {
+    let d = read_prefix(image)?;
+    Ok(arch_of_table(&d).unwrap_or(Arch::X86_64))
+}
+
+/// The architecture a GPT's root partition type names, if it names one.
+fn arch_of_table(d: &[u8]) -> Option<Arch> {
+    use crate::format::gpt;
+    if d.len() < 1024 || &d[512..520] != b"EFI PART" {
+        return None;
+    }
+    let h = &d[512..];
+    let entries_lba = u64::from_le_bytes(h[72..80].try_into().ok()?);
+    let count = u32::from_le_bytes(h[80..84].try_into().ok()?) as usize;
+    let size = u32::from_le_bytes(h[84..88].try_into().ok()?) as usize;
+    if !(128..=4096).contains(&size) || count > 1024 {
+        return None;
+    }
+    let start = usize::try_from(entries_lba.checked_mul(512)?).ok()?;
+    (0..count).find_map(|i| {
+        let t = d.get(start + i * size..start + i * size + 16)?;
+        if t == gpt::ROOT_ARM64.to_disk() {
+            Some(Arch::Aarch64)
+        } else if t == gpt::ROOT_X86_64.to_disk() {
+            Some(Arch::X86_64)
+        } else {
+            None
+        }
+    })
+}
+
+/// The architecture of a kernel file from its PE header (Linux's EFI stub has one on x86-64
+/// and arm64: machine `0x8664` or `0xaa64`), or the arm64 `Image` magic; `None` otherwise.
+pub fn kernel_arch(kernel: &Path) -> Option<Arch> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    std::fs::File::open(kernel)
+        .ok()?
+        .take(4096)
+        .read_to_end(&mut head)
+        .ok()?;
+    if head.get(56..60) == Some(b"ARM\x64") {
+        return Some(Arch::Aarch64);
+    }
+    if head.get(..2) != Some(b"MZ") {
+        return None;
+    }
+    let pe = u32::from_le_bytes(head.get(0x3c..0x40)?.try_into().ok()?) as usize;
+    if head.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return None;
+    }
+    match u16::from_le_bytes(head.get(pe + 4..pe + 6)?.try_into().ok()?) {
+        0x8664 => Some(Arch::X86_64),
+        0xaa64 => Some(Arch::Aarch64),
+        _ => None,
+    }
+}
+
 /// GPT's partition type GUIDs that tell how a disk boots, as stored on disk.
 fn type_guids() -> ([u8; 16], [u8; 16]) {
     use crate::format::gpt;
@@ -690,12 +823,14 @@ mod tests {
     fn uefi_command_line_has_both_pflash_drives() {
         let o = BootOptions {
             accel: Accel::Auto,
+            arch: Arch::X86_64,
             image: "x.qcow2".into(),
             firmware: Firmware::Uefi,
             timeout: Duration::from_secs(1),
             kernel: None,
             memory_mib: 1024,
             expect: "login:".into(),
+            secure_boot: false,
         };
         let a = qemu_args(
             &o,
@@ -790,6 +925,75 @@ mod tests {
                 assert_eq!(pick(&out).unwrap(), want, "{}", out.display());
             }
         }
+    }
+
+    #[test]
+    fn the_root_partition_type_picks_the_machine() {
+        use crate::format::gpt::{ESP, ROOT_ARM64, ROOT_X86_64};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let arm = gpt_disk(d, "arm.raw", &[ESP, ROOT_ARM64]);
+        assert_eq!(detect_arch(&arm).unwrap(), Arch::Aarch64);
+        assert_eq!(detect_firmware(&arm).unwrap().0, Firmware::Uefi);
+        let x86 = gpt_disk(d, "x86.raw", &[ESP, ROOT_X86_64]);
+        assert_eq!(detect_arch(&x86).unwrap(), Arch::X86_64);
+        // A disk whose root type names no architecture boots on the host's default machine.
+        let none = gpt_disk(d, "none.raw", &[ESP]);
+        assert_eq!(detect_arch(&none).unwrap(), Arch::X86_64);
+        // Kernels: a PE header's machine, or the arm64 Image magic.
+        let pe = |machine: u16| {
+            let mut k = vec![0u8; 512];
+            k[..2].copy_from_slice(b"MZ");
+            k[0x3c..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+            k[0x80..0x84].copy_from_slice(b"PE\0\0");
+            k[0x84..0x86].copy_from_slice(&machine.to_le_bytes());
+            k
+        };
+        for (name, bytes, want) in [
+            ("x86", pe(0x8664), Some(Arch::X86_64)),
+            ("arm", pe(0xaa64), Some(Arch::Aarch64)),
+            ("riscv", pe(0x5064), None),
+            ("text", b"not a kernel".to_vec(), None),
+        ] {
+            let p = d.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            assert_eq!(kernel_arch(&p), want, "{name}");
+        }
+        let mut image = vec![0u8; 64];
+        image[56..60].copy_from_slice(b"ARM\x64");
+        std::fs::write(d.join("Image"), image).unwrap();
+        assert_eq!(kernel_arch(&d.join("Image")), Some(Arch::Aarch64));
+    }
+
+    #[test]
+    fn arm64_and_secure_boot_command_lines() {
+        let mut o = BootOptions {
+            accel: Accel::Auto,
+            arch: Arch::Aarch64,
+            image: "x.qcow2".into(),
+            firmware: Firmware::Uefi,
+            timeout: Duration::from_secs(1),
+            kernel: None,
+            memory_mib: 1024,
+            expect: "login:".into(),
+            secure_boot: false,
+        };
+        let vars = Some(("/usr/share/AAVMF/AAVMF_CODE.fd", Path::new("/t/v.fd")));
+        let s = qemu_args(&o, false, Path::new("/t/o.qcow2"), vars).join(" ");
+        assert!(
+            s.contains("-accel tcg -machine virt -cpu max,pauth-impdef=on"),
+            "{s}"
+        );
+        assert!(s.contains("unit=0,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd"));
+        assert_eq!(o.arch.program(), "qemu-system-aarch64");
+        o.arch = Arch::X86_64;
+        o.secure_boot = true;
+        let s = qemu_args(&o, false, Path::new("/t/o.qcow2"), vars).join(" ");
+        assert!(s.contains("-machine q35,smm=on,graphics=off"), "{s}");
+        assert!(
+            s.contains("-global driver=cfi.pflash01,property=secure,value=on"),
+            "{s}"
+        );
     }
 
     #[test]

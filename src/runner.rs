@@ -195,17 +195,34 @@ pub fn program_env(cmd: &Cmd, own: impl Fn(&str) -> Option<OsString>) -> Vec<(Os
     env
 }
 
-/// Process ids of the children running now, so that [`terminate_all`] can stop them.
-static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Process ids of the children running now, so that [`terminate_all`] can stop them; and
+/// whether it was called (a child registered afterwards is stopped at once: a child can start
+/// its own children before its parent thread registers it, and a Ctrl-C in that gap must not
+/// leave it running).
+static CHILDREN: Mutex<Children> = Mutex::new(Children {
+    pids: Vec::new(),
+    terminating: false,
+});
+
+struct Children {
+    pids: Vec<u32>,
+    terminating: bool,
+}
+
+fn sigterm(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid at worst gets ESRCH.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
 
 /// Asks every running child to stop (SIGTERM). Called by the CLI on Ctrl-C or SIGTERM: the
 /// steps then fail, clean their scratch space, and nothing is recorded.
 pub fn terminate_all() {
-    for &pid in CHILDREN.lock().unwrap().iter() {
-        // SAFETY: kill has no memory-safety preconditions; a stale pid at worst gets ESRCH.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
+    let mut c = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+    c.terminating = true;
+    for &pid in &c.pids {
+        sigterm(pid);
     }
 }
 
@@ -220,9 +237,19 @@ fn tracked<T>(
         source,
     })?;
     let pid = child.id();
-    CHILDREN.lock().unwrap().push(pid);
+    {
+        let mut c = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        c.pids.push(pid);
+        if c.terminating {
+            sigterm(pid);
+        }
+    }
     let r = wait(child);
-    CHILDREN.lock().unwrap().retain(|&p| p != pid);
+    CHILDREN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pids
+        .retain(|&p| p != pid);
     r.map_err(|source| RunError::Spawn {
         program: program.to_string(),
         source,

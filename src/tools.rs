@@ -64,6 +64,14 @@ pub const QEMU_SYSTEM: Tool = Tool {
     install_hint: None,
 };
 
+/// `imgspec boot` of an arm64 image.
+pub const QEMU_SYSTEM_AARCH64: Tool = Tool {
+    program: "qemu-system-aarch64",
+    package: "qemu-system-arm",
+    version_args: None,
+    install_hint: Some("on Debian 12 from bookworm-backports, like qemu-system-x86"),
+};
+
 /// Finds `program` on PATH (and in the sbin directories, which a non-root PATH may lack).
 pub fn which(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -208,6 +216,8 @@ const STEP_TOOLS: &[Tool] = &[
     QEMU_IMG,
     BWRAP,
     QEMU_SYSTEM,
+    QEMU_SYSTEM_AARCH64,
+    crate::foreign::QEMU_AARCH64,
 ];
 
 /// What the tests use from the host beyond the steps' own tools: a program on PATH or a file,
@@ -240,6 +250,13 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("/usr/lib/grub/x86_64-efi/moddep.lst", "grub-efi-amd64-bin"),
     HostDep::new("qemu-system-x86_64", "qemu-system-x86"),
     HostDep::new("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    // Secure Boot enforced, Microsoft's keys enrolled (the same package).
+    HostDep::new("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "ovmf"),
+    HostDep::new("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", "ovmf"),
+    // arm64 images: the emulator, and the arm64 VM with its firmware.
+    HostDep::new("qemu-aarch64-static", "qemu-user-static"),
+    HostDep::new("qemu-system-aarch64", "qemu-system-arm"),
+    HostDep::new("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64"),
     HostDep::new("/usr/sbin/nginx", "nginx"),
     HostDep::new("sfdisk", "fdisk"),
     HostDep::new("sgdisk", "gdisk"),
@@ -277,13 +294,13 @@ pub fn package_of(program: &str) -> Option<&'static str> {
 #[doc(hidden)]
 #[track_caller]
 pub fn test_requires(packages: &[&str]) -> bool {
+    // Every entry of each package (ovmf has three files).
     let deps: Vec<&HostDep> = packages
         .iter()
-        .map(|p| {
-            TEST_DEPS
-                .iter()
-                .find(|d| d.package == *p)
-                .unwrap_or_else(|| panic!("`{p}` is not in TEST_DEPS"))
+        .flat_map(|p| {
+            let of: Vec<&HostDep> = TEST_DEPS.iter().filter(|d| d.package == *p).collect();
+            assert!(!of.is_empty(), "`{p}` is not in TEST_DEPS");
+            of
         })
         .collect();
     let missing: Vec<&HostDep> = deps.into_iter().filter(|d| !d.present()).collect();

@@ -36,6 +36,14 @@ pub enum BuildError {
         steps: Vec<String>,
         verb: super::RootFor,
     },
+    /// An image of another architecture whose programs a step would run, and the host's
+    /// emulator is not ready: why, and the fix.
+    #[error("image `{image}` cannot be built here: {why}")]
+    Foreign {
+        image: String,
+        why: String,
+        fix: String,
+    },
     /// Locked `.deb` files neither in the cache nor on the mirror: one line per file.
     #[error("locked packages neither in the cache nor on the mirror")]
     LockedMissing(Vec<String>),

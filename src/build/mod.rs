@@ -102,8 +102,32 @@ impl Session {
         let to_run = steps_to_run(&self.store, tiers, plan, targets);
         preflight::fetch_locked(self, plan, &to_run, feedback)?;
         needs_root(plan, &to_run, RootFor::Build)?;
+        // A foreign image's programs need the emulator registered, when a step will run them.
+        for image in &plan.images {
+            let runs = image
+                .steps
+                .iter()
+                .any(|id| to_run.contains(id) && plan.steps[*id].action.runs_image_programs());
+            if runs {
+                if let Some((why, fix)) = foreign_problem(&self.spec, &image.name) {
+                    return Err(BuildError::Foreign {
+                        image: image.name.clone(),
+                        why,
+                        fix,
+                    });
+                }
+            }
+        }
         Ok(to_run)
     }
+}
+
+/// Why image `name` of `spec`, of another architecture than the host's, cannot run its
+/// programs here, and the fix (`None` for a native image, or when the emulator is ready).
+pub fn foreign_problem(spec: &spec::model::Spec, name: &str) -> Option<(String, String)> {
+    let image = spec.images.iter().find(|i| i.name == name)?;
+    let e = crate::foreign::emulator(crate::plan::architecture(image)).ok()??;
+    crate::foreign::binfmt_problem(e, Path::new("/proc/sys/fs/binfmt_misc"))
 }
 
 /// Reads `specs` and the locks beside them (merged).

@@ -147,6 +147,11 @@ enum Command {
         /// Guest memory in MiB
         #[arg(long, default_value_t = 1024)]
         memory: u32,
+        /// UEFI with Secure Boot enforced: OVMF's secboot build with Microsoft's keys enrolled
+        /// (an image built with `bootloader "grub-efi" secure-boot=#true` boots; others are
+        /// refused by the firmware)
+        #[arg(long)]
+        secure_boot: bool,
         /// Do not echo the serial console
         #[arg(long, short)]
         quiet: bool,
@@ -157,8 +162,8 @@ enum Command {
         /// Initramfs for direct boot [default: NAME.initrd beside the image]
         #[arg(long)]
         initrd: Option<PathBuf>,
-        /// Kernel command line for direct boot
-        #[arg(long, default_value = "root=/dev/vda ro console=ttyS0,115200")]
+        /// Kernel command line for direct boot (an arm64 kernel gets console=ttyAMA0)
+        #[arg(long, default_value = DEFAULT_APPEND)]
         append: String,
         /// What on the serial console means success
         #[arg(long, default_value = "login:")]
@@ -259,6 +264,10 @@ enum AccelArg {
     Kvm,
     Tcg,
 }
+
+/// The command line of a direct kernel boot (`boot --append`); on arm64 its console is
+/// `ttyAMA0`.
+const DEFAULT_APPEND: &str = "root=/dev/vda ro console=ttyS0,115200";
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FirmwareArg {
@@ -447,6 +456,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             firmware,
             timeout,
             memory,
+            secure_boot,
             quiet,
             accel,
             kernel,
@@ -454,7 +464,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             append,
             expect,
         } => {
-            let kernel = direct_kernel(&image, kernel, initrd, append)?;
+            let mut kernel = direct_kernel(&image, kernel, initrd, append)?;
             let (firmware, why) = match (firmware, &kernel) {
                 // A direct kernel boot starts under SeaBIOS whatever the disk holds.
                 (_, Some(_)) => (crate::boot::Firmware::Bios, None),
@@ -474,18 +484,49 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     (f, Some(why))
                 }
             };
+            // The machine: the architecture the root partition's type names (a partition
+            // image set: its kernel's).
+            let arch = match &kernel {
+                Some((k, _, _)) => crate::boot::kernel_arch(k),
+                None => crate::boot::detect_arch(&image).ok(),
+            }
+            .unwrap_or(crate::boot::Arch::X86_64);
+            // The default command line's console is a PC serial port; arm64's is a PL011.
+            if let (crate::boot::Arch::Aarch64, Some((_, _, append))) = (arch, kernel.as_mut()) {
+                if append == DEFAULT_APPEND {
+                    *append = append.replace("console=ttyS0", "console=ttyAMA0");
+                }
+            }
+            if secure_boot && arch == crate::boot::Arch::Aarch64 {
+                return Err(CliError::Usage {
+                    message: "--secure-boot is for x86-64 images; this one is arm64".into(),
+                    help: Some("leave out --secure-boot: arm64 images boot under AAVMF".into()),
+                });
+            }
+            if secure_boot && firmware == crate::boot::Firmware::Bios {
+                return Err(CliError::Usage {
+                    message: "--secure-boot needs UEFI, and this boot is a BIOS one".into(),
+                    help: Some(
+                        "Secure Boot starts a whole disk under OVMF: leave out --firmware bios \
+                         (and --kernel, a direct kernel boot has no firmware to check it)"
+                            .into(),
+                    ),
+                });
+            }
             let o = crate::boot::BootOptions {
                 accel: match accel {
                     AccelArg::Auto => crate::boot::Accel::Auto,
                     AccelArg::Kvm => crate::boot::Accel::Kvm,
                     AccelArg::Tcg => crate::boot::Accel::Tcg,
                 },
+                arch,
                 image,
                 firmware,
                 timeout: std::time::Duration::from_secs(timeout),
                 kernel,
                 memory_mib: memory,
                 expect,
+                secure_boot,
             };
             boot(o, why, quiet)
         }
@@ -623,6 +664,10 @@ impl From<BuildError> for CliError {
                         .into(),
                 ),
             ),
+            BuildError::Foreign { image, why, fix } => env(
+                format!("image `{image}` cannot be built here: {why}"),
+                Some(fix),
+            ),
             BuildError::NoImage { name, known } => usage(
                 format!("no image `{name}` in the specs"),
                 Some(format!("images: {}", known.join(", "))),
@@ -666,6 +711,10 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
             Some("see CHANGELOG.md for what is built today".to_string())
         }
         crate::plan::PlanError::Fact { .. } => None,
+        crate::plan::PlanError::Foreign { .. } => Some(
+            "build it on a host of its architecture, or use one of the architectures named"
+                .to_string(),
+        ),
         crate::plan::PlanError::Disk { .. } => {
             Some("change the disk's `size` or the partitions' sizes".to_string())
         }
@@ -679,6 +728,7 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
         help,
     }
 }
+
 
 fn missing_tools(missing: &[Tool]) -> CliError {
     let names: Vec<String> = missing.iter().map(|t| format!("`{}`", t.program)).collect();
@@ -905,6 +955,12 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     let plan = crate::plan::plan_locked(&session.spec, &facts, session.lock.as_ref())
         .map_err(plan_error)?;
     let mut tools: Vec<Tool> = plan.steps.iter().flat_map(|s| s.action.tools()).collect();
+    tools.extend(session.spec.images.iter().filter_map(|i| {
+        crate::foreign::emulator(crate::plan::architecture(i))
+            .ok()
+            .flatten()
+            .map(|e| e.tool)
+    }));
     tools.sort();
     tools.dedup();
     let missing = facts.into_missing();
@@ -931,12 +987,34 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
             root_steps.join(", ")
         );
     }
+    let mut emulation = None;
+    for image in &session.spec.images {
+        let arch = crate::plan::architecture(image);
+        if let Ok(Some(e)) = crate::foreign::emulator(arch) {
+            match crate::build::foreign_problem(&session.spec, &image.name) {
+                None => println!(
+                    "emulation: {arch} programs run under binfmt_misc `{}` ({})",
+                    e.binfmt, e.tool.program
+                ),
+                Some((why, fix)) => {
+                    println!("emulation: {arch} programs CANNOT run: {why}\n  fix: {fix}");
+                    emulation.get_or_insert((why, fix));
+                }
+            }
+        }
+    }
     let missing: Vec<Tool> = tools
         .into_iter()
         .filter(|t| missing.contains(t) || crate::tools::which(t.program).is_none())
         .collect();
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
+    }
+    if let Some((why, fix)) = emulation {
+        return Err(CliError::Environment {
+            message: why,
+            help: Some(fix),
+        });
     }
     println!("all host tools found");
     Ok(())
@@ -1083,7 +1161,11 @@ fn cache(
 
 fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result<(), CliError> {
     use crate::boot::{BootError, Firmware};
-    let missing: Vec<Tool> = [crate::tools::QEMU_SYSTEM, crate::tools::QEMU_IMG]
+    let qemu = match o.arch {
+        crate::boot::Arch::X86_64 => crate::tools::QEMU_SYSTEM,
+        crate::boot::Arch::Aarch64 => crate::tools::QEMU_SYSTEM_AARCH64,
+    };
+    let missing: Vec<Tool> = [qemu, crate::tools::QEMU_IMG]
         .into_iter()
         .filter(|t| crate::tools::which(t.program).is_none())
         .collect();
@@ -1098,12 +1180,21 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
             help: None,
         },
     })?;
-    let how = match (&o.kernel, o.firmware, why) {
+    let mut how = match (&o.kernel, o.firmware, why) {
         (Some((k, _, _)), _, _) => format!("partition image, kernel `{}`", k.display()),
         (None, _, Some(why)) => why,
         (None, Firmware::Uefi, None) => "UEFI, OVMF".to_string(),
         (None, Firmware::Bios, None) => "BIOS, SeaBIOS".to_string(),
     };
+    if o.arch == crate::boot::Arch::Aarch64 {
+        how.push_str("; arm64: qemu-system-aarch64 -machine virt");
+        if o.kernel.is_none() {
+            how.push_str(", AAVMF");
+        }
+    }
+    if o.secure_boot {
+        how.push_str("; Secure Boot enforced, Microsoft's keys");
+    }
     eprintln!(
         "[{}] booting `{}` ({how})",
         report::clock(),
@@ -1122,8 +1213,29 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
         Err(e @ (BootError::NotAnImage { .. } | BootError::NoImage(_))) => Err(not_an_image(&e)),
         Err(e @ BootError::NoFirmware(_)) => Err(CliError::Environment {
             message: e.to_string(),
-            help: Some("install it with: apt-get install ovmf".into()),
+            help: Some(format!(
+                "install it with: apt-get install {}",
+                match o.arch {
+                    crate::boot::Arch::X86_64 => "ovmf",
+                    crate::boot::Arch::Aarch64 => "qemu-efi-aarch64",
+                }
+            )),
         }),
+        Err(BootError::NothingToBoot { line, .. })
+            if o.secure_boot && line.contains("Access Denied") =>
+        {
+            Err(CliError::Usage {
+                message: format!(
+                    "Secure Boot refused the disk's boot loader (not signed by a key the \
+                     firmware trusts): `{line}`"
+                ),
+                help: Some(
+                    "build the image with `bootloader \"grub-efi\" secure-boot=#true` (Debian's \
+                     signed shim and GRUB), or boot it without --secure-boot"
+                        .into(),
+                ),
+            })
+        }
         Err(e @ BootError::NothingToBoot { .. }) => {
             let other = match o.firmware {
                 Firmware::Uefi => "bios",

@@ -74,8 +74,13 @@ pub trait Family: std::fmt::Debug + Send + Sync {
         packages: &[String],
         locked: Option<&Locked>,
     ) -> Result<StepOutput, StepError>;
-    /// Packages the bootloader step needs in the image.
-    fn boot_packages(&self, kind: BootloaderKind) -> &'static [&'static str];
+    /// Packages the bootloader step needs in an image of architecture `arch` (the
+    /// distribution's name of it, as in `base "debian" architecture=`).
+    fn boot_packages(&self, kind: BootloaderKind, arch: &str) -> &'static [&'static str];
+    /// What `secure-boot=#true` adds, in a package set of its own after every other layer (so
+    /// a Secure Boot variant shares all the layers of its unsigned sibling): a shim signed by
+    /// Microsoft and a GRUB signed by the distribution.
+    fn secure_boot_packages(&self) -> &'static [&'static str];
 
     /// Suite → archive URI of the base's sources: a locked file is fetched from
     /// `URI/FILENAME`.

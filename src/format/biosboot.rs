@@ -677,6 +677,8 @@ mod boot_tests {
         assert_eq!(firmware, crate::boot::Firmware::Bios, "{why}");
         let o = crate::boot::BootOptions {
             accel: crate::boot::Accel::Tcg,
+            arch: crate::boot::Arch::X86_64,
+            secure_boot: false,
             image: disk,
             firmware,
             timeout: TIMEOUT,
@@ -723,6 +725,8 @@ mod boot_tests {
         ] {
             let o = crate::boot::BootOptions {
                 accel: crate::boot::Accel::Tcg,
+                arch: crate::boot::Arch::X86_64,
+                secure_boot: false,
                 image: disk.clone(),
                 firmware,
                 timeout: Duration::from_secs(3600),

@@ -57,6 +57,13 @@ pub const ROOT_X86_64: Guid = Guid::from_fields(
     0x4DB1,
     [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09],
 );
+/// Root partition for 64-bit ARM (AArch64, Discoverable Partitions Specification).
+pub const ROOT_ARM64: Guid = Guid::from_fields(
+    0xB921_B045,
+    0x1DF0,
+    0x41C3,
+    [0xAF, 0x44, 0x4C, 0x6F, 0x28, 0x0D, 0x3F, 0xAE],
+);
 /// BIOS boot partition (GRUB's core.img on GPT disks booted by a BIOS).
 pub const BIOS_BOOT: Guid = Guid::from_fields(
     0x2168_6148,

@@ -81,6 +81,8 @@ pub enum PlanError {
         step: String,
         why: String,
     },
+    #[error("image `{image}`: {why}")]
+    Foreign { image: String, why: String },
     #[error("image `{image}`: the disk cannot be laid out: {why}")]
     Disk { image: String, why: String },
     #[error("cannot plan step `{step}` of image `{image}`")]
@@ -190,6 +192,8 @@ impl Builder<'_> {
             if let Some(b) = &image.bootloader {
                 let action = Action::Bootloader(steps::bootloader::BootloaderStep {
                     kind: b.kind,
+                    secure_boot: b.secure_boot,
+                    arch: steps::bootloader::EfiArch::of(architecture(image)),
                     cmdline: b.cmdline.clone(),
                     root_uuid: d.root_uuid(),
                     mounts: d.mounts(),
@@ -198,7 +202,11 @@ impl Builder<'_> {
                     Add {
                         image,
                         name: "bootloader".into(),
-                        label: format!("bootloader {}", steps::bootloader::kind_name(b.kind)),
+                        label: format!(
+                            "bootloader {}{}",
+                            steps::bootloader::kind_name(b.kind),
+                            if b.secure_boot { " secure-boot" } else { "" }
+                        ),
                         action,
                         inputs: vec![tree],
                     },
@@ -401,6 +409,26 @@ impl Builder<'_> {
                 step: a.label.clone(),
                 source,
             })?;
+        // A foreign image's programs run under the emulator: its version is part of the key
+        // of every step that runs them (a native image's keys do not have it).
+        if a.action.runs_image_programs() {
+            let emulator = crate::foreign::emulator(architecture(a.image)).map_err(|why| {
+                PlanError::Foreign {
+                    image: a.image.name.clone(),
+                    why,
+                }
+            })?;
+            if let Some(e) = emulator {
+                let v = facts
+                    .tool_version(&e.tool)
+                    .map_err(|source| PlanError::Fact {
+                        image: a.image.name.clone(),
+                        step: a.label.clone(),
+                        source: source.into(),
+                    })?;
+                k.tool(e.tool.program, &v);
+            }
+        }
         let (key, parts) = k.finish();
         let use_ = (a.image.name.clone(), a.name);
         if let Some(&id) = self.by_key.get(&key) {
@@ -521,6 +549,19 @@ fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<()
     Ok(())
 }
 
+/// The image's Debian architecture: its `base "debian"`'s, else the host's (a tarball base is
+/// whatever it holds, and runs natively).
+pub fn architecture(image: &Image) -> &str {
+    image
+        .layers
+        .iter()
+        .find_map(|l| match l {
+            Layer::Base(Base::Debian(d)) => Some(d.architecture.as_str()),
+            _ => None,
+        })
+        .unwrap_or_else(|| crate::foreign::host_arch())
+}
+
 /// What the spec language accepts but the builder cannot build yet: refused before any work.
 fn unsupported(_image: &Image) -> Option<String> {
     // Every bootloader kind is built now (`grub-bios` and `hybrid` through
@@ -564,7 +605,18 @@ fn with_boot_packages(image: &Image) -> Vec<Layer> {
     let layers_want = !wanted.is_empty();
     // The packages the bootloader step needs, as the image's family names them.
     if let Some(b) = &image.bootloader {
-        wanted.extend(distro::family_of(image).boot_packages(b.kind));
+        let family = distro::family_of(image);
+        wanted.extend(family.boot_packages(b.kind, architecture(image)));
+        if b.secure_boot {
+            layers.push(Layer::Packages(crate::spec::model::Packages {
+                name: "secure-boot".into(),
+                packages: family
+                    .secure_boot_packages()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            }));
+        }
     }
     if wanted.is_empty() {
         return layers;
@@ -614,7 +666,7 @@ impl<'a> DiskPlan<'a> {
             .iter()
             .map(|p| gpt::PartitionSpec {
                 name: p.name.clone(),
-                type_guid: type_guid(p.ptype),
+                type_guid: type_guid(p.ptype, architecture(image)),
                 size: p.size,
                 guid: gpt::derive_guid(&seed, &format!("partition:{}", p.name)),
                 attributes: 0,
@@ -707,9 +759,11 @@ impl<'a> DiskPlan<'a> {
     }
 }
 
-fn type_guid(t: PartitionType) -> gpt::Guid {
+/// The GPT type of a partition; a root partition's names the image's architecture.
+fn type_guid(t: PartitionType, arch: &str) -> gpt::Guid {
     match t {
         PartitionType::Esp => gpt::ESP,
+        PartitionType::Root if arch == "arm64" => gpt::ROOT_ARM64,
         PartitionType::Root => gpt::ROOT_X86_64,
         PartitionType::BiosBoot => gpt::BIOS_BOOT,
         PartitionType::Linux => gpt::LINUX_DATA,

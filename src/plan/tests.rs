@@ -48,6 +48,7 @@ fn image(name: &str) -> Image {
         bootloader: Some(Bootloader {
             kind: BootloaderKind::GrubEfi,
             cmdline: DEFAULT_CMDLINE.into(),
+            secure_boot: false,
         }),
         disk: Some(Disk {
             table: TableKind::Gpt,
@@ -443,4 +444,135 @@ fn new_disk_formats_and_zstd_leave_the_keys_of_the_other_outputs_alone() {
         .parts
         .iter()
         .any(|p| p.name == "compress" && p.value.contains("zstd")));
+}
+
+#[test]
+fn secure_boot_adds_a_last_package_set_and_a_key_part_and_leaves_the_rest_alone() {
+    let mut signed = image("golden");
+    signed.bootloader.as_mut().unwrap().secure_boot = true;
+    let plain = keys(
+        &plan(
+            &Spec {
+                images: vec![image("golden")],
+                sources: vec![],
+            },
+            &FixedFacts,
+        )
+        .unwrap(),
+    );
+    let p = plan(
+        &Spec {
+            images: vec![signed],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let got = keys(&p);
+    // base, packages and run are the unsigned image's; then the signed packages' own set.
+    assert_eq!(got[..3], plain[..3]);
+    assert_eq!(got[3].0, "packages secure-boot");
+    let Action::Packages(set) = &p.steps[3].action else {
+        panic!("{:?}", p.steps[3].action)
+    };
+    assert_eq!(set.packages, ["grub-efi-amd64-signed", "shim-signed"]);
+    assert_eq!(p.steps[3].inputs, [2]);
+    assert_eq!(got[4].0, "bootloader grub-efi secure-boot");
+    assert!(p.steps[4]
+        .parts
+        .iter()
+        .any(|k| k.name == "secure-boot" && k.value == "true"));
+    // The unsigned image's bootloader has no such part (its key is the golden one).
+    let unsigned = plan(
+        &Spec {
+            images: vec![image("golden")],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    assert!(!unsigned.steps[3]
+        .parts
+        .iter()
+        .any(|k| k.name == "secure-boot"));
+}
+
+#[test]
+fn a_foreign_image_hashes_the_emulator_in_the_steps_that_run_its_programs() {
+    if crate::foreign::host_arch() != "amd64" {
+        return;
+    }
+    let mut arm = image("arm");
+    for l in &mut arm.layers {
+        match l {
+            Layer::Base(Base::Debian(d)) => d.architecture = "arm64".into(),
+            Layer::Packages(p) => p.packages = vec!["linux-image-arm64".into()],
+            _ => {}
+        }
+    }
+    let p = plan(
+        &Spec {
+            images: vec![arm],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    let emulator = |s: &Step| {
+        s.parts
+            .iter()
+            .any(|k| k.class == "tool" && k.name == "qemu-aarch64-static")
+    };
+    for s in &p.steps {
+        // The manifest names every tool of the image's keys, the emulator with them.
+        let runs = matches!(
+            s.action,
+            Action::Bootstrap(_)
+                | Action::Packages(_)
+                | Action::Run(_)
+                | Action::Bootloader(_)
+                | Action::Manifest(_)
+        );
+        assert_eq!(emulator(s), runs, "{}", s.label);
+    }
+    // arm64's GRUB packages, its GRUB target and its root partition type.
+    let Action::Packages(set) = &p.steps[1].action else {
+        panic!()
+    };
+    assert!(set.packages.contains(&"grub-efi-arm64-bin".to_string()));
+    assert!(!set
+        .packages
+        .iter()
+        .any(|p| p == "grub-pc-bin" || p == "grub-efi-amd64-bin"));
+    let Some(Action::Bootloader(b)) = p
+        .steps
+        .iter()
+        .map(|s| &s.action)
+        .find(|a| matches!(a, Action::Bootloader(_)))
+    else {
+        panic!()
+    };
+    assert_eq!(b.arch, crate::steps::bootloader::EfiArch::Arm64);
+    let Some(Action::Disk(d)) = p
+        .steps
+        .iter()
+        .map(|s| &s.action)
+        .find(|a| matches!(a, Action::Disk(_)))
+    else {
+        panic!()
+    };
+    assert_eq!(
+        d.layout.partitions[1].type_guid,
+        crate::format::gpt::ROOT_ARM64
+    );
+    // A native image has none of it: the golden keys.
+    let native = plan(
+        &Spec {
+            images: vec![image("golden")],
+            sources: vec![],
+        },
+        &FixedFacts,
+    )
+    .unwrap();
+    assert!(!native.steps.iter().any(emulator));
 }

@@ -139,8 +139,8 @@ const USER: Shape<'static> = Shape {
 /// `element` before its parameters are known.
 const ELEMENT: Shape<'static> = single("element \"NAME\" [PARAM=\"VALUE\" …]");
 const BOOTLOADER: Shape<'static> = Shape {
-    props: &["cmdline"],
-    ..single("bootloader \"grub-efi\"|\"grub-bios\"|\"hybrid\" [cmdline=\"…\"]")
+    props: &["cmdline", "secure-boot"],
+    ..single("bootloader \"grub-efi\"|\"grub-bios\"|\"hybrid\" [cmdline=\"…\"] [secure-boot=#true]")
 };
 const OUTPUT: Shape<'static> = Shape {
     max_args: MANY,
@@ -626,9 +626,22 @@ fn read_bootloader(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Bootloader> {
     let kind = cx.arg::<String>(node, &BOOTLOADER, 0, "a kind")?;
     let kind = cx.choice(&kind, "bootloader", &BOOTLOADERS);
     let cmdline = cx.prop::<String>(node, "cmdline");
+    let secure_boot = cx.prop::<bool>(node, "secure-boot");
+    let kind = kind?;
+    if let (Some(sb), BootloaderKind::GrubBios) = (&secure_boot, kind) {
+        if sb.value {
+            cx.bad_value(
+                sb.span,
+                "Secure Boot is a UEFI feature: `grub-bios` boots under legacy BIOS only".into(),
+                "no UEFI side to sign",
+                "use `bootloader \"grub-efi\" secure-boot=#true` (or `\"hybrid\"`, whose UEFI side is signed), or remove `secure-boot`",
+            );
+        }
+    }
     Some(Bootloader {
-        kind: kind?,
+        kind,
         cmdline: cmdline.map_or_else(|| DEFAULT_CMDLINE.to_string(), |c| c.value),
+        secure_boot: secure_boot.is_some_and(|s| s.value),
     })
 }
 

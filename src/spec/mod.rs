@@ -39,6 +39,7 @@
 //!      [sudo=#true] [shell="/bin/bash"] [{ ssh-key "…" … }]
 //! element "hostname" name="node1"         // see crate::element for names and parameters
 //! bootloader "grub-efi"|"grub-bios"|"hybrid" [cmdline="console=tty0 console=ttyS0,115200"]
+//!            [secure-boot=#true]    // grub-efi, hybrid: the distribution's signed shim and GRUB
 //! disk [table="gpt"] size="2GiB" {
 //!     partition "esp"  type="esp"  size="200MiB" format="vfat" mount="/boot/efi"
 //!     partition "root" type="root" format="ext4" mount="/"    // no size: the rest of the disk

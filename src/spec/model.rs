@@ -163,6 +163,9 @@ pub struct Bootloader {
     pub kind: BootloaderKind,
     /// Kernel command line: the spec's `cmdline`, else [`DEFAULT_CMDLINE`].
     pub cmdline: String,
+    /// `secure-boot=#true` (`grub-efi`, `hybrid`): the EFI side boots through the
+    /// distribution's signed shim and GRUB to its signed kernel.
+    pub secure_boot: bool,
 }
 
 /// The kernel command line of a bootloader that does not give one: the first VGA console and

@@ -446,6 +446,45 @@ impl<'a> Resolver<'a> {
                 });
             }
         }
+        // The bootloaders imgspec makes for each architecture.
+        if let (Some((_, base)), Some((_, boot))) = (flat.base, flat.bootloader) {
+            if let (Some(Base::Debian(d)), Some(b)) = (&base.value, &boot.value) {
+                let kind = name_of(&BOOTLOADERS, b.kind);
+                let problem = match (d.architecture.as_str(), b.kind, b.secure_boot) {
+                    ("amd64", _, _) | ("arm64", BootloaderKind::GrubEfi, false) => None,
+                    ("arm64", BootloaderKind::GrubEfi, true) => Some((
+                        "Secure Boot is built for `amd64` images only (shim and GRUB signed for \
+                         x86-64)"
+                            .to_string(),
+                        "remove `secure-boot=#true`: the arm64 image boots through GRUB's \
+                         `arm64-efi` image, unsigned",
+                    )),
+                    ("arm64", _, _) => Some((
+                        format!(
+                            "bootloader `{kind}` needs a PC BIOS, and arm64 machines boot UEFI only"
+                        ),
+                        "use `bootloader \"grub-efi\"` (GRUB's `arm64-efi` at \
+                         EFI/BOOT/BOOTAA64.EFI), with an `esp` partition",
+                    )),
+                    (other, _, _) => Some((
+                        format!(
+                            "imgspec makes bootloaders for `amd64` and `arm64` images, not `{other}`"
+                        ),
+                        "remove the bootloader (and build `output \"tar\"`), or use \
+                         `architecture=\"amd64\"` or `\"arm64\"`",
+                    )),
+                };
+                if let Some((message, help)) = problem {
+                    found.push(SpecError::BadValue {
+                        src: self.src(id),
+                        span: node_or_name(flat.bootloader, id, decl.name.span),
+                        message: format!("image `{name}`: {message}"),
+                        label: format!("for `{}` images", d.architecture),
+                        help: help.to_string(),
+                    });
+                }
+            }
+        }
         if let (Some((_, boot)), None) = (flat.bootloader, flat.disk) {
             if let Some(bootloader) = &boot.value {
                 let needed = needed_partitions(bootloader.kind);

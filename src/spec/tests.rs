@@ -198,6 +198,7 @@ fn inheritance_puts_parent_layers_first_and_replaces_single_nodes() {
         Some(Bootloader {
             kind: BootloaderKind::GrubEfi,
             cmdline: DEFAULT_CMDLINE.to_string(),
+            secure_boot: false,
         })
     );
     assert_eq!(
@@ -550,4 +551,55 @@ fn a_keyring_of_unbounded_size_is_refused() {
     let err = load(&[path]).unwrap_err();
     let text = render(&err, 200);
     assert!(text.contains("is larger than 16MiB"), "{text}");
+}
+
+#[test]
+fn secure_boot_and_arm64_take_only_the_bootloaders_they_can_boot() {
+    let spec = |arch: &str, boot: &str| {
+        format!(
+            "image \"i\" {{\n    base \"debian\" suite=\"bookworm\" architecture=\"{arch}\"\n    packages \"k\" linux-image-{arch}\n    bootloader {boot}\n    disk size=\"2GiB\" {{\n        partition \"bios\" type=\"bios-boot\" size=\"1MiB\"\n        partition \"esp\" type=\"esp\" size=\"200MiB\" format=\"vfat\" mount=\"/boot/efi\"\n        partition \"root\" type=\"root\" format=\"ext4\" mount=\"/\"\n    }}\n    output \"qcow2\"\n}}\n"
+        )
+    };
+    let check = |arch: &str, boot: &str| {
+        let (_dir, path) = spec_file("i.kdl", spec(arch, boot).as_bytes());
+        load(&[path]).map(|s| s.images[0].bootloader.clone().unwrap())
+    };
+    let b = check("amd64", "\"grub-efi\" secure-boot=#true").unwrap();
+    assert!(b.secure_boot);
+    assert!(
+        check("amd64", "\"hybrid\" secure-boot=#true")
+            .unwrap()
+            .secure_boot
+    );
+    assert!(
+        !check("amd64", "\"grub-efi\" secure-boot=#false")
+            .unwrap()
+            .secure_boot
+    );
+    assert!(!check("arm64", "\"grub-efi\"").unwrap().secure_boot);
+    for (arch, boot, says) in [
+        (
+            "amd64",
+            "\"grub-bios\" secure-boot=#true",
+            "Secure Boot is a UEFI feature",
+        ),
+        (
+            "amd64",
+            "\"grub-efi\" secure-boot=\"yes\"",
+            "must be a boolean",
+        ),
+        ("arm64", "\"hybrid\"", "arm64 machines boot UEFI only"),
+        ("arm64", "\"grub-bios\"", "arm64 machines boot UEFI only"),
+        (
+            "arm64",
+            "\"grub-efi\" secure-boot=#true",
+            "for `amd64` images only",
+        ),
+        ("riscv64", "\"grub-efi\"", "not `riscv64`"),
+    ] {
+        let err = check(arch, boot).unwrap_err();
+        let rendered = render(&err, 100);
+        assert!(rendered.contains(says), "{arch} {boot}:\n{rendered}");
+        assert!(rendered.contains("help:"), "{rendered}");
+    }
 }

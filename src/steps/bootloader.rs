@@ -7,7 +7,15 @@
 //! - `grub-efi`, `hybrid`: `/boot/efi/EFI/BOOT/BOOTX64.EFI`, GRUB's EFI image, made by the
 //!   image's own `grub-mkimage` (from `grub-efi-amd64-bin`, which the plan adds to the image's
 //!   packages) with an embedded config that finds the root filesystem by UUID and reads its
-//!   grub.cfg. The EFI fallback path needs no NVRAM entry.
+//!   grub.cfg. The EFI fallback path needs no NVRAM entry. An arm64 image gets
+//!   `BOOTAA64.EFI` (`arm64-efi`, from `grub-efi-arm64-bin`), made by its `grub-mkimage` under
+//!   emulation ([`crate::foreign`]), and a grub.cfg without PC serial lines.
+//! - with `secure-boot=#true`, instead: Debian's Microsoft-signed shim as `BOOTX64.EFI`, its
+//!   Debian-signed GRUB as `EFI/BOOT/grubx64.efi` and MokManager beside them
+//!   ([`SECURE_BOOT_FILES`], from `shim-signed` and `grub-efi-amd64-signed`, which the plan
+//!   installs in a package set of their own), and `/boot/efi/EFI/debian/grub.cfg`, where the
+//!   signed GRUB's built-in prefix points, with the same lines as the embedded config. GRUB
+//!   then checks the kernel's signature through shim: Debian's kernel is signed.
 //!
 //! and, for `grub-bios` and `hybrid`, two files next to the tree (not in it), which the disk
 //! step writes into the BIOS boot partition and the MBR (see [`crate::format::biosboot`]):
@@ -18,7 +26,8 @@
 //!
 //! Needs root (grub-mkimage runs in a chroot of the image, so GRUB matches the distribution).
 //!
-//! Key: input tree key; bootloader kind; command line; root filesystem UUID; fstab lines.
+//! Key: input tree key; bootloader kind; `secure-boot` (only when on); the GRUB target
+//! (`efi-arch`, only when not x86-64); command line; root filesystem UUID; fstab lines.
 
 use std::path::PathBuf;
 
@@ -53,6 +62,75 @@ const EFI_MODULES: &[&str] = &[
     "boot",
 ];
 
+/// GRUB modules built into the arm64 EFI image: as [`EFI_MODULES`], without the serial and
+/// video drivers (the firmware's console is the serial port).
+const EFI_MODULES_ARM64: &[&str] = &[
+    "part_gpt",
+    "part_msdos",
+    "fat",
+    "ext2",
+    "normal",
+    "linux",
+    "search",
+    "search_fs_uuid",
+    "configfile",
+    "echo",
+    "test",
+    "terminal",
+    "gzio",
+    "boot",
+];
+
+/// The architecture of GRUB's EFI image, from the image's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EfiArch {
+    X86_64,
+    Arm64,
+}
+
+impl EfiArch {
+    /// From Debian's architecture name: `arm64`, else x86-64 (the spec checks that only
+    /// `amd64` and `arm64` images have a bootloader).
+    pub fn of(debian_arch: &str) -> Self {
+        if debian_arch == "arm64" {
+            EfiArch::Arm64
+        } else {
+            EfiArch::X86_64
+        }
+    }
+    pub fn grub_target(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "x86_64-efi",
+            EfiArch::Arm64 => "arm64-efi",
+        }
+    }
+    /// The removable-media file name the firmware starts.
+    pub fn loader(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "BOOTX64.EFI",
+            EfiArch::Arm64 => "BOOTAA64.EFI",
+        }
+    }
+    fn grub_package(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "grub-efi-amd64-bin",
+            EfiArch::Arm64 => "grub-efi-arm64-bin",
+        }
+    }
+    fn kernel_package(self) -> &'static str {
+        match self {
+            EfiArch::X86_64 => "linux-image-amd64",
+            EfiArch::Arm64 => "linux-image-arm64",
+        }
+    }
+    fn modules(self) -> &'static [&'static str] {
+        match self {
+            EfiArch::X86_64 => EFI_MODULES,
+            EfiArch::Arm64 => EFI_MODULES_ARM64,
+        }
+    }
+}
+
 /// GRUB modules built into the BIOS core image: `biosdisk` reads disks through INT 13h.
 pub const BIOS_MODULES: &[&str] = &[
     "biosdisk",
@@ -72,6 +150,36 @@ pub const BIOS_MODULES: &[&str] = &[
     "boot",
 ];
 
+/// The EFI binaries of a Secure Boot image, copied from the image's own packages (the plan adds
+/// `shim-signed` and `grub-efi-amd64-signed`): (file in the image, where on the ESP). The
+/// firmware starts shim at the fallback path; shim starts `grubx64.efi` from its own folder
+/// (and MokManager when a key enrolment is pending). Shim's fallback `fbx64.efi` is left out
+/// on purpose: beside shim it would write NVRAM entries and reset the machine.
+pub const SECURE_BOOT_FILES: &[(&str, &str)] = &[
+    ("/usr/lib/shim/shimx64.efi.signed", "EFI/BOOT/BOOTX64.EFI"),
+    (
+        "/usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed",
+        "EFI/BOOT/grubx64.efi",
+    ),
+    ("/usr/lib/shim/mmx64.efi.signed", "EFI/BOOT/mmx64.efi"),
+];
+
+/// Where Debian's signed GRUB reads its configuration: its built-in prefix `/EFI/debian` on the
+/// partition it was started from (the ESP, mounted at `/boot/efi`).
+const SIGNED_GRUB_CFG: &str = "boot/efi/EFI/debian/grub.cfg";
+
+/// Copies the signed binaries onto the ESP, inside the image's chroot.
+fn secure_boot_script() -> String {
+    let mut s = String::from("set -e\nmkdir -p /boot/efi/EFI/BOOT\n");
+    for (from, to) in SECURE_BOOT_FILES {
+        s.push_str(&format!(
+            "test -f {from} || {{ echo 'the image has no {from} (shim-signed, grub-efi-amd64-signed)' >&2; exit 1; }}\n\
+             cp {from} /boot/efi/{to}\n"
+        ));
+    }
+    s
+}
+
 /// Where the BIOS images are made inside the image root, removed before the tree is imported.
 const BIOS_OUT: &str = ".imgspec-bios";
 
@@ -89,6 +197,11 @@ pub struct Mount {
 #[derive(Clone, Debug)]
 pub struct BootloaderStep {
     pub kind: BootloaderKind,
+    /// The EFI side is Debian's signed shim and GRUB ([`SECURE_BOOT_FILES`]), not a GRUB image
+    /// made here (which no firmware with Secure Boot on would start).
+    pub secure_boot: bool,
+    /// Which GRUB EFI image: the image's architecture.
+    pub arch: EfiArch,
     pub cmdline: String,
     /// UUID of the root filesystem.
     pub root_uuid: String,
@@ -97,8 +210,15 @@ pub struct BootloaderStep {
 
 impl BootloaderStep {
     pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
-        k.param("kind", kind_name(self.kind))
-            .param("cmdline", &self.cmdline)
+        k.param("kind", kind_name(self.kind));
+        // Only when on: the keys of every image without it stay what they were.
+        if self.secure_boot {
+            k.param("secure-boot", "true");
+        }
+        if self.arch != EfiArch::X86_64 {
+            k.param("efi-arch", self.arch.grub_target());
+        }
+        k.param("cmdline", &self.cmdline)
             .param("root-uuid", &self.root_uuid)
             .param("fstab", &self.fstab());
         Ok(())
@@ -109,13 +229,21 @@ impl BootloaderStep {
     }
 
     pub fn grub_cfg(&self, kernel: &str, initrd: Option<&str>) -> String {
+        // arm64: the firmware's console is the serial port (the EFI console GRUB writes to);
+        // GRUB's `serial` names PC serial ports.
+        let serial = match self.arch {
+            EfiArch::X86_64 => {
+                "serial --unit=0 --speed=115200\n\
+                 terminal_input serial console\n\
+                 terminal_output serial console\n"
+            }
+            EfiArch::Arm64 => "",
+        };
         let mut s = format!(
             "# written by imgspec\n\
              set default=0\n\
              set timeout=1\n\
-             serial --unit=0 --speed=115200\n\
-             terminal_input serial console\n\
-             terminal_output serial console\n\
+             {serial}\
              search --no-floppy --fs-uuid --set=root {uuid}\n\
              menuentry 'Linux' {{\n\
              \tlinux /{kernel} root=UUID={uuid} ro {cmdline}\n",
@@ -140,10 +268,10 @@ impl BootloaderStep {
         let (_, m) = ctx.input_tree(0)?;
         let tree = Tree::new(m);
         let kernel = kernel_path(&tree, "vmlinuz")?.ok_or_else(|| {
-            StepError::Invalid(
-                "the image has no kernel (`/vmlinuz`): add `linux-image-amd64` to a packages set"
-                    .into(),
-            )
+            StepError::Invalid(format!(
+                "the image has no kernel (`/vmlinuz`): add `{}` to a packages set",
+                self.arch.kernel_package()
+            ))
         })?;
         let initrd = kernel_path(&tree, "initrd.img")?;
         let s = Session::open(ctx, 0, "grub-mkimage runs in a chroot of the image")?;
@@ -159,15 +287,27 @@ impl BootloaderStep {
             "boot/grub/grub.cfg",
             &self.grub_cfg(&kernel, initrd.as_deref()),
         )?;
-        if matches!(self.kind, BootloaderKind::GrubEfi | BootloaderKind::Hybrid) {
+        let efi = matches!(self.kind, BootloaderKind::GrubEfi | BootloaderKind::Hybrid);
+        if efi && self.secure_boot {
+            // The signed GRUB cannot carry our configuration: its prefix is built in
+            // (`/EFI/debian` on the partition it was started from), and the configuration
+            // there finds the root filesystem by UUID, as `grub-install --uefi-secure-boot`
+            // writes it.
+            write(SIGNED_GRUB_CFG, &self.early_cfg())?;
+            s.run(ctx, &secure_boot_script())?;
+        } else if efi {
             write("tmp/imgspec-early.cfg", &self.early_cfg())?;
+            let a = self.arch;
             let script = format!(
                 "set -e\n\
-                 command -v grub-mkimage >/dev/null || {{ echo 'the image has no grub-mkimage (grub-efi-amd64-bin)' >&2; exit 1; }}\n\
+                 command -v grub-mkimage >/dev/null || {{ echo 'the image has no grub-mkimage ({pkg})' >&2; exit 1; }}\n\
                  mkdir -p /boot/efi/EFI/BOOT\n\
-                 grub-mkimage -O x86_64-efi -p /boot/grub -c /tmp/imgspec-early.cfg -o /boot/efi/EFI/BOOT/BOOTX64.EFI {}\n\
+                 grub-mkimage -O {target} -p /boot/grub -c /tmp/imgspec-early.cfg -o /boot/efi/EFI/BOOT/{loader} {modules}\n\
                  rm -f /tmp/imgspec-early.cfg\n",
-                EFI_MODULES.join(" ")
+                pkg = a.grub_package(),
+                target = a.grub_target(),
+                loader = a.loader(),
+                modules = a.modules().join(" "),
             );
             s.run(ctx, &script)?;
         }
@@ -269,6 +409,8 @@ mod tests {
     fn grub_cfg_boots_the_root_by_uuid() {
         let b = BootloaderStep {
             kind: BootloaderKind::GrubEfi,
+            secure_boot: false,
+            arch: EfiArch::X86_64,
             cmdline: "console=ttyS0".into(),
             root_uuid: "1111-2222".into(),
             mounts: vec![],

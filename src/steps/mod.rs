@@ -107,6 +107,22 @@ impl Action {
         }
     }
 
+    /// Whether the step runs programs of the image (in its chroot, or mmdebstrap's maintainer
+    /// scripts): under emulation for a foreign architecture ([`crate::foreign`]).
+    pub fn runs_image_programs(&self) -> bool {
+        match self {
+            Action::Element(e) => e.needs_root(),
+            _ => matches!(
+                self,
+                Action::Bootstrap(_)
+                    | Action::Run(_)
+                    | Action::Packages(_)
+                    | Action::Bootloader(_)
+                    | Action::User(_)
+            ),
+        }
+    }
+
     /// Whether the step must run as root (chroot, device nodes, file owners).
     pub fn needs_root(&self) -> bool {
         match self {

@@ -288,3 +288,163 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         r.stderr
     );
 }
+
+#[test]
+#[ignore = "builds and boots real Debian images: minutes, root and the host's apt mirror"]
+fn secure_boot_image_boots_with_secure_boot_enforced_and_the_unsigned_one_is_refused() {
+    if !imgspec::tools::test_requires(&["ovmf", "qemu-system-x86"]) {
+        return;
+    }
+    let w = Workspace::new();
+    copy_specs(&w);
+    let r = w
+        .run(&[
+            "build",
+            "specs/debian-efi.kdl",
+            "specs/debian-efi-secureboot.kdl",
+        ])
+        .ok();
+    eprintln!("{}", r.stderr);
+    // The signed variant shares every layer of the unsigned one, then installs shim and the
+    // signed GRUB in a set of its own.
+    assert_eq!(r.stderr.matches("built    base debian").count(), 1);
+    assert!(
+        r.stderr.contains("built    packages secure-boot"),
+        "{}",
+        r.stderr
+    );
+    let sbom = std::fs::read_to_string(
+        w.path("out/debian-efi-secureboot/debian-efi-secureboot.spdx.json"),
+    )
+    .unwrap();
+    for p in ["\"shim-signed\"", "\"grub-efi-amd64-signed\""] {
+        assert!(sbom.contains(p), "{p} not in the SBOM");
+    }
+
+    // Under OVMF with Secure Boot enforced and Microsoft's keys: shim, GRUB and the kernel
+    // are all checked, and the kernel says so.
+    let console = boot(
+        &w,
+        &[
+            "--secure-boot",
+            "out/debian-efi-secureboot/debian-efi-secureboot.qcow2",
+        ],
+        "`login:` after",
+    );
+    assert!(console.contains("Secure Boot enforced"), "{console}");
+    assert!(
+        console.contains("secureboot: Secure boot enabled"),
+        "{console}"
+    );
+
+    // The same firmware refuses the unsigned image: its GRUB is made by grub-mkimage and signed
+    // by nobody.
+    let r = w.run(&[
+        "boot",
+        "--secure-boot",
+        "--timeout",
+        "600",
+        "out/debian-efi/debian-efi.qcow2",
+    ]);
+    eprintln!("{}", r.stderr);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("Access Denied"), "{}", r.stderr);
+    assert!(r.stderr.contains("Secure Boot"), "{}", r.stderr);
+}
+
+/// The one arm64 boot of the suite (slow under TCG): the image is built on this x86-64 host with
+/// every program of it under qemu-user emulation, and boots under qemu-system-aarch64 with AAVMF.
+#[test]
+#[ignore = "builds an arm64 Debian image under emulation and boots it under TCG: many minutes, root and the host's apt mirror"]
+fn arm64_image_builds_under_emulation_and_boots_under_aavmf() {
+    if !imgspec::tools::test_requires(&["qemu-user-static", "qemu-system-arm", "qemu-efi-aarch64"])
+    {
+        return;
+    }
+    let w = Workspace::new();
+    copy_specs(&w);
+    let t = std::time::Instant::now();
+    let r = w.run(&["build", "specs/debian-arm64-efi.kdl"]).ok();
+    eprintln!("{}\narm64 build: {:.0?}", r.stderr, t.elapsed());
+    // The disk and its partition set share every layer.
+    assert_eq!(r.stderr.matches("built    base debian").count(), 1);
+
+    // The root partition is typed as an arm64 root, beside the ESP.
+    let raw = w.path("arm64.raw");
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(w.path("out/debian-arm64-efi/debian-arm64-efi.qcow2"))
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dump = std::process::Command::new("sfdisk")
+        .arg("--dump")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("B921B045-1DF0-41C3-AF44-4C6F280D3FAE"),
+        "arm64 root type: {dump}"
+    );
+    assert!(
+        dump.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "ESP: {dump}"
+    );
+    // GRUB's arm64-efi image at the removable-media path of arm64, on the ESP.
+    let esp_offset = 1u64 << 20;
+    let listing = std::process::Command::new("mdir")
+        .args(["-b", "-i"])
+        .arg(format!("{}@@{esp_offset}", raw.display()))
+        .arg("::/EFI/BOOT")
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("BOOTAA64.EFI"), "{listing}");
+    std::fs::remove_file(&raw).unwrap();
+    // The partition set's kernel is an arm64 one.
+    assert_eq!(
+        imgspec::boot::kernel_arch(
+            &w.path("out/debian-arm64-partition/debian-arm64-partition.vmlinuz")
+        ),
+        Some(imgspec::boot::Arch::Aarch64)
+    );
+    let sbom =
+        std::fs::read_to_string(w.path("out/debian-arm64-efi/debian-arm64-efi.spdx.json")).unwrap();
+    assert!(
+        sbom.contains("pkg:deb/debian/linux-image-arm64@"),
+        "no arm64 kernel in the SBOM"
+    );
+    assert!(sbom.contains("arch=arm64"), "no arm64 package in the SBOM");
+
+    // `imgspec boot` picks the machine from the root partition's type.
+    let t = std::time::Instant::now();
+    let console = boot(
+        &w,
+        &["out/debian-arm64-efi/debian-arm64-efi.qcow2"],
+        "`login:` after",
+    );
+    eprintln!("arm64 boot: {:.0?}", t.elapsed());
+    assert!(
+        console.contains("qemu-system-aarch64 -machine virt"),
+        "{console}"
+    );
+    assert!(console.contains("ttyAMA0"), "{console}");
+
+    // Cross builds are reproducible too: a second build from an empty cache gives the same
+    // bytes in every output file of both images.
+    let t = std::time::Instant::now();
+    let r = w.run_with_cache(
+        "cache-b",
+        &["build", "specs/debian-arm64-efi.kdl", "--out-dir", "out-b"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    eprintln!("second arm64 build: {:.0?}", t.elapsed());
+    for image in ["debian-arm64-efi", "debian-arm64-partition"] {
+        let sums = |out: &str| {
+            std::fs::read_to_string(w.path(&format!("{out}/{image}/SHA256SUMS"))).unwrap()
+        };
+        assert_eq!(sums("out"), sums("out-b"), "{image}: the two builds differ");
+    }
+}

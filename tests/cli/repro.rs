@@ -7,6 +7,9 @@
 //!   spec twice with every variation this machine supports, and `imgspec verify` runs inside
 //!   each build, so a leak between layers fails too (default run); and the locked
 //!   `specs/debian-efi.kdl` the same way (`--include-ignored`).
+//! - The Secure Boot image built twice from two empty caches and spec folders gives the same
+//!   bytes (`--include-ignored`; the arm64 images are checked so in `debian.rs`, beside their
+//!   boot, to build them under emulation twice rather than three times).
 
 use std::process::Command;
 
@@ -497,4 +500,45 @@ fn the_locked_default_image_has_the_committed_sums() {
         "the locked default image has the committed sums ({} files)",
         lines(&got).len()
     );
+}
+
+/// Builds `spec` (a file of `specs/`) from two empty caches, the second from another folder
+/// and working directory, and compares every output file of each of `images`.
+fn two_cold_builds_agree(spec: &str, images: &[&str]) {
+    let w = Workspace::new();
+    copy_specs(&w, "a");
+    copy_specs(&w, "elsewhere/b");
+    let mut runs = Vec::new();
+    for (cache, folder, out) in [
+        ("cache-a", "a", "out-a"),
+        ("cache-b", "elsewhere/b", "out-b"),
+    ] {
+        let t = std::time::Instant::now();
+        let r = w.run_with_cache(
+            cache,
+            &["build", &format!("{folder}/specs/{spec}"), "--out-dir", out],
+        );
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        runs.push(t.elapsed());
+    }
+    let mut table = format!("{spec}: two builds from empty caches ({runs:.0?}):\n");
+    for image in images {
+        let fa = files(&w.path(&format!("out-a/{image}")));
+        let fb = files(&w.path(&format!("out-b/{image}")));
+        assert!(fa.len() >= 4, "{image}: {fa:?}");
+        for ((name, sa), (_, sb)) in fa.iter().zip(&fb) {
+            table.push_str(&format!(
+                "  {image}/{name:<36} {sa}  {}\n",
+                if sa == sb { "identical" } else { "DIFFERENT" }
+            ));
+        }
+        assert_eq!(fa, fb, "{image}: the two builds differ\n{table}");
+    }
+    eprint!("{table}");
+}
+
+#[test]
+#[ignore = "builds the Secure Boot image twice from empty caches: minutes, root and the host's apt mirror"]
+fn the_secure_boot_image_gives_the_same_bytes_from_two_empty_caches() {
+    two_cold_builds_agree("debian-efi-secureboot.kdl", &["debian-efi-secureboot"]);
 }

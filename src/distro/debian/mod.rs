@@ -52,6 +52,13 @@ pub const DISTROS: &[Distro] = &[
 /// BIOS, UEFI and partition-image variants of one image share their package layers.
 pub const GRUB_PACKAGES: &[&str] = crate::element::grub2::PACKAGES;
 
+/// GRUB for an arm64 image: UEFI only (`arm64-efi`).
+pub const GRUB_PACKAGES_ARM64: &[&str] = &["grub-common", "grub-efi-arm64-bin", "grub2-common"];
+
+/// What `secure-boot=#true` adds: Debian's shim signed by Microsoft (with MokManager) and GRUB
+/// signed by Debian.
+pub const SECURE_BOOT_PACKAGES: &[&str] = &["grub-efi-amd64-signed", "shim-signed"];
+
 fn base(spec: &BaseSpec, locked: Option<&Locked>) -> DebianBase {
     DebianBase {
         spec: spec.clone(),
@@ -104,8 +111,16 @@ impl Family for DebianFamily {
         install::install(ctx, packages, locked)
     }
 
-    fn boot_packages(&self, _kind: BootloaderKind) -> &'static [&'static str] {
-        GRUB_PACKAGES
+    fn boot_packages(&self, _kind: BootloaderKind, arch: &str) -> &'static [&'static str] {
+        match arch {
+            // UEFI only (`arm64-efi`).
+            "arm64" => GRUB_PACKAGES_ARM64,
+            _ => GRUB_PACKAGES,
+        }
+    }
+
+    fn secure_boot_packages(&self) -> &'static [&'static str] {
+        SECURE_BOOT_PACKAGES
     }
 
     fn mirrors(&self, spec: &BaseSpec) -> Result<BTreeMap<String, String>, String> {
