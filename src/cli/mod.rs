@@ -729,7 +729,6 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
     }
 }
 
-
 fn missing_tools(missing: &[Tool]) -> CliError {
     let names: Vec<String> = missing.iter().map(|t| format!("`{}`", t.program)).collect();
     let hints: Vec<&str> = missing.iter().filter_map(|t| t.install_hint).collect();
