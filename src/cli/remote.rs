@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::{Credentials, Mode, Remote, StepKey, Store, Tier, Tiers};
+use imgspec_cache::{Credentials, Mode, Remote, Store, Tier, Tiers};
 
 use super::progress::{polled, Bar, Counting};
 use super::{error_chain, human_bytes, need_specs, CliError};
@@ -459,16 +459,6 @@ fn plan_of(store: &Store, specs: &[PathBuf]) -> Result<Plan, CliError> {
     Ok(crate::build::plan_of(store, &spec, lock.as_ref())?)
 }
 
-/// Each step of the plan once: (key, label).
-fn steps(plan: &Plan) -> Vec<(StepKey, String)> {
-    let mut seen = BTreeSet::new();
-    plan.steps
-        .iter()
-        .filter(|s| seen.insert(s.key))
-        .map(|s| (s.key, s.label.clone()))
-        .collect()
-}
-
 fn report(json: bool, value: serde_json::Value, text: String) {
     if json {
         println!("{value}");
@@ -541,7 +531,7 @@ pub fn push(
     let plan = plan_of(store, specs)?;
     let mut local = Vec::new();
     let mut not_local = Vec::new();
-    for (key, label) in steps(&plan) {
+    for (key, label) in crate::build::unique_steps(&plan) {
         match store.lookup(&key) {
             Ok(Some(rec)) => local.push((key, rec)),
             _ => not_local.push(label),
@@ -640,7 +630,7 @@ pub fn pull(
     let (opened, write) = require(args, "pull")?;
     let tiers = to_tiers(opened, write);
     let plan = plan_of(store, specs)?;
-    let steps = steps(&plan);
+    let steps = crate::build::unique_steps(&plan);
     let mut pulled = vec![0usize; tiers.len()];
     let mut filled = vec![0usize; tiers.len()];
     let mut local = 0;
@@ -780,7 +770,7 @@ pub fn export(store: &Store, specs: &[PathBuf], out: &Path, json: bool) -> Resul
     let plan = plan_of(store, specs)?;
     let mut keys = Vec::new();
     let mut not_local = Vec::new();
-    for (key, label) in steps(&plan) {
+    for (key, label) in crate::build::unique_steps(&plan) {
         match store.lookup(&key) {
             Ok(Some(_)) => keys.push(key),
             _ => not_local.push(label),
