@@ -44,9 +44,14 @@ pub enum BuildError {
         why: String,
         fix: String,
     },
-    /// Locked `.deb` files neither in the cache nor on the mirror: one line per file.
-    #[error("locked packages neither in the cache nor on the mirror")]
-    LockedMissing(Vec<String>),
+    /// Locked `.deb` files not in the cache that could not be fetched: one line per file,
+    /// those the mirror does not have (`gone`) apart from those it could not give
+    /// (`unfetched`: the mirror unreachable, the cache not writable).
+    #[error("locked packages not in the cache could not be fetched")]
+    LockedMissing {
+        gone: Vec<String>,
+        unfetched: Vec<String>,
+    },
     /// `--image NAME` names no image of the specs.
     #[error("no image `{name}` in the specs")]
     NoImage { name: String, known: Vec<String> },

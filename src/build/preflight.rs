@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use rayon::prelude::*;
 
 use super::{BuildError, Feedback, Session};
-use crate::distro;
+use crate::distro::{self, FetchFailure};
 use crate::lock::LockedDeb;
 use crate::plan::{Plan, StepId};
 use crate::spec::model::{Base, Layer};
@@ -100,19 +100,24 @@ pub(super) fn fetch_locked(
         .num_threads(4)
         .build()
         .map_err(BuildError::internal)?;
-    let mut failed: Vec<String> = pool.install(|| {
+    let failed: Vec<(bool, String)> = pool.install(|| {
         wanted
             .par_iter()
             .filter_map(|(sha, (d, label, url, family))| {
                 let r = match url {
                     Ok(url) => family.fetch_locked(root, url, sha, &|n| transfer.add(n)),
-                    Err(e) => Err(e.clone()),
+                    Err(e) => Err(FetchFailure::Gone(e.clone())),
                 };
                 r.err().map(|why| {
-                    format!(
+                    let (gone, why) = match why {
+                        FetchFailure::Gone(w) => (true, w),
+                        FetchFailure::Unreachable(w) | FetchFailure::Local(w) => (false, w),
+                    };
+                    let line = format!(
                         "`{}` {} ({}) of step `{label}`: {why}",
                         d.name, d.version, d.arch
-                    )
+                    );
+                    (gone, line)
                 })
             })
             .collect()
@@ -121,6 +126,14 @@ pub(super) fn fetch_locked(
     if failed.is_empty() {
         return Ok(());
     }
-    failed.sort();
-    Err(BuildError::LockedMissing(failed))
+    let (gone, unfetched): (Vec<_>, Vec<_>) = failed.into_iter().partition(|(g, _)| *g);
+    let sorted = |v: Vec<(bool, String)>| {
+        let mut v: Vec<String> = v.into_iter().map(|(_, l)| l).collect();
+        v.sort();
+        v
+    };
+    Err(BuildError::LockedMissing {
+        gone: sorted(gone),
+        unfetched: sorted(unfetched),
+    })
 }

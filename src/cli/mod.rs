@@ -650,20 +650,35 @@ impl From<BuildError> for CliError {
                 ),
                 Some("run imgspec as root, e.g. `sudo imgspec lock ...`".into()),
             ),
-            BuildError::LockedMissing(failed) => env(
-                format!(
-                    "nothing was built: {} locked package{} neither in the cache nor on the \
-                     mirror:\n  {}",
-                    failed.len(),
-                    if failed.len() == 1 { " is" } else { "s are" },
-                    failed.join("\n  ")
-                ),
-                Some(
+            BuildError::LockedMissing { gone, unfetched } => {
+                let plural = |n: usize| if n == 1 { " is" } else { "s are" };
+                let mut message = String::from("nothing was built:");
+                if !gone.is_empty() {
+                    message += &format!(
+                        " {} locked package{} neither in the cache nor on the mirror:\n  {}",
+                        gone.len(),
+                        plural(gone.len()),
+                        gone.join("\n  ")
+                    );
+                }
+                if !unfetched.is_empty() {
+                    message += &format!(
+                        "{} {} locked package{} not in the cache and could not be fetched:\n  {}",
+                        if gone.is_empty() { "" } else { "\n" },
+                        unfetched.len(),
+                        plural(unfetched.len()),
+                        unfetched.join("\n  ")
+                    );
+                }
+                let help = if gone.is_empty() {
+                    "the lock is fine, the mirror could not be reached: run the build again when \
+                     it can be (the packages fetched are kept in the cache)"
+                } else {
                     "the mirror has moved on and the cache does not have them: lock what the \
                      mirror has now with `imgspec lock --update SPEC`"
-                        .into(),
-                ),
-            ),
+                };
+                env(message, Some(help.into()))
+            }
             BuildError::Foreign { image, why, fix } => env(
                 format!("image `{image}` cannot be built here: {why}"),
                 Some(fix),

@@ -90,15 +90,15 @@ pub trait Family: std::fmt::Debug + Send + Sync {
     fn locked_dir(&self) -> &'static str;
     /// Whether the cache at `cache_root` has the locked file of SHA-256 `sha256`.
     fn has_locked(&self, cache_root: &Path, sha256: &str) -> bool;
-    /// Downloads `url` into the cache's locked files, checking its SHA-256; `done` hears the
-    /// bytes as they come.
+    /// Downloads `url` into the cache's locked files, checking its SHA-256 and trying again
+    /// while the failure may pass; `done` hears the bytes as they come.
     fn fetch_locked(
         &self,
         cache_root: &Path,
         url: &str,
         sha256: &str,
         done: &dyn Fn(u64),
-    ) -> Result<(), String>;
+    ) -> Result<(), FetchFailure>;
     /// Removes the locked files whose SHA-256 is not in `keep`: how many, and their bytes.
     fn gc_locked(&self, cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64);
 
@@ -110,6 +110,17 @@ pub trait Family: std::fmt::Debug + Send + Sync {
 }
 
 /// A file of a tree by relative path (`var/lib/dpkg/status`), `None` when it is not a file.
+/// Why a locked file is not in the cache after [`Family::fetch_locked`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// The mirror does not have it (or has other bytes under its name): it has moved on.
+    Gone(String),
+    /// The mirror could not be reached, tries and all: the network, not the lock.
+    Unreachable(String),
+    /// The cache could not be written (a full disk, permissions).
+    Local(String),
+}
+
 pub type Read<'a> = dyn Fn(&str) -> Result<Option<String>, StepError> + 'a;
 
 /// The family of `base "NAME"`.

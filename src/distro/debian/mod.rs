@@ -18,7 +18,7 @@ use std::path::Path;
 
 use imgspec_cache::StepOutput;
 
-use super::{Distro, Family, Installed, Locked, Read};
+use super::{Distro, Family, FetchFailure, Installed, Locked, Read};
 use crate::plan::key::KeyBuilder;
 use crate::spec::model::{BootloaderKind, Debian as BaseSpec};
 use crate::steps::{FactError, Facts, StepContext, StepError};
@@ -141,10 +141,19 @@ impl Family for DebianFamily {
         url: &str,
         sha256: &str,
         done: &dyn Fn(u64),
-    ) -> Result<(), String> {
+    ) -> Result<(), FetchFailure> {
         DebStore::new(cache_root)
             .fetch(url, sha256, done)
-            .map_err(|e| crate::exec::error_chain(&e))
+            .map_err(|e| {
+                let why = crate::exec::error_chain(&e);
+                match e {
+                    debstore::DebError::Unreachable { .. } => FetchFailure::Unreachable(why),
+                    debstore::DebError::Io { .. } => FetchFailure::Local(why),
+                    debstore::DebError::Gone { .. } | debstore::DebError::Mismatch { .. } => {
+                        FetchFailure::Gone(why)
+                    }
+                }
+            })
     }
 
     fn gc_locked(&self, cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64) {
