@@ -643,7 +643,6 @@ pub fn detect_arch(image: &Path) -> Result<Arch, BootError> {
 
 /// The architecture a GPT's root partition type names, if it names one.
 fn arch_of_table(d: &[u8]) -> Option<Arch> {
-    use crate::format::gpt;
     if d.len() < 1024 || &d[512..520] != b"EFI PART" {
         return None;
     }
@@ -657,9 +656,9 @@ fn arch_of_table(d: &[u8]) -> Option<Arch> {
     let start = usize::try_from(entries_lba.checked_mul(512)?).ok()?;
     (0..count).find_map(|i| {
         let t = d.get(start + i * size..start + i * size + 16)?;
-        if t == gpt::ROOT_ARM64.to_disk() {
+        if t == crate::ids::ROOT_ARM64.to_disk() {
             Some(Arch::Aarch64)
-        } else if t == gpt::ROOT_X86_64.to_disk() {
+        } else if t == crate::ids::ROOT_X86_64.to_disk() {
             Some(Arch::X86_64)
         } else {
             None
@@ -696,8 +695,7 @@ pub fn kernel_arch(kernel: &Path) -> Option<Arch> {
 
 /// GPT's partition type GUIDs that tell how a disk boots, as stored on disk.
 fn type_guids() -> ([u8; 16], [u8; 16]) {
-    use crate::format::gpt;
-    (gpt::ESP.to_disk(), gpt::BIOS_BOOT.to_disk())
+    (crate::ids::ESP.to_disk(), crate::ids::BIOS_BOOT.to_disk())
 }
 
 /// UEFI or BIOS from the start of a disk (MBR, GPT header, partition entries), or why neither.
@@ -846,8 +844,9 @@ mod tests {
     }
 
     /// A GPT disk of 8 MiB with partitions of these types (no content).
-    fn gpt_disk(dir: &Path, name: &str, types: &[crate::format::gpt::Guid]) -> PathBuf {
-        use crate::format::gpt::{self, PartitionSpec, MIB};
+    fn gpt_disk(dir: &Path, name: &str, types: &[crate::ids::Guid]) -> PathBuf {
+        use crate::format::gpt;
+        use crate::layout::{PartitionSpec, MIB};
         let parts: Vec<PartitionSpec> = types
             .iter()
             .enumerate()
@@ -855,17 +854,17 @@ mod tests {
                 name: format!("p{i}"),
                 type_guid: *t,
                 size: Some(MIB),
-                guid: gpt::derive_guid(&[1; 32], &format!("p{i}")),
+                guid: crate::ids::derive_guid(&[1; 32], &format!("p{i}")),
                 attributes: 0,
             })
             .collect();
-        let layout = gpt::layout(8 * MIB, &parts).unwrap();
+        let layout = crate::layout::layout(8 * MIB, &parts).unwrap();
         let disk = dir.join(name);
         let contents = vec![None; parts.len()];
         gpt::write_disk(
             &disk,
             &layout,
-            gpt::derive_guid(&[1; 32], "disk"),
+            crate::ids::derive_guid(&[1; 32], "disk"),
             &contents,
         )
         .unwrap();
@@ -874,7 +873,7 @@ mod tests {
 
     #[test]
     fn the_partition_table_picks_the_firmware() {
-        use crate::format::gpt::{BIOS_BOOT, ESP, ROOT_X86_64};
+        use crate::ids::{BIOS_BOOT, ESP, ROOT_X86_64};
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let pick = |p: &Path| detect_firmware(p).map(|(f, _)| f);
@@ -929,7 +928,7 @@ mod tests {
 
     #[test]
     fn the_root_partition_type_picks_the_machine() {
-        use crate::format::gpt::{ESP, ROOT_ARM64, ROOT_X86_64};
+        use crate::ids::{ESP, ROOT_ARM64, ROOT_X86_64};
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         let arm = gpt_disk(d, "arm.raw", &[ESP, ROOT_ARM64]);

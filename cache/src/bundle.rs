@@ -22,7 +22,8 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use crate::remote::{error_chain, SharedRecord};
+use crate::error_chain;
+use crate::remote::SharedRecord;
 use crate::{BlobDigest, Result, StepKey, Store, StoreError};
 
 const MAGIC_ENTRY: &str = "IMGSPEC-BUNDLE";
@@ -168,7 +169,7 @@ impl Store {
                 if !self.has_blob(&d) {
                     self.adopt_compressed(&d, tmp).map_err(|e| {
                         if e.is_corrupt() {
-                            bad(&name, error_chain(&e))
+                            bad(&name, error_chain(&e).to_string())
                         } else {
                             e
                         }

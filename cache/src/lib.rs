@@ -314,6 +314,28 @@ pub fn damaged_blob(err: &(dyn std::error::Error + 'static)) -> Option<BlobDiges
     None
 }
 
+/// An error and its sources, the one walk of `source()` in imgspec: `{}` puts them on one line
+/// (`a: b: c`), `{:#}` one per line (`a` then `  caused by: b`, …).
+pub fn error_chain<'a>(e: &'a (dyn std::error::Error + 'a)) -> ErrorChain<'a> {
+    ErrorChain(e)
+}
+
+/// See [`error_chain`].
+pub struct ErrorChain<'a>(&'a (dyn std::error::Error + 'a));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sep = if f.alternate() { "\n  caused by: " } else { ": " };
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(c) = cur {
+            write!(f, "{sep}{c}")?;
+            cur = c.source();
+        }
+        Ok(())
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// One entry of a tree manifest.
@@ -575,5 +597,25 @@ pub enum TreeChange {
 impl From<TreeDigest> for BlobDigest {
     fn from(t: TreeDigest) -> BlobDigest {
         BlobDigest(t.0)
+    }
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("fetching `x`")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn one_line_and_one_cause_per_line() {
+        let e = Outer(std::io::Error::other("connection reset"));
+        assert_eq!(
+            super::error_chain(&e).to_string(),
+            "fetching `x`: connection reset"
+        );
+        assert_eq!(
+            format!("{:#}", super::error_chain(&e)),
+            "fetching `x`\n  caused by: connection reset"
+        );
     }
 }

@@ -153,16 +153,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// An error and its sources on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!(": {c}"));
-        cur = c.source();
-    }
-    s
-}
 
 /// What `push_step` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -336,7 +326,7 @@ impl Remote {
             Ok(_) => Ok(true),
             Err(e) if e.is_corrupt() => Err(RemoteError::Bad {
                 object,
-                reason: error_chain(&e),
+                reason: crate::error_chain(&e).to_string(),
             }),
             Err(e) => Err(e.into()),
         }
@@ -371,7 +361,7 @@ impl Remote {
         let blobs = store.output_blobs(&rec.output).map_err(|e| match e {
             e if e.is_corrupt() => RemoteError::Bad {
                 object: object.clone(),
-                reason: error_chain(&e),
+                reason: crate::error_chain(&e).to_string(),
             },
             e => e.into(),
         })?;

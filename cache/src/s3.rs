@@ -282,7 +282,7 @@ impl Backend for S3 {
 }
 
 fn down(what: &str, object: &str, e: &object_store::Error) -> Trouble {
-    let mut reason = format!("{what} `{object}`: {}", crate::remote::error_chain(e));
+    let mut reason = format!("{what} `{object}`: {}", crate::error_chain(e));
     if reason.contains("403")
         || reason.contains("AccessDenied")
         || reason.contains("InvalidAccessKeyId")

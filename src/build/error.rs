@@ -88,6 +88,6 @@ pub enum BuildError {
 
 impl BuildError {
     pub(crate) fn internal(e: impl std::error::Error) -> BuildError {
-        BuildError::Internal(crate::exec::error_chain(&e))
+        BuildError::Internal(crate::exec::error_lines(&e))
     }
 }

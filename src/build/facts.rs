@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use imgspec_cache::Store;
 
-use crate::exec::error_chain;
+use crate::exec::error_lines;
 use crate::steps::Facts;
 use crate::tools::{Tool, ToolBox, ToolError};
 
@@ -50,6 +50,6 @@ impl Facts for HostFacts<'_> {
         self.store
             .hash_file_cached(path)
             .map(|d| d.to_hex())
-            .map_err(|e| std::io::Error::other(error_chain(&e)))
+            .map_err(|e| std::io::Error::other(error_lines(&e)))
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use imgspec_cache::{Store, Tiers};
 
 use super::{BuildError, Feedback, Session};
-use crate::exec::{error_chain, Event, Executor, Outcome, Reporter};
+use crate::exec::{error_lines, Event, Executor, Outcome, Reporter};
 use crate::outputs::Written;
 use crate::plan::{ImagePlan, Plan, StepId};
 use crate::runner::HostRunner;
@@ -212,7 +212,7 @@ fn heal_outputs(
             kind: step.kind().into(),
             label: step.label.clone(),
             blob: Some(d.to_hex()),
-            problem: error_chain(e),
+            problem: error_lines(e),
             found_by: Some(format!("{}/", dir.display())),
         });
     }
@@ -228,7 +228,7 @@ pub fn failures(plan: &Plan, outcome: &Outcome) -> Vec<String> {
             format!(
                 "step `{}` failed: {}\n  log: {}",
                 plan.steps[f.step].label,
-                error_chain(&f.error),
+                error_lines(&f.error),
                 f.log.display()
             )
         })

@@ -21,8 +21,8 @@ use miette::Diagnostic;
 use serde::Serialize;
 
 use crate::build::{cached, BuildError, BuildRequest, RootFor, RunOptions, Session};
-use crate::exec::{error_chain, Reporter};
-use crate::plan::key::{explain_change, KeyPart};
+use crate::exec::{error_lines, Reporter};
+use crate::key::{explain_change, KeyPart};
 use crate::plan::{Plan, StepId};
 use crate::spec;
 use crate::steps::is_root;
@@ -334,7 +334,7 @@ impl CliError {
 }
 
 fn internal(e: impl std::error::Error) -> CliError {
-    CliError::Internal(error_chain(&e))
+    CliError::Internal(error_lines(&e))
 }
 
 pub fn main() -> ExitCode {
@@ -609,12 +609,12 @@ impl From<BuildError> for CliError {
                 format!(
                     "cannot open the cache at `{}`: {}",
                     dir.display(),
-                    error_chain(&source)
+                    error_lines(&source)
                 ),
                 Some("choose another place with --cache-dir or IMGSPEC_CACHE_DIR".into()),
             ),
             BuildError::Lock(e) => usage(
-                error_chain(&e),
+                error_lines(&e),
                 Some(
                     "fix that line, or write the lock again with `imgspec lock --update SPEC`"
                         .into(),
@@ -739,7 +739,7 @@ fn plan_error(e: crate::plan::PlanError) -> CliError {
         ),
     };
     CliError::Usage {
-        message: error_chain(&e),
+        message: error_lines(&e),
         help,
     }
 }
@@ -1190,7 +1190,7 @@ fn boot(o: crate::boot::BootOptions, why: Option<String>, quiet: bool) -> Result
     crate::boot::inspect(&o.image, o.kernel.is_some()).map_err(|e| match e {
         BootError::NotAnImage { .. } | BootError::NoImage(_) => not_an_image(&e),
         other => CliError::Environment {
-            message: error_chain(&other),
+            message: error_lines(&other),
             help: None,
         },
     })?;

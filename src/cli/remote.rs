@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use imgspec_cache::{Credentials, Mode, Remote, Store, Tier, Tiers};
 
 use super::progress::{polled, Bar, Counting};
-use super::{error_chain, human_bytes, need_specs, CliError};
+use super::{error_lines, human_bytes, need_specs, CliError};
 use crate::plan::Plan;
 
 /// The global flags of the remote caches.
@@ -281,7 +281,7 @@ fn open_one(r: &RemoteConfig) -> Result<Remote, CliError> {
         Remote::new(url, credentials())
     }
     .map_err(|e| CliError::Usage {
-        message: error_chain(&e),
+        message: error_lines(&e),
         help: help(),
     })
 }
@@ -442,7 +442,7 @@ fn require(args: &RemoteArgs, what: &str) -> Result<(Vec<Opened>, bool), CliErro
 
 fn unavailable(remote: &Remote, e: &imgspec_cache::RemoteError) -> CliError {
     CliError::Environment {
-        message: error_chain(e),
+        message: error_lines(e),
         help: Some(format!(
             "check that {} is up and that the credentials (IMGSPEC_REMOTE_USER/PASSWORD or \
              IMGSPEC_REMOTE_TOKEN) are right",
@@ -489,7 +489,7 @@ pub fn doctor(args: &RemoteArgs) -> Result<(), CliError> {
                 "remote cache{which}: {} UNAVAILABLE ({mode}): builds go on without it
   {}",
                 t.remote.url(),
-                error_chain(&e)
+                error_lines(&e)
             ),
         }
     }
@@ -562,7 +562,7 @@ pub fn push(
                             down.get_or_insert(unavailable(remote, &e));
                             break;
                         }
-                        Err(e) => return Err(CliError::Internal(error_chain(&e))),
+                        Err(e) => return Err(CliError::Internal(error_lines(&e))),
                     }
                 }
                 Ok(())
@@ -662,7 +662,7 @@ pub fn pull(
                             first_down.get_or_insert(unavailable(remote, e));
                         }
                     } else {
-                        bad.push(format!("{label}: {}: {}", remote.url(), error_chain(e)));
+                        bad.push(format!("{label}: {}: {}", remote.url(), error_lines(e)));
                     }
                 });
                 match hit {
@@ -686,7 +686,7 @@ pub fn pull(
                                 ));
                                     }
                                 }
-                                Err(e) => return Err(CliError::Internal(error_chain(&e))),
+                                Err(e) => return Err(CliError::Internal(error_lines(&e))),
                             }
                         }
                     }
@@ -804,7 +804,7 @@ pub fn export(store: &Store, specs: &[PathBuf], out: &Path, json: bool) -> Resul
                 bar: &bar,
             },
         )
-        .map_err(|e| CliError::Internal(error_chain(&e)))?;
+        .map_err(|e| CliError::Internal(error_lines(&e)))?;
     drop(bar);
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(out).map_err(|e| io_err(e.error))?;
@@ -846,7 +846,7 @@ pub fn import(store: &Store, bundle: &Path, json: bool) -> Result<(), CliError> 
     let stats = store.import_bundle(&mut r);
     drop(bar);
     let stats = stats.map_err(|e| CliError::Usage {
-        message: format!("bundle `{}` refused: {}", bundle.display(), error_chain(&e)),
+        message: format!("bundle `{}` refused: {}", bundle.display(), error_lines(&e)),
         help: Some(
             "nothing from it was recorded; make it again with `imgspec cache export`".into(),
         ),

@@ -18,8 +18,8 @@ use std::path::Path;
 
 use imgspec_cache::StepOutput;
 
+use crate::key::KeyBuilder;
 use crate::lock::{LockSet, LockedDeb};
-use crate::plan::key::KeyBuilder;
 use crate::spec::model::{Base, BootloaderKind, Debian as BaseSpec, Image, Layer};
 use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::tools::Tool;

@@ -292,7 +292,7 @@ impl Executor<'_> {
             kind: step.kind().into(),
             label: step.label.clone(),
             remote: remote.url().to_string(),
-            error: error_chain(e),
+            error: error_lines(e),
         });
     }
 
@@ -407,7 +407,7 @@ impl Executor<'_> {
                         key: step.key.to_hex(),
                         kind: step.kind().into(),
                         label: step.label.clone(),
-                        error: error_chain(&error),
+                        error: error_lines(&error),
                         log: log.clone(),
                     });
                     out.failed.push(Failure {
@@ -558,7 +558,7 @@ impl Executor<'_> {
         let producers: Vec<StepId> = (0..plan.steps.len())
             .filter(|&i| matches!(state[i], State::Done) && refers(&i))
             .collect();
-        let problem = error_chain(error);
+        let problem = error_lines(error);
         for &p in &producers {
             let step = &plan.steps[p];
             if let Some(o) = out.outputs.remove(&p) {
@@ -674,13 +674,8 @@ enum Ran {
     Reused(StepOutput),
 }
 
-/// An error and its sources, one per line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(&format!("\n  caused by: {c}"));
-        cur = c.source();
-    }
-    s
+/// An error and its sources, one per line (`imgspec_cache::error_chain`'s long form): what a
+/// person reads of a failure.
+pub fn error_lines(e: &dyn std::error::Error) -> String {
+    format!("{:#}", imgspec_cache::error_chain(e))
 }

@@ -34,8 +34,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::gpt::{self, Layout, SECTOR};
 use super::FormatError;
+use crate::layout::LayoutError;
+use crate::layout::{Layout, SECTOR};
 
 const SECTOR_BYTES: usize = SECTOR as usize;
 
@@ -87,14 +88,15 @@ pub fn install(
         .map_err(FormatError::io("read the size of", disk))?
         .len();
     if size != layout.disk_size {
-        return Err(FormatError::DiskSize {
+        return Err(LayoutError::DiskSize {
             size,
             reason: format!(
                 "`{}` is not the disk of this layout ({} bytes)",
                 disk.display(),
                 layout.disk_size
             ),
-        });
+        }
+        .into());
     }
     let old = read_mbr(&f, disk)?;
     let mbr = patch_mbr(boot_img, &old, part.first_lba)?;
@@ -105,7 +107,7 @@ pub fn install(
 }
 
 /// Partition `i` of `layout`, if it is a BIOS boot partition.
-fn bios_partition(layout: &Layout, i: usize) -> Result<&gpt::Placed, FormatError> {
+fn bios_partition(layout: &Layout, i: usize) -> Result<&crate::layout::Placed, FormatError> {
     let p = layout
         .partitions
         .get(i)
@@ -113,13 +115,13 @@ fn bios_partition(layout: &Layout, i: usize) -> Result<&gpt::Placed, FormatError
             partition: format!("#{i}"),
             reason: format!("the disk has {} partitions", layout.partitions.len()),
         })?;
-    if p.type_guid != gpt::BIOS_BOOT {
+    if p.type_guid != crate::ids::BIOS_BOOT {
         return Err(FormatError::NotBiosBoot {
             partition: p.name.clone(),
             reason: format!(
                 "its type is {}, not BIOS boot ({})",
                 p.type_guid,
-                gpt::BIOS_BOOT
+                crate::ids::BIOS_BOOT
             ),
         });
     }
@@ -148,7 +150,7 @@ fn read_mbr(f: &File, path: &Path) -> Result<[u8; SECTOR_BYTES], FormatError> {
 
 /// A copy of `core_img`, padded to whole sectors, with its block list saying that the sectors
 /// after the first follow it in partition `part` (pure).
-pub fn patch_core(core_img: &[u8], part: &gpt::Placed) -> Result<Vec<u8>, FormatError> {
+pub fn patch_core(core_img: &[u8], part: &crate::layout::Placed) -> Result<Vec<u8>, FormatError> {
     let size = core_img.len() as u64;
     if core_img.len() <= SECTOR_BYTES {
         return Err(FormatError::CoreImage {
@@ -219,7 +221,8 @@ pub fn patch_mbr(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gpt::{derive_guid, Guid, PartitionSpec, MIB};
+    use crate::ids::{derive_guid, Guid};
+    use crate::layout::{PartitionSpec, MIB};
 
     const SEED: [u8; 32] = [5; 32];
 
@@ -254,11 +257,11 @@ mod tests {
     }
 
     fn bios_layout() -> Layout {
-        gpt::layout(
+        crate::layout::layout(
             16 * MIB,
             &[
-                spec("bios", gpt::BIOS_BOOT, Some(MIB)),
-                spec("root", gpt::ROOT_X86_64, None),
+                spec("bios", crate::ids::BIOS_BOOT, Some(MIB)),
+                spec("root", crate::ids::ROOT_X86_64, None),
             ],
         )
         .unwrap()
@@ -368,7 +371,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let disk = dir.path().join("disk.raw");
         let l = bios_layout();
-        gpt::write_disk(&disk, &l, derive_guid(&SEED, "disk"), &[None, None]).unwrap();
+        crate::format::gpt::write_disk(&disk, &l, derive_guid(&SEED, "disk"), &[None, None])
+            .unwrap();
         let before = std::fs::read(&disk).unwrap();
         let core = fake_core(5000);
         install(&disk, &l, 0, &fake_boot(), &core).unwrap();
@@ -416,8 +420,9 @@ mod boot_tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::format::gpt::{derive_guid, derive_u32, Guid, PartitionSpec, MIB};
     use crate::format::{ext4, vfat};
+    use crate::ids::{derive_guid, derive_u32, Guid};
+    use crate::layout::{PartitionSpec, MIB};
     use crate::runner::{Cmd, HostRunner, Runner};
 
     const SEED: [u8; 32] = [11; 32];
@@ -489,7 +494,7 @@ mod boot_tests {
             guid: derive_guid(&SEED, &format!("partition:{name}")),
             attributes: 0,
         };
-        let mut parts = vec![part("bios", gpt::BIOS_BOOT, Some(MIB))];
+        let mut parts = vec![part("bios", crate::ids::BIOS_BOOT, Some(MIB))];
         let mut contents = vec![None];
         let esp = dir.join("esp.img");
         if with_esp {
@@ -527,15 +532,16 @@ mod boot_tests {
                 EPOCH,
             )
             .unwrap();
-            parts.push(part("esp", gpt::ESP, Some(4 * MIB)));
+            parts.push(part("esp", crate::ids::ESP, Some(4 * MIB)));
             contents.push(Some(esp.as_path()));
         }
-        parts.push(part("root", gpt::ROOT_X86_64, None));
+        parts.push(part("root", crate::ids::ROOT_X86_64, None));
         contents.push(Some(root.as_path()));
         let disk_size = (parts.len() as u64 - 1) * 4 * MIB + 8 * MIB + 3 * MIB;
-        let layout = gpt::layout(disk_size, &parts).unwrap();
+        let layout = crate::layout::layout(disk_size, &parts).unwrap();
         let disk = dir.join("disk.raw");
-        gpt::write_disk(&disk, &layout, derive_guid(&SEED, "disk"), &contents).unwrap();
+        crate::format::gpt::write_disk(&disk, &layout, derive_guid(&SEED, "disk"), &contents)
+            .unwrap();
 
         let core = grub_mkimage(
             dir,

@@ -37,8 +37,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::gpt::Guid;
 use super::{create_sparse, parse_version, FormatError};
+use crate::ids::Guid;
 use crate::runner::{Cmd, RunError, Runner};
 
 /// The oldest e2fsprogs whose `mkfs.ext4 -d` takes tar files and gives reproducible images.
@@ -222,7 +222,7 @@ fn mkfs_error(source: &Path, out: &Path, err: RunError) -> FormatError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gpt::derive_guid;
+    use crate::ids::derive_guid;
     use crate::runner::{HostRunner, RecordingRunner};
     use std::os::unix::fs::PermissionsExt;
 

@@ -1,335 +1,33 @@
 //! GPT disks written by imgspec itself, from a list of partitions and their content files.
 //!
-//! [`layout`] places the partitions (pure arithmetic: 1 MiB-aligned starts, whole-MiB sizes,
-//! the first and the last MiB of the disk kept for the partition tables), and [`write_disk`]
-//! turns a [`Layout`] into a sparse raw disk file: protective MBR, primary GPT header at LBA 1
+//! `crate::layout` places the partitions (pure arithmetic), and [`write_disk`] turns its
+//! [`Layout`] into a sparse raw disk file: protective MBR, primary GPT header at LBA 1
 //! with its 128-entry array at LBA 2, the backup array and header in the last 33 sectors, all
 //! CRC32s filled in, then each partition's content file (a filesystem image) copied to its
 //! offset, skipping holes and all-zero 4 KiB blocks so the disk stays sparse.
 //! [`write_mbr_boot_code`] patches the MBR boot code area afterwards for BIOS boot.
 //!
-//! No id here is random: [`Guid`]s come from [`derive_guid`] (a blake3 keyed hash of a label
-//! with the image's seed, in the spirit of systemd-repart), so the same inputs give the same
-//! bytes. Sectors are 512 bytes.
+//! No id here is random: every [`Guid`] written comes from `crate::ids` (derived from the
+//! image's seed), so the same inputs give the same bytes. Sectors are 512 bytes.
 
-use std::fmt;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::str::FromStr;
 
 use super::{create_sparse, FormatError};
+use crate::ids::Guid;
+use crate::layout::{
+    check_name, partition_area, Layout, LayoutError, MAX_PARTITIONS, NAME_UNITS, SECTOR,
+};
 
-/// Logical sector size of the disks written here.
-pub const SECTOR: u64 = 512;
-/// Alignment and size granularity of partitions.
-pub const MIB: u64 = 1 << 20;
-/// Number of entries in the partition array.
-pub const MAX_PARTITIONS: usize = 128;
 const ENTRY_SIZE: usize = 128;
 const ARRAY_BYTES: usize = MAX_PARTITIONS * ENTRY_SIZE;
 const ARRAY_SECTORS: u64 = ARRAY_BYTES as u64 / SECTOR;
 const HEADER_SIZE: usize = 92;
 /// First LBA a partition may use: after the MBR, the header and the 32-sector array.
 const FIRST_USABLE_LBA: u64 = 2 + ARRAY_SECTORS;
-/// Longest partition name, in UTF-16 code units.
-const NAME_UNITS: usize = 36;
 /// Block size of the zero-skipping copy.
 const ZERO_BLOCK: usize = 4096;
-
-/// A GUID/UUID. The bytes are in RFC 4122 order, the order of its text form
-/// (`00112233-4455-6677-8899-aabbccddeeff` is `[0x00, 0x11, …, 0xff]`); GPT stores the first
-/// three fields little-endian, see [`Guid::to_disk`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct Guid(pub [u8; 16]);
-
-/// EFI System Partition.
-pub const ESP: Guid = Guid::from_fields(
-    0xC12A_7328,
-    0xF81F,
-    0x11D2,
-    [0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E, 0xC9, 0x3B],
-);
-/// Root partition for x86-64 (Discoverable Partitions Specification).
-pub const ROOT_X86_64: Guid = Guid::from_fields(
-    0x4F68_BCE3,
-    0xE8CD,
-    0x4DB1,
-    [0x96, 0xE7, 0xFB, 0xCA, 0xF9, 0x84, 0xB7, 0x09],
-);
-/// Root partition for 64-bit ARM (AArch64, Discoverable Partitions Specification).
-pub const ROOT_ARM64: Guid = Guid::from_fields(
-    0xB921_B045,
-    0x1DF0,
-    0x41C3,
-    [0xAF, 0x44, 0x4C, 0x6F, 0x28, 0x0D, 0x3F, 0xAE],
-);
-/// BIOS boot partition (GRUB's core.img on GPT disks booted by a BIOS).
-pub const BIOS_BOOT: Guid = Guid::from_fields(
-    0x2168_6148,
-    0x6449,
-    0x6E6F,
-    [0x74, 0x4E, 0x65, 0x65, 0x64, 0x45, 0x46, 0x49],
-);
-/// Generic Linux data.
-pub const LINUX_DATA: Guid = Guid::from_fields(
-    0x0FC6_3DAF,
-    0x8483,
-    0x4772,
-    [0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4],
-);
-/// Linux swap.
-pub const SWAP: Guid = Guid::from_fields(
-    0x0657_FD6D,
-    0xA4AB,
-    0x43C4,
-    [0x84, 0xE5, 0x09, 0x33, 0xC8, 0x4B, 0x4F, 0x4F],
-);
-
-impl Guid {
-    pub const NIL: Guid = Guid([0; 16]);
-
-    /// A GUID from its text-form fields: `aaaaaaaa-bbbb-cccc-dddd-dddddddddddd`.
-    pub const fn from_fields(a: u32, b: u16, c: u16, d: [u8; 8]) -> Guid {
-        let a = a.to_be_bytes();
-        let b = b.to_be_bytes();
-        let c = c.to_be_bytes();
-        Guid([
-            a[0], a[1], a[2], a[3], b[0], b[1], c[0], c[1], d[0], d[1], d[2], d[3], d[4], d[5],
-            d[6], d[7],
-        ])
-    }
-
-    /// The on-disk (GPT, "mixed-endian") encoding: the first three fields byte-swapped.
-    pub fn to_disk(&self) -> [u8; 16] {
-        let mut b = self.0;
-        b[0..4].reverse();
-        b[4..6].reverse();
-        b[6..8].reverse();
-        b
-    }
-
-    /// The inverse of [`Guid::to_disk`].
-    pub fn from_disk(bytes: [u8; 16]) -> Guid {
-        // The swap is its own inverse.
-        Guid(Guid(bytes).to_disk())
-    }
-}
-
-impl fmt::Display for Guid {
-    /// Lower-case RFC 4122 text form.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Guid({self})")
-    }
-}
-
-impl FromStr for Guid {
-    type Err = FormatError;
-
-    /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, either case.
-    fn from_str(s: &str) -> Result<Guid, FormatError> {
-        let bad = || FormatError::BadGuid {
-            text: s.to_string(),
-        };
-        let b = s.as_bytes();
-        if b.len() != 36 || [8, 13, 18, 23].iter().any(|&i| b[i] != b'-') {
-            return Err(bad());
-        }
-        let hex: Vec<u8> = b.iter().copied().filter(|&c| c != b'-').collect();
-        if hex.len() != 32 {
-            return Err(bad());
-        }
-        let mut out = [0u8; 16];
-        for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-            let hi = (pair[0] as char).to_digit(16).ok_or_else(bad)?;
-            let lo = (pair[1] as char).to_digit(16).ok_or_else(bad)?;
-            *o = (hi * 16 + lo) as u8;
-        }
-        Ok(Guid(out))
-    }
-}
-
-/// The first 16 bytes of the blake3 keyed hash of `label` under `seed`.
-///
-/// Like systemd-repart's HMAC of a label with the machine id: one seed per image, one label per
-/// id ("disk", "partition:root", "ext4-uuid:root", …), so ids are stable and never collide
-/// across roles. Callers choose distinct labels for distinct ids.
-pub fn derive_bytes16(seed: &[u8; 32], label: &str) -> [u8; 16] {
-    let hash = blake3::keyed_hash(seed, label.as_bytes());
-    let mut out = [0u8; 16];
-    out.copy_from_slice(&hash.as_bytes()[..16]);
-    out
-}
-
-/// A version-4 (random-looking), RFC 4122-variant GUID derived from `seed` and `label`.
-pub fn derive_guid(seed: &[u8; 32], label: &str) -> Guid {
-    let mut b = derive_bytes16(seed, label);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    Guid(b)
-}
-
-/// A 32-bit id (a FAT volume id) derived from `seed` and `label`.
-pub fn derive_u32(seed: &[u8; 32], label: &str) -> u32 {
-    let b = derive_bytes16(seed, label);
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
-
-/// One partition as asked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionSpec {
-    /// GPT partition name (at most 36 UTF-16 code units).
-    pub name: String,
-    pub type_guid: Guid,
-    /// Bytes, rounded up to whole MiB; `None` takes the rest of the disk (at most one).
-    pub size: Option<u64>,
-    /// The partition's unique GUID.
-    pub guid: Guid,
-    /// GPT attribute bits (bit 0 required, bit 2 legacy BIOS bootable, …).
-    pub attributes: u64,
-}
-
-/// One partition placed on the disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placed {
-    pub name: String,
-    pub first_lba: u64,
-    /// Inclusive, as in the GPT entry.
-    pub last_lba: u64,
-    pub offset_bytes: u64,
-    pub size_bytes: u64,
-    pub guid: Guid,
-    pub type_guid: Guid,
-    pub attributes: u64,
-}
-
-/// Where every partition goes on a disk of `disk_size` bytes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
-    pub disk_size: u64,
-    pub partitions: Vec<Placed>,
-}
-
-/// The byte range `[start, end)` partitions may use on a disk of `disk_size` bytes: from 1 MiB to
-/// 1 MiB before the last whole MiB (the first MiB holds the MBR and primary GPT, the last one
-/// the backup GPT).
-fn partition_area(disk_size: u64) -> Result<(u64, u64), FormatError> {
-    if disk_size % SECTOR != 0 {
-        return Err(FormatError::DiskSize {
-            size: disk_size,
-            reason: format!("not a multiple of the {SECTOR}-byte sector"),
-        });
-    }
-    let end = (disk_size / MIB * MIB).saturating_sub(MIB);
-    if end < MIB {
-        return Err(FormatError::DiskSize {
-            size: disk_size,
-            reason: "smaller than the 2 MiB the partition tables need".into(),
-        });
-    }
-    Ok((MIB, end))
-}
-
-fn check_name(name: &str) -> Result<(), FormatError> {
-    let units = name.encode_utf16().count();
-    let reason = if units > NAME_UNITS {
-        format!("{units} UTF-16 code units, a GPT name holds at most {NAME_UNITS}")
-    } else if name.contains('\0') {
-        "contains a NUL character".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(FormatError::PartitionName {
-        name: name.to_string(),
-        reason,
-    })
-}
-
-/// Places `parts` in order on a disk of `disk_size` bytes (pure).
-///
-/// The first partition starts at 1 MiB, each size is rounded up to whole MiB so every start is
-/// 1 MiB-aligned, the last MiB of the disk stays free for the backup GPT, and the one partition
-/// without a size (if any) gets what is left (at least 1 MiB). Fails, saying by how many bytes,
-/// when the partitions do not fit.
-pub fn layout(disk_size: u64, parts: &[PartitionSpec]) -> Result<Layout, FormatError> {
-    let (start, end) = partition_area(disk_size)?;
-    if parts.len() > MAX_PARTITIONS {
-        return Err(FormatError::TooManyPartitions {
-            count: parts.len(),
-            max: MAX_PARTITIONS,
-        });
-    }
-    let mut rest: Option<&PartitionSpec> = None;
-    let mut fixed: u64 = 0;
-    for p in parts {
-        check_name(&p.name)?;
-        match p.size {
-            Some(0) => {
-                return Err(FormatError::ZeroSize {
-                    name: p.name.clone(),
-                })
-            }
-            Some(s) => fixed = fixed.saturating_add(s.div_ceil(MIB).saturating_mul(MIB)),
-            None => {
-                if let Some(first) = rest {
-                    return Err(FormatError::SeveralRestOfDisk {
-                        first: first.name.clone(),
-                        second: p.name.clone(),
-                    });
-                }
-                rest = Some(p);
-            }
-        }
-    }
-    let available = end - start;
-    let needed = fixed.saturating_add(if rest.is_some() { MIB } else { 0 });
-    if needed > available {
-        return Err(FormatError::DoesNotFit {
-            disk_size,
-            needed,
-            available,
-            short_by: needed - available,
-        });
-    }
-    let mut offset = start;
-    let partitions = parts
-        .iter()
-        .map(|p| {
-            let size = match p.size {
-                Some(s) => s.div_ceil(MIB) * MIB,
-                None => available - fixed,
-            };
-            let placed = Placed {
-                name: p.name.clone(),
-                first_lba: offset / SECTOR,
-                last_lba: (offset + size) / SECTOR - 1,
-                offset_bytes: offset,
-                size_bytes: size,
-                guid: p.guid,
-                type_guid: p.type_guid,
-                attributes: p.attributes,
-            };
-            offset += size;
-            placed
-        })
-        .collect();
-    Ok(Layout {
-        disk_size,
-        partitions,
-    })
-}
 
 /// The 16 KiB partition entry array.
 fn entry_array(layout: &Layout) -> Vec<u8> {
@@ -411,10 +109,11 @@ pub fn write_disk(
         });
     }
     if layout.partitions.len() > MAX_PARTITIONS {
-        return Err(FormatError::TooManyPartitions {
+        return Err(LayoutError::TooManyPartitions {
             count: layout.partitions.len(),
             max: MAX_PARTITIONS,
-        });
+        }
+        .into());
     }
     for p in &layout.partitions {
         check_name(&p.name)?;
@@ -426,10 +125,11 @@ pub fn write_disk(
             && p.first_lba == p.offset_bytes / SECTOR
             && p.last_lba == (p.offset_bytes + p.size_bytes) / SECTOR - 1;
         if !inside {
-            return Err(FormatError::DiskSize {
+            return Err(LayoutError::DiskSize {
                 size: layout.disk_size,
                 reason: format!("partition `{}` lies outside the usable area", p.name),
-            });
+            }
+            .into());
         }
     }
     // Check every content file before creating anything.
@@ -602,6 +302,8 @@ fn copy_sparse(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{derive_guid, BIOS_BOOT, ESP, ROOT_X86_64};
+    use crate::layout::{layout, PartitionSpec, MIB};
     use crate::runner::{Cmd, HostRunner, Runner};
 
     const SEED: [u8; 32] = [7; 32];
@@ -614,166 +316,6 @@ mod tests {
             guid: derive_guid(&SEED, &format!("partition:{name}")),
             attributes: 0,
         }
-    }
-
-    #[test]
-    fn guid_text_and_disk_forms() {
-        assert_eq!(ESP.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-        let parsed: Guid = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B".parse().unwrap();
-        assert_eq!(parsed, ESP);
-        assert_eq!(
-            ESP.to_disk(),
-            [
-                0x28, 0x73, 0x2A, 0xC1, 0x1F, 0xF8, 0xD2, 0x11, 0xBA, 0x4B, 0x00, 0xA0, 0xC9, 0x3E,
-                0xC9, 0x3B
-            ]
-        );
-        assert_eq!(Guid::from_disk(ESP.to_disk()), ESP);
-        for (g, s) in [
-            (ROOT_X86_64, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
-            (BIOS_BOOT, "21686148-6449-6e6f-744e-656564454649"),
-            (LINUX_DATA, "0fc63daf-8483-4772-8e79-3d69d8477de4"),
-            (SWAP, "0657fd6d-a4ab-43c4-84e5-0933c84b4f4f"),
-        ] {
-            assert_eq!(g.to_string(), s);
-            assert_eq!(s.parse::<Guid>().unwrap(), g);
-        }
-        for bad in [
-            "",
-            "c12a7328f81f11d2ba4b00a0c93ec93b",
-            "c12a7328-f81f-11d2-ba4b-00a0c93ec93g",
-            "c12a7328-f81f-11d2-ba4b00-a0c93ec93b",
-            "{12a7328-f81f-11d2-ba4b-00a0c93ec93b}",
-        ] {
-            assert!(matches!(
-                bad.parse::<Guid>(),
-                Err(FormatError::BadGuid { .. })
-            ));
-        }
-    }
-
-    #[test]
-    fn derived_ids_are_stable_v4_and_distinct() {
-        let a = derive_guid(&SEED, "disk");
-        assert_eq!(a, derive_guid(&SEED, "disk"));
-        assert_ne!(a, derive_guid(&SEED, "partition:root"));
-        assert_ne!(a, derive_guid(&[8; 32], "disk"));
-        assert_eq!(a.0[6] >> 4, 4, "version 4");
-        assert_eq!(a.0[8] >> 6, 0b10, "RFC 4122 variant");
-        assert_eq!(derive_u32(&SEED, "x"), derive_u32(&SEED, "x"));
-        assert_ne!(derive_u32(&SEED, "x"), derive_u32(&SEED, "y"));
-        let b = derive_bytes16(&SEED, "x");
-        assert_eq!(derive_u32(&SEED, "x").to_le_bytes(), b[..4]);
-    }
-
-    #[test]
-    fn layout_places_aligned_partitions() {
-        let l = layout(
-            64 * MIB,
-            &[
-                part("esp", ESP, Some(10 * MIB + 1)),
-                part("root", ROOT_X86_64, None),
-            ],
-        )
-        .unwrap();
-        assert_eq!(l.disk_size, 64 * MIB);
-        let esp = &l.partitions[0];
-        assert_eq!(
-            (
-                esp.offset_bytes,
-                esp.size_bytes,
-                esp.first_lba,
-                esp.last_lba
-            ),
-            (MIB, 11 * MIB, 2048, 2048 + 11 * 2048 - 1)
-        );
-        let root = &l.partitions[1];
-        assert_eq!(root.offset_bytes, 12 * MIB);
-        // Rest of disk: up to the last MiB.
-        assert_eq!(root.size_bytes, 64 * MIB - 12 * MIB - MIB);
-        assert_eq!(root.last_lba, (63 * MIB) / SECTOR - 1);
-        assert_eq!(root.type_guid, ROOT_X86_64);
-    }
-
-    #[test]
-    fn layout_rest_of_disk_in_the_middle() {
-        let l = layout(
-            32 * MIB,
-            &[
-                part("a", LINUX_DATA, Some(MIB)),
-                part("b", LINUX_DATA, None),
-                part("c", SWAP, Some(2 * MIB)),
-            ],
-        )
-        .unwrap();
-        let sizes: Vec<u64> = l.partitions.iter().map(|p| p.size_bytes / MIB).collect();
-        let offsets: Vec<u64> = l.partitions.iter().map(|p| p.offset_bytes / MIB).collect();
-        assert_eq!(sizes, [1, 27, 2]);
-        assert_eq!(offsets, [1, 2, 29]);
-    }
-
-    #[test]
-    fn layout_reports_overflow_by_how_much() {
-        let err = layout(
-            64 * MIB,
-            &[
-                part("esp", ESP, Some(40 * MIB)),
-                part("root", LINUX_DATA, Some(30 * MIB)),
-            ],
-        )
-        .unwrap_err();
-        match err {
-            FormatError::DoesNotFit {
-                needed,
-                available,
-                short_by,
-                ..
-            } => {
-                assert_eq!((needed, available, short_by), (70 * MIB, 62 * MIB, 8 * MIB));
-            }
-            other => panic!("{other}"),
-        }
-        // Exactly full fits; the rest-of-disk partition then needs one more MiB.
-        let full = [part("a", LINUX_DATA, Some(62 * MIB))];
-        assert!(layout(64 * MIB, &full).is_ok());
-        let err = layout(64 * MIB, &[full[0].clone(), part("b", LINUX_DATA, None)]).unwrap_err();
-        assert!(
-            matches!(err, FormatError::DoesNotFit { short_by, .. } if short_by == MIB),
-            "{err}"
-        );
-        assert!(err.to_string().contains("1048576 bytes short"), "{err}");
-    }
-
-    #[test]
-    fn layout_rejects_bad_input() {
-        let two_rest = [part("a", LINUX_DATA, None), part("b", LINUX_DATA, None)];
-        assert!(matches!(
-            layout(64 * MIB, &two_rest),
-            Err(FormatError::SeveralRestOfDisk { .. })
-        ));
-        assert!(matches!(
-            layout(64 * MIB, &[part("a", LINUX_DATA, Some(0))]),
-            Err(FormatError::ZeroSize { .. })
-        ));
-        assert!(matches!(
-            layout(64 * MIB, &[part(&"n".repeat(37), LINUX_DATA, Some(MIB))]),
-            Err(FormatError::PartitionName { .. })
-        ));
-        assert!(matches!(
-            layout(64 * MIB + 1, &[]),
-            Err(FormatError::DiskSize { .. })
-        ));
-        assert!(matches!(
-            layout(MIB, &[]),
-            Err(FormatError::DiskSize { .. })
-        ));
-        let many: Vec<_> = (0..129)
-            .map(|i| part(&format!("p{i}"), LINUX_DATA, Some(MIB)))
-            .collect();
-        assert!(matches!(
-            layout(1024 * MIB, &many),
-            Err(FormatError::TooManyPartitions { .. })
-        ));
     }
 
     /// Writes a 64 MiB disk with an 8 MiB "esp" and a rest-of-disk "root", both with content.

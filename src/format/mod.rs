@@ -10,8 +10,8 @@
 //!   with `SOURCE_DATE_EPOCH` (and the tool's own fake-time knob) for every timestamp, `TZ=UTC`
 //!   where a tool writes local time, and directory trees are copied in sorted order.
 //! - **Every id is derived from a seed.** Disk and partition GUIDs, filesystem UUIDs, hash seeds
-//!   and FAT volume ids are never random: [`gpt::derive_guid`], [`gpt::derive_u32`] and
-//!   [`gpt::derive_bytes16`] compute them from the image's 32-byte seed and a label.
+//!   and FAT volume ids are never random: [`crate::ids::derive_guid`], [`crate::ids::derive_u32`] and
+//!   [`crate::ids::derive_bytes16`] compute them from the image's 32-byte seed and a label.
 //!
 //! External programs run only through the [`crate::runner::Runner`] the caller hands in.
 
@@ -72,38 +72,8 @@ pub enum FormatError {
         source: RunError,
     },
 
-    #[error("`{text}` is not a GUID (expected xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")]
-    BadGuid { text: String },
-
-    #[error("invalid disk size {size} bytes: {reason}")]
-    DiskSize { size: u64, reason: String },
-
-    #[error("{count} partitions given, a GPT here holds at most {max}")]
-    TooManyPartitions { count: usize, max: usize },
-
-    #[error("partition name `{name}`: {reason}")]
-    PartitionName { name: String, reason: String },
-
-    #[error("partition `{name}` has size 0")]
-    ZeroSize { name: String },
-
-    #[error(
-        "partitions `{first}` and `{second}` both ask for the rest of the disk; at most one may \
-         leave out its size"
-    )]
-    SeveralRestOfDisk { first: String, second: String },
-
-    #[error(
-        "the partitions do not fit on a disk of {disk_size} bytes: they need {needed} bytes, \
-         {available} are usable (1 MiB at each end is kept for the partition tables), \
-         {short_by} bytes short"
-    )]
-    DoesNotFit {
-        disk_size: u64,
-        needed: u64,
-        available: u64,
-        short_by: u64,
-    },
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
 
     #[error("{got} content entries given for {expected} partitions")]
     ContentCount { expected: usize, got: usize },
@@ -240,14 +210,14 @@ mod tests {
         std::fs::create_dir_all(root_tree.join("etc")).unwrap();
         std::fs::write(root_tree.join("etc/hostname"), "box\n").unwrap();
         let seed = [9u8; 32];
-        let mib = gpt::MIB;
+        let mib = crate::layout::MIB;
 
         let build = |tag: &str| -> (Vec<u8>, Vec<u8>) {
             let esp = dir.path().join(format!("esp-{tag}.img"));
             let root = dir.path().join(format!("root-{tag}.img"));
             let disk = dir.path().join(format!("disk-{tag}.raw"));
             let qcow = dir.path().join(format!("disk-{tag}.qcow2"));
-            let id = gpt::derive_u32(&seed, "vfat-volume-id:esp");
+            let id = crate::ids::derive_u32(&seed, "vfat-volume-id:esp");
             vfat::mkfs_vfat(
                 &HostRunner,
                 &log,
@@ -261,30 +231,30 @@ mod tests {
             .unwrap();
             let p = ext4::Ext4Params {
                 size: 16 * mib,
-                uuid: gpt::derive_guid(&seed, "ext4-uuid:root"),
-                hash_seed: gpt::derive_guid(&seed, "ext4-hash-seed:root"),
+                uuid: crate::ids::derive_guid(&seed, "ext4-uuid:root"),
+                hash_seed: crate::ids::derive_guid(&seed, "ext4-hash-seed:root"),
                 label: "root".into(),
                 epoch: 1_700_000_000,
             };
             ext4::mkfs_ext4(&HostRunner, &log, &root_tree, &root, &p).unwrap();
             let parts = [
-                gpt::PartitionSpec {
+                crate::layout::PartitionSpec {
                     name: "esp".into(),
-                    type_guid: gpt::ESP,
+                    type_guid: crate::ids::ESP,
                     size: Some(9 * mib),
-                    guid: gpt::derive_guid(&seed, "partition:esp"),
+                    guid: crate::ids::derive_guid(&seed, "partition:esp"),
                     attributes: 0,
                 },
-                gpt::PartitionSpec {
+                crate::layout::PartitionSpec {
                     name: "root".into(),
-                    type_guid: gpt::ROOT_X86_64,
+                    type_guid: crate::ids::ROOT_X86_64,
                     size: None,
-                    guid: gpt::derive_guid(&seed, "partition:root"),
+                    guid: crate::ids::derive_guid(&seed, "partition:root"),
                     attributes: 0,
                 },
             ];
-            let layout = gpt::layout(32 * mib, &parts).unwrap();
-            let disk_guid = gpt::derive_guid(&seed, "disk");
+            let layout = crate::layout::layout(32 * mib, &parts).unwrap();
+            let disk_guid = crate::ids::derive_guid(&seed, "disk");
             gpt::write_disk(&disk, &layout, disk_guid, &[Some(&esp), Some(&root)]).unwrap();
             // Each partition holds exactly its image, zero-padded.
             let bytes = std::fs::read(&disk).unwrap();

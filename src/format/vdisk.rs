@@ -26,8 +26,8 @@
 
 use std::path::Path;
 
-use super::gpt::{self, Guid};
 use super::FormatError;
+use crate::ids::Guid;
 use crate::runner::{Cmd, Runner};
 
 /// A disk format qemu-img writes and this module makes reproducible.
@@ -107,10 +107,10 @@ pub fn convert(
 }
 
 /// The identifier `what` of the disk with `seed`: a version-4 (random-looking) GUID derived
-/// as the disk's own GUIDs are ([`gpt::derive_guid`]), in the mixed-endian order these formats
+/// as the disk's own GUIDs are ([`crate::ids::derive_guid`]), in the mixed-endian order these formats
 /// store GUIDs in.
 fn derived_id(seed: &[u8; 32], what: &str) -> [u8; 16] {
-    gpt::derive_guid(seed, &format!("vdisk:{what}")).to_disk()
+    crate::ids::derive_guid(seed, &format!("vdisk:{what}")).to_disk()
 }
 
 /// A file opened for reading and patching fields in place.
@@ -207,7 +207,7 @@ fn fix_vmdk(p: &Patch, seed: &[u8; 32]) -> Result<(), FormatError> {
     // A CID of ffffffff means "no parent": never derive that one.
     let cid = format!(
         "{:08x}",
-        gpt::derive_u32(seed, "vdisk:vmdk cid").min(0xffff_fffe)
+        crate::ids::derive_u32(seed, "vdisk:vmdk cid").min(0xffff_fffe)
     );
     let mut text = desc[..at].to_vec();
     text.extend_from_slice(cid.as_bytes());

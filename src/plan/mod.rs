@@ -9,20 +9,17 @@
 //! Planning is pure: facts about the host (tool versions, file digests) come through
 //! [`Facts`](crate::steps::Facts).
 
-pub mod key;
-
 use std::collections::HashMap;
 
 use imgspec_cache::StepKey;
 
 use crate::distro::{self, Family};
-use crate::format::gpt;
+use crate::key::{KeyBuilder, KeyPart};
 use crate::lock::{self, Lock};
 use crate::spec::model::{
     Base, BootloaderKind, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec,
 };
 use crate::steps::{self, Action, FactError, Facts};
-use key::{KeyBuilder, KeyPart};
 
 /// Index of a step in [`Plan::steps`].
 pub type StepId = usize;
@@ -651,7 +648,7 @@ fn with_boot_packages(image: &Image) -> Vec<Layer> {
 struct DiskPlan<'a> {
     disk: &'a Disk,
     seed: [u8; 32],
-    layout: gpt::Layout,
+    layout: crate::layout::Layout,
 }
 
 impl<'a> DiskPlan<'a> {
@@ -661,28 +658,28 @@ impl<'a> DiskPlan<'a> {
             material.push_str(&format!("\0{}:{:?}:{:?}", p.name, p.ptype, p.size));
         }
         let seed = blake3::derive_key("imgspec disk seed v1", material.as_bytes());
-        let specs: Vec<gpt::PartitionSpec> = disk
+        let specs: Vec<crate::layout::PartitionSpec> = disk
             .partitions
             .iter()
-            .map(|p| gpt::PartitionSpec {
+            .map(|p| crate::layout::PartitionSpec {
                 name: p.name.clone(),
                 type_guid: type_guid(p.ptype, architecture(image)),
                 size: p.size,
-                guid: gpt::derive_guid(&seed, &format!("partition:{}", p.name)),
+                guid: crate::ids::derive_guid(&seed, &format!("partition:{}", p.name)),
                 attributes: 0,
             })
             .collect();
         // The spec's checks make this hold; a gap between them and the GPT writer's rules is
         // an error, not a panic.
-        let layout = gpt::layout(disk.size, &specs).map_err(|e| PlanError::Disk {
+        let layout = crate::layout::layout(disk.size, &specs).map_err(|e| PlanError::Disk {
             image: image.name.clone(),
             why: e.to_string(),
         })?;
         Ok(DiskPlan { disk, seed, layout })
     }
 
-    fn guid(&self, label: &str) -> gpt::Guid {
-        gpt::derive_guid(&self.seed, label)
+    fn guid(&self, label: &str) -> crate::ids::Guid {
+        crate::ids::derive_guid(&self.seed, label)
     }
 
     fn root_uuid(&self) -> String {
@@ -721,7 +718,7 @@ impl<'a> DiskPlan<'a> {
             excludes,
             uuid: self.guid(&format!("filesystem:{}", p.name)),
             hash_seed: self.guid(&format!("hash-seed:{}", p.name)),
-            volume_id: gpt::derive_u32(&self.seed, &format!("volume-id:{}", p.name)),
+            volume_id: crate::ids::derive_u32(&self.seed, &format!("volume-id:{}", p.name)),
             label,
         })
     }
@@ -760,14 +757,14 @@ impl<'a> DiskPlan<'a> {
 }
 
 /// The GPT type of a partition; a root partition's names the image's architecture.
-fn type_guid(t: PartitionType, arch: &str) -> gpt::Guid {
+fn type_guid(t: PartitionType, arch: &str) -> crate::ids::Guid {
     match t {
-        PartitionType::Esp => gpt::ESP,
-        PartitionType::Root if arch == "arm64" => gpt::ROOT_ARM64,
-        PartitionType::Root => gpt::ROOT_X86_64,
-        PartitionType::BiosBoot => gpt::BIOS_BOOT,
-        PartitionType::Linux => gpt::LINUX_DATA,
-        PartitionType::Swap => gpt::SWAP,
+        PartitionType::Esp => crate::ids::ESP,
+        PartitionType::Root if arch == "arm64" => crate::ids::ROOT_ARM64,
+        PartitionType::Root => crate::ids::ROOT_X86_64,
+        PartitionType::BiosBoot => crate::ids::BIOS_BOOT,
+        PartitionType::Linux => crate::ids::LINUX_DATA,
+        PartitionType::Swap => crate::ids::SWAP,
     }
 }
 

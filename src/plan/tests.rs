@@ -561,10 +561,7 @@ fn a_foreign_image_hashes_the_emulator_in_the_steps_that_run_its_programs() {
     else {
         panic!()
     };
-    assert_eq!(
-        d.layout.partitions[1].type_guid,
-        crate::format::gpt::ROOT_ARM64
-    );
+    assert_eq!(d.layout.partitions[1].type_guid, crate::ids::ROOT_ARM64);
     // A native image has none of it: the golden keys.
     let native = plan(
         &Spec {

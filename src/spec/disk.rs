@@ -18,7 +18,7 @@ use super::values::absolute_path;
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
-const MAX_PARTITIONS: usize = crate::format::gpt::MAX_PARTITIONS;
+const MAX_PARTITIONS: usize = crate::layout::MAX_PARTITIONS;
 
 const DISK: Shape<'static> = Shape {
     usage: "disk [table=\"gpt\"] size=\"2GiB\" { partition … }",

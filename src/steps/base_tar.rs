@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use imgspec_cache::StepOutput;
 
 use super::{FactError, Facts, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 
 pub const VERSION: u32 = 1;
 

@@ -36,7 +36,7 @@ use imgspec_cache::StepOutput;
 use super::chroot::Session;
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::spec::model::BootloaderKind;
 
 pub const VERSION: u32 = 1;

@@ -10,7 +10,7 @@ use imgspec_cache::StepOutput;
 
 use super::{FactError, Facts, StepContext, StepError};
 use crate::distro::{Family, Locked};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::spec::model::Debian;
 
 #[derive(Clone, Debug)]

@@ -19,8 +19,9 @@ use imgspec_cache::StepOutput;
 
 use super::output::put_with_sha256;
 use super::{FactError, StepContext, StepError};
-use crate::format::gpt::{Guid, Layout};
-use crate::plan::key::KeyBuilder;
+use crate::ids::Guid;
+use crate::key::KeyBuilder;
+use crate::layout::Layout;
 
 pub const VERSION: u32 = 1;
 
@@ -135,32 +136,31 @@ fn too_large(partition: &str, size: u64, capacity: u64) -> StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::gpt;
 
     fn step(bios: Option<BiosBoot>) -> DiskStep {
-        let part = |name: &str, type_guid, size| gpt::PartitionSpec {
+        let part = |name: &str, type_guid, size| crate::layout::PartitionSpec {
             name: name.into(),
             type_guid,
             size,
-            guid: gpt::derive_guid(&[1; 32], name),
+            guid: crate::ids::derive_guid(&[1; 32], name),
             attributes: 0,
         };
         DiskStep {
-            layout: gpt::layout(
-                64 * gpt::MIB,
+            layout: crate::layout::layout(
+                64 * crate::layout::MIB,
                 &[
-                    part("bios", gpt::BIOS_BOOT, Some(gpt::MIB)),
-                    part("root", gpt::ROOT_X86_64, None),
+                    part("bios", crate::ids::BIOS_BOOT, Some(crate::layout::MIB)),
+                    part("root", crate::ids::ROOT_X86_64, None),
                 ],
             )
             .unwrap(),
-            disk_guid: gpt::derive_guid(&[1; 32], "disk"),
+            disk_guid: crate::ids::derive_guid(&[1; 32], "disk"),
             contents: vec![None, Some(0)],
             bios,
         }
     }
 
-    fn key(s: &DiskStep) -> (imgspec_cache::StepKey, Vec<crate::plan::key::KeyPart>) {
+    fn key(s: &DiskStep) -> (imgspec_cache::StepKey, Vec<crate::key::KeyPart>) {
         let mut k = KeyBuilder::new("disk", VERSION);
         s.hash(&mut k).unwrap();
         k.finish()

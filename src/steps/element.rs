@@ -24,7 +24,7 @@ use super::chroot::Session;
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
 use crate::element::{Configured, Failure, ImageTree};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::tools::Tool;
 
 /// Version of the `element` kind (the key's layout); each element has its own as well.

@@ -15,7 +15,7 @@ use imgspec_cache::StepOutput;
 
 use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 
 /// 2: an overlay directory goes through the image's link to a directory instead of replacing
 /// it (`bin/hello` over `bin -> usr/bin`), which changes the result of such overlays.

@@ -16,8 +16,8 @@ use std::io::Write;
 use imgspec_cache::{Manifest, StepOutput};
 
 use super::{FactError, Facts, StepContext, StepError};
-use crate::format::gpt::Guid;
-use crate::plan::key::KeyBuilder;
+use crate::ids::Guid;
+use crate::key::KeyBuilder;
 use crate::spec::model::FsFormat;
 use crate::tools::{Tool, MCOPY, MKE2FS, MKFS_VFAT};
 

@@ -11,7 +11,7 @@ use imgspec_cache::StepOutput;
 use super::bootloader::Mount;
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 
 pub const VERSION: u32 = 1;
 

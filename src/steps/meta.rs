@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::{FactError, StepContext, StepError};
 use crate::distro::Installed;
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 
 pub const SBOM_VERSION: u32 = 1;
 /// 2: `outputs` lists only the files written to `out/IMAGE/`.

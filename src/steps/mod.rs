@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use imgspec_cache::{Manifest, StepOutput, Store, StoreError, TreeDigest};
 
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::runner::{RunError, Runner};
 use crate::tools::{Tool, ToolError};
 

@@ -26,7 +26,7 @@ use imgspec_cache::StepOutput;
 use sha2::{Digest, Sha256};
 
 use super::{FactError, Facts, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::spec::model::OutputFormat;
 use crate::tools::Tool;
 

@@ -14,7 +14,7 @@ use imgspec_cache::StepOutput;
 
 use super::{FactError, StepContext, StepError};
 use crate::distro::{Family, Locked};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 
 pub const VERSION: u32 = 3;
 

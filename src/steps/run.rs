@@ -10,7 +10,7 @@ use imgspec_cache::StepOutput;
 
 use super::chroot::Session;
 use super::{StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::tools::{Tool, BWRAP};
 
 pub const VERSION: u32 = 1;

@@ -29,7 +29,7 @@ use imgspec_cache::{Entry, EntryKind, StepOutput, Store};
 use super::chroot::Session;
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::spec::model::User;
 
 pub const VERSION: u32 = 1;

@@ -107,7 +107,7 @@ pub fn parse_release_date(s: &str) -> Option<i64> {
 }
 
 fn deb_error(e: DebError) -> StepError {
-    StepError::Invalid(crate::exec::error_chain(&e))
+    StepError::Invalid(crate::exec::error_lines(&e))
 }
 
 pub fn deb_store(ctx: &StepContext) -> DebStore {

@@ -31,7 +31,7 @@ use imgspec_cache::StepOutput;
 use super::apt;
 use super::scrub::scrub;
 use crate::distro::{record_installed, Locked};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::runner::Cmd;
 use crate::steps::scrub::After;
 use crate::steps::tree::Tree;

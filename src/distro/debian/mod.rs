@@ -19,7 +19,7 @@ use std::path::Path;
 use imgspec_cache::StepOutput;
 
 use super::{Distro, Family, FetchFailure, Installed, Locked, Read};
-use crate::plan::key::KeyBuilder;
+use crate::key::KeyBuilder;
 use crate::spec::model::{BootloaderKind, Debian as BaseSpec};
 use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::tools::Tool;
@@ -145,7 +145,7 @@ impl Family for DebianFamily {
         DebStore::new(cache_root)
             .fetch(url, sha256, done)
             .map_err(|e| {
-                let why = crate::exec::error_chain(&e);
+                let why = crate::exec::error_lines(&e);
                 match e {
                     debstore::DebError::Unreachable { .. } => FetchFailure::Unreachable(why),
                     debstore::DebError::Io { .. } => FetchFailure::Local(why),
