@@ -20,7 +20,7 @@
 //!   outputs-v1/<blake3>.json written by imgspec, not this crate: the state of an output
 //!                            folder (what a build wrote there), by its absolute path
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
-//!                            done (see `steplock`); one nobody holds (a killed build's) is
+//!                            done (see `claim`); one nobody holds (a killed build's) is
 //!                            removed by the next `Store::open` and by `gc`
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
@@ -66,7 +66,7 @@
 //!
 //! # Trees
 //!
-//! A filesystem tree is a [`Manifest`]: a list of [`Entry`]s sorted by path in byte order (so
+//! A filesystem tree is a [`TreeManifest`]: a list of [`Entry`]s sorted by path in byte order (so
 //! parents come before children), the root itself being the path `""`. Each entry records the
 //! kind (directory, regular file with the digest and size of its content blob, symlink and its
 //! target, hard link to an earlier file entry of the same tree, character or block device with
@@ -97,7 +97,7 @@
 //! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
 //!   sharing; every blob checked on import, all records or none.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
-//! - `steplock`: per-step locks across processes (build a shared step once).
+//! - `claim`: per-step locks across processes (build a shared step once).
 //! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
 
 use std::collections::BTreeMap;
@@ -108,12 +108,12 @@ use serde::{Deserialize, Serialize};
 pub mod backend;
 mod blob;
 mod bundle;
+mod claim;
 mod gc;
 mod http;
 mod index;
 pub mod remote;
 pub mod s3;
-mod steplock;
 mod sys;
 mod tarball;
 pub mod tiers;
@@ -122,8 +122,8 @@ mod tree;
 
 pub use blob::BlobReader;
 pub use bundle::BundleStats;
+pub use claim::{Claim, StepClaim, LOCKS_DIR};
 pub use remote::{Credentials, Remote, RemoteError};
-pub use steplock::{Claim, StepLock, LOCKS_DIR};
 pub use sys::try_lock_exclusive;
 pub use tiers::{Mode, Tier, Tiers};
 pub use tree::{diff, Checkout};
@@ -325,7 +325,11 @@ pub struct ErrorChain<'a>(&'a (dyn std::error::Error + 'a));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let sep = if f.alternate() { "\n  caused by: " } else { ": " };
+        let sep = if f.alternate() {
+            "\n  caused by: "
+        } else {
+            ": "
+        };
         write!(f, "{}", self.0)?;
         let mut cur = self.0.source();
         while let Some(c) = cur {
@@ -383,7 +387,7 @@ pub enum EntryKind {
 
 /// A filesystem tree: entries sorted by path (byte order), parents before children.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
+pub struct TreeManifest {
     pub entries: Vec<Entry>,
 }
 

@@ -153,7 +153,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-
 /// What `push_step` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PushStats {

@@ -9,7 +9,8 @@ use tar::{EntryType, Header};
 
 use crate::tree::{clamp, parent};
 use crate::{
-    BlobDigest, BlobReader, Entry, EntryKind, ImportOptions, Manifest, Result, Store, StoreError,
+    BlobDigest, BlobReader, Entry, EntryKind, ImportOptions, Result, Store, StoreError,
+    TreeManifest,
 };
 
 const PAX_XATTR: &str = "SCHILY.xattr.";
@@ -296,7 +297,7 @@ impl Store {
     /// (`./etc` → `etc`, `./` → the root), a later member replaces an earlier one of the same
     /// path, and directories the archive implies but does not list are added with mode 0755,
     /// owner 0:0, mtime 0.
-    pub fn import_tar(&self, r: &mut dyn Read, opts: &ImportOptions) -> Result<Manifest> {
+    pub fn import_tar(&self, r: &mut dyn Read, opts: &ImportOptions) -> Result<TreeManifest> {
         let mut archive = tar::Archive::new(r);
         let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
         for member in archive.entries().map_err(stream_err)? {
@@ -408,7 +409,7 @@ impl Store {
             });
         }
         canonicalize_hardlinks(&mut entries)?;
-        let m = Manifest {
+        let m = TreeManifest {
             entries: entries.into_values().collect(),
         };
         m.validate()?;
@@ -421,7 +422,7 @@ impl Store {
     /// gives the same bytes.
     pub fn export_tar(
         &self,
-        m: &Manifest,
+        m: &TreeManifest,
         w: &mut dyn Write,
         mtime_clamp: Option<i64>,
     ) -> Result<()> {
@@ -435,7 +436,7 @@ impl Store {
 
     fn write_tar(
         &self,
-        m: &Manifest,
+        m: &TreeManifest,
         w: &mut dyn Write,
         mtime_clamp: Option<i64>,
         prefetched: &std::sync::mpsc::Receiver<Result<HashMap<usize, Vec<u8>>>>,
@@ -586,7 +587,7 @@ mod tests {
         files.push(file("g-large".into(), (PREFETCH_FILE_MAX as usize) + 1));
         files.extend((40..80).map(|i| file(format!("h{i:02}"), 1 << 20)));
         entries.extend(files);
-        let m = Manifest { entries };
+        let m = TreeManifest { entries };
         assert!(m.is_sorted());
         let mut tar = Vec::new();
         store.export_tar(&m, &mut tar, None).unwrap();

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 
 use crate::{
-    sys, BlobDigest, Entry, EntryKind, ImportOptions, Manifest, Result, Store, StoreError,
-    TreeChange, TreeDigest,
+    sys, BlobDigest, Entry, EntryKind, ImportOptions, Result, Store, StoreError, TreeChange,
+    TreeDigest, TreeManifest,
 };
 
 /// The parent of a manifest path: `a/b` → `a`, `a` → `` (the root), the root → none.
@@ -46,7 +46,7 @@ pub(crate) fn path_problem(path: &str) -> Option<&'static str> {
     None
 }
 
-impl Manifest {
+impl TreeManifest {
     /// Puts the entries in canonical order: by path, in byte order (parents before children).
     pub fn canonicalize(&mut self) {
         self.entries.sort_by(|a, b| a.path.cmp(&b.path));
@@ -113,7 +113,7 @@ impl Manifest {
 
     /// The canonical encoding: `serde_json` of the manifest, entries in canonical order.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let m: Cow<'_, Manifest> = if self.is_sorted() {
+        let m: Cow<'_, TreeManifest> = if self.is_sorted() {
             Cow::Borrowed(self)
         } else {
             let mut m = self.clone();
@@ -146,7 +146,7 @@ impl Manifest {
 }
 
 /// Path-by-path changes from `a` to `b`, sorted by path.
-pub fn diff(a: &Manifest, b: &Manifest) -> Vec<TreeChange> {
+pub fn diff(a: &TreeManifest, b: &TreeManifest) -> Vec<TreeChange> {
     let am: BTreeMap<&str, &Entry> = a.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let bm: BTreeMap<&str, &Entry> = b.entries.iter().map(|e| (e.path.as_str(), e)).collect();
     let paths: std::collections::BTreeSet<&str> = am.keys().chain(bm.keys()).copied().collect();
@@ -258,8 +258,8 @@ pub(crate) fn clamp(mtime: i64, opts: &ImportOptions) -> i64 {
 
 impl Store {
     /// Stores `m` as a blob (entries put in canonical order first) and returns its digest.
-    pub fn put_manifest(&self, m: &Manifest) -> Result<TreeDigest> {
-        let m: Cow<'_, Manifest> = if m.is_sorted() {
+    pub fn put_manifest(&self, m: &TreeManifest) -> Result<TreeDigest> {
+        let m: Cow<'_, TreeManifest> = if m.is_sorted() {
             Cow::Borrowed(m)
         } else {
             let mut m = m.clone();
@@ -272,7 +272,7 @@ impl Store {
     }
 
     /// The manifest with digest `d`, checked against it.
-    pub fn get_manifest(&self, d: &TreeDigest) -> Result<Manifest> {
+    pub fn get_manifest(&self, d: &TreeDigest) -> Result<TreeManifest> {
         let bytes = self.read_blob(&BlobDigest::from(*d))?;
         serde_json::from_slice(&bytes)
             .map_err(|source| StoreError::BadManifest { digest: *d, source })
@@ -282,7 +282,7 @@ impl Store {
     /// content. Symlinks are not followed, other filesystems mounted below `dir` are not
     /// entered (their mount points are kept as directories), sockets are skipped, and files
     /// that share an inode become hard links to the first of their paths.
-    pub fn import_dir(&self, dir: &Path, opts: &ImportOptions) -> Result<Manifest> {
+    pub fn import_dir(&self, dir: &Path, opts: &ImportOptions) -> Result<TreeManifest> {
         self.import_dir_since(dir, opts, &Checkout::default())
     }
 
@@ -294,7 +294,7 @@ impl Store {
         dir: &Path,
         opts: &ImportOptions,
         since: &Checkout,
-    ) -> Result<Manifest> {
+    ) -> Result<TreeManifest> {
         let root_meta = fs::metadata(dir).map_err(StoreError::io(dir))?;
         if !root_meta.is_dir() {
             return Err(StoreError::bad_entry(
@@ -362,7 +362,7 @@ impl Store {
                 .map(|(f, link)| self.import_entry(f, link.as_deref(), opts, since))
                 .collect::<Result<Vec<Entry>>>()
         })?;
-        let m = Manifest { entries };
+        let m = TreeManifest { entries };
         m.validate()?;
         Ok(m)
     }
@@ -437,14 +437,14 @@ impl Store {
     /// metadata). Owners and xattrs are applied when running as root. Without root, owners
     /// and device nodes are skipped and only `user.*` xattrs are set, all silently: the
     /// caller that needs them exact must run as root.
-    pub fn export_dir(&self, m: &Manifest, dest: &Path) -> Result<()> {
+    pub fn export_dir(&self, m: &TreeManifest, dest: &Path) -> Result<()> {
         self.export_dir_inner(m, dest)
     }
 
     /// Like [`Store::export_dir`], and returns the [`Checkout`] that lets
     /// [`Store::import_dir_since`] skip the files nobody changed. Returns once the clock has
     /// moved past the last change the export made.
-    pub fn export_dir_stamped(&self, m: &Manifest, dest: &Path) -> Result<Checkout> {
+    pub fn export_dir_stamped(&self, m: &TreeManifest, dest: &Path) -> Result<Checkout> {
         self.export_dir_inner(m, dest)?;
         self.stamp(m, dest)
     }
@@ -456,7 +456,7 @@ impl Store {
     /// the command's). A folder holding anything the manifest does not list (a socket, another
     /// filesystem's content) is not kept. Returns whether it was kept; `dir` is gone if so.
     /// At most [`KEPT_TREES`] are kept, the oldest removed first.
-    pub fn keep_tree(&self, dir: &Path, m: &Manifest) -> Result<bool> {
+    pub fn keep_tree(&self, dir: &Path, m: &TreeManifest) -> Result<bool> {
         let d = self.put_manifest(m)?;
         let at = |rel: &str| {
             if rel.is_empty() {
@@ -537,7 +537,12 @@ impl Store {
 
     /// Moves this session's materialised copy of tree `d` (see [`Store::keep_tree`]) to
     /// `dest`, which must not exist, and returns its [`Checkout`]; `None` when there is none.
-    pub fn take_tree(&self, d: &TreeDigest, m: &Manifest, dest: &Path) -> Result<Option<Checkout>> {
+    pub fn take_tree(
+        &self,
+        d: &TreeDigest,
+        m: &TreeManifest,
+        dest: &Path,
+    ) -> Result<Option<Checkout>> {
         let src = self.session.join(TREES_DIR).join(d.to_hex());
         if !src.is_dir() {
             return Ok(None);
@@ -547,7 +552,7 @@ impl Store {
     }
 
     /// The [`Checkout`] of `dest`, a folder that holds exactly `m`.
-    fn stamp(&self, m: &Manifest, dest: &Path) -> Result<Checkout> {
+    fn stamp(&self, m: &TreeManifest, dest: &Path) -> Result<Checkout> {
         let at = |rel: &str| {
             if rel.is_empty() {
                 dest.to_path_buf()
@@ -600,7 +605,7 @@ impl Store {
         })
     }
 
-    fn export_dir_inner(&self, m: &Manifest, dest: &Path) -> Result<()> {
+    fn export_dir_inner(&self, m: &TreeManifest, dest: &Path) -> Result<()> {
         m.validate()?;
         if fs::read_dir(dest)
             .map_err(StoreError::io(dest))?
@@ -849,7 +854,7 @@ mod tests {
 
     #[test]
     fn canonical_order_is_byte_order_with_parents_first() {
-        let mut m = Manifest {
+        let mut m = TreeManifest {
             entries: vec![
                 file("a/b", 1),
                 entry("a", EntryKind::Dir),
@@ -904,7 +909,7 @@ mod tests {
             }],
         ];
         for entries in bad {
-            let m = Manifest {
+            let m = TreeManifest {
                 entries: entries.clone(),
             };
             assert!(
@@ -912,7 +917,7 @@ mod tests {
                 "accepted {entries:?}"
             );
         }
-        let good = Manifest {
+        let good = TreeManifest {
             entries: vec![
                 file("a", 1),
                 entry("b", EntryKind::Hardlink { target: "a".into() }),
@@ -924,7 +929,7 @@ mod tests {
 
     #[test]
     fn diff_lists_changes_by_path() {
-        let a = Manifest {
+        let a = TreeManifest {
             entries: vec![
                 entry("", EntryKind::Dir),
                 file("a", 1),
@@ -932,7 +937,7 @@ mod tests {
                 file("c", 3),
             ],
         };
-        let b = Manifest {
+        let b = TreeManifest {
             entries: vec![
                 entry("", EntryKind::Dir),
                 file("a", 1),

@@ -684,7 +684,7 @@ fn record_refuses_outputs_whose_blobs_are_missing() {
     ));
 
     // A stored manifest naming a file that is not stored.
-    let m = Manifest {
+    let m = TreeManifest {
         entries: vec![Entry {
             path: "f".into(),
             kind: EntryKind::File {
@@ -1053,7 +1053,7 @@ fn diff_of_two_imports() {
     let opts = ImportOptions {
         clamp_mtime: Some(1_300_000_000),
     };
-    let before = Manifest {
+    let before = TreeManifest {
         entries: before
             .entries
             .into_iter()
@@ -1153,7 +1153,7 @@ fn a_dropped_store_removes_its_session_folder_with_what_it_kept() {
 #[test]
 fn lock_files_nobody_holds_are_removed_and_a_held_one_stays() {
     let (_d, store) = store();
-    let held = match store.lock_step(&key(1), &mut || {}, &|| false).unwrap() {
+    let held = match store.claim_step(&key(1), &mut || {}, &|| false).unwrap() {
         Claim::Held { lock, .. } => lock,
         Claim::GaveUp => panic!("nobody else holds it"),
     };
@@ -1176,7 +1176,7 @@ fn lock_files_nobody_holds_are_removed_and_a_held_one_stays() {
     // The holder is not disturbed: a second claim still waits for it.
     let mut waited = false;
     let claim = other
-        .lock_step(&key(1), &mut || waited = true, &|| true)
+        .claim_step(&key(1), &mut || waited = true, &|| true)
         .unwrap();
     assert!(matches!(claim, Claim::GaveUp) && waited);
     drop(held);

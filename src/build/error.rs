@@ -17,7 +17,7 @@ pub enum BuildError {
     },
     /// A lock file beside a spec cannot be read.
     #[error(transparent)]
-    Lock(#[from] crate::lock::LockError),
+    Lock(#[from] crate::lockfile::LockError),
     /// A spec with a lock declares an image (that installs packages) its lock does not pin.
     #[error("image `{image}` of `{}` is not in its lock `{}`", spec.display(), lock.display())]
     NotInLock {

@@ -15,8 +15,8 @@
 
 mod error;
 mod facts;
-pub mod lock;
 mod preflight;
+pub mod resolve;
 pub mod run;
 
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ pub struct Session {
     pub store: Store,
     pub spec: spec::model::Spec,
     /// The locks beside the specs, merged.
-    pub lock: Option<crate::lock::Lock>,
+    pub lock: Option<crate::lockfile::Lock>,
 }
 
 impl Session {
@@ -133,9 +133,9 @@ pub fn foreign_problem(spec: &spec::model::Spec, name: &str) -> Option<(String, 
 /// Reads `specs` and the locks beside them (merged).
 pub fn load(
     specs: &[PathBuf],
-) -> Result<(spec::model::Spec, Option<crate::lock::Lock>), BuildError> {
+) -> Result<(spec::model::Spec, Option<crate::lockfile::Lock>), BuildError> {
     let spec = spec::load(specs)?;
-    let lock = lock::load_locks(specs, &spec)?;
+    let lock = resolve::load_locks(specs, &spec)?;
     Ok((spec, lock))
 }
 
@@ -144,7 +144,7 @@ pub fn load(
 pub fn plan_of(
     store: &Store,
     spec: &spec::model::Spec,
-    lock: Option<&crate::lock::Lock>,
+    lock: Option<&crate::lockfile::Lock>,
 ) -> Result<Plan, BuildError> {
     let facts = HostFacts::new(store);
     let plan = crate::plan::plan_locked(spec, &facts, lock)?;

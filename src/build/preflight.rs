@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{BuildError, Feedback, Session};
 use crate::distro::{self, FetchFailure};
-use crate::lock::LockedDeb;
+use crate::lockfile::LockedDeb;
 use crate::plan::{Plan, StepId};
 use crate::spec::model::{Base, Layer};
 use crate::steps::Action;

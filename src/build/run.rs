@@ -8,7 +8,7 @@ use imgspec_cache::{Store, Tiers};
 
 use super::{BuildError, Feedback, Session};
 use crate::exec::{error_lines, Event, Executor, Outcome, Reporter};
-use crate::outputs::Written;
+use crate::outdir::Written;
 use crate::plan::{ImagePlan, Plan, StepId};
 use crate::runner::HostRunner;
 
@@ -115,7 +115,7 @@ pub fn build(
             let Some(outs) = outs else {
                 break None;
             };
-            let e = match crate::outputs::materialise(&session.store, &outs, &dir) {
+            let e = match crate::outdir::materialise(&session.store, &outs, &dir) {
                 Ok(w) => break Some(w),
                 Err(e) => e,
             };
@@ -181,7 +181,7 @@ fn heal_outputs(
     img: &ImagePlan,
     dir: &Path,
     outcome: &Outcome,
-    e: &crate::outputs::OutputError,
+    e: &crate::outdir::OutputError,
     rep: &dyn Reporter,
 ) -> Vec<StepId> {
     let Some(d) = e.damaged_blob() else {

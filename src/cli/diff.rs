@@ -150,7 +150,10 @@ fn packages(sbom: &Path) -> Result<BTreeMap<String, String>, CliError> {
 }
 
 /// The final tree of a build manifest, when its step is in the cache.
-fn final_tree(store: &Store, manifest: &Path) -> Result<Option<imgspec_cache::Manifest>, CliError> {
+fn final_tree(
+    store: &Store,
+    manifest: &Path,
+) -> Result<Option<imgspec_cache::TreeManifest>, CliError> {
     let v = read_json(manifest)?;
     let Some(key) = v["steps"]
         .as_array()

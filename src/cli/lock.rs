@@ -1,10 +1,10 @@
-//! `imgspec lock SPEC…`: the command line of [`crate::build::lock`] (which resolves every
+//! `imgspec lock SPEC…`: the command line of [`crate::build::resolve`] (which resolves every
 //! package set and writes `SPEC.lock`): its arguments and what it prints.
 
 use std::path::{Path, PathBuf};
 
 use super::{need_specs, reporter, CliError};
-use crate::build::lock::{lock_spec, Update};
+use crate::build::resolve::{lock_spec, Update};
 use crate::build::RunOptions;
 
 /// `imgspec lock SPEC…`.

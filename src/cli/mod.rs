@@ -447,7 +447,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
         } => lock::lock(
             &cache_dir,
             specs,
-            crate::build::lock::Update::from_arg(update.clone()),
+            crate::build::resolve::Update::from_arg(update.clone()),
             jobs,
             cli.json,
         ),
@@ -1119,7 +1119,7 @@ fn cache(
             // Locked `.deb` files go only when specs say what to keep (they may be the only
             // copy left once the mirror has moved on).
             if let Some(locks) = keep_locks {
-                let (n, bytes) = crate::build::lock::gc_debs(&store, &locks)?;
+                let (n, bytes) = crate::build::resolve::gc_debs(&store, &locks)?;
                 println!(
                     "removed {n} .deb files no lock or step result needs, freed {}",
                     human_bytes(bytes)

@@ -20,14 +20,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::{EntryKind, Manifest, StepOutput, Store, TreeChange};
+use imgspec_cache::{EntryKind, StepOutput, Store, TreeChange, TreeManifest};
 use serde::Serialize;
 
 use super::{open_store, reporter, step_name, CliError};
 use crate::build::{RunOptions, Session};
 use crate::exec::Outcome;
 use crate::plan::{Plan, StepId};
-use crate::steps::meta::output_digest;
+use crate::steps::document::output_digest;
 
 /// Files listed for the first differing step, at most.
 const MAX_FILES: usize = 40;
@@ -731,7 +731,7 @@ fn truncate(s: &str, n: usize) -> String {
 fn describe(a_store: &Store, b_store: &Store, a: &StepOutput, b: &StepOutput) -> Vec<String> {
     let mut out = Vec::new();
     if a.tree != b.tree {
-        let load = |s: &Store, o: &StepOutput| -> Option<Manifest> {
+        let load = |s: &Store, o: &StepOutput| -> Option<TreeManifest> {
             o.tree.as_ref().and_then(|t| s.get_manifest(t).ok())
         };
         match (load(a_store, a), load(b_store, b)) {

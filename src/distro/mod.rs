@@ -19,7 +19,7 @@ use std::path::Path;
 use imgspec_cache::StepOutput;
 
 use crate::key::KeyBuilder;
-use crate::lock::{LockSet, LockedDeb};
+use crate::lockfile::{LockSet, LockedDeb};
 use crate::spec::model::{Base, BootloaderKind, Debian as BaseSpec, Image, Layer};
 use crate::steps::{FactError, Facts, StepContext, StepError};
 use crate::tools::Tool;
@@ -186,7 +186,7 @@ pub fn record_installed(
 ) {
     output
         .meta
-        .insert(DEBS_META.into(), crate::lock::render_debs(installed));
+        .insert(DEBS_META.into(), crate::lockfile::render_debs(installed));
     if let Some(d) = archive_date {
         output.meta.insert(ARCHIVE_DATE_META.into(), d.to_string());
     }

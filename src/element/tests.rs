@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use imgspec_cache::{Entry, EntryKind, Manifest, Store};
+use imgspec_cache::{Entry, EntryKind, Store, TreeManifest};
 
 use super::*;
 use crate::steps::element::TreeImage;
@@ -57,7 +57,7 @@ pub(super) fn tree(files: &[(&str, &str)]) -> TestTree {
     let mut t = TestTree {
         _dir: d,
         store,
-        tree: Tree::new(Manifest {
+        tree: Tree::new(TreeManifest {
             entries: vec![dir(""), dir("usr"), dir("usr/lib"), link],
         }),
     };

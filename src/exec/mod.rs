@@ -599,7 +599,7 @@ impl Executor<'_> {
                 step.label.clone(),
             ));
         };
-        let claim = self.store.lock_step(
+        let claim = self.store.claim_step(
             &step.key,
             &mut || event(|key, kind, label| Event::StepWaiting { key, kind, label }),
             &|| self.cancel.load(Ordering::SeqCst),

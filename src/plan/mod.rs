@@ -15,7 +15,7 @@ use imgspec_cache::StepKey;
 
 use crate::distro::{self, Family};
 use crate::key::{KeyBuilder, KeyPart};
-use crate::lock::{self, Lock};
+use crate::lockfile::{self, Lock};
 use crate::spec::model::{
     Base, BootloaderKind, Disk, FsFormat, Image, Layer, OutputFormat, PartitionType, Spec,
 };
@@ -326,7 +326,7 @@ impl Builder<'_> {
                 image,
                 name: "sbom".into(),
                 label: "sbom".into(),
-                action: Action::Sbom(steps::meta::SbomStep {
+                action: Action::Sbom(steps::sbom::SbomStep {
                     image: image.name.clone(),
                     file_name: format!("{}.spdx.json", image.name),
                     deb_sha256: self
@@ -365,7 +365,7 @@ impl Builder<'_> {
                 image,
                 name: "manifest".into(),
                 label: "manifest".into(),
-                action: Action::Manifest(steps::meta::ManifestStep {
+                action: Action::Manifest(steps::manifest::ManifestStep {
                     image: image.name.clone(),
                     file_name: format!("{}.manifest.json", image.name),
                     spec: spec
@@ -524,8 +524,8 @@ fn layer_step(
 /// was made for another request (the spec changed since `imgspec lock`), is refused.
 fn pin(action: &mut Action, lock: &Lock, image: &Image, name: &str) -> Result<(), PlanError> {
     let (request, slot) = match action {
-        Action::Bootstrap(b) => (lock::base_request(&b.spec), &mut b.locked),
-        Action::Packages(p) => (lock::packages_request(&p.packages), &mut p.locked),
+        Action::Bootstrap(b) => (lockfile::base_request(&b.spec), &mut b.locked),
+        Action::Packages(p) => (lockfile::packages_request(&p.packages), &mut p.locked),
         _ => return Ok(()),
     };
     let err = |why: String| PlanError::Lock {
@@ -724,14 +724,14 @@ impl<'a> DiskPlan<'a> {
     }
 
     /// `/etc/fstab` entries: every mounted filesystem by UUID.
-    fn mounts(&self) -> Vec<steps::bootloader::Mount> {
+    fn mounts(&self) -> Vec<steps::mounts::Mount> {
         (0..self.disk.partitions.len())
             .filter_map(|i| {
                 let fs = self.filesystem(i)?;
                 self.disk.partitions[i].mount.as_ref()?;
                 let root = fs.mount == "/";
                 Some(match fs.format {
-                    FsFormat::Ext4 => steps::bootloader::Mount {
+                    FsFormat::Ext4 => steps::mounts::Mount {
                         source: format!("UUID={}", fs.uuid),
                         target: fs.mount.clone(),
                         fstype: "ext4".into(),
@@ -743,7 +743,7 @@ impl<'a> DiskPlan<'a> {
                         .into(),
                         pass: if root { 1 } else { 2 },
                     },
-                    FsFormat::Vfat => steps::bootloader::Mount {
+                    FsFormat::Vfat => steps::mounts::Mount {
                         source: format!("UUID={}", steps::filesystem::vfat_uuid(fs.volume_id)),
                         target: fs.mount.clone(),
                         fstype: "vfat".into(),

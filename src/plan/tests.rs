@@ -111,8 +111,8 @@ const GOLDEN: &[(&str, &str)] = &[
 ];
 
 /// A fixed lock of the golden image: one package in the base, one in the package set.
-fn golden_lock(udev_version: &str) -> crate::lock::Lock {
-    use crate::lock::{Lock, LockSet, LockedDeb};
+fn golden_lock(udev_version: &str) -> crate::lockfile::Lock {
+    use crate::lockfile::{Lock, LockSet, LockedDeb};
     let deb = |name: &str, version: &str, sha: char| LockedDeb {
         name: name.into(),
         arch: "amd64".into(),

@@ -34,7 +34,8 @@ use std::path::PathBuf;
 use imgspec_cache::StepOutput;
 
 use super::chroot::Session;
-use super::tree::Tree;
+use super::mounts::{fstab_text, Mount};
+use super::tree::{kernel_path, Tree};
 use super::{FactError, StepContext, StepError};
 use crate::key::KeyBuilder;
 use crate::spec::model::BootloaderKind;
@@ -183,17 +184,6 @@ fn secure_boot_script() -> String {
 /// Where the BIOS images are made inside the image root, removed before the tree is imported.
 const BIOS_OUT: &str = ".imgspec-bios";
 
-/// One `/etc/fstab` line.
-#[derive(Clone, Debug)]
-pub struct Mount {
-    /// `UUID=...`
-    pub source: String,
-    pub target: String,
-    pub fstype: String,
-    pub options: String,
-    pub pass: u8,
-}
-
 #[derive(Clone, Debug)]
 pub struct BootloaderStep {
     pub kind: BootloaderKind,
@@ -225,7 +215,7 @@ impl BootloaderStep {
     }
 
     pub fn fstab(&self) -> String {
-        super::fstab::fstab_text(&self.mounts)
+        fstab_text(&self.mounts)
     }
 
     pub fn grub_cfg(&self, kernel: &str, initrd: Option<&str>) -> String {
@@ -377,20 +367,6 @@ impl BootloaderStep {
         cleaned?;
         Ok(made)
     }
-}
-
-/// The real file behind a top-level kernel link (`vmlinuz` → `boot/vmlinuz-6.1.0-28-amd64`).
-pub fn kernel_path(tree: &Tree, link: &str) -> Result<Option<String>, StepError> {
-    for candidate in [link.to_string(), format!("boot/{link}")] {
-        let p = tree.resolve(&candidate, true)?;
-        if matches!(
-            tree.entries.get(&p).map(|e| &e.kind),
-            Some(imgspec_cache::EntryKind::File { .. })
-        ) {
-            return Ok(Some(p));
-        }
-    }
-    Ok(None)
 }
 
 pub fn kind_name(k: BootloaderKind) -> &'static str {

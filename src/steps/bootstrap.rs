@@ -4,7 +4,7 @@
 //!
 //! Kind, version and key parts are the family's (`base-debian`: see ARCHITECTURE.md's key
 //! table); with a lock file the family hashes the digest of the step's locked packages
-//! ([`crate::lock::LockSet::digest`]).
+//! ([`crate::lockfile::LockSet::digest`]).
 
 use imgspec_cache::StepOutput;
 

@@ -26,10 +26,11 @@
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
-use imgspec_cache::{Checkout, Manifest};
+use imgspec_cache::{Checkout, TreeManifest};
 
 use super::{is_root, StepContext, StepError};
 use crate::runner::Cmd;
+use crate::tools::{Tool, BWRAP};
 
 /// Environment of every command run in the image: nothing of the host's.
 const CHROOT_ENV: &[(&str, &str)] = &[
@@ -46,6 +47,9 @@ const CHROOT_ENV: &[(&str, &str)] = &[
 
 /// The host name every command in the image sees: the same on every machine, so nothing of the
 /// host's name reaches a tree.
+/// What a step that runs programs of the image needs on the host: the sandbox.
+pub const TOOLS: &[Tool] = &[BWRAP];
+
 pub const HOSTNAME: &str = "imgspec";
 
 /// The capabilities a command in the image keeps; every other one is dropped (bwrap run by root
@@ -262,7 +266,7 @@ impl Session {
 
     /// Like [`Session::close`], for a step whose output is exactly the imported tree: the
     /// folder is kept for a next chroot step of this build that starts from that tree.
-    pub fn close_and_keep(self, ctx: &StepContext) -> Result<Manifest, StepError> {
+    pub fn close_and_keep(self, ctx: &StepContext) -> Result<TreeManifest, StepError> {
         let root = self.root.clone();
         let m = self.close(ctx)?;
         // Best effort: a folder that cannot be kept only costs the next step an export.
@@ -272,7 +276,7 @@ impl Session {
 
     /// Takes back what was lent and imports the tree. Paths are resolved again: the command
     /// may have changed the image's links.
-    pub fn close(self, ctx: &StepContext) -> Result<Manifest, StepError> {
+    pub fn close(self, ctx: &StepContext) -> Result<TreeManifest, StepError> {
         if let Some(old) = &self.resolv {
             let p = confined(&self.root, "etc/resolv.conf", false)?;
             let _ = std::fs::remove_file(&p);

@@ -17,7 +17,7 @@
 
 use imgspec_cache::StepOutput;
 
-use super::output::put_with_sha256;
+use super::put_with_sha256;
 use super::{FactError, StepContext, StepError};
 use crate::ids::Guid;
 use crate::key::KeyBuilder;

@@ -54,7 +54,7 @@ impl ElementStep {
 
     pub fn tools(&self) -> Vec<Tool> {
         if self.needs_root() {
-            super::run::TOOLS.to_vec()
+            super::chroot::TOOLS.to_vec()
         } else {
             vec![]
         }

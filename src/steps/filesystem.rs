@@ -13,7 +13,7 @@
 
 use std::io::Write;
 
-use imgspec_cache::{Manifest, StepOutput};
+use imgspec_cache::{StepOutput, TreeManifest};
 
 use super::{FactError, Facts, StepContext, StepError};
 use crate::ids::Guid;
@@ -67,7 +67,7 @@ impl FilesystemStep {
     }
 
     /// The part of the image tree this filesystem holds, re-rooted at the mount point.
-    pub fn select(&self, m: Manifest) -> Manifest {
+    pub fn select(&self, m: TreeManifest) -> TreeManifest {
         let mount = self.mount.trim_matches('/');
         let excluded = |p: &str| {
             self.excludes.iter().any(|x| {
@@ -92,7 +92,7 @@ impl FilesystemStep {
                 Some(e)
             })
             .collect();
-        Manifest { entries }
+        TreeManifest { entries }
     }
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {

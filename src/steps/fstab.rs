@@ -8,7 +8,7 @@
 
 use imgspec_cache::StepOutput;
 
-use super::bootloader::Mount;
+use super::mounts::{fstab_text, Mount};
 use super::tree::Tree;
 use super::{FactError, StepContext, StepError};
 use crate::key::KeyBuilder;
@@ -18,18 +18,6 @@ pub const VERSION: u32 = 1;
 #[derive(Clone, Debug)]
 pub struct FstabStep {
     pub mounts: Vec<Mount>,
-}
-
-/// The text of `/etc/fstab` for these mounts.
-pub fn fstab_text(mounts: &[Mount]) -> String {
-    let mut s = String::from("# written by imgspec\n");
-    for m in mounts {
-        s.push_str(&format!(
-            "{} {} {} {} 0 {}\n",
-            m.source, m.target, m.fstype, m.options, m.pass
-        ));
-    }
-    s
 }
 
 impl FstabStep {
@@ -49,25 +37,5 @@ impl FstabStep {
             ctx.epoch,
         )?;
         ctx.tree_output(&tree.into_manifest())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_line_per_mount() {
-        let m = Mount {
-            source: "UUID=1234".into(),
-            target: "/".into(),
-            fstype: "ext4".into(),
-            options: "errors=remount-ro".into(),
-            pass: 1,
-        };
-        assert_eq!(
-            fstab_text(&[m]),
-            "# written by imgspec\nUUID=1234 / ext4 errors=remount-ro 0 1\n"
-        );
     }
 }

@@ -7,21 +7,24 @@ pub mod bootloader;
 pub mod bootstrap;
 pub mod chroot;
 pub mod disk;
+pub mod document;
 pub mod element;
 pub mod files;
 pub mod filesystem;
 pub mod fstab;
-pub mod meta;
+pub mod manifest;
+pub mod mounts;
 pub mod output;
 pub mod packages;
 pub mod run;
+pub mod sbom;
 pub mod scrub;
 pub mod tree;
 pub mod user;
 
 use std::path::{Path, PathBuf};
 
-use imgspec_cache::{Manifest, StepOutput, Store, StoreError, TreeDigest};
+use imgspec_cache::{StepOutput, Store, StoreError, TreeDigest, TreeManifest};
 
 use crate::key::KeyBuilder;
 use crate::runner::{RunError, Runner};
@@ -43,8 +46,8 @@ pub enum Action {
     Filesystem(filesystem::FilesystemStep),
     Disk(disk::DiskStep),
     Output(output::OutputStep),
-    Sbom(meta::SbomStep),
-    Manifest(meta::ManifestStep),
+    Sbom(sbom::SbomStep),
+    Manifest(manifest::ManifestStep),
 }
 
 impl Action {
@@ -83,8 +86,8 @@ impl Action {
             Action::Filesystem(_) => filesystem::VERSION,
             Action::Disk(_) => disk::VERSION,
             Action::Output(_) => output::VERSION,
-            Action::Sbom(_) => meta::SBOM_VERSION,
-            Action::Manifest(_) => meta::MANIFEST_VERSION,
+            Action::Sbom(_) => sbom::SBOM_VERSION,
+            Action::Manifest(_) => manifest::MANIFEST_VERSION,
         }
     }
 
@@ -99,7 +102,7 @@ impl Action {
             | Action::Manifest(_) => vec![],
             Action::Bootstrap(b) => b.family.bootstrap_tools(),
             Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
-                run::TOOLS.to_vec()
+                chroot::TOOLS.to_vec()
             }
             Action::Element(e) => e.tools(),
             Action::Filesystem(f) => f.tools(),
@@ -217,7 +220,7 @@ pub struct StepContext<'a> {
 
 impl StepContext<'_> {
     /// The tree of input `i`.
-    pub fn input_tree(&self, i: usize) -> Result<(TreeDigest, Manifest), StepError> {
+    pub fn input_tree(&self, i: usize) -> Result<(TreeDigest, TreeManifest), StepError> {
         let d = self
             .inputs
             .get(i)
@@ -227,7 +230,7 @@ impl StepContext<'_> {
     }
 
     /// A step output holding just a tree.
-    pub fn tree_output(&self, m: &Manifest) -> Result<StepOutput, StepError> {
+    pub fn tree_output(&self, m: &TreeManifest) -> Result<StepOutput, StepError> {
         Ok(StepOutput {
             tree: Some(self.store.put_manifest(m)?),
             ..Default::default()
@@ -284,4 +287,16 @@ impl StepError {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the
+/// blob's plain copy for the rest of the build ([`imgspec_cache::Store::put_file_keep`]).
+pub fn put_with_sha256(
+    ctx: &StepContext,
+    path: &Path,
+) -> Result<(imgspec_cache::FileRef, String), StepError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let r = ctx.store.put_file_keep(path, &mut |b| h.update(b))?;
+    Ok((r, format!("{:x}", h.finalize())))
 }

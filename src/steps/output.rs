@@ -25,7 +25,7 @@ use std::path::Path;
 use imgspec_cache::StepOutput;
 use sha2::{Digest, Sha256};
 
-use super::{FactError, Facts, StepContext, StepError};
+use super::{put_with_sha256, FactError, Facts, StepContext, StepError};
 use crate::key::KeyBuilder;
 use crate::spec::model::OutputFormat;
 use crate::tools::Tool;
@@ -193,7 +193,7 @@ impl OutputStep {
         let tree = super::tree::Tree::new(m);
         let stem = self.file_name.trim_end_matches(".qcow2");
         for (link, ext) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd")] {
-            let path = super::bootloader::kernel_path(&tree, link)?.ok_or_else(|| {
+            let path = super::tree::kernel_path(&tree, link)?.ok_or_else(|| {
                 StepError::Invalid(format!(
                     "the image has no `/{link}`: a partition image needs a kernel package"
                 ))
@@ -225,15 +225,4 @@ impl OutputStep {
 
 pub fn format_name(f: OutputFormat) -> &'static str {
     f.name()
-}
-
-/// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the
-/// blob's plain copy for the rest of the build ([`imgspec_cache::Store::put_file_keep`]).
-pub fn put_with_sha256(
-    ctx: &StepContext,
-    path: &Path,
-) -> Result<(imgspec_cache::FileRef, String), StepError> {
-    let mut h = Sha256::new();
-    let r = ctx.store.put_file_keep(path, &mut |b| h.update(b))?;
-    Ok((r, format!("{:x}", h.finalize())))
 }

@@ -6,7 +6,7 @@
 //! input layer, so what a layer costs in the store is what it added.
 //!
 //! Key: input tree key; the set's name; the sorted package list; with a lock file, the digest
-//! of the step's locked packages ([`crate::lock::LockSet::digest`]). The archive's state is not
+//! of the step's locked packages ([`crate::lockfile::LockSet::digest`]). The archive's state is not
 //! hashed: without a lock, what apt installs is what the archive had at the first build. The
 //! family is not hashed: the input tree's key already says which base the tree grew from.
 

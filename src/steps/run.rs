@@ -11,10 +11,8 @@ use imgspec_cache::StepOutput;
 use super::chroot::Session;
 use super::{StepContext, StepError};
 use crate::key::KeyBuilder;
-use crate::tools::{Tool, BWRAP};
 
 pub const VERSION: u32 = 1;
-pub const TOOLS: &[Tool] = &[BWRAP];
 
 #[derive(Clone, Debug)]
 pub struct RunStep {

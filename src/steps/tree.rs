@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use imgspec_cache::{Entry, EntryKind, Manifest, Store};
+use imgspec_cache::{Entry, EntryKind, Store, TreeManifest};
 
 use super::StepError;
 
@@ -15,15 +15,15 @@ pub struct Tree {
 const MAX_LINKS: usize = 40;
 
 impl Tree {
-    pub fn new(m: Manifest) -> Self {
+    pub fn new(m: TreeManifest) -> Self {
         Tree {
             entries: m.entries.into_iter().map(|e| (e.path.clone(), e)).collect(),
         }
     }
 
-    pub fn into_manifest(self) -> Manifest {
+    pub fn into_manifest(self) -> TreeManifest {
         // BTreeMap order is byte order of the path, which puts parents before children.
-        Manifest {
+        TreeManifest {
             entries: self.entries.into_values().collect(),
         }
     }
@@ -181,7 +181,7 @@ impl Tree {
     /// in `usr/lib/x` on a merged-/usr system and an overlay directory `bin/` keeps the image's
     /// `bin -> usr/bin`; existing directories keep their metadata; overlay entries are owned
     /// by root.
-    pub fn overlay(&mut self, overlay: Manifest, dest: &str) -> Result<(), StepError> {
+    pub fn overlay(&mut self, overlay: TreeManifest, dest: &str) -> Result<(), StepError> {
         let dest = dest.trim_matches('/');
         // Hard links in the overlay point at overlay paths: map them to where they landed.
         let mut landed: BTreeMap<String, String> = BTreeMap::new();
@@ -256,6 +256,20 @@ fn dir_entry(path: &str, mtime: i64) -> Entry {
     }
 }
 
+/// The real file behind a top-level kernel link (`vmlinuz` → `boot/vmlinuz-6.1.0-28-amd64`).
+pub fn kernel_path(tree: &Tree, link: &str) -> Result<Option<String>, StepError> {
+    for candidate in [link.to_string(), format!("boot/{link}")] {
+        let p = tree.resolve(&candidate, true)?;
+        if matches!(
+            tree.entries.get(&p).map(|e| &e.kind),
+            Some(imgspec_cache::EntryKind::File { .. })
+        ) {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,7 +287,7 @@ mod tests {
     }
 
     fn tree(entries: Vec<Entry>) -> Tree {
-        Tree::new(Manifest { entries })
+        Tree::new(TreeManifest { entries })
     }
 
     #[test]
@@ -325,7 +339,7 @@ mod tests {
         let mut in_dangling = hello.clone();
         in_dangling.path = "dangling/f".into();
         t.overlay(
-            Manifest {
+            TreeManifest {
                 entries: vec![
                     dir_entry("", 0),
                     dir_entry("abs", 0),
@@ -358,7 +372,7 @@ mod tests {
         let mut odir = dir_entry("etc", 5);
         odir.mode = 0o700;
         t.overlay(
-            Manifest {
+            TreeManifest {
                 entries: vec![dir_entry("", 0), odir],
             },
             "/",
@@ -376,7 +390,7 @@ mod tests {
         };
         assert!(t
             .overlay(
-                Manifest {
+                TreeManifest {
                     entries: vec![file]
                 },
                 "/"

@@ -322,7 +322,7 @@ fn sudoers(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imgspec_cache::Manifest;
+    use imgspec_cache::TreeManifest;
     use std::collections::BTreeMap;
 
     fn user() -> User {
@@ -359,7 +359,7 @@ mod tests {
 
     /// A tree as useradd leaves it (the input of `finish`), or before (`precheck`).
     fn tree(s: &Store, with_ops: bool) -> Tree {
-        let mut t = Tree::new(Manifest {
+        let mut t = Tree::new(TreeManifest {
             entries: vec![
                 dir("", 0o755, 0),
                 dir("usr", 0o755, 0),

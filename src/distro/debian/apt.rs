@@ -1,5 +1,5 @@
 //! What the package-installing steps (`base "debian"`, `packages`) share about lock files
-//! ([`crate::lock`]):
+//! ([`crate::lockfile`]):
 //!
 //! - Unlocked, a step records what apt really downloaded ([`harvest`]): each `.deb` is moved
 //!   into the cache's deb store by SHA-256, its name, version and architecture read with
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use super::archive;
 use super::debstore::{DebError, DebStore};
-use crate::lock::LockedDeb;
+use crate::lockfile::LockedDeb;
 use crate::runner::Cmd;
 use crate::steps::{StepContext, StepError};
 

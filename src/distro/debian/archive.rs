@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::debstore::{hex, io, DebError};
-use crate::lock::LockedDeb;
+use crate::lockfile::LockedDeb;
 
 /// One stanza of an apt `Packages` index, as far as a lock needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //!   Key: distro, suite, variant, architecture, components, the spec's mirror when given (the
 //!   host's mirror is not hashed: any mirror of the archive serves the same packages), the
 //!   keyring's digest when given, mmdebstrap's version, and with a lock file the digest of the
-//!   step's locked packages ([`crate::lock::LockSet::digest`]).
+//!   step's locked packages ([`crate::lockfile::LockSet::digest`]).
 //! - Unlocked, mmdebstrap keeps the `.deb` files it downloaded and apt's lists (copied out by
 //!   customize hooks, never into the tree): the step records them for `imgspec lock`
 //!   ([`super::apt::harvest`]).

@@ -64,7 +64,7 @@ fn apt_uid(passwd: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use imgspec_cache::{Entry, EntryKind, Manifest};
+    use imgspec_cache::{Entry, EntryKind, TreeManifest};
 
     fn dir(path: &str, uid: u32, mode: u32) -> Entry {
         Entry {
@@ -109,7 +109,7 @@ mod tests {
             entries.push(dir("var/cache/apt/archives/partial", uid, mode));
             entries.push(dir("var/lib/apt/lists/partial", uid, mode));
             entries.sort_by(|a, b| a.path.cmp(&b.path));
-            let mut t = Tree::new(Manifest { entries });
+            let mut t = Tree::new(TreeManifest { entries });
             t.put_file(
                 &store,
                 "etc/passwd",

@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// An exclusive claim on building one step. Released (and its file removed) on drop.
 #[derive(Debug)]
-pub struct StepLock {
+pub struct StepClaim {
     path: PathBuf,
     _file: File,
 }
@@ -33,7 +33,7 @@ pub struct StepLock {
 #[derive(Debug)]
 pub enum Claim {
     /// The lock is ours; `waited` is true when another holder had it first.
-    Held { lock: StepLock, waited: bool },
+    Held { lock: StepClaim, waited: bool },
     /// `give_up` said stop while the lock was still taken.
     GaveUp,
 }
@@ -41,7 +41,7 @@ pub enum Claim {
 impl Store {
     /// Takes the lock of `key`, waiting while another process (or thread) holds it. `on_wait`
     /// is called once, when the lock is found taken; `give_up` is polled while waiting.
-    pub fn lock_step(
+    pub fn claim_step(
         &self,
         key: &StepKey,
         on_wait: &mut dyn FnMut(),
@@ -63,7 +63,7 @@ impl Store {
                 match fs::metadata(&path) {
                     Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
                         return Ok(Claim::Held {
-                            lock: StepLock { path, _file: file },
+                            lock: StepClaim { path, _file: file },
                             waited,
                         });
                     }
@@ -87,7 +87,7 @@ impl Store {
     /// Removes the lock files nobody holds: what a killed build left (the kernel releases a
     /// dead process's `flock`, so such a file never blocks, but it stays). Each is removed
     /// while this process holds its lock, so a builder that opened the same file meanwhile
-    /// sees it gone (the inode check in `lock_step`) and locks a new one. Returns how many.
+    /// sees it gone (the inode check in `claim_step`) and locks a new one. Returns how many.
     pub fn remove_stale_locks(&self) -> Result<usize> {
         let dir = self.root().join(LOCKS_DIR);
         let entries = match fs::read_dir(&dir) {
@@ -115,7 +115,7 @@ impl Store {
     }
 }
 
-impl Drop for StepLock {
+impl Drop for StepClaim {
     fn drop(&mut self) {
         // Remove while still holding the lock; waiters on this inode then see it is gone.
         let _ = fs::remove_file(&self.path);

@@ -1,40 +1,25 @@
-//! The two documents every build writes beside its outputs, each a cheap step of its own, so
-//! they are cached, keyed and reproducible like everything else.
+//! `sbom`: `IMAGE.spdx.json`, an SPDX 2.3 document, a cheap step of its own so it is cached,
+//! keyed and reproducible like everything else. Inputs: the final root filesystem tree, then
+//! the image's output steps. Every installed package of the tree (as its distribution family
+//! reads it: Debian's `var/lib/dpkg/status`, [`crate::distro::debian::dpkg`]) is an SPDX
+//! package with its version, architecture, a purl and, when a lock file pins it, the SHA-256 of
+//! its `.deb`; every output file is a package of purpose `FILE` with its SHA-256, described by
+//! the document and containing the packages. The creation time is the image epoch, the
+//! namespace a URN derived from the content.
 //!
-//! - `sbom`: `IMAGE.spdx.json`, an SPDX 2.3 document. Inputs: the final root filesystem tree,
-//!   then the image's output steps. Every installed package of the tree (as its distribution
-//!   family reads it: Debian's `var/lib/dpkg/status`, [`crate::distro::debian::dpkg`]) is an SPDX package with its version, architecture, a purl and,
-//!   when a lock file pins it, the SHA-256 of its `.deb`; every output file is a package of
-//!   purpose `FILE` with its SHA-256, described by the document and containing the packages.
-//!   The creation time is the image epoch, the namespace a URN derived from the content.
-//!   Key: input keys, image name, the lock's `.deb` checksums.
-//! - `manifest`: `IMAGE.manifest.json`. Inputs: every other step of the image. Names the
-//!   spec file that declares the image and each file it imports (not other specs built in
-//!   the same run) by file name with its BLAKE3, every step with its name, kind, key and output
-//!   digest (BLAKE3 of the step output's canonical JSON), the tool versions the keys hold, and
-//!   every file of `out/IMAGE/` (the output steps' and the SBOM) with its size and SHA-256.
-//!   Key: input keys, image name, spec file digests, step names, tool versions.
+//! Key: input keys, image name, the lock's `.deb` checksums.
 
 use std::collections::BTreeMap;
 
 use imgspec_cache::StepOutput;
-use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
+use super::document::{document_output, output_files};
 use super::{FactError, StepContext, StepError};
 use crate::distro::Installed;
 use crate::key::KeyBuilder;
 
 pub const SBOM_VERSION: u32 = 1;
-/// 2: `outputs` lists only the files written to `out/IMAGE/`.
-pub const MANIFEST_VERSION: u32 = 2;
-
-/// The BLAKE3 of a step output's canonical encoding: what `verify` and the manifest compare.
-pub fn output_digest(o: &StepOutput) -> String {
-    let json = serde_json::to_vec(o).expect("a step output always encodes");
-    blake3::hash(&json).to_hex().to_string()
-}
 
 #[derive(Clone, Debug)]
 pub struct SbomStep {
@@ -45,19 +30,6 @@ pub struct SbomStep {
     /// The image's distribution family: it reads the tree's package database (not hashed: the
     /// tree's key says which base it grew from).
     pub family: &'static dyn crate::distro::Family,
-}
-
-#[derive(Clone, Debug)]
-pub struct ManifestStep {
-    pub image: String,
-    pub file_name: String,
-    /// (file name, BLAKE3) of each spec file.
-    pub spec: Vec<(String, String)>,
-    /// The lock file's name and BLAKE3, when the image has one.
-    pub lock: Option<(String, String)>,
-    /// (stable name, kind, label) of each input, in input order.
-    pub steps: Vec<(String, String, String)>,
-    pub tools: BTreeMap<String, String>,
 }
 
 /// `ID` and `VERSION_ID` from an os-release file.
@@ -105,46 +77,6 @@ pub fn rfc3339(secs: i64) -> String {
         (rem / 60) % 60,
         rem % 60
     )
-}
-
-/// Output files of `outputs`: name → (size, SHA-256).
-fn output_files(outputs: &[StepOutput]) -> BTreeMap<String, (u64, String)> {
-    let mut files = BTreeMap::new();
-    for o in outputs {
-        for (name, r) in &o.files {
-            let sha = o
-                .meta
-                .get(&format!("sha256:{name}"))
-                .cloned()
-                .unwrap_or_default();
-            files.insert(name.clone(), (r.size, sha));
-        }
-    }
-    files
-}
-
-/// The bytes of a document as written to `out/`.
-fn document_bytes(doc: &serde_json::Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec_pretty(doc).expect("JSON values always encode");
-    bytes.push(b'\n');
-    bytes
-}
-
-/// A document as a step output: the file, and its SHA-256 for `SHA256SUMS`.
-fn document_output(
-    ctx: &StepContext,
-    name: &str,
-    doc: &serde_json::Value,
-) -> Result<StepOutput, StepError> {
-    let bytes = document_bytes(doc);
-    let mut out = StepOutput::default();
-    out.files
-        .insert(name.to_string(), ctx.store.put_bytes(&bytes)?);
-    out.meta.insert(
-        format!("sha256:{name}"),
-        format!("{:x}", Sha256::digest(&bytes)),
-    );
-    Ok(out)
 }
 
 impl SbomStep {
@@ -279,91 +211,10 @@ impl SbomStep {
     }
 }
 
-#[derive(Serialize)]
-struct ManifestDoc<'a> {
-    image: &'a str,
-    imgspec: &'static str,
-    epoch: i64,
-    spec: Vec<BTreeMap<&'static str, &'a str>>,
-    lock: Option<BTreeMap<&'static str, &'a str>>,
-    steps: Vec<serde_json::Value>,
-    tools: &'a BTreeMap<String, String>,
-    outputs: BTreeMap<String, serde_json::Value>,
-}
-
-impl ManifestStep {
-    pub fn hash(&self, k: &mut KeyBuilder) -> Result<(), FactError> {
-        k.param("image", &self.image).param("file", &self.file_name);
-        for (name, digest) in &self.spec {
-            k.param(&format!("spec {name}"), digest);
-        }
-        if let Some((name, digest)) = &self.lock {
-            k.param(&format!("lock {name}"), digest);
-        }
-        for (name, kind, label) in &self.steps {
-            k.param(&format!("step {name}"), &format!("{kind} {label}"));
-        }
-        for (tool, version) in &self.tools {
-            k.tool(tool, version);
-        }
-        Ok(())
-    }
-
-    pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
-        if ctx.inputs.len() != self.steps.len() {
-            return Err(StepError::Internal(
-                "manifest: inputs and step names differ",
-            ));
-        }
-        let steps = self
-            .steps
-            .iter()
-            .zip(&ctx.inputs)
-            .zip(&ctx.input_keys)
-            .map(|(((name, kind, label), o), key)| {
-                json!({
-                    "name": name,
-                    "kind": kind,
-                    "label": label,
-                    "key": key,
-                    "output": output_digest(o),
-                })
-            })
-            .collect();
-        // The files written to `out/IMAGE/` (those of the output steps and the SBOM); the
-        // intermediate ones (`fs.img`, `disk.raw`) are in their steps' output digests.
-        let delivered: Vec<StepOutput> = self
-            .steps
-            .iter()
-            .zip(&ctx.inputs)
-            .filter(|((_, kind, _), _)| matches!(kind.as_str(), "output" | "sbom"))
-            .map(|(_, o)| o.clone())
-            .collect();
-        let outputs = output_files(&delivered)
-            .into_iter()
-            .map(|(name, (size, sha))| (name, json!({"size": size, "sha256": sha})))
-            .collect();
-        fn entry((name, digest): &(String, String)) -> BTreeMap<&'static str, &str> {
-            BTreeMap::from([("file", name.as_str()), ("blake3", digest.as_str())])
-        }
-        let doc = ManifestDoc {
-            image: &self.image,
-            imgspec: env!("CARGO_PKG_VERSION"),
-            epoch: ctx.epoch,
-            spec: self.spec.iter().map(entry).collect(),
-            lock: self.lock.as_ref().map(entry),
-            steps,
-            tools: &self.tools,
-            outputs,
-        };
-        let value = serde_json::to_value(&doc).expect("the manifest always encodes");
-        document_output(ctx, &self.file_name, &value)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::document::document_bytes;
 
     #[test]
     fn dates() {

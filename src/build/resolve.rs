@@ -13,7 +13,7 @@ use super::{
     needs_root, open_store, run, steps_to_run, BuildError, Feedback, RootFor, RunOptions, Session,
 };
 use crate::distro::DEBS_META;
-use crate::lock::{lock_path, parse_debs, Lock, LockSet};
+use crate::lockfile::{lock_path, parse_debs, Lock, LockSet};
 use crate::plan::{Plan, StepId};
 use crate::spec;
 use crate::spec::model::{Base, Layer};
@@ -68,8 +68,8 @@ fn wanted_sets(plan: &Plan) -> Vec<Wanted> {
         for &id in &img.steps {
             let s = &plan.steps[id];
             let request = match &s.action {
-                Action::Bootstrap(b) => crate::lock::base_request(&b.spec),
-                Action::Packages(p) => crate::lock::packages_request(&p.packages),
+                Action::Bootstrap(b) => crate::lockfile::base_request(&b.spec),
+                Action::Packages(p) => crate::lockfile::packages_request(&p.packages),
                 _ => continue,
             };
             let step = s.name_in(&img.name);
@@ -395,7 +395,7 @@ pub fn gc_debs(store: &Store, locks: &Lock) -> Result<(usize, u64), BuildError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::LockedDeb;
+    use crate::lockfile::LockedDeb;
 
     fn deb(name: &str, version: &str) -> LockedDeb {
         LockedDeb {
