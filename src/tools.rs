@@ -50,6 +50,14 @@ pub const QEMU_IMG: Tool = Tool {
     version_args: Some(&["--version"]),
     install_hint: None,
 };
+/// `base "image"`: libguestfs reads the disk in its own small VM (its appliance is made from
+/// the host's kernel and packages).
+pub const GUESTFISH: Tool = Tool {
+    program: "guestfish",
+    package: "libguestfs-tools",
+    version_args: Some(&["--version"]),
+    install_hint: None,
+};
 /// The sandbox of every step that runs a command in the image ([`crate::steps::chroot`]).
 pub const BWRAP: Tool = Tool {
     program: "bwrap",
@@ -214,6 +222,7 @@ const STEP_TOOLS: &[Tool] = &[
     MKFS_VFAT,
     MCOPY,
     QEMU_IMG,
+    GUESTFISH,
     BWRAP,
     QEMU_SYSTEM,
     QEMU_SYSTEM_AARCH64,
@@ -257,6 +266,13 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("qemu-aarch64-static", "qemu-user-static"),
     HostDep::new("qemu-system-aarch64", "qemu-system-arm"),
     HostDep::new("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64"),
+    // `base "image"`: libguestfs, the kernel its appliance boots, and xfs in the appliance.
+    HostDep::new("guestfish", "libguestfs-tools"),
+    HostDep::new("/usr/share/doc/linux-image-amd64", "linux-image-amd64"),
+    HostDep::new(
+        "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d/packages-xfs",
+        "libguestfs-xfs",
+    ),
     HostDep::new("/usr/sbin/nginx", "nginx"),
     HostDep::new("sfdisk", "fdisk"),
     HostDep::new("sgdisk", "gdisk"),

@@ -471,6 +471,18 @@ fn layer_step(
             ),
             Action::BaseTar(steps::base_tar::TarBase { path: path.clone() }),
         ),
+        Layer::Base(Base::Image(i)) => (
+            "base".into(),
+            format!(
+                "base image {}",
+                i.path.file_name().unwrap_or_default().to_string_lossy()
+            ),
+            Action::ImageBase(steps::image_base::ImageBase {
+                path: i.path.clone(),
+                root: i.root.clone(),
+                keep: i.keep.iter().cloned().collect(),
+            }),
+        ),
         Layer::Base(Base::Debian(d)) => (
             "base".into(),
             format!("base {} {} {}", d.distro, d.suite, d.variant),

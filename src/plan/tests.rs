@@ -573,3 +573,42 @@ fn a_foreign_image_hashes_the_emulator_in_the_steps_that_run_its_programs() {
     .unwrap();
     assert!(!native.steps.iter().any(emulator));
 }
+
+/// `base "image"`'s key: the disk's digest, `root`, the cleanings kept, libguestfs' and
+/// qemu-img's versions. Pinned like the rest.
+#[test]
+fn golden_key_of_an_imported_disk() {
+    let mut img = image("imported");
+    img.layers = vec![Layer::Base(Base::Image(DiskImage {
+        path: PathBuf::from("/vm/centos8.qcow2"),
+        root: Some("/dev/cl/root".into()),
+        keep: vec!["logs".into()],
+    }))];
+    img.bootloader = None;
+    img.disk = None;
+    img.outputs = vec![OutputFormat::Tar];
+    let spec = Spec {
+        images: vec![img],
+        sources: vec![],
+    };
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let base = &plan.steps[0];
+    assert_eq!(base.label, "base image centos8.qcow2");
+    let parts: Vec<String> = base
+        .parts
+        .iter()
+        .map(|p| format!("{} {}", p.class, p.name))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            "param epoch",
+            "file disk",
+            "param root",
+            "param keep",
+            "tool guestfish",
+            "tool qemu-img"
+        ]
+    );
+    assert_eq!(base.key.short(), "59edb0c42fad");
+}

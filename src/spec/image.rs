@@ -14,8 +14,8 @@ use crate::element::{self, ELEMENTS};
 use super::disk;
 use super::error::{did_you_mean, SpecError};
 use super::model::{
-    Base, Bootloader, BootloaderKind, Debian, Disk, Files, Layer, OutputFormat, Packages, Run,
-    User, DEFAULT_CMDLINE,
+    Base, Bootloader, BootloaderKind, Debian, Disk, DiskImage, Files, Layer, OutputFormat,
+    Packages, Run, User, CLEANINGS, DEFAULT_CMDLINE,
 };
 use super::read::{
     arg_count, children, node_name, Cx, FileId, FromValue, Problems, Scalar, Shape, Spanned, MANY,
@@ -103,11 +103,16 @@ const EPOCH: Shape<'static> = single("epoch 1686355200");
 const RUN: Shape<'static> = single("run \"COMMAND\"");
 const SSH_KEY: Shape<'static> = single("ssh-key \"ssh-ed25519 AAAA… user@host\"");
 /// `base` before its kind is known.
-const BASE: Shape<'static> =
-    single("base \"debian\" suite=\"bookworm\"` or `base \"tar\" path=\"rootfs.tar\"");
+const BASE: Shape<'static> = single(
+    "base \"debian\" suite=\"bookworm\"`, `base \"tar\" path=\"rootfs.tar\"` or `base \"image\" path=\"vm.qcow2\"",
+);
 const BASE_TAR: Shape<'static> = Shape {
     props: &["path"],
     ..single("base \"tar\" path=\"rootfs.tar\"")
+};
+const BASE_IMAGE: Shape<'static> = Shape {
+    props: &["path", "root", "keep"],
+    ..single("base \"image\" path=\"vm.qcow2\" [root=\"/dev/...\"] [keep=\"logs ...\"]")
 };
 /// A distribution base (`base "debian"`, `base "ubuntu"`, …): the usage line is the
 /// distribution's own ([`crate::distro::Distro::usage`]).
@@ -331,25 +336,81 @@ fn read_epoch(cx: &mut Cx<'_>, node: &KdlNode) -> Option<i64> {
 /// A `keyring` larger than this is refused.
 const MAX_KEYRING_BYTES: u64 = 16 << 20;
 
+/// What `base "KIND"` names.
+#[derive(Clone, Copy)]
+enum BaseKind {
+    Distro(&'static Distro),
+    Tar,
+    Image,
+}
+
 fn read_base(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
-    let kind = cx.arg::<String>(node, &BASE, 0, "a kind (`debian`, `ubuntu` or `tar`)")?;
-    // Every registered distribution, then `tar`.
-    let mut kinds: Vec<(&str, Option<&'static Distro>)> = crate::distro::FAMILIES
+    let kind = cx.arg::<String>(
+        node,
+        &BASE,
+        0,
+        "a kind (`debian`, `ubuntu`, `tar` or `image`)",
+    )?;
+    // Every registered distribution, then `tar` and `image`.
+    let mut kinds: Vec<(&str, BaseKind)> = crate::distro::FAMILIES
         .iter()
         .flat_map(|f| f.distros())
-        .map(|d| (d.name, Some(d)))
+        .map(|d| (d.name, BaseKind::Distro(d)))
         .collect();
-    kinds.push(("tar", None));
+    kinds.push(("tar", BaseKind::Tar));
+    kinds.push(("image", BaseKind::Image));
     match cx.choice(&kind, "base", &kinds)? {
-        None => {
+        BaseKind::Tar => {
             cx.check_shape(node, &BASE_TAR);
             let usage = format!("write it as `{}`", BASE_TAR.usage);
             let path = cx.required_prop::<String>(node, "path", usage)?;
             let path = resolve_path(cx, &path, Need::File, Confined::Yes)?;
             Some(Base::Tar { path })
         }
-        Some(distro) => read_debian(cx, node, distro),
+        BaseKind::Image => read_image(cx, node),
+        BaseKind::Distro(distro) => read_debian(cx, node, distro),
     }
+}
+
+/// `base "image"`: a disk file (any that `qemu-img` reads; what it holds is checked when the
+/// step runs), the root to take, the generalisations to skip.
+fn read_image(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
+    cx.check_shape(node, &BASE_IMAGE);
+    let usage = format!("write it as `{}`", BASE_IMAGE.usage);
+    let path = cx.required_prop::<String>(node, "path", usage);
+    let root = cx.prop::<String>(node, "root");
+    let keep = cx.prop::<String>(node, "keep");
+    if let Some(root) = root.as_ref().filter(|r| !r.value.starts_with("/dev/")) {
+        cx.bad_value(
+            root.span,
+            format!("root `{}` is not a device", root.value),
+            "not a /dev/ path",
+            "name the root filesystem's device as the import's error lists them, e.g. `/dev/sda2` or `/dev/cl/root`",
+        );
+    }
+    let mut kept = Vec::new();
+    if let Some(keep) = &keep {
+        let names = CLEANINGS.iter().map(|(n, _)| *n);
+        for word in keep.value.split_whitespace() {
+            if names.clone().any(|n| n == word) {
+                kept.push(word.to_string());
+            } else {
+                let w = Spanned {
+                    value: word.to_string(),
+                    span: keep.span,
+                };
+                cx.unknown_value(&w, "cleaning", names.clone());
+            }
+        }
+    }
+    kept.sort();
+    kept.dedup();
+    let path = resolve_path(cx, &path?, Need::File, Confined::No)?;
+    Some(Base::Image(DiskImage {
+        path,
+        root: root.map(|r| r.value),
+        keep: kept,
+    }))
 }
 
 /// `base "debian"` and `base "ubuntu"`: the same options; Ubuntu has other default

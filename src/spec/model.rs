@@ -111,6 +111,54 @@ pub enum Base {
     /// `base "debian" suite="bookworm" variant="minbase" [mirror=URL] [components="main contrib"]
     /// [keyring=PATH] [architecture="amd64"] [include="pkg pkg"]`.
     Debian(Debian),
+    /// `base "image" path="vm.qcow2" [root="/dev/..."] [keep="logs ..."]`: the root
+    /// filesystem of an existing disk.
+    Image(DiskImage),
+}
+
+/// The generalisations of an imported disk's tree (`steps::image_base`), by the name `keep=`
+/// uses, with what each does (the README lists the same).
+pub const CLEANINGS: &[(&str, &str)] = &[
+    (
+        "machine-id",
+        "empties /etc/machine-id (systemd makes a new one at first boot), removes D-Bus's copy",
+    ),
+    (
+        "ssh-host-keys",
+        "removes /etc/ssh/ssh_host_*; a unit makes new ones at first boot",
+    ),
+    ("logs", "removes the files under /var/log (folders stay)"),
+    (
+        "net-rules",
+        "removes udev's persistent-net rules, which pin the old machine's MAC addresses",
+    ),
+    (
+        "dhcp-leases",
+        "removes the DHCP leases of dhclient, dhcpcd, NetworkManager and systemd-networkd",
+    ),
+    (
+        "cloud-init",
+        "removes cloud-init's instance state, so it runs again on each new machine",
+    ),
+    (
+        "shell-history",
+        "removes shell, Python and less histories of root and every user",
+    ),
+    ("tmp", "empties /tmp and /var/tmp"),
+    (
+        "package-caches",
+        "removes downloaded packages and metadata caches of apt, dnf and yum",
+    ),
+    ("hostname", "sets /etc/hostname to `localhost`"),
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskImage {
+    pub path: PathBuf,
+    /// The root device of the system to take, when the disk holds several.
+    pub root: Option<String>,
+    /// Generalisations not to do (names of [`CLEANINGS`]), sorted.
+    pub keep: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

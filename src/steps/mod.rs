@@ -12,6 +12,7 @@ pub mod element;
 pub mod files;
 pub mod filesystem;
 pub mod fstab;
+pub mod image_base;
 pub mod manifest;
 pub mod mounts;
 pub mod output;
@@ -34,6 +35,8 @@ use crate::tools::{Tool, ToolError};
 #[derive(Clone, Debug)]
 pub enum Action {
     BaseTar(base_tar::TarBase),
+    /// `base "image"`: the root filesystem of an existing disk, read with libguestfs.
+    ImageBase(image_base::ImageBase),
     /// `base "debian"` and every other distribution base: its family's bootstrap.
     Bootstrap(bootstrap::Bootstrap),
     Packages(packages::PackagesStep),
@@ -55,6 +58,7 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::BaseTar(_) => "base-tar",
+            Action::ImageBase(_) => "base-image",
             Action::Bootstrap(b) => b.family.bootstrap_kind().0,
             Action::Packages(_) => "packages",
             Action::Files(_) => "files",
@@ -75,6 +79,7 @@ impl Action {
     pub fn version(&self) -> u32 {
         match self {
             Action::BaseTar(_) => base_tar::VERSION,
+            Action::ImageBase(_) => image_base::VERSION,
             Action::Bootstrap(b) => b.family.bootstrap_kind().1,
             Action::Packages(_) => packages::VERSION,
             Action::Files(_) => files::VERSION,
@@ -101,6 +106,7 @@ impl Action {
             | Action::Sbom(_)
             | Action::Manifest(_) => vec![],
             Action::Bootstrap(b) => b.family.bootstrap_tools(),
+            Action::ImageBase(_) => image_base::TOOLS.to_vec(),
             Action::Run(_) | Action::Packages(_) | Action::Bootloader(_) | Action::User(_) => {
                 chroot::TOOLS.to_vec()
             }
@@ -146,6 +152,7 @@ impl Action {
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
         match self {
             Action::BaseTar(s) => s.hash(k, facts),
+            Action::ImageBase(s) => s.hash(k, facts),
             Action::Bootstrap(s) => s.hash(k, facts),
             Action::Packages(s) => s.hash(k),
             Action::Files(s) => s.hash(k, facts),
@@ -165,6 +172,7 @@ impl Action {
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         match self {
             Action::BaseTar(s) => s.run(ctx),
+            Action::ImageBase(s) => s.run(ctx),
             Action::Bootstrap(s) => s.run(ctx),
             Action::Packages(s) => s.run(ctx),
             Action::Files(s) => s.run(ctx),

@@ -30,15 +30,9 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 ";
 
-/// Where the tree comes from: a bootstrap copies some of the host's identity, a package layer
-/// on top of an image does not.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    Bootstrap,
-    Packages,
-}
-
-pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64, after: After) -> Result<(), StepError> {
+/// Removes the SSH host keys; where the tree has an SSH server, adds the unit that makes new
+/// ones at first boot.
+pub fn ssh_host_keys(tree: &mut Tree, store: &Store, epoch: i64) -> Result<(), StepError> {
     tree.remove_children("etc/ssh", |n| n.starts_with("ssh_host_"));
     if tree.entries.contains_key("etc/ssh/sshd_config") {
         tree.put_file(
@@ -54,6 +48,19 @@ pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64, after: After) -> Result
             epoch,
         )?;
     }
+    Ok(())
+}
+
+/// Where the tree comes from: a bootstrap copies some of the host's identity, a package layer
+/// on top of an image does not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    Bootstrap,
+    Packages,
+}
+
+pub fn scrub(tree: &mut Tree, store: &Store, epoch: i64, after: After) -> Result<(), StepError> {
+    ssh_host_keys(tree, store, epoch)?;
     if after == After::Bootstrap && tree.entries.contains_key("etc/hostname") {
         tree.put_file(store, "etc/hostname", b"localhost\n", 0o644, epoch)?;
     }

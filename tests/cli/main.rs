@@ -13,6 +13,7 @@ mod formats;
 mod fuzz;
 mod heal;
 mod help;
+mod import;
 mod lock;
 mod remote;
 mod repro;
