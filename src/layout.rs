@@ -193,13 +193,14 @@ pub fn layout(disk_size: u64, parts: &[PartitionSpec]) -> Result<Layout, LayoutE
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ids::{derive_guid, ESP, LINUX_DATA, ROOT_X86_64, SWAP};
 
-    const SEED: [u8; 32] = [7; 32];
+    pub(crate) const SEED: [u8; 32] = [7; 32];
 
-    fn part(name: &str, type_guid: Guid, size: Option<u64>) -> PartitionSpec {
+    /// A partition of the tests (here and in `format::gpt`): its GUID derived from its name.
+    pub(crate) fn part(name: &str, type_guid: Guid, size: Option<u64>) -> PartitionSpec {
         PartitionSpec {
             name: name.into(),
             type_guid,

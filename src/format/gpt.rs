@@ -303,20 +303,9 @@ fn copy_sparse(
 mod tests {
     use super::*;
     use crate::ids::{derive_guid, BIOS_BOOT, ESP, ROOT_X86_64};
-    use crate::layout::{layout, PartitionSpec, MIB};
+    use crate::layout::tests::{part, SEED};
+    use crate::layout::{layout, MIB};
     use crate::runner::{Cmd, HostRunner, Runner};
-
-    const SEED: [u8; 32] = [7; 32];
-
-    fn part(name: &str, type_guid: Guid, size: Option<u64>) -> PartitionSpec {
-        PartitionSpec {
-            name: name.into(),
-            type_guid,
-            size,
-            guid: derive_guid(&SEED, &format!("partition:{name}")),
-            attributes: 0,
-        }
-    }
 
     /// Writes a 64 MiB disk with an 8 MiB "esp" and a rest-of-disk "root", both with content.
     fn write_sample(dir: &Path, out: &Path) -> Layout {

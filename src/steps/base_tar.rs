@@ -20,12 +20,7 @@ pub struct TarBase {
 
 impl TarBase {
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
-        let d = facts
-            .file_digest(&self.path)
-            .map_err(|source| FactError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let d = super::file_digest(facts, &self.path)?;
         k.file("tarball", &d);
         Ok(())
     }

@@ -48,12 +48,7 @@ pub struct ImageBase {
 
 impl ImageBase {
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
-        let d = facts
-            .file_digest(&self.path)
-            .map_err(|source| FactError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+        let d = super::file_digest(facts, &self.path)?;
         k.file("disk", &d);
         k.param("root", self.root.as_deref().unwrap_or(""));
         k.param(

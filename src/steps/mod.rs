@@ -297,6 +297,14 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The content digest of a local file a key names, as [`Facts::file_digest`] gives it.
+pub fn file_digest(facts: &dyn Facts, path: &Path) -> Result<String, FactError> {
+    facts.file_digest(path).map_err(|source| FactError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Stores the file at `path` and takes its SHA-256 in the same read; the file is kept as the
 /// blob's plain copy for the rest of the build ([`imgspec_cache::Store::put_file_keep`]).
 pub fn put_with_sha256(
