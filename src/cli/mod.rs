@@ -1024,6 +1024,20 @@ fn doctor(cache_dir: &Path, specs: &[PathBuf]) -> Result<(), CliError> {
     if !missing.is_empty() {
         return Err(missing_tools(&missing));
     }
+    let imports = plan
+        .steps
+        .iter()
+        .any(|s| matches!(s.action, crate::steps::Action::ImageBase(_)));
+    if imports {
+        let (problem, notes) = crate::steps::image_base::appliance_check();
+        for n in notes {
+            println!("{n}");
+        }
+        if let Some((why, fix)) = problem {
+            println!("libguestfs: CANNOT read disks: {why}\n  fix: {fix}");
+            emulation.get_or_insert((why, fix));
+        }
+    }
     if let Some((why, fix)) = emulation {
         return Err(CliError::Environment {
             message: why,

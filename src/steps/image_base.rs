@@ -303,6 +303,72 @@ fn guestfs_env(cmd: Cmd) -> Cmd {
     cmd
 }
 
+/// What `imgspec doctor` says of libguestfs on this host: problems (why, fix) that stop every
+/// import, and notes. Starts the appliance once (`guestfish -a /dev/null run`: seconds with
+/// KVM, about 20 s under TCG).
+pub fn appliance_check() -> (Option<(String, String)>, Vec<String>) {
+    let mut notes = Vec::new();
+    let kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+                        && std::fs::File::open(p).is_ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if kernels.is_empty() {
+        return (
+            Some((
+                "libguestfs has no kernel to boot its appliance: there is no readable                  /boot/vmlinuz-* on this host"
+                    .into(),
+                "apt-get install linux-image-amd64, then rm -rf /var/tmp/.guestfs-* (the                  appliance is made again)"
+                    .into(),
+            )),
+            notes,
+        );
+    }
+    if !Path::new("/usr/lib/x86_64-linux-gnu/guestfs/supermin.d/packages-xfs").exists() {
+        notes.push(
+            "libguestfs cannot read xfs here (Debian's libguestfs-xfs is not installed)".into(),
+        );
+    }
+    let mut cmd = std::process::Command::new(GUESTFISH.program);
+    for (k, v) in guestfs_env(Cmd::new(GUESTFISH.program)).env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(["--ro", "-a", "/dev/null", "run"]).output();
+    match out {
+        Ok(o) if o.status.success() => {
+            notes.push("libguestfs: the appliance starts".into());
+            (None, notes)
+        }
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let tail: Vec<&str> = err.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            (
+                Some((
+                    format!("libguestfs' appliance does not start: {}", tail.join(" / ")),
+                    "run `libguestfs-test-tool` for the whole story; where KVM does not work,                      LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg (the                      default here unless set)"
+                        .into(),
+                )),
+                notes,
+            )
+        }
+        Err(e) => (
+            Some((
+                format!("guestfish cannot start: {e}"),
+                "apt-get install libguestfs-tools".into(),
+            )),
+            notes,
+        ),
+    }
+}
+
 /// Does every cleaning of [`CLEANINGS`] not named in `keep`.
 pub fn generalise(
     tree: &mut Tree,

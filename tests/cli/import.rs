@@ -204,6 +204,12 @@ image "from-vdi" {
 }
 "#,
     );
+    let doctor = w.run(&["doctor", "from-vm.kdl"]).ok();
+    assert!(
+        doctor.stdout.contains("libguestfs: the appliance starts"),
+        "{}",
+        doctor.stdout
+    );
     w.run(&["build", "from-vm.kdl", "--out-dir", "out"]).ok();
 
     let t = listing(&w.path("out/from-vmdk/from-vmdk.tar"));
