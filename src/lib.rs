@@ -12,6 +12,7 @@ pub mod cli;
 pub mod distro;
 pub mod element;
 pub mod exec;
+pub mod fetch;
 pub mod foreign;
 pub mod format;
 pub mod ids;

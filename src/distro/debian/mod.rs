@@ -19,6 +19,7 @@ use std::path::Path;
 use imgspec_cache::StepOutput;
 
 use super::{Distro, Family, FetchFailure, Installed, Locked, Read};
+use crate::fetch::FetchError;
 use crate::key::KeyBuilder;
 use crate::spec::model::{BootloaderKind, Debian as BaseSpec};
 use crate::steps::{FactError, Facts, StepContext, StepError};
@@ -147,11 +148,14 @@ impl Family for DebianFamily {
             .map_err(|e| {
                 let why = crate::exec::error_lines(&e);
                 match e {
-                    debstore::DebError::Unreachable { .. } => FetchFailure::Unreachable(why),
-                    debstore::DebError::Io { .. } => FetchFailure::Local(why),
-                    debstore::DebError::Gone { .. } | debstore::DebError::Mismatch { .. } => {
-                        FetchFailure::Gone(why)
+                    debstore::DebError::Fetch(FetchError::Unreachable { .. }) => {
+                        FetchFailure::Unreachable(why)
                     }
+                    debstore::DebError::Io { .. }
+                    | debstore::DebError::Fetch(FetchError::Io { .. }) => FetchFailure::Local(why),
+                    debstore::DebError::Fetch(
+                        FetchError::Gone { .. } | FetchError::Mismatch { .. },
+                    ) => FetchFailure::Gone(why),
                 }
             })
     }
