@@ -473,12 +473,9 @@ fn layer_step(
         ),
         Layer::Base(Base::Image(i)) => (
             "base".into(),
-            format!(
-                "base image {}",
-                i.path.file_name().unwrap_or_default().to_string_lossy()
-            ),
+            format!("base image {}", i.source.file_name()),
             Action::ImageBase(steps::image_base::ImageBase {
-                path: i.path.clone(),
+                source: i.source.clone(),
                 root: i.root.clone(),
                 keep: i.keep.iter().cloned().collect(),
             }),

@@ -580,7 +580,7 @@ fn a_foreign_image_hashes_the_emulator_in_the_steps_that_run_its_programs() {
 fn golden_key_of_an_imported_disk() {
     let mut img = image("imported");
     img.layers = vec![Layer::Base(Base::Image(DiskImage {
-        path: PathBuf::from("/vm/centos8.qcow2"),
+        source: DiskSource::Path(PathBuf::from("/vm/centos8.qcow2")),
         root: Some("/dev/cl/root".into()),
         keep: vec!["logs".into()],
     }))];
@@ -611,4 +611,46 @@ fn golden_key_of_an_imported_disk() {
         ]
     );
     assert_eq!(base.key.short(), "59edb0c42fad");
+}
+
+/// `base "image" url=`: the published SHA-256 in place of the file's digest; the URL itself is
+/// not in the key (a moved image rebuilds nothing).
+#[test]
+fn golden_key_of_a_disk_by_url() {
+    let mut img = image("cloud");
+    img.layers = vec![Layer::Base(Base::Image(DiskImage {
+        source: DiskSource::Url {
+            url: "https://cloud.example/images/generic.qcow2".into(),
+            sha256: "ab".repeat(32),
+        },
+        root: None,
+        keep: vec![],
+    }))];
+    img.bootloader = None;
+    img.disk = None;
+    img.outputs = vec![OutputFormat::Tar];
+    let spec = Spec {
+        images: vec![img],
+        sources: vec![],
+    };
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let base = &plan.steps[0];
+    assert_eq!(base.label, "base image generic.qcow2");
+    let parts: Vec<String> = base
+        .parts
+        .iter()
+        .map(|p| format!("{} {}", p.class, p.name))
+        .collect();
+    assert_eq!(
+        parts,
+        [
+            "param epoch",
+            "param disk-sha256",
+            "param root",
+            "param keep",
+            "tool guestfish",
+            "tool qemu-img"
+        ]
+    );
+    assert_eq!(base.key.short(), "dff12446e507");
 }

@@ -14,8 +14,8 @@ use crate::element::{self, ELEMENTS};
 use super::disk;
 use super::error::{did_you_mean, SpecError};
 use super::model::{
-    Base, Bootloader, BootloaderKind, Debian, Disk, DiskImage, Files, Layer, OutputFormat,
-    Packages, Run, User, CLEANINGS, DEFAULT_CMDLINE,
+    Base, Bootloader, BootloaderKind, Debian, Disk, DiskImage, DiskSource, Files, Layer,
+    OutputFormat, Packages, Run, User, CLEANINGS, DEFAULT_CMDLINE,
 };
 use super::read::{
     arg_count, children, node_name, Cx, FileId, FromValue, Problems, Scalar, Shape, Spanned, MANY,
@@ -111,8 +111,8 @@ const BASE_TAR: Shape<'static> = Shape {
     ..single("base \"tar\" path=\"rootfs.tar\"")
 };
 const BASE_IMAGE: Shape<'static> = Shape {
-    props: &["path", "root", "keep"],
-    ..single("base \"image\" path=\"vm.qcow2\" [root=\"/dev/...\"] [keep=\"logs ...\"]")
+    props: &["path", "url", "sha256", "root", "keep"],
+    ..single("base \"image\" path=\"vm.qcow2\"` (or `url=\"https://…\" sha256=\"…\"`) `[root=\"/dev/...\"] [keep=\"logs ...\"]")
 };
 /// A distribution base (`base "debian"`, `base "ubuntu"`, …): the usage line is the
 /// distribution's own ([`crate::distro::Distro::usage`]).
@@ -376,8 +376,9 @@ fn read_base(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
 /// step runs), the root to take, the generalisations to skip.
 fn read_image(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
     cx.check_shape(node, &BASE_IMAGE);
-    let usage = format!("write it as `{}`", BASE_IMAGE.usage);
-    let path = cx.required_prop::<String>(node, "path", usage);
+    let path = cx.prop::<String>(node, "path");
+    let url = cx.prop::<String>(node, "url");
+    let sha256 = cx.prop::<String>(node, "sha256");
     let root = cx.prop::<String>(node, "root");
     let keep = cx.prop::<String>(node, "keep");
     if let Some(root) = root.as_ref().filter(|r| !r.value.starts_with("/dev/")) {
@@ -405,9 +406,77 @@ fn read_image(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
     }
     kept.sort();
     kept.dedup();
-    let path = resolve_path(cx, &path?, Need::File, Confined::No)?;
+    let source = match (path, url) {
+        (Some(path), None) => {
+            if let Some(sha) = &sha256 {
+                cx.bad_value(
+                    sha.span,
+                    "`sha256` goes with `url`".into(),
+                    "not for a local disk",
+                    "a local disk's content is hashed by imgspec: leave `sha256` out",
+                );
+            }
+            DiskSource::Path(resolve_path(cx, &path, Need::File, Confined::No)?)
+        }
+        (None, Some(url)) => {
+            if !["http://", "https://"]
+                .iter()
+                .any(|p| url.value.starts_with(p))
+            {
+                cx.bad_value(
+                    url.span,
+                    format!("url `{}` is not an http(s) URL", url.value),
+                    "not http(s)",
+                    "write the image's download URL, e.g. `https://cloud.example/images/disk.qcow2`; a disk on this machine is `path=`",
+                );
+                return None;
+            }
+            let Some(sha) = sha256 else {
+                cx.report(SpecError::MissingProperty {
+                    src: cx.src(),
+                    span: url.span,
+                    node: "base".into(),
+                    key: "sha256".into(),
+                    help: "a downloaded disk is checked against the SHA-256 its publisher gives (the `CHECKSUM` file beside it): write `sha256=\"…\"`".into(),
+                });
+                return None;
+            };
+            if sha.value.len() != 64 || !sha.value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                cx.bad_value(
+                    sha.span,
+                    format!("`{}` is not a SHA-256", sha.value),
+                    "not 64 hex digits",
+                    "copy the image's SHA-256 from its publisher's checksum file: 64 hexadecimal digits",
+                );
+                return None;
+            }
+            DiskSource::Url {
+                url: url.value,
+                sha256: sha.value.to_ascii_lowercase(),
+            }
+        }
+        (Some(_), Some(url)) => {
+            cx.bad_value(
+                url.span,
+                "`path` and `url` both given".into(),
+                "one disk, two sources",
+                "a disk on this machine is `path=`, a published one `url=` with `sha256=`: keep one",
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.report(SpecError::MissingProperty {
+                src: cx.src(),
+                span: node.name().span(),
+                node: "base".into(),
+                key: "path".into(),
+                help: format!("write it as `{}`", BASE_IMAGE.usage),
+            });
+            return None;
+        }
+    };
     Some(Base::Image(DiskImage {
-        path,
+        source,
         root: root.map(|r| r.value),
         keep: kept,
     }))

@@ -111,8 +111,8 @@ pub enum Base {
     /// `base "debian" suite="bookworm" variant="minbase" [mirror=URL] [components="main contrib"]
     /// [keyring=PATH] [architecture="amd64"] [include="pkg pkg"]`.
     Debian(Debian),
-    /// `base "image" path="vm.qcow2" [root="/dev/..."] [keep="logs ..."]`: the root
-    /// filesystem of an existing disk.
+    /// `base "image" path="vm.qcow2"|url="https://…" sha256="…" [root="/dev/..."]
+    /// [keep="logs ..."]`: the root filesystem of an existing disk.
     Image(DiskImage),
 }
 
@@ -154,11 +154,40 @@ pub const CLEANINGS: &[(&str, &str)] = &[
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskImage {
-    pub path: PathBuf,
+    pub source: DiskSource,
     /// The root device of the system to take, when the disk holds several.
     pub root: Option<String>,
     /// Generalisations not to do (names of [`CLEANINGS`]), sorted.
     pub keep: Vec<String>,
+}
+
+/// Where an imported disk comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiskSource {
+    /// `path=`: a disk file on this machine.
+    Path(PathBuf),
+    /// `url=` and `sha256=`: a published disk image (a distribution's cloud image), downloaded
+    /// once into the cache and checked.
+    Url { url: String, sha256: String },
+}
+
+impl DiskSource {
+    /// The disk's file name, for the step's label.
+    pub fn file_name(&self) -> String {
+        match self {
+            DiskSource::Path(p) => p
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+            DiskSource::Url { url, .. } => url
+                .split(['?', '#'])
+                .next()
+                .and_then(|u| u.rsplit('/').next())
+                .unwrap_or_default()
+                .to_string(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

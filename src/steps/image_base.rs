@@ -28,6 +28,7 @@ use super::tree::Tree;
 use super::{FactError, Facts, StepContext, StepError};
 use crate::key::KeyBuilder;
 use crate::runner::Cmd;
+use crate::spec::model::DiskSource;
 pub use crate::spec::model::CLEANINGS;
 use crate::tools::{Tool, GUESTFISH, QEMU_IMG};
 
@@ -37,9 +38,13 @@ pub const TOOLS: &[Tool] = &[GUESTFISH, QEMU_IMG];
 /// The disk formats taken, as `qemu-img info` names them.
 const FORMATS: &[&str] = &["raw", "qcow2", "vmdk", "vdi", "vhdx", "vpc"];
 
+/// The cache's folder of disk images downloaded for `base "image" url=`, by SHA-256
+/// (`<sha256>.img`), layout version 1.
+pub const IMAGES_DIR: &str = "images-v1";
+
 #[derive(Clone, Debug)]
 pub struct ImageBase {
-    pub path: PathBuf,
+    pub source: DiskSource,
     /// The device of the root filesystem to take when the disk holds several systems.
     pub root: Option<String>,
     /// Names of [`CLEANINGS`] not to do.
@@ -48,8 +53,16 @@ pub struct ImageBase {
 
 impl ImageBase {
     pub fn hash(&self, k: &mut KeyBuilder, facts: &dyn Facts) -> Result<(), FactError> {
-        let d = super::file_digest(facts, &self.path)?;
-        k.file("disk", &d);
+        match &self.source {
+            DiskSource::Path(path) => {
+                let d = super::file_digest(facts, path)?;
+                k.file("disk", &d);
+            }
+            // The content, not where it is published: a moved URL rebuilds nothing.
+            DiskSource::Url { sha256, .. } => {
+                k.param("disk-sha256", sha256);
+            }
+        }
         k.param("root", self.root.as_deref().unwrap_or(""));
         k.param(
             "keep",
@@ -62,12 +75,16 @@ impl ImageBase {
     }
 
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
-        let format = check_disk(ctx, &self.path)?;
+        let disk = match &self.source {
+            DiskSource::Path(path) => path.clone(),
+            DiskSource::Url { url, sha256 } => download(ctx, url, sha256)?,
+        };
+        let format = check_disk(ctx, &disk)?;
         let tar = ctx.work.join("root.tar");
         {
-            let fish = Guestfish::start(ctx, &self.path, &format)?;
+            let fish = Guestfish::start(ctx, &disk, &format)?;
             fish.call(&["run"])?;
-            let root = fish.choose_root(self.root.as_deref(), &self.path)?;
+            let root = fish.choose_root(self.root.as_deref(), &disk)?;
             let mut mounts = fish.mountpoints(&root)?;
             // Parents before children: `/` before `/boot` before `/boot/efi`.
             mounts.sort_by_key(|(mp, _)| (mp.matches('/').count(), mp.len()));
@@ -98,6 +115,31 @@ impl ImageBase {
         let mut tree = Tree::new(m);
         generalise(&mut tree, ctx, &self.keep)?;
         ctx.tree_output(&tree.into_manifest())
+    }
+}
+
+/// The disk of `url` in the cache (`images-v1/<sha256>.img`), downloaded and checked when it is
+/// not there yet.
+fn download(ctx: &StepContext, url: &str, sha256: &str) -> Result<PathBuf, StepError> {
+    let dest = ctx
+        .store
+        .root()
+        .join(IMAGES_DIR)
+        .join(format!("{sha256}.img"));
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    log(ctx, &format!("downloading {url}"));
+    crate::fetch::fetch(url, sha256, &dest, &|_| {})
+        .map_err(|e| StepError::Invalid(crate::exec::error_lines(&e)))?;
+    Ok(dest)
+}
+
+/// A line of the step's own in its log.
+fn log(ctx: &StepContext, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&ctx.log) {
+        let _ = writeln!(f, "# {line}");
     }
 }
 

@@ -1,6 +1,6 @@
 //! The engine end to end, with no network: `base "tar"`, `files`, `run`, `output "tar"`.
 
-use crate::common::{sha256, Workspace};
+use crate::common::{sha256, Http, Workspace};
 
 const SPEC: &str = r#"
 image "mini" {
@@ -229,41 +229,6 @@ image "clock" {
     output "tar"
 }
 "#;
-
-/// A python3 `http.server` on a free loopback port, serving `dir`; stopped when dropped.
-struct Http(std::process::Child, u16);
-
-impl Http {
-    fn serve(dir: &std::path::Path) -> Http {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = std::process::Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 (scripts/install-deps installs it with reprotest)");
-        let t = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed().as_secs() < 10, "http.server did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Http(child, port)
-    }
-}
-
-impl Drop for Http {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Another machine published a build of the same spec whose `run` step wrote other bytes:
 /// verify names that step from the published manifest before it rebuilds anything, for a

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::Workspace;
+use crate::common::{sha256, Http, Workspace};
 
 /// Runs a guestfish script in `dir` (the appliance under TCG, as on this kind of machine).
 fn guestfish(dir: &Path, script: &str) {
@@ -187,9 +187,13 @@ fn a_hand_installed_disk_becomes_a_generalised_reproducible_image() {
         &["convert", "-O", "vdi", "vm/disk.raw", "vm/disk.vdi"],
     );
     std::fs::remove_file(w.path("vm/disk.raw")).unwrap();
+    // The vmdk published, as a cloud image is: by URL, with its SHA-256.
+    let http = Http::serve(&w.path("vm"));
+    let url = format!("http://127.0.0.1:{}/disk.vmdk", http.1);
+    let vmdk_sha = sha256(&w.path("vm/disk.vmdk"));
     w.write(
         "from-vm.kdl",
-        r#"
+        &(r#"
 image "from-vmdk" {
     base "image" path="vm/disk.vmdk"
     run "echo imported > /etc/after-import"
@@ -202,7 +206,11 @@ image "from-vdi" {
     }
     output "tar" "partition"
 }
-"#,
+"#
+        .to_string()
+            + &format!(
+                "image \"from-url\" {{\n    base \"image\" url=\"{url}\" sha256=\"{vmdk_sha}\" keep=\"logs hostname\"\n    output \"tar\"\n}}\n"
+            )),
     );
     let doctor = w.run(&["doctor", "from-vm.kdl"]).ok();
     assert!(
@@ -279,10 +287,33 @@ image "from-vdi" {
         b"INITRD"
     );
     assert!(set.join("from-vdi.qcow2").is_file());
+    // The guest's fstab is rewritten for the filesystem imgspec makes (by its new UUID).
+    let fstab = String::from_utf8_lossy(&v["etc/fstab"].5).into_owned();
+    assert!(
+        fstab.starts_with("# written by imgspec")
+            && fstab.contains("UUID=")
+            && !fstab.contains("cl-root"),
+        "{fstab}"
+    );
+    // The same disk by URL (as vmdk) and from a file (as vdi), the same cleanings: the same tree
+    // (but the fstab of `from-vdi`'s disk).
+    let u = listing(&w.path("out/from-url/from-url.tar"));
+    let differ: Vec<(&String, Option<&_>, Option<&_>)> = u
+        .keys()
+        .chain(v.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|p| *p != "etc/fstab" && u.get(*p) != v.get(*p))
+        .map(|p| (p, u.get(p), v.get(p)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "the downloaded vmdk and the vdi gave other trees: {differ:?}"
+    );
 
     // Touching the disks changes nothing: no step runs, and the digest is not taken again.
     let sums = |dir: &str| {
-        ["from-vmdk", "from-vdi"]
+        ["from-vmdk", "from-vdi", "from-url"]
             .map(|i| std::fs::read_to_string(w.path(&format!("{dir}/{i}/SHA256SUMS"))).unwrap())
     };
     let first = sums("out");
@@ -369,7 +400,14 @@ write /etc/second \"2\"
     let whole = std::fs::read(w.path("vm/two.qcow2")).unwrap();
     std::fs::write(w.path("vm/cut.qcow2"), &whole[..whole.len() / 3]).unwrap();
 
+    let http = Http::serve(&w.path("vm"));
+    let wrong_sha = format!(
+        r#"url="http://127.0.0.1:{}/two.qcow2" sha256="{}""#,
+        http.1,
+        "0".repeat(64)
+    );
     let cases: &[(&str, &str, &str)] = &[
+        ("wrong-sha", &wrong_sha, "is not the file asked for"),
         ("backed", r#"path="vm/backed.qcow2""#, "has a backing file"),
         (
             "external",
