@@ -287,6 +287,34 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         "{}",
         r.stderr
     );
+
+    // The users' guide's third route, with `specs/from-vm.kdl`: the UEFI disk just built taken
+    // as a VM's disk installed by hand (as VMware and VirtualBox write it: a vmdk), imported
+    // with libguestfs, and made again into a partition set and a whole UEFI disk that boot.
+    if !imgspec::tools::test_requires(&["libguestfs-tools", "linux-image-amd64"]) {
+        return;
+    }
+    std::fs::create_dir_all(w.path("specs/vm")).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "vmdk"])
+        .arg(w.path("out/debian-efi/debian-efi.qcow2"))
+        .arg(w.path("specs/vm/hand-installed.vmdk"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let spec = std::fs::read_to_string(w.path("specs/from-vm.kdl"))
+        .unwrap()
+        .replace("vm/hand-installed.qcow2", "vm/hand-installed.vmdk");
+    w.write("specs/from-vm.kdl", &spec);
+    w.run(&["build", "specs/from-vm.kdl"]).ok();
+    let p = boot(&w, &["out/from-vm/from-vm.qcow2"], "`login:` after");
+    assert!(p.contains("partition image, kernel"), "{p}");
+    let d = boot(
+        &w,
+        &["out/from-vm-disk/from-vm-disk.qcow2"],
+        "`login:` after",
+    );
+    assert!(d.contains("EFI system partition: UEFI"), "{d}");
 }
 
 #[test]
