@@ -53,8 +53,39 @@ fn hex(bytes: &[u8]) -> String {
 /// [`FetchError::Unreachable`]) is tried again, [`FETCH_TRIES`] times in all, waiting 1, 2, 4,
 /// … s between tries; `done` hears each byte once however many tries it takes.
 pub fn fetch(url: &str, sha256: &str, dest: &Path, done: &dyn Fn(u64)) -> Result<(), FetchError> {
-    fetch_with(url, sha256, dest, done, FETCH_TRIES, Duration::from_secs(1))
+    fetch_with(
+        url,
+        sha256,
+        dest,
+        done,
+        FETCH_TRIES,
+        Duration::from_secs(1),
+        SMALL_BODY,
+    )
 }
+
+/// [`fetch`] for a file of gigabytes (a disk image): the body may take hours, not minutes.
+pub fn fetch_large(
+    url: &str,
+    sha256: &str,
+    dest: &Path,
+    done: &dyn Fn(u64),
+) -> Result<(), FetchError> {
+    fetch_with(
+        url,
+        sha256,
+        dest,
+        done,
+        FETCH_TRIES,
+        Duration::from_secs(1),
+        LARGE_BODY,
+    )
+}
+
+/// The longest a body may take to arrive (ureq's deadline covers the whole body): a package.
+const SMALL_BODY: Duration = Duration::from_secs(600);
+/// ... and a disk image.
+const LARGE_BODY: Duration = Duration::from_secs(12 * 3600);
 
 fn fetch_with(
     url: &str,
@@ -63,13 +94,18 @@ fn fetch_with(
     done: &dyn Fn(u64),
     tries: u32,
     first_wait: Duration,
+    body: Duration,
 ) -> Result<(), FetchError> {
     let parent = dest.parent().expect("a deb path has a parent");
     std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-    let tmp = parent.join(format!(".{sha256}.{}.part", std::process::id()));
+    // Its own name, so that two fetches of one file at once (two steps of a build) never
+    // write into each other's; the one renamed last wins, both checked whole.
+    static NTH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nth = NTH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".{sha256}.{}.{nth}.part", std::process::id()));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(20)))
-        .timeout_recv_body(Some(Duration::from_secs(600)))
+        .timeout_recv_body(Some(body))
         .build()
         .into();
     // The most bytes any try has told `done` of, so a try again is not counted twice.
@@ -245,6 +281,7 @@ mod tests {
             &|n| told.set(told.get() + n),
             tries,
             Duration::from_millis(5),
+            SMALL_BODY,
         );
         (dir, r, told.get())
     }

@@ -671,8 +671,9 @@ impl From<BuildError> for CliError {
                     );
                 }
                 let help = if gone.is_empty() {
-                    "the lock is fine, the mirror could not be reached: run the build again when \
-                     it can be (the packages fetched are kept in the cache)"
+                    "the lock is fine: the mirror could not be reached or the cache could not be \
+                     written (the reason is on each line); run the build again once it can be \
+                     (the packages fetched are kept in the cache)"
                 } else {
                     "the mirror has moved on and the cache does not have them: lock what the \
                      mirror has now with `imgspec lock --update SPEC`"

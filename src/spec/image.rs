@@ -381,12 +381,15 @@ fn read_image(cx: &mut Cx<'_>, node: &KdlNode) -> Option<Base> {
     let sha256 = cx.prop::<String>(node, "sha256");
     let root = cx.prop::<String>(node, "root");
     let keep = cx.prop::<String>(node, "keep");
-    if let Some(root) = root.as_ref().filter(|r| !r.value.starts_with("/dev/")) {
+    if let Some(root) = root
+        .as_ref()
+        .filter(|r| !r.value.starts_with("/dev/") && !r.value.starts_with("btrfsvol:/dev/"))
+    {
         cx.bad_value(
             root.span,
             format!("root `{}` is not a device", root.value),
             "not a /dev/ path",
-            "name the root filesystem's device as the import's error lists them, e.g. `/dev/sda2` or `/dev/cl/root`",
+            "name the root filesystem's device as the import's error lists them, e.g. `/dev/sda2`, `/dev/cl/root` or `btrfsvol:/dev/sda2/root`",
         );
     }
     let mut kept = Vec::new();

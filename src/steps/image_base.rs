@@ -89,12 +89,25 @@ impl ImageBase {
             // Parents before children: `/` before `/boot` before `/boot/efi`.
             mounts.sort_by_key(|(mp, _)| (mp.matches('/').count(), mp.len()));
             for (mp, dev) in &mounts {
-                if let Err(e) = fish.call(&["mount-ro", dev, mp]) {
-                    // The guest's fstab may name what the disk lacks (a network mount, a
-                    // swap): the root must mount, the others may not.
-                    if mp == "/" {
-                        return Err(e);
-                    }
+                // The guest's fstab may name what the disk lacks (a network mount, a second
+                // disk): the root must mount, the others may not. A failed command stops a
+                // `--listen` guestfish, unless it is prefixed with `-`.
+                if mp == "/" {
+                    fish.call(&["mount-ro", dev, mp])?;
+                } else {
+                    fish.call(&["-mount-ro", dev, mp])?;
+                }
+            }
+            let mounted = fish.call(&["mountpoints"])?;
+            for (mp, dev) in &mounts {
+                if !mounted
+                    .lines()
+                    .any(|l| l.trim_end().ends_with(&format!(": {mp}")))
+                {
+                    log(
+                        ctx,
+                        &format!("{dev} ({mp} in the guest's fstab) did not mount: left out"),
+                    );
                 }
             }
             let out = tar.to_string_lossy().into_owned();
@@ -130,7 +143,7 @@ fn download(ctx: &StepContext, url: &str, sha256: &str) -> Result<PathBuf, StepE
         return Ok(dest);
     }
     log(ctx, &format!("downloading {url}"));
-    crate::fetch::fetch(url, sha256, &dest, &|_| {})
+    crate::fetch::fetch_large(url, sha256, &dest, &|_| {})
         .map_err(|e| StepError::Invalid(crate::exec::error_lines(&e)))?;
     Ok(dest)
 }
@@ -149,6 +162,23 @@ fn log(ctx: &StepContext, line: &str) {
 fn check_disk(ctx: &StepContext, path: &Path) -> Result<String, StepError> {
     let bad =
         |why: String| StepError::Invalid(format!("`{}` cannot be imported: {why}", path.display()));
+    // Before qemu-img opens it: some headers make qemu-img itself open other files.
+    let mut head = vec![0u8; 4096];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(StepError::io(path))?;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..]).map_err(StepError::io(path))? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        n
+    };
+    if let Some(why) = header_problem(&head[..n]) {
+        return Err(bad(why));
+    }
     let out = ctx
         .runner
         .output(
@@ -169,6 +199,55 @@ fn check_disk(ctx: &StepContext, path: &Path) -> Result<String, StepError> {
         || Ok(info["format"].as_str().unwrap_or_default().to_string()),
         |why| Err(bad(why)),
     )
+}
+
+/// Why a disk whose first bytes are `head` must not even be shown to `qemu-img`: a qcow2 with a
+/// backing file or an external data file, a vmdk descriptor (text naming extent files), a
+/// sparse vmdk of capacity 0 (whose embedded descriptor names them). The checks of Ironic's
+/// format inspector, on the header alone.
+pub fn header_problem(head: &[u8]) -> Option<String> {
+    let be64 = |at: usize| {
+        head.get(at..at + 8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    };
+    let convert = "make a self-contained copy first: `qemu-img convert -O qcow2 DISK copy.qcow2`";
+    if head.starts_with(b"QFI\xfb") {
+        if be64(8).is_some_and(|o| o != 0) {
+            return Some(format!(
+                "it has a backing file, which imgspec never follows; {convert}"
+            ));
+        }
+        let version = head
+            .get(4..8)
+            .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        // Incompatible feature bit 2: the guest data is in an external file.
+        if version >= 3 && be64(72).is_some_and(|f| f & 0b100 != 0) {
+            return Some(format!(
+                "its data is in another file, which imgspec never follows; {convert}"
+            ));
+        }
+    }
+    if head.starts_with(b"KDMV") {
+        let capacity = head
+            .get(12..20)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+        if capacity == 0 {
+            return Some(format!(
+                "it is a vmdk whose own descriptor names its extent files; {convert}"
+            ));
+        }
+    }
+    // A sparse vmdk carries its descriptor (of itself) after the header: only a file that is
+    // the text is a descriptor.
+    let text = String::from_utf8_lossy(&head[..head.len().min(1024)]);
+    if !head.starts_with(b"KDMV")
+        && (text.starts_with("# Disk DescriptorFile") || text.contains("\ncreateType="))
+    {
+        return Some(format!(
+            "it is a vmdk descriptor, which names other files; {convert}"
+        ));
+    }
+    None
 }
 
 /// Why a disk whose `qemu-img info --output=json` is `info` must not be imported, if it must
@@ -257,13 +336,13 @@ impl<'a> Guestfish<'a> {
             .collect();
         let describe = |root: &str| -> String {
             let product = self
-                .call(&["inspect-get-product-name", root])
+                .call(&["-inspect-get-product-name", root])
                 .unwrap_or_default();
             format!("`{root}` ({})", product.trim())
         };
         match (roots.as_slice(), wanted) {
             ([], _) => {
-                let filesystems = self.call(&["list-filesystems"]).unwrap_or_default();
+                let filesystems = self.call(&["-list-filesystems"]).unwrap_or_default();
                 let encrypted = filesystems.lines().any(|l| l.contains("crypto_LUKS"));
                 Err(StepError::Invalid(if encrypted {
                     format!(
@@ -365,9 +444,9 @@ pub fn appliance_check() -> (Option<(String, String)>, Vec<String>) {
     if kernels.is_empty() {
         return (
             Some((
-                "libguestfs has no kernel to boot its appliance: there is no readable                  /boot/vmlinuz-* on this host"
+                "libguestfs has no kernel to boot its appliance: there is no readable /boot/vmlinuz-* on this host"
                     .into(),
-                "apt-get install linux-image-amd64, then rm -rf /var/tmp/.guestfs-* (the                  appliance is made again)"
+                "apt-get install linux-image-amd64, then rm -rf /var/tmp/.guestfs-* (the appliance is made again)"
                     .into(),
             )),
             notes,
@@ -395,7 +474,7 @@ pub fn appliance_check() -> (Option<(String, String)>, Vec<String>) {
             (
                 Some((
                     format!("libguestfs' appliance does not start: {}", tail.join(" / ")),
-                    "run `libguestfs-test-tool` for the whole story; where KVM does not work,                      LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg (the                      default here unless set)"
+                    "run `libguestfs-test-tool` for the whole story; where KVM does not work, LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg (the default here unless set)"
                         .into(),
                 )),
                 notes,
@@ -540,6 +619,34 @@ mod tests {
         let sparse = json!({"format": "vmdk", "format-specific": {"type": "vmdk",
             "data": {"create-type": "monolithicSparse", "extents": [{}]}}});
         assert_eq!(info_problem(&sparse), None);
+    }
+
+    #[test]
+    fn headers_that_name_other_files_are_refused_before_qemu_img() {
+        let mut qcow2 = vec![0u8; 512];
+        qcow2[..4].copy_from_slice(b"QFI\xfb");
+        qcow2[7] = 3;
+        assert_eq!(header_problem(&qcow2), None);
+        let mut backed = qcow2.clone();
+        backed[15] = 0x70;
+        assert!(header_problem(&backed).unwrap().contains("backing file"));
+        let mut external = qcow2.clone();
+        external[79] = 0b100;
+        assert!(header_problem(&external).unwrap().contains("another file"));
+        let mut vmdk = vec![0u8; 512];
+        vmdk[..4].copy_from_slice(b"KDMV");
+        assert!(header_problem(&vmdk)
+            .unwrap()
+            .contains("names its extent files"));
+        vmdk[13] = 1;
+        assert_eq!(header_problem(&vmdk), None);
+        // The descriptor a sparse vmdk embeds (of itself) is no problem.
+        let mut embedded = vmdk.clone();
+        embedded.extend_from_slice(b"# Disk DescriptorFile\ncreateType=\"monolithicSparse\"\n");
+        assert_eq!(header_problem(&embedded), None);
+        let desc = b"# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\nRW 8 FLAT \"/etc/shadow\" 0\n";
+        assert!(header_problem(desc).unwrap().contains("vmdk descriptor"));
+        assert_eq!(header_problem(b"just some bytes"), None);
     }
 
     #[test]

@@ -80,8 +80,11 @@ ln-s boot/initrd.img-6.1.0-test /initrd.img
 /// the guest's `/etc/fstab` naming all of it.
 fn make_centos_like_disk(w: &Workspace) {
     std::fs::create_dir_all(w.path("vm")).unwrap();
+    // The last line names a disk the VM had and the disk file does not: it must not stop the
+    // import.
     let fstab = "/dev/mapper/cl-root / xfs defaults 0 0\\n/dev/sda2 /boot xfs defaults 0 0\\n\
-                 /dev/sda1 /boot/efi vfat umask=0077 0 2\\n/dev/mapper/cl-swap none swap defaults 0 0\\n";
+                 /dev/sda1 /boot/efi vfat umask=0077 0 2\\n/dev/mapper/cl-swap none swap defaults 0 0\\n\
+                 /dev/sdb1 /data xfs defaults 0 0\\n";
     let script = format!(
         "sparse vm/disk.raw 1200M
 run
@@ -311,7 +314,8 @@ image "from-vdi" {
         "the downloaded vmdk and the vdi gave other trees: {differ:?}"
     );
 
-    // Touching the disks changes nothing: no step runs, and the digest is not taken again.
+    // Touching the disks changes nothing: no step runs (the digest is taken again, once, and is
+    // the same).
     let sums = |dir: &str| {
         ["from-vmdk", "from-vdi", "from-url"]
             .map(|i| std::fs::read_to_string(w.path(&format!("{dir}/{i}/SHA256SUMS"))).unwrap())
