@@ -574,16 +574,11 @@ fn a_foreign_image_hashes_the_emulator_in_the_steps_that_run_its_programs() {
     assert!(!native.steps.iter().any(emulator));
 }
 
-/// `base "image"`'s key: the disk's digest, `root`, the cleanings kept, libguestfs' and
-/// qemu-img's versions. Pinned like the rest.
-#[test]
-fn golden_key_of_an_imported_disk() {
+/// The label, key parts (class and name) and short key of the base step of an image whose
+/// base is `disk`.
+fn imported_base(disk: DiskImage) -> (String, Vec<String>, String) {
     let mut img = image("imported");
-    img.layers = vec![Layer::Base(Base::Image(DiskImage {
-        source: DiskSource::Path(PathBuf::from("/vm/centos8.qcow2")),
-        root: Some("/dev/cl/root".into()),
-        keep: vec!["logs".into()],
-    }))];
+    img.layers = vec![Layer::Base(Base::Image(disk))];
     img.bootloader = None;
     img.disk = None;
     img.outputs = vec![OutputFormat::Tar];
@@ -593,12 +588,24 @@ fn golden_key_of_an_imported_disk() {
     };
     let plan = plan(&spec, &FixedFacts).unwrap();
     let base = &plan.steps[0];
-    assert_eq!(base.label, "base image centos8.qcow2");
-    let parts: Vec<String> = base
+    let parts = base
         .parts
         .iter()
         .map(|p| format!("{} {}", p.class, p.name))
         .collect();
+    (base.label.clone(), parts, base.key.short())
+}
+
+/// `base "image"`'s key: the disk's digest, `root`, the cleanings kept, libguestfs' and
+/// qemu-img's versions. Pinned like the rest.
+#[test]
+fn golden_key_of_an_imported_disk() {
+    let (label, parts, key) = imported_base(DiskImage {
+        source: DiskSource::Path(PathBuf::from("/vm/centos8.qcow2")),
+        root: Some("/dev/cl/root".into()),
+        keep: vec!["logs".into()],
+    });
+    assert_eq!(label, "base image centos8.qcow2");
     assert_eq!(
         parts,
         [
@@ -610,37 +617,22 @@ fn golden_key_of_an_imported_disk() {
             "tool qemu-img"
         ]
     );
-    assert_eq!(base.key.short(), "59edb0c42fad");
+    assert_eq!(key, "59edb0c42fad");
 }
 
 /// `base "image" url=`: the published SHA-256 in place of the file's digest; the URL itself is
 /// not in the key (a moved image rebuilds nothing).
 #[test]
 fn golden_key_of_a_disk_by_url() {
-    let mut img = image("cloud");
-    img.layers = vec![Layer::Base(Base::Image(DiskImage {
+    let (label, parts, key) = imported_base(DiskImage {
         source: DiskSource::Url {
             url: "https://cloud.example/images/generic.qcow2".into(),
             sha256: "ab".repeat(32),
         },
         root: None,
         keep: vec![],
-    }))];
-    img.bootloader = None;
-    img.disk = None;
-    img.outputs = vec![OutputFormat::Tar];
-    let spec = Spec {
-        images: vec![img],
-        sources: vec![],
-    };
-    let plan = plan(&spec, &FixedFacts).unwrap();
-    let base = &plan.steps[0];
-    assert_eq!(base.label, "base image generic.qcow2");
-    let parts: Vec<String> = base
-        .parts
-        .iter()
-        .map(|p| format!("{} {}", p.class, p.name))
-        .collect();
+    });
+    assert_eq!(label, "base image generic.qcow2");
     assert_eq!(
         parts,
         [
@@ -652,5 +644,5 @@ fn golden_key_of_a_disk_by_url() {
             "tool qemu-img"
         ]
     );
-    assert_eq!(base.key.short(), "dff12446e507");
+    assert_eq!(key, "dff12446e507");
 }

@@ -77,10 +77,7 @@ pub fn describe_dir(dir: &Path, facts: &dyn Facts) -> Result<Vec<(String, String
                 })?;
                 format!("link -> {}", t.display())
             } else if ft.is_file() {
-                let d = facts.file_digest(&path).map_err(|source| FactError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+                let d = super::file_digest(facts, &path)?;
                 format!("file {mode:o} {d}")
             } else if ft.is_fifo() {
                 format!("fifo {mode:o}")

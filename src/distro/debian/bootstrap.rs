@@ -59,10 +59,7 @@ impl DebianBase {
             k.param("mirror", m);
         }
         if let Some(kr) = &s.keyring {
-            let d = facts.file_digest(kr).map_err(|source| FactError::Io {
-                path: kr.clone(),
-                source,
-            })?;
+            let d = crate::steps::file_digest(facts, kr)?;
             k.file("keyring", &d);
         }
         k.tool("mmdebstrap", &facts.tool_version(&MMDEBSTRAP)?);
