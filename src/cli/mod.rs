@@ -1096,10 +1096,25 @@ fn cache(
             older_than_days,
         } => {
             let mut keep_locks = None;
+            let mut keep_images = None;
             let policy = if !specs.is_empty() {
                 let (spec, locks) = crate::build::load(&specs)?;
                 let plan = crate::build::plan_of(&store, &spec, locks.as_ref())?;
                 keep_locks = Some(locks.unwrap_or_default());
+                keep_images = Some(
+                    plan.steps
+                        .iter()
+                        .filter_map(|s| match &s.action {
+                            crate::steps::Action::ImageBase(b) => match &b.source {
+                                crate::spec::model::DiskSource::Url { sha256, .. } => {
+                                    Some(sha256.clone())
+                                }
+                                crate::spec::model::DiskSource::Path(_) => None,
+                            },
+                            _ => None,
+                        })
+                        .collect::<std::collections::BTreeSet<String>>(),
+                );
                 GcPolicy::Keep(plan.steps.iter().map(|s| s.key).collect())
             } else if let Some(s) = max_size {
                 let n = spec::parse_size(&s).map_err(|e| CliError::Usage {
@@ -1137,6 +1152,14 @@ fn cache(
                 let (n, bytes) = crate::build::resolve::gc_debs(&store, &locks)?;
                 println!(
                     "removed {n} .deb files no lock or step result needs, freed {}",
+                    human_bytes(bytes)
+                );
+            }
+            // Downloaded disks (`base "image" url=`) likewise: the specs say which to keep.
+            if let Some(keep) = keep_images {
+                let (n, bytes) = crate::steps::image_base::gc_images(store.root(), &keep);
+                println!(
+                    "removed {n} downloaded disk images no spec names, freed {}",
                     human_bytes(bytes)
                 );
             }

@@ -20,10 +20,11 @@
 //! | [`timezone`] | — | `zone` | `tzdata` |
 //! | [`locale`] | — | `lang` | `locales` (none for `C`, `C.UTF-8`, `POSIX`) |
 //! | [`grub2`] | `grub2` | — | `grub-pc-bin grub-efi-amd64-bin grub-common grub2-common` |
+//! | [`dracut_regenerate`] | `dracut-regenerate` | — | — (the image's dracut or initramfs-tools) |
 //!
 //! Each file's `//!` says what the element writes. Every write is owned by root with its mtime
-//! at the image epoch. Every element but `locale` of a locale glibc does not have built in is an
-//! exact edit of the tree's manifest (no chroot, no root needed).
+//! at the image epoch. Every element but `locale` of a locale glibc does not have built in and
+//! `dracut-regenerate` is an exact edit of the tree's manifest (no chroot, no root needed).
 //!
 //! Adding an element: a file here with its `DEFINITION`, and its line in [`ELEMENTS`].
 
@@ -33,6 +34,7 @@ use std::sync::Arc;
 
 pub mod cloud_init;
 pub mod dhcp_all_interfaces;
+pub mod dracut_regenerate;
 pub mod growroot;
 pub mod grub2;
 pub mod hostname;
@@ -53,6 +55,7 @@ pub static ELEMENTS: &[&Definition] = &[
     &timezone::DEFINITION,
     &locale::DEFINITION,
     &grub2::DEFINITION,
+    &dracut_regenerate::DEFINITION,
 ];
 
 /// The element named `name`.

@@ -104,6 +104,10 @@ const CASES: &[(&str, &str)] = &[
         r#"element "grub2""#,
         "921fdb6c071e8a19deafc3ead92f06fb2002377871cb718cfa4275dfa2527a34",
     ),
+    (
+        r#"element "dracut-regenerate""#,
+        "e1ae6874ac486eb5e5c3cb576a78d55248f8adf9951726ec01675ab28dbc1e84",
+    ),
 ];
 
 /// Every element in one image, after a package set, with a user between them: the chain of

@@ -646,3 +646,71 @@ fn golden_key_of_a_disk_by_url() {
     );
     assert_eq!(key, "dff12446e507");
 }
+
+/// `specs/fedora-cloud.kdl` cannot be built here (Fedora's servers are not reachable): what it
+/// would run is pinned instead. Each step's label and key, in order; the disk named by its
+/// published SHA-256; the bootloader's packages (Debian's names in the key, installed under
+/// Fedora's by dnf).
+#[test]
+fn the_fedora_cloud_spec_plans_these_steps() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("specs/fedora-cloud.kdl");
+    let spec = crate::spec::load(&[file]).unwrap();
+    let plan = plan(&spec, &FixedFacts).unwrap();
+    let steps: Vec<String> = plan
+        .steps
+        .iter()
+        .map(|s| format!("{} {}", s.key.short(), s.label))
+        .collect();
+    let want = [
+        "2a0f1b0364db base image Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2",
+        "04570ee806ac element dracut-regenerate",
+        "b5bfcf9226f2 fstab",
+        "e3c6bb6478eb filesystem root ext4",
+        "569fab19d1d5 output partition",
+        "546a09eb056f sbom",
+        "fdebdb695f2e manifest",
+        "daa2f489678b packages bootloader",
+        "0e4a2de3a3ac element dracut-regenerate",
+        "929001cfc050 bootloader grub-efi",
+        "217a9d7ed94b filesystem esp vfat",
+        "2b39e8db0bcf filesystem root ext4",
+        "d7169c6e3abc disk gpt 5GiB",
+        "17060ced1fd0 output qcow2",
+        "2f43733ce9f3 sbom",
+        "f153f1904d16 manifest",
+    ];
+    if steps != want {
+        for s in &steps {
+            eprintln!("        \"{s}\",");
+        }
+    }
+    let base = &plan.steps[0];
+    let Action::ImageBase(b) = &base.action else {
+        panic!("{:?}", base.label);
+    };
+    assert_eq!(
+        b.source,
+        DiskSource::Url {
+            url: "https://archives.fedoraproject.org/pub/archive/fedora/linux/releases/41/Cloud/x86_64/images/Fedora-Cloud-Base-Generic-41-1.4.x86_64.qcow2".into(),
+            sha256: "6205ae0c524b4d1816dbd3573ce29b5c44ed26c9fbc874fbe48c41c89dd0bac2".into(),
+        }
+    );
+    let packages: Vec<&Vec<String>> = plan
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Packages(p) => Some(&p.packages),
+            _ => None,
+        })
+        .collect();
+    let grub: Vec<String> = [
+        "grub-common",
+        "grub-efi-amd64-bin",
+        "grub-pc-bin",
+        "grub2-common",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(packages, [&grub]);
+    assert_eq!(steps, want);
+}

@@ -148,6 +148,30 @@ fn download(ctx: &StepContext, url: &str, sha256: &str) -> Result<PathBuf, StepE
     Ok(dest)
 }
 
+/// Removes the downloaded disks of `images-v1/` whose SHA-256 is not in `keep` (and what an
+/// interrupted download left there). Returns how many files went and their bytes.
+pub fn gc_images(cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64) {
+    let (mut n, mut bytes) = (0, 0);
+    let Ok(files) = std::fs::read_dir(cache_root.join(IMAGES_DIR)) else {
+        return (0, 0);
+    };
+    for f in files.flatten() {
+        let name = f.file_name().to_string_lossy().into_owned();
+        if name
+            .strip_suffix(".img")
+            .is_some_and(|sha| keep.contains(sha))
+        {
+            continue;
+        }
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if f.file_type().is_ok_and(|t| t.is_file()) && std::fs::remove_file(f.path()).is_ok() {
+            n += 1;
+            bytes += size;
+        }
+    }
+    (n, bytes)
+}
+
 /// A line of the step's own in its log.
 fn log(ctx: &StepContext, line: &str) {
     use std::io::Write;

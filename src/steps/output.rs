@@ -192,12 +192,20 @@ impl OutputStep {
         let (_, m) = ctx.input_tree(1)?;
         let tree = super::tree::Tree::new(m);
         let stem = self.file_name.trim_end_matches(".qcow2");
-        for (link, ext) in [("vmlinuz", "vmlinuz"), ("initrd.img", "initrd")] {
-            let path = super::tree::kernel_path(&tree, link)?.ok_or_else(|| {
-                StepError::Invalid(format!(
-                    "the image has no `/{link}`: a partition image needs a kernel package"
-                ))
-            })?;
+        let (kernel, initrd) = super::tree::boot_files(&tree)?.ok_or_else(|| {
+            StepError::Invalid(
+                "the image has no kernel (`/vmlinuz`, `/boot/vmlinuz-VERSION`): a partition \
+                 image needs a kernel package"
+                    .into(),
+            )
+        })?;
+        let initrd = initrd.ok_or_else(|| {
+            StepError::Invalid(format!(
+                "the image has no initrd for its kernel `/{kernel}` (`/initrd.img`, \
+                 `/boot/initramfs-VERSION.img`): a partition image needs one"
+            ))
+        })?;
+        for (path, ext) in [(kernel, "vmlinuz"), (initrd, "initrd")] {
             let Some(imgspec_cache::Entry {
                 kind: imgspec_cache::EntryKind::File { digest, size },
                 ..

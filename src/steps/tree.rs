@@ -270,6 +270,71 @@ pub fn kernel_path(tree: &Tree, link: &str) -> Result<Option<String>, StepError>
     Ok(None)
 }
 
+/// The kernel and initrd an image boots: the top-level links Debian's kernel packages keep
+/// (`/vmlinuz`, `/initrd.img`, or the same under `/boot`), else the newest
+/// `/boot/vmlinuz-VERSION` (as RPM-family systems have them: no links, a rescue kernel
+/// beside them, which is never taken) with its `/boot/initramfs-VERSION.img` (dracut's name)
+/// or `/boot/initrd.img-VERSION`.
+pub fn boot_files(tree: &Tree) -> Result<Option<(String, Option<String>)>, StepError> {
+    if let Some(kernel) = kernel_path(tree, "vmlinuz")? {
+        return Ok(Some((kernel, kernel_path(tree, "initrd.img")?)));
+    }
+    let is_file = |p: &str| {
+        matches!(
+            tree.entries.get(p).map(|e| &e.kind),
+            Some(EntryKind::File { .. })
+        )
+    };
+    let newest = tree
+        .entries
+        .keys()
+        .filter_map(|p| p.strip_prefix("boot/vmlinuz-"))
+        .filter(|v| !v.contains('/') && !v.contains("rescue"))
+        .filter(|v| is_file(&format!("boot/vmlinuz-{v}")))
+        .max_by(|a, b| version_cmp(a, b));
+    let Some(v) = newest else {
+        return Ok(None);
+    };
+    let initrd = [
+        format!("boot/initramfs-{v}.img"),
+        format!("boot/initrd.img-{v}"),
+    ]
+    .into_iter()
+    .find(|p| is_file(p));
+    Ok(Some((format!("boot/vmlinuz-{v}"), initrd)))
+}
+
+/// Kernel versions compared as people read them: runs of digits as numbers, the rest as text
+/// (`6.10.0` after `6.9.12`).
+fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn runs(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let b = s.as_bytes();
+        for i in 1..=b.len() {
+            if i == b.len() || b[i].is_ascii_digit() != b[start].is_ascii_digit() {
+                out.push((b[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ra, rb) = (runs(a), runs(b));
+    for (x, y) in ra.iter().zip(rb.iter()) {
+        let o = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    ra.len().cmp(&rb.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,5 +461,41 @@ mod tests {
                 "/"
             )
             .is_err());
+    }
+
+    #[test]
+    fn boot_files_of_a_system_without_kernel_links() {
+        let d = tempfile::tempdir().unwrap();
+        let store = Store::open(d.path()).unwrap();
+        let mut t = tree(vec![dir_entry("", 0), dir_entry("boot", 0)]);
+        assert_eq!(boot_files(&t).unwrap(), None);
+        for v in [
+            "6.9.12-200.fc40.x86_64",
+            "6.10.3-200.fc40.x86_64",
+            "0-rescue-0123abcd",
+        ] {
+            t.put_file(&store, &format!("boot/vmlinuz-{v}"), b"k", 0o755, 0)
+                .unwrap();
+            t.put_file(&store, &format!("boot/initramfs-{v}.img"), b"i", 0o600, 0)
+                .unwrap();
+        }
+        assert_eq!(
+            boot_files(&t).unwrap(),
+            Some((
+                "boot/vmlinuz-6.10.3-200.fc40.x86_64".into(),
+                Some("boot/initramfs-6.10.3-200.fc40.x86_64.img".into())
+            ))
+        );
+        // Debian's links win.
+        t.put_file(&store, "boot/vmlinuz-6.1.0-28-amd64", b"k", 0o644, 0)
+            .unwrap();
+        t.entries.insert(
+            "vmlinuz".into(),
+            link("vmlinuz", "boot/vmlinuz-6.1.0-28-amd64"),
+        );
+        assert_eq!(
+            boot_files(&t).unwrap(),
+            Some(("boot/vmlinuz-6.1.0-28-amd64".into(), None))
+        );
     }
 }
