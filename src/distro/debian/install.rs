@@ -23,25 +23,59 @@ use crate::steps::{StepContext, StepError};
 /// Where a locked install's repository is, inside the image tree during the step.
 const REPO_IN_TREE: &str = "tmp/imgspec-lock";
 
+/// What every install runs with, beyond the package list:
+/// - `INITRD=No` (in apt's environment, so in every maintainer script's): the kernel's own
+///   hook (`/etc/kernel/postinst.d/initramfs-tools`, `…/dracut`) makes no initramfs (and
+///   `linux-update-symlinks` no `/initrd.img` links, which [`INITRAMFS_AFTER`] makes). Debian
+///   makes one there and makes it again when the `update-initramfs` trigger runs at the end of
+///   the same install; the last one is what the image keeps. Here only that last one is made,
+///   by [`INITRAMFS_AFTER`], after everything is configured, as the trigger would have (which
+///   now finds no initramfs of the new kernel to update): the same file, made once. The
+///   committed `specs/debian-efi.SHA256SUMS` prove it the same bytes.
+/// - dpkg's `--force-unsafe-io`: no fsync per unpacked file. The tree is scratch until it is
+///   hashed into the store, which syncs what it keeps; a crash loses the step, never the cache.
+const APT_INSTALL: &str =
+    "INITRD=No apt-get install -y -q --no-install-recommends -o DPkg::Options::=--force-unsafe-io";
+
+/// The kernels there were before the install (see [`INITRAMFS_AFTER`]).
+const KERNELS_BEFORE: &str = "imgspec_kernels=$(echo $(ls /lib/modules 2>/dev/null))";
+
+/// After the install: each kernel it added that has no initramfs gets it from the hook
+/// `INITRD=No` held back.
+const INITRAMFS_AFTER: &str = r#"for m in /lib/modules/*/; do
+    [ -d "$m" ] || continue
+    k=$(basename "$m")
+    case " $imgspec_kernels " in *" $k "*) continue ;; esac
+    [ -e "/boot/vmlinuz-$k" ] && [ ! -e "/boot/initrd.img-$k" ] || continue
+    for h in initramfs-tools dracut; do
+        if [ -x "/etc/kernel/postinst.d/$h" ]; then
+            "/etc/kernel/postinst.d/$h" "$k" "/boot/vmlinuz-$k"
+            break
+        fi
+    done
+    # The `/initrd.img` links the kernel's postinst left out under INITRD=No.
+    if [ -e "/boot/initrd.img-$k" ] && command -v linux-update-symlinks >/dev/null; then
+        linux-update-symlinks install "$k" "/boot/vmlinuz-$k"
+    fi
+done"#;
+
 /// The script run inside the image. Unlocked, the downloaded files stay in apt's cache
 /// for [`apt::harvest`]; locked, apt reads only the repository at [`REPO_IN_TREE`].
 pub fn script(packages: &[String], locked: Option<&Locked>) -> String {
     let pkgs = packages.join(" ");
-    match locked {
-        None => {
-            format!("apt-get update -q && apt-get install -y -q --no-install-recommends {pkgs}")
-        }
-        Some(_) => {
-            let o = format!(
-                "-o Dir::Etc::SourceList=/{REPO_IN_TREE}/sources.list \
-                 -o Dir::Etc::SourceParts=/{REPO_IN_TREE}/sources.list.d"
-            );
+    let (o, clean) = match locked {
+        None => (String::new(), ""),
+        Some(_) => (
             format!(
-                "apt-get {o} update -q && \
-                 apt-get {o} install -y -q --no-install-recommends {pkgs} && apt-get clean"
-            )
-        }
-    }
+                " -o Dir::Etc::SourceList=/{REPO_IN_TREE}/sources.list \
+                 -o Dir::Etc::SourceParts=/{REPO_IN_TREE}/sources.list.d"
+            ),
+            "\napt-get clean",
+        ),
+    };
+    format!(
+        "set -e\n{KERNELS_BEFORE}\napt-get{o} update -q\n{APT_INSTALL}{o} {pkgs}{clean}\n{INITRAMFS_AFTER}\n"
+    )
 }
 
 /// Installs `packages` into the input tree.
@@ -126,6 +160,25 @@ fn apt_error(e: StepError, packages: &[String]) -> StepError {
 mod tests {
     use super::*;
     use crate::runner::RunError;
+
+    /// Both scripts are shell that `sh -n` reads.
+    #[test]
+    fn scripts_parse() {
+        let locked = Locked {
+            digest: String::new(),
+            debs: vec![],
+        };
+        for script in [
+            script(&["udev".into()], None),
+            script(&["udev".into()], Some(&locked)),
+        ] {
+            let out = std::process::Command::new("/bin/sh")
+                .args(["-n", "-c", &script])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{script}\n{out:?}");
+        }
+    }
 
     #[test]
     fn names_the_missing_package() {
