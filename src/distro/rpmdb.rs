@@ -211,10 +211,21 @@ pub fn parse_query(out: &str) -> Result<Vec<RpmPackage>, String> {
     Ok(packages)
 }
 
+/// Why the SBOM of a tree with an rpmdb cannot be made on a host without `rpm`.
+fn rpm_missing(db: &Database) -> StepError {
+    StepError::Invalid(format!(
+        "the tree has an RPM database (/{}), which the SBOM reads with the host's `rpm`: it is \
+         not installed (Debian package `{}`; scripts/install-deps installs it)",
+        db.dir, RPM.package
+    ))
+}
+
 /// Copies the database out of the store into the step's scratch space and lists its packages
-/// with the host's `rpm`. A missing `rpm` fails the step naming its package
-/// ([`crate::runner::RunError::Spawn`]).
+/// with the host's `rpm`. A missing `rpm` fails the step naming its package.
 pub fn query(ctx: &StepContext, db: &Database) -> Result<Vec<RpmPackage>, StepError> {
+    if crate::tools::which(RPM.program).is_none() {
+        return Err(rpm_missing(db));
+    }
     let scratch = ctx.work.join("rpmdb");
     // Left behind by an earlier try of the same step, if any.
     let _ = std::fs::remove_dir_all(&scratch);
@@ -376,5 +387,19 @@ mod tests {
         let t = tree(&[("var/lib/rpm", None), ("var/lib/rpm/Packages.db", Some(1))]);
         let e = find(&t).unwrap_err().to_string();
         assert!(e.contains("ndb") && e.contains("/var/lib/rpm"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_rpm_is_named_with_its_package() {
+        let db = Database {
+            dir: "var/lib/rpm".into(),
+            backend: Backend::Sqlite,
+            files: vec![],
+        };
+        let e = rpm_missing(&db).to_string();
+        assert!(
+            e.contains("/var/lib/rpm") && e.contains("Debian package `rpm`"),
+            "{e}"
+        );
     }
 }
