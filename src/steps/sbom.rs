@@ -81,6 +81,26 @@ fn spdx_id(prefix: &str, s: &str) -> String {
     format!("SPDXRef-{prefix}-{clean}")
 }
 
+/// An installed package as an SPDX package: what every database gives.
+fn spdx_package(id: &str, name: &str, version: &str, purl: &str) -> serde_json::Value {
+    json!({
+        "SPDXID": id,
+        "name": name,
+        "versionInfo": version,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "primaryPackagePurpose": "LIBRARY",
+        "copyrightText": "NOASSERTION",
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "externalRefs": [{
+            "referenceCategory": "PACKAGE-MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": purl,
+        }],
+    })
+}
+
 /// `1970-01-01T00:00:00Z` for seconds since the epoch (UTC, proleptic Gregorian calendar).
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
@@ -204,23 +224,7 @@ impl SbomStep {
         };
         for p in &packages.dpkg {
             let id = ids.unique(spdx_id("Package", &format!("{}-{}", p.name, p.arch)));
-            let purl = dpkg::purl(p, os);
-            let mut pkg = json!({
-                "SPDXID": id,
-                "name": p.name,
-                "versionInfo": p.version,
-                "downloadLocation": "NOASSERTION",
-                "filesAnalyzed": false,
-                "primaryPackagePurpose": "LIBRARY",
-                "copyrightText": "NOASSERTION",
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": "NOASSERTION",
-                "externalRefs": [{
-                    "referenceCategory": "PACKAGE-MANAGER",
-                    "referenceType": "purl",
-                    "referenceLocator": purl,
-                }],
-            });
+            let mut pkg = spdx_package(&id, &p.name, &p.version, &dpkg::purl(p, os));
             if let Some(src) = &p.source {
                 pkg["sourceInfo"] = json!(format!("built from the source package {src}"));
             }
@@ -244,26 +248,13 @@ impl SbomStep {
                 "RpmPackage",
                 &format!("{}-{}-{}", p.name, p.evr(), p.arch),
             ));
-            let mut pkg = json!({
-                "SPDXID": id,
-                "name": p.name,
-                "versionInfo": p.evr(),
-                "downloadLocation": "NOASSERTION",
-                "filesAnalyzed": false,
-                "primaryPackagePurpose": "LIBRARY",
-                "copyrightText": "NOASSERTION",
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": "NOASSERTION",
-                "externalRefs": [{
-                    "referenceCategory": "PACKAGE-MANAGER",
-                    "referenceType": "purl",
-                    "referenceLocator": p.purl(os),
-                }],
-                "comment": "from the RPM database: no lock file pins it, the .rpm's checksum is unknown",
-            });
+            let mut pkg = spdx_package(&id, &p.name, &p.evr(), &p.purl(os));
             if let Some(src) = &p.source_rpm {
                 pkg["sourceInfo"] = json!(format!("built from the source RPM {src}"));
             }
+            pkg["comment"] = json!(
+                "from the RPM database: no lock file pins it, the .rpm's checksum is unknown"
+            );
             spdx_packages.push(pkg);
             contains(&id, &mut relationships);
         }
