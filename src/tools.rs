@@ -284,6 +284,8 @@ pub const TEST_DEPS: &[HostDep] = &[
     ),
     // The import test builds an RPM and installs it into the tree it makes a disk of.
     HostDep::new("rpmbuild", "rpm"),
+    // ... and makes an EL 8-style Berkeley DB rpmdb of it with Berkeley DB's own db_load.
+    HostDep::new("db5.3_load", "db5.3-util"),
     HostDep::new("/usr/sbin/nginx", "nginx"),
     HostDep::new("sfdisk", "fdisk"),
     HostDep::new("sgdisk", "gdisk"),
