@@ -366,11 +366,19 @@ mod tests {
         );
         let names: Vec<&str> = db.files.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["rpmdb.sqlite", "rpmdb.sqlite-wal"]);
-        // Fedora 36+: the new place first.
-        let t = tree(&[
+        // Fedora 36+: the new place, `var/lib/rpm` a symlink to it.
+        let mut t = tree(&[
             ("usr/lib/sysimage/rpm", None),
             ("usr/lib/sysimage/rpm/rpmdb.sqlite", Some(1)),
         ]);
+        t.entries.push(Entry {
+            path: "var/lib/rpm".into(),
+            kind: EntryKind::Symlink {
+                target: "../../usr/lib/sysimage/rpm".into(),
+            },
+            ..t.entries[0].clone()
+        });
+        t.canonicalize();
         assert_eq!(find(&t).unwrap().unwrap().dir, "usr/lib/sysimage/rpm");
         // EL 8: Berkeley DB, its indexes but not its environment.
         let t = tree(&[
