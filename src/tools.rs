@@ -58,6 +58,14 @@ pub const GUESTFISH: Tool = Tool {
     version_args: Some(&["--version"]),
     install_hint: None,
 };
+/// The SBOM of a tree that has an RPM database reads it with the host's rpm
+/// ([`crate::distro::rpmdb`]); its version is in no key (the output is the headers' tags).
+pub const RPM: Tool = Tool {
+    program: "rpm",
+    package: "rpm",
+    version_args: Some(&["--version"]),
+    install_hint: None,
+};
 /// The sandbox of every step that runs a command in the image ([`crate::steps::chroot`]).
 pub const BWRAP: Tool = Tool {
     program: "bwrap",
@@ -223,6 +231,7 @@ const STEP_TOOLS: &[Tool] = &[
     MCOPY,
     QEMU_IMG,
     GUESTFISH,
+    RPM,
     BWRAP,
     QEMU_SYSTEM,
     QEMU_SYSTEM_AARCH64,
@@ -273,6 +282,10 @@ pub const TEST_DEPS: &[HostDep] = &[
         "/usr/lib/x86_64-linux-gnu/guestfs/supermin.d/packages-xfs",
         "libguestfs-xfs",
     ),
+    // The import test builds an RPM and installs it into the tree it makes a disk of.
+    HostDep::new("rpmbuild", "rpm"),
+    // ... and makes an EL 8-style Berkeley DB rpmdb of it with Berkeley DB's own db_load.
+    HostDep::new("db5.3_load", "db5.3-util"),
     HostDep::new("/usr/sbin/nginx", "nginx"),
     HostDep::new("sfdisk", "fdisk"),
     HostDep::new("sgdisk", "gdisk"),
@@ -354,6 +367,7 @@ mod tests {
         assert_eq!(package_of("mkfs.vfat"), Some("dosfstools"));
         assert_eq!(package_of("/usr/bin/sgdisk"), Some("gdisk"));
         assert_eq!(package_of("nginx"), Some("nginx"));
+        assert_eq!(package_of("rpm"), Some("rpm"));
         assert_eq!(package_of("no-such-tool"), None);
     }
 

@@ -116,7 +116,9 @@ fn read_json(p: &Path) -> Result<serde_json::Value, CliError> {
     })
 }
 
-/// The packages of an SBOM by name and architecture (`apt:amd64`): their version.
+/// The packages of an SBOM by name and architecture, as their package manager writes them
+/// (dpkg's `apt:amd64`, RPM's `bash.x86_64`): their version (the versions of an RPM installed
+/// in several, `kernel-core`, joined by `, `).
 fn packages(sbom: &Path) -> Result<BTreeMap<String, String>, CliError> {
     let v = read_json(sbom)?;
     let list = v["packages"].as_array().ok_or_else(|| {
@@ -125,10 +127,15 @@ fn packages(sbom: &Path) -> Result<BTreeMap<String, String>, CliError> {
             "give the IMAGE.spdx.json that imgspec wrote",
         )
     })?;
+    Ok(listed_packages(list))
+}
+
+fn listed_packages(list: &[serde_json::Value]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for p in list {
         let id = p["SPDXID"].as_str().unwrap_or_default();
-        if !id.starts_with("SPDXRef-Package-") {
+        let rpm = id.starts_with("SPDXRef-RpmPackage-");
+        if !rpm && !id.starts_with("SPDXRef-Package-") {
             continue; // the output files
         }
         let name = p["name"].as_str().unwrap_or_default();
@@ -139,14 +146,69 @@ fn packages(sbom: &Path) -> Result<BTreeMap<String, String>, CliError> {
             .filter_map(|r| r["referenceLocator"].as_str())
             .find_map(|purl| purl.split("arch=").nth(1))
             .map(|a| a.split('&').next().unwrap_or(a).to_string());
-        let key = match arch {
-            Some(a) => format!("{name}:{a}"),
-            None => name.to_string(),
+        let key = match (arch, rpm) {
+            (Some(a), false) => format!("{name}:{a}"),
+            (Some(a), true) => format!("{name}.{a}"),
+            (None, _) => name.to_string(),
         };
         let version = p["versionInfo"].as_str().unwrap_or("").to_string();
-        out.insert(key, version);
+        out.entry(key)
+            .and_modify(|v: &mut String| *v = format!("{v}, {version}"))
+            .or_insert(version);
     }
-    Ok(out)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_of_both_databases_each_in_its_own_notation() {
+        let p = |id: &str, name: &str, version: &str, purl: &str| {
+            serde_json::json!({
+                "SPDXID": id, "name": name, "versionInfo": version,
+                "externalRefs": [{"referenceLocator": purl}],
+            })
+        };
+        let list = [
+            p("SPDXRef-File-a.raw", "a.raw", "", ""),
+            p(
+                "SPDXRef-Package-bash-amd64",
+                "bash",
+                "5.2-1",
+                "pkg:deb/debian/bash@5.2-1?arch=amd64",
+            ),
+            p(
+                "SPDXRef-RpmPackage-bash-5.1-6.el9-x86_64",
+                "bash",
+                "5.1-6.el9",
+                "pkg:rpm/rocky/bash@5.1-6.el9?arch=x86_64&distro=rocky-9",
+            ),
+            p(
+                "SPDXRef-RpmPackage-k-1-1-x86_64",
+                "k",
+                "1-1",
+                "pkg:rpm/rocky/k@1-1?arch=x86_64",
+            ),
+            p(
+                "SPDXRef-RpmPackage-k-2-1-x86_64",
+                "k",
+                "2-1",
+                "pkg:rpm/rocky/k@2-1?arch=x86_64",
+            ),
+        ];
+        let got = listed_packages(&list);
+        let want: BTreeMap<String, String> = [
+            ("bash.x86_64", "5.1-6.el9"),
+            ("bash:amd64", "5.2-1"),
+            ("k.x86_64", "1-1, 2-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(got, want);
+    }
 }
 
 /// The final tree of a build manifest, when its step is in the cache.

@@ -3,15 +3,20 @@
 //!
 //! The plan asks an image's family ([`family_of`]) for the bootstrap step of its base, the
 //! package manager of its `packages` layers and the packages its bootloader needs; the lock
-//! asks it where locked files come from and where the cache keeps them; the SBOM asks it what
-//! the final tree has installed. A family is one value implementing [`Family`], registered in
-//! [`FAMILIES`]; its distributions (`debian`, `ubuntu`) are configurations of it ([`Distro`]).
+//! asks it where locked files come from and where the cache keeps them. A family is one value
+//! implementing [`Family`], registered in [`FAMILIES`]; its distributions (`debian`, `ubuntu`)
+//! are configurations of it ([`Distro`]).
+//!
+//! The SBOM does not ask the family: it reads every package database the final tree has,
+//! whatever its family, since an image imported from a disk can hold both (dpkg's, in
+//! [`debian::dpkg`]; the RPM database, [`rpmdb`], shared by every RPM-based family).
 //!
 //! What a family may not change: the key of a step it makes (kind, version, parts) is written
 //! down in ARCHITECTURE.md; the family itself is not hashed (a step's input key already says
 //! which base its tree grew from).
 
 pub mod debian;
+pub mod rpmdb;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -101,15 +106,8 @@ pub trait Family: std::fmt::Debug + Send + Sync {
     ) -> Result<(), FetchFailure>;
     /// Removes the locked files whose SHA-256 is not in `keep`: how many, and their bytes.
     fn gc_locked(&self, cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64);
-
-    /// The packages installed in a tree; `read` gives a file of the tree by relative path.
-    fn installed(&self, read: &Read) -> Result<Vec<Installed>, StepError>;
-    /// The package URL of an installed package; `os` is `ID` and `VERSION_ID` of the tree's
-    /// os-release.
-    fn purl(&self, p: &Installed, os: (Option<&str>, Option<&str>)) -> String;
 }
 
-/// A file of a tree by relative path (`var/lib/dpkg/status`), `None` when it is not a file.
 /// Why a locked file is not in the cache after [`Family::fetch_locked`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchFailure {
@@ -120,8 +118,6 @@ pub enum FetchFailure {
     /// The cache could not be written (a full disk, permissions).
     Local(String),
 }
-
-pub type Read<'a> = dyn Fn(&str) -> Result<Option<String>, StepError> + 'a;
 
 /// The family of `base "NAME"`.
 pub fn family(distro: &str) -> Option<&'static dyn Family> {

@@ -333,7 +333,6 @@ impl Builder<'_> {
                         .lock
                         .map(|l| l.deb_sha256(&image.name))
                         .unwrap_or_default(),
-                    family: distro::family_of(image),
                 }),
                 inputs: std::iter::once(tree)
                     .chain(outputs.iter().copied())

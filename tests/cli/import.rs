@@ -57,6 +57,102 @@ const LEFTOVERS: &[(&str, &str, u32)] = &[
     ("etc/os-release", "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\n", 0o644),
 ];
 
+/// dpkg's record of one installed package, so that the SBOM has a dpkg package beside the RPM.
+const DPKG_STATUS: (&str, &str, u32) = (
+    "var/lib/dpkg/status",
+    "Package: base-files\nStatus: install ok installed\nArchitecture: amd64\nVersion: 12.4+deb12u5\n\n",
+    0o644,
+);
+
+/// The format of the RPM database [`add_rpm_managed_package`] leaves.
+#[derive(PartialEq)]
+enum RpmDb {
+    /// `/var/lib/rpm/rpmdb.sqlite`, as EL 9 keeps it (and as the host's rpm writes it).
+    Sqlite,
+    /// `/var/lib/rpm/Packages`, the Berkeley DB hash of EL 7 and 8.
+    BerkeleyDb,
+}
+
+/// Builds a tiny noarch RPM with the host's rpmbuild and installs it with the host's rpm into a
+/// folder, its database in `/var/lib/rpm` as `db`, then appends that folder to the tar `rel`: a
+/// Debian system with one RPM-managed package.
+fn add_rpm_managed_package(w: &Workspace, rel: &str, db: RpmDb) {
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    w.write(
+        "rpm/hello.spec",
+        "Name: imgspec-hello\nEpoch: 2\nVersion: 1.2\nRelease: 3.el9\nSummary: a test\n\
+         License: MIT\nBuildArch: noarch\n%description\nA test.\n%install\n\
+         mkdir -p %{buildroot}/usr/share/imgspec-hello\n\
+         echo hello > %{buildroot}/usr/share/imgspec-hello/hello\n\
+         %files\n/usr/share/imgspec-hello/hello\n",
+    );
+    let top = w.path("rpm/top");
+    run(Command::new("rpmbuild")
+        .arg("--define")
+        .arg(format!("_topdir {}", top.display()))
+        .arg("--define")
+        .arg(format!("_tmppath {}", w.path("rpm").display()))
+        .args(["-bb", "--quiet"])
+        .arg(w.path("rpm/hello.spec")));
+    let root = w.path("rpm/root");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("rpm")
+        .arg(format!("--root={}", root.display()))
+        .args(["--dbpath=/var/lib/rpm", "--nodeps", "-i"])
+        .arg(top.join("RPMS/noarch/imgspec-hello-1.2-3.el9.noarch.rpm")));
+    let rpmdb = root.join("var/lib/rpm");
+    assert!(rpmdb.join("rpmdb.sqlite").is_file());
+    if db == RpmDb::BerkeleyDb {
+        // Debian's rpm cannot write Berkeley DB: the same headers go into a hash database made
+        // with Berkeley DB's own db_load, keyed as rpm keys them (the header number, native
+        // byte order; key 0 holds the last number given).
+        let conn = rusqlite::Connection::open(rpmdb.join("rpmdb.sqlite")).unwrap();
+        let mut dump = String::from("VERSION=3\nformat=bytevalue\ntype=hash\nHEADER=END\n");
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut stmt = conn.prepare("SELECT hnum, blob FROM Packages").unwrap();
+        let rows: Vec<(u32, Vec<u8>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let last = rows.iter().map(|r| r.0).max().unwrap();
+        dump += &format!(
+            " {}\n {}\n",
+            hex(&0u32.to_ne_bytes()),
+            hex(&last.to_ne_bytes())
+        );
+        for (n, blob) in &rows {
+            dump += &format!(" {}\n {}\n", hex(&n.to_ne_bytes()), hex(blob));
+        }
+        dump += "DATA=END\n";
+        drop(stmt);
+        drop(conn);
+        for e in std::fs::read_dir(&rpmdb).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        w.write("rpm/Packages.dump", &dump);
+        run(Command::new("db5.3_load")
+            .arg("-f")
+            .arg(w.path("rpm/Packages.dump"))
+            .arg(rpmdb.join("Packages")));
+    }
+    run(Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "--mtime=@0"])
+        .arg("-C")
+        .arg(&root)
+        .arg("-rf")
+        .arg(w.path(rel))
+        .args(["./usr/share/imgspec-hello", "./var/lib/rpm"]));
+}
+
 /// The guestfish lines that fill a mounted root with what a tar cannot carry through
 /// `rootfs_tar_with`: an owner, a setuid mode, a hard link, a symlink, a device node, xattrs
 /// (an SELinux label among them).
@@ -171,6 +267,113 @@ fn listing(tar_path: &Path) -> Listing {
     out
 }
 
+/// A `base "tar"` tree like the one the disk test imports (fast, without libguestfs): a dpkg
+/// status, a CentOS 8 os-release and one RPM in a database of format `db`.
+fn tree_with_an_rpm(db: RpmDb) -> Workspace {
+    let w = Workspace::new();
+    w.rootfs_tar_with(
+        "rootfs.tar",
+        &[],
+        &[
+            DPKG_STATUS,
+            ("etc/os-release", "ID=\"centos\"\nVERSION_ID=\"8\"\n", 0o644),
+        ],
+    );
+    add_rpm_managed_package(&w, "rootfs.tar", db);
+    w.write(
+        "t.kdl",
+        "image \"t\" {\n    base \"tar\" path=\"rootfs.tar\"\n    output \"tar\"\n}\n",
+    );
+    w
+}
+
+/// Builds `t.kdl` and checks that its SBOM lists dpkg's package and the RPM, each with its purl.
+fn assert_the_sbom_lists_both(w: &Workspace) {
+    w.run(&["build", "t.kdl", "--out-dir", "out"]).ok();
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("out/t/t.spdx.json")).unwrap()).unwrap();
+    let listed: Vec<(&str, &str, &str)> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["primaryPackagePurpose"] == "LIBRARY")
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["versionInfo"].as_str().unwrap(),
+                p["externalRefs"][0]["referenceLocator"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                "base-files",
+                "12.4+deb12u5",
+                "pkg:deb/centos/base-files@12.4+deb12u5?arch=amd64&distro=centos-8"
+            ),
+            (
+                "imgspec-hello",
+                "2:1.2-3.el9",
+                "pkg:rpm/centos/imgspec-hello@1.2-3.el9?arch=noarch&distro=centos-8&epoch=2"
+            ),
+        ],
+        "{sbom:#}"
+    );
+    let rpm = &sbom["packages"][2];
+    assert_eq!(
+        rpm["sourceInfo"],
+        "built from the source RPM imgspec-hello-1.2-3.el9.src.rpm"
+    );
+}
+
+/// The SBOM reads an RPM database wherever the tree came from, on a host with `rpm`; on one
+/// without it, the step fails naming the package.
+#[test]
+fn the_sbom_lists_the_rpm_database_beside_dpkg_and_needs_the_host_rpm_for_it() {
+    if !imgspec::tools::test_requires(&["rpm"]) {
+        return;
+    }
+    let w = tree_with_an_rpm(RpmDb::Sqlite);
+    // Without the host's rpm (every other program of /usr/bin on PATH): a clear error.
+    let bin = w.path("no-rpm-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for e in std::fs::read_dir("/usr/bin").unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != "rpm" {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["build", "t.kdl", "--out-dir", "out"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache-without-rpm"))
+        .env("NO_COLOR", "1")
+        .env("PATH", &bin)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("/var/lib/rpm")
+            && stderr.contains("Debian package `rpm`"),
+        "{stderr}"
+    );
+    assert_the_sbom_lists_both(&w);
+}
+
+/// EL 7 and 8 keep the RPM database in Berkeley DB (`/var/lib/rpm/Packages`): the host's rpm
+/// reads it with its read-only `bdb_ro` backend.
+#[test]
+fn the_sbom_reads_an_el8_berkeley_db_rpm_database() {
+    if !imgspec::tools::test_requires(&["rpm", "db5.3-util"]) {
+        return;
+    }
+    let w = tree_with_an_rpm(RpmDb::BerkeleyDb);
+    assert_the_sbom_lists_both(&w);
+}
+
 #[test]
 #[ignore = "libguestfs' appliance boots under TCG: a few minutes in all; root"]
 fn a_hand_installed_disk_becomes_a_generalised_reproducible_image() {
@@ -178,8 +381,13 @@ fn a_hand_installed_disk_becomes_a_generalised_reproducible_image() {
     {
         return;
     }
+    if !imgspec::tools::test_requires(&["rpm"]) {
+        return;
+    }
     let w = Workspace::new();
-    w.rootfs_tar_with("base.tar", &[], LEFTOVERS);
+    let files: Vec<_> = LEFTOVERS.iter().copied().chain([DPKG_STATUS]).collect();
+    w.rootfs_tar_with("base.tar", &[], &files);
+    add_rpm_managed_package(&w, "base.tar", RpmDb::Sqlite);
     make_centos_like_disk(&w);
     qemu_img(
         w.dir.path(),
@@ -274,6 +482,26 @@ image "from-vdi" {
     assert!(t.contains_key("etc/systemd/system/imgspec-ssh-keygen.service"));
     // The layers after the base apply.
     assert_eq!(get("etc/after-import").5, b"imported\n");
+    // The SBOM lists dpkg's package and the RPM database's, each with its purl.
+    assert!(t.contains_key("var/lib/rpm/rpmdb.sqlite"));
+    let sbom: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.path("out/from-vmdk/from-vmdk.spdx.json")).unwrap(),
+    )
+    .unwrap();
+    let purls: Vec<&str> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["externalRefs"][0]["referenceLocator"].as_str())
+        .collect();
+    assert_eq!(
+        purls,
+        [
+            "pkg:deb/debian/base-files@12.4+deb12u5?arch=amd64&distro=debian-12",
+            "pkg:rpm/debian/imgspec-hello@1.2-3.el9?arch=noarch&distro=debian-12&epoch=2",
+        ],
+        "{sbom:#}"
+    );
 
     // `keep=` keeps; the partition set takes the image's own kernel and initrd.
     let v = listing(&w.path("out/from-vdi/from-vdi.tar"));

@@ -57,7 +57,7 @@ pub fn purl(p: &Installed, os: (Option<&str>, Option<&str>)) -> String {
 }
 
 /// Percent-encodes what a purl component may not hold as is.
-fn purl_escape(s: &str) -> String {
+pub(crate) fn purl_escape(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {

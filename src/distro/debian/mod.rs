@@ -18,7 +18,7 @@ use std::path::Path;
 
 use imgspec_cache::StepOutput;
 
-use super::{Distro, Family, FetchFailure, Installed, Locked, Read};
+use super::{Distro, Family, FetchFailure, Locked};
 use crate::fetch::FetchError;
 use crate::key::KeyBuilder;
 use crate::spec::model::{BootloaderKind, Debian as BaseSpec};
@@ -162,14 +162,5 @@ impl Family for DebianFamily {
 
     fn gc_locked(&self, cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64) {
         DebStore::new(cache_root).gc(keep)
-    }
-
-    fn installed(&self, read: &Read) -> Result<Vec<Installed>, StepError> {
-        let status = read("var/lib/dpkg/status")?.unwrap_or_default();
-        Ok(dpkg::installed_packages(&status))
-    }
-
-    fn purl(&self, p: &Installed, os: (Option<&str>, Option<&str>)) -> String {
-        dpkg::purl(p, os)
     }
 }
