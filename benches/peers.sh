@@ -12,7 +12,7 @@
 #
 # diskimage-builder runs through a runner that makes it work on a machine without sudo,
 # device-mapper or a vfat driver: give its path as DIB_RUNNER (it takes `efi NAME` and writes
-# $PEERS_DIR/out/NAME.qcow2). Without DIB_RUNNER, steps 1 and 2 are skipped.
+# its own work folder, PEERS_DIR). Without DIB_RUNNER, steps 1 and 2 are skipped.
 #
 # Usage (as root, after scripts/install-deps and cargo build --release):
 #   DIB_RUNNER=/path/to/run-dib.sh benches/peers.sh [path/to/imgspec]
@@ -41,7 +41,6 @@ echo "host: $(nproc) CPUs, $(free -g | awk '/^Mem/ { print $2 }') GiB RAM; load 
 
 declare -A t
 if [ -n "${DIB_RUNNER:-}" ]; then
-    export PEERS_DIR=${PEERS_DIR:-$work/peers}
     a=$(now)
     "$DIB_RUNNER" efi bench-cold >"$work/dib-cold.log" 2>&1 || fail diskimage-builder "$work/dib-cold.log"
     b=$(now)

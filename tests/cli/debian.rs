@@ -325,11 +325,27 @@ fn secure_boot_image_boots_with_secure_boot_enforced_and_the_unsigned_one_is_ref
     }
     let w = Workspace::new();
     copy_specs(&w);
+    // `hybrid` signed too: shim and the signed GRUB on the ESP, GRUB's i386-pc core for BIOS.
+    w.write(
+        "specs/debian-hybrid-secureboot.kdl",
+        r#"import "debian-common.kdl"
+image "debian-hybrid-secureboot" extends="debian-common" {
+    bootloader "hybrid" secure-boot=#true cmdline="console=tty0 console=ttyS0,115200"
+    disk table="gpt" size="2GiB" {
+        partition "bios" type="bios-boot" size="1MiB"
+        partition "esp" type="esp" size="200MiB" format="vfat" mount="/boot/efi"
+        partition "root" type="root" format="ext4" mount="/"
+    }
+    output "qcow2"
+}
+"#,
+    );
     let r = w
         .run(&[
             "build",
             "specs/debian-efi.kdl",
             "specs/debian-efi-secureboot.kdl",
+            "specs/debian-hybrid-secureboot.kdl",
         ])
         .ok();
     eprintln!("{}", r.stderr);
@@ -363,6 +379,29 @@ fn secure_boot_image_boots_with_secure_boot_enforced_and_the_unsigned_one_is_ref
     assert!(
         console.contains("secureboot: Secure boot enabled"),
         "{console}"
+    );
+
+    // The signed hybrid disk: the same chain under Secure Boot, and legacy BIOS still boots it.
+    let console = boot(
+        &w,
+        &[
+            "--secure-boot",
+            "out/debian-hybrid-secureboot/debian-hybrid-secureboot.qcow2",
+        ],
+        "`login:` after",
+    );
+    assert!(
+        console.contains("secureboot: Secure boot enabled"),
+        "{console}"
+    );
+    boot(
+        &w,
+        &[
+            "--firmware",
+            "bios",
+            "out/debian-hybrid-secureboot/debian-hybrid-secureboot.qcow2",
+        ],
+        "`login:` after",
     );
 
     // The same firmware refuses the unsigned image: its GRUB is made by grub-mkimage and signed
