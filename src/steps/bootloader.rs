@@ -3,7 +3,8 @@
 //! Makes: the input tree plus
 //! - `/etc/fstab` naming every filesystem of the disk by UUID,
 //! - `/boot/grub/grub.cfg`: one entry booting the image's kernel (`/vmlinuz` resolved to the
-//!   real file) with `root=UUID=...` and the spec's command line, on serial and VGA consoles,
+//!   real file, else the newest `/boot/vmlinuz-VERSION` with its initramfs, as RPM-family
+//!   systems have them: [`boot_files`]) with `root=UUID=...` and the spec's command line, on serial and VGA consoles,
 //! - `grub-efi`, `hybrid`: `/boot/efi/EFI/BOOT/BOOTX64.EFI`, GRUB's EFI image, made by the
 //!   image's own `grub-mkimage` (from `grub-efi-amd64-bin`, which the plan adds to the image's
 //!   packages) with an embedded config that finds the root filesystem by UUID and reads its
@@ -42,7 +43,7 @@ use imgspec_cache::StepOutput;
 
 use super::chroot::Session;
 use super::mounts::{fstab_text, Mount};
-use super::tree::{kernel_path, Tree};
+use super::tree::{boot_files, Tree};
 use super::{FactError, StepContext, StepError};
 use crate::key::KeyBuilder;
 use crate::spec::model::BootloaderKind;
@@ -223,15 +224,11 @@ impl Names {
         }
     }
 
-    /// What to do about a missing `/vmlinuz`.
-    fn no_kernel(self, arch: EfiArch) -> String {
+    /// The package of the image's kernel.
+    fn kernel(self, arch: EfiArch) -> &'static str {
         match self {
-            Names::Debian => format!("add `{}` to a packages set", arch.kernel_package()),
-            // Fedora and EL install the kernel as /boot/vmlinuz-VERSION, with no link.
-            Names::Rpm => "RPM-family systems have no such link: add `kernel-core` to a \
-                           packages set if the image has no kernel, and the link with a `run` \
-                           layer (`ln -s boot/vmlinuz-VERSION /vmlinuz`)"
-                .to_string(),
+            Names::Debian => arch.kernel_package(),
+            Names::Rpm => "kernel-core",
         }
     }
 }
@@ -321,10 +318,12 @@ impl BootloaderStep {
         let (_, m) = ctx.input_tree(0)?;
         let tree = Tree::new(m);
         let names = Names::of(&tree, ctx.store);
-        let kernel = kernel_path(&tree, "vmlinuz")?.ok_or_else(|| {
+        // `/vmlinuz` (Debian), else the newest `/boot/vmlinuz-VERSION` (RPM family).
+        let (kernel, initrd) = boot_files(&tree)?.ok_or_else(|| {
             StepError::Invalid(format!(
-                "the image has no kernel (`/vmlinuz`): {}",
-                names.no_kernel(self.arch)
+                "the image has no kernel (`/vmlinuz` nor `/boot/vmlinuz-VERSION`): add `{}` to \
+                 a packages set",
+                names.kernel(self.arch)
             ))
         })?;
         if self.secure_boot && names == Names::Rpm {
@@ -334,7 +333,6 @@ impl BootloaderStep {
                     .into(),
             ));
         }
-        let initrd = kernel_path(&tree, "initrd.img")?;
         let s = Session::open(ctx, 0, "grub-mkimage runs in a chroot of the image")?;
         let write = |rel: &str, text: &str| -> Result<(), StepError> {
             let p = s.path(rel)?;
@@ -491,12 +489,8 @@ mod tests {
             Names::Rpm.package(EfiArch::Arm64.grub_package()),
             "grub2-efi-aa64-modules"
         );
-        assert!(Names::Rpm
-            .no_kernel(EfiArch::X86_64)
-            .contains("kernel-core"));
-        assert!(Names::Debian
-            .no_kernel(EfiArch::X86_64)
-            .contains("linux-image-amd64"));
+        assert_eq!(Names::Rpm.kernel(EfiArch::X86_64), "kernel-core");
+        assert_eq!(Names::Debian.kernel(EfiArch::X86_64), "linux-image-amd64");
     }
 
     /// The check picks `grub-mkimage`, else `grub2-mkimage`, run by a real shell over a PATH

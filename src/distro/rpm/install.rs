@@ -9,6 +9,13 @@
 //! image's own (`/etc/yum.repos.d`); the host's DNS configuration is lent for the download and
 //! taken back. Needs root.
 //!
+//! Reproducible: rpm (4.18 and later) records `SOURCE_DATE_EPOCH`, which the sandbox sets to
+//! the build's epoch, as the install time in its database; dnf's own history
+//! (`/var/lib/dnf/history.sqlite`, dnf5's `/usr/lib/sysimage/libdnf5/transaction_history.sqlite`)
+//! records the wall clock, so its transactions' times are set to the epoch afterwards and the
+//! database is left without its write-ahead log ([`HISTORY_PY`], by the image's python3: dnf 4
+//! is written in it; an image without python3 keeps dnf's times).
+//!
 //! Not locked: `imgspec lock` cannot pin a dnf set yet (the step records [`super::MANAGER_META`]
 //! and no `.deb` lines, and the lock refuses it), and a lock that pins the set (made while the
 //! tree was a Debian one) is refused here.
@@ -26,11 +33,34 @@ use crate::steps::{StepContext, StepError};
 /// dnf's caches, emptied after the install (what `dnf clean all` leaves of them too).
 pub const CACHES: &[&str] = &["var/cache/dnf", "var/cache/libdnf5", "var/cache/yum"];
 
+/// Where [`HISTORY_PY`] is put in the tree for the step (`/tmp`'s content never reaches it).
+const HISTORY_PY_IN_TREE: &str = "tmp/imgspec-dnf-history.py";
+
+/// Sets the times of dnf's history to the build's epoch, and takes the database out of WAL
+/// mode so that no `-wal`/`-shm` file is left beside it. A history of another layout is left as
+/// it is, with a line in the step's log (`imgspec verify` then shows the difference).
+pub const HISTORY_PY: &str = r#"import os, sqlite3, sys
+epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+for db in ("/var/lib/dnf/history.sqlite",
+           "/usr/lib/sysimage/libdnf5/transaction_history.sqlite"):
+    if not os.path.isfile(db):
+        continue
+    try:
+        c = sqlite3.connect(db)
+        c.execute("UPDATE trans SET dt_begin = ?, dt_end = ?", (epoch, epoch))
+        c.commit()
+        c.execute("PRAGMA journal_mode=DELETE")
+        c.close()
+    except sqlite3.Error as e:
+        print(f"imgspec: dnf's history {db} keeps its times: {e}", file=sys.stderr)
+"#;
+
 /// The script run inside the image: `dnf` is the program ([`super::DNF_PROGRAMS`]).
 pub fn script(dnf: &str, rpms: &[String]) -> String {
     format!(
         "{dnf} -y install --setopt=install_weak_deps=False --setopt=tsflags=nodocs {} && \
-         {dnf} clean all",
+         {dnf} clean all && \
+         if command -v python3 >/dev/null; then python3 /{HISTORY_PY_IN_TREE}; fi",
         rpms.join(" ")
     )
 }
@@ -64,6 +94,11 @@ pub fn install(
     let mut s = Session::open(ctx, 0, "dnf installs packages in a chroot")?;
     s.with_network()?;
     s.without_services()?;
+    let py = s.path(HISTORY_PY_IN_TREE)?;
+    if let Some(d) = py.parent() {
+        std::fs::create_dir_all(d).map_err(StepError::io(d))?;
+    }
+    std::fs::write(&py, HISTORY_PY).map_err(StepError::io(&py))?;
     s.run(ctx, &script(dnf, &rpms))
         .map_err(|e| dnf_error(e, &rpms, packages))?;
     let m = s.close(ctx)?;
@@ -173,7 +208,8 @@ mod tests {
         assert_eq!(
             script("dnf", &["a".into(), "b".into()]),
             "dnf -y install --setopt=install_weak_deps=False --setopt=tsflags=nodocs a b && \
-             dnf clean all"
+             dnf clean all && \
+             if command -v python3 >/dev/null; then python3 /tmp/imgspec-dnf-history.py; fi"
         );
     }
 }
