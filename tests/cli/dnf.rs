@@ -285,6 +285,42 @@ image "grub2-rpm" {
     let cfg = std::fs::read_to_string(groot.join("boot/grub/grub.cfg")).unwrap();
     assert!(cfg.contains("linux /vmlinuz root=UUID="), "{cfg}");
 
+    // The same tree with a Debian os-release: apt installs the bootloader's set under its
+    // Debian names, and the image's grub-mkimage makes the EFI image (the tree decides).
+    w.write(
+        "debian-release/usr/lib/os-release",
+        "ID=debian\nVERSION_ID=12\n",
+    );
+    w.write(
+        "grub-deb.kdl",
+        r#"
+image "grub-deb" {
+    base "tar" path="out/rpmish/rpmish.tar"
+    files "debian-release/"
+    files "kernel/"
+    packages "extra" less
+    bootloader "grub-efi"
+    disk table="gpt" size="2GiB" {
+        partition "esp" type="esp" size="200MiB" format="vfat" mount="/boot/efi"
+        partition "root" type="root" format="ext4" mount="/"
+    }
+    output "tar"
+}
+"#,
+    );
+    w.run(&["build", "grub-deb.kdl"]).ok();
+    let droot = untar(&w, "grub-deb");
+    let status = std::fs::read_to_string(droot.join("var/lib/dpkg/status")).unwrap();
+    for p in ["grub-common", "grub-efi-amd64-bin", "grub-pc-bin", "less"] {
+        assert!(
+            status.contains(&format!("Package: {p}\n")),
+            "dpkg has no {p}"
+        );
+    }
+    assert!(droot.join("usr/bin/grub-mkimage").exists());
+    let efi = std::fs::read(droot.join("boot/efi/EFI/BOOT/BOOTX64.EFI")).unwrap();
+    assert_eq!(&efi[..2], b"MZ", "BOOTX64.EFI is not a PE image");
+
     // A dnf set cannot be locked yet, and the lock says so (writing nothing).
     let r = w.run(&["lock", "hello.kdl"]);
     assert_ne!(r.code, 0, "{}", r.stderr);
