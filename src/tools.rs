@@ -287,6 +287,8 @@ pub const TEST_DEPS: &[HostDep] = &[
     // ... and makes an EL 8-style Berkeley DB rpmdb of it with Berkeley DB's own db_load.
     HostDep::new("db5.3_load", "db5.3-util"),
     HostDep::new("/usr/sbin/nginx", "nginx"),
+    // `packages` with dnf (tests/cli/dnf.rs): the repository of the RPMs it builds with rpmbuild.
+    HostDep::new("createrepo_c", "createrepo-c"),
     HostDep::new("sfdisk", "fdisk"),
     HostDep::new("sgdisk", "gdisk"),
     HostDep::new("e2fsck", "e2fsprogs"),

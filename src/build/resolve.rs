@@ -3,6 +3,8 @@
 //! what apt really downloaded ([`crate::distro::record_installed`]). A step already in the cache
 //! answers from the cache (what it installed when it was built); `--update` builds them again
 //! from the mirror as it is now.
+//! A set that dnf installed (an imported RPM-family tree, [`crate::distro::rpm`]) cannot be locked
+//! yet: the lock says so and writes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -229,6 +231,17 @@ pub fn lock_spec(
         };
         let outputs = resolve_steps(&session, &plan, &targets, &o)?;
         for w in &resolve {
+            // A set dnf installed (an RPM-family tree) has no `.deb` lines to pin.
+            if let Some(dnf) = outputs
+                .get(&w.id)
+                .and_then(|o| o.meta.get(crate::distro::rpm::MANAGER_META))
+            {
+                return Err(BuildError::Resolve(format!(
+                    "`{}` installs with {dnf} (the image is of the RPM family): imgspec cannot \
+                     lock dnf package sets yet; build the spec without a lock",
+                    plan.steps[w.id].label
+                )));
+            }
             let text = outputs
                 .get(&w.id)
                 .and_then(|o| o.meta.get(DEBS_META))

@@ -16,6 +16,7 @@
 //! which base its tree grew from).
 
 pub mod debian;
+pub mod rpm;
 pub mod rpmdb;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -161,6 +161,10 @@ impl Builder<'_> {
         for layer in &with_boot_packages(image) {
             let (name, label, mut action) =
                 layer_step(layer, distro::family_of(image), &mut counts);
+            // No distribution bootstrap: the tree's own package manager, chosen at run time.
+            if let Action::Packages(p) = &mut action {
+                p.from_tree = !matches!(image.layers.first(), Some(Layer::Base(Base::Debian(_))));
+            }
             // Images of specs without a lock (built together with locked ones) stay unlocked.
             if let Some(lock) = self.lock.filter(|l| l.has_image(&image.name)) {
                 pin(&mut action, lock, image, &name)?;
@@ -511,6 +515,7 @@ fn layer_step(
                 packages: p.packages.clone(),
                 locked: None,
                 family,
+                from_tree: false,
             }),
         ),
         Layer::User(u) => {

@@ -3,7 +3,8 @@
 //! Makes: the input tree plus
 //! - `/etc/fstab` naming every filesystem of the disk by UUID,
 //! - `/boot/grub/grub.cfg`: one entry booting the image's kernel (`/vmlinuz` resolved to the
-//!   real file) with `root=UUID=...` and the spec's command line, on serial and VGA consoles,
+//!   real file, else the newest `/boot/vmlinuz-VERSION` with its initramfs, as RPM-family
+//!   systems have them: [`boot_files`]) with `root=UUID=...` and the spec's command line, on serial and VGA consoles,
 //! - `grub-efi`, `hybrid`: `/boot/efi/EFI/BOOT/BOOTX64.EFI`, GRUB's EFI image, made by the
 //!   image's own `grub-mkimage` (from `grub-efi-amd64-bin`, which the plan adds to the image's
 //!   packages) with an embedded config that finds the root filesystem by UUID and reads its
@@ -24,6 +25,13 @@
 //!   read a GPT disk through the BIOS and an ext4 root ([`BIOS_MODULES`]),
 //! - `boot.img`: the image's own `/usr/lib/grub/i386-pc/boot.img`, unpatched.
 //!
+//! GRUB is the image's own: `grub-mkimage` (Debian family), or `grub2-mkimage` where the image
+//! has it and not `grub-mkimage` (RPM family: Fedora, EL, from `grub2-tools`; the modules are
+//! under the same `/usr/lib/grub/x86_64-efi` and `/usr/lib/grub/i386-pc`, from
+//! `grub2-efi-x64-modules` and `grub2-pc-modules`). A missing piece is named by the package of
+//! the image's family that has it ([`crate::distro::rpm::names`]). Secure Boot's files are
+//! Debian's: an RPM-family image with `secure-boot=#true` is refused.
+//!
 //! Needs root (grub-mkimage runs in a chroot of the image, so GRUB matches the distribution).
 //!
 //! Key: input tree key; bootloader kind; `secure-boot` (only when on); the GRUB target
@@ -35,7 +43,7 @@ use imgspec_cache::StepOutput;
 
 use super::chroot::Session;
 use super::mounts::{fstab_text, Mount};
-use super::tree::{kernel_path, Tree};
+use super::tree::{boot_files, Tree};
 use super::{FactError, StepContext, StepError};
 use crate::key::KeyBuilder;
 use crate::spec::model::BootloaderKind;
@@ -118,6 +126,10 @@ impl EfiArch {
             EfiArch::Arm64 => "grub-efi-arm64-bin",
         }
     }
+    /// The package of GRUB's tools (`grub-mkimage`).
+    fn tools_package(self) -> &'static str {
+        "grub-common"
+    }
     fn kernel_package(self) -> &'static str {
         match self {
             EfiArch::X86_64 => "linux-image-amd64",
@@ -183,6 +195,54 @@ fn secure_boot_script() -> String {
 
 /// Where the BIOS images are made inside the image root, removed before the tree is imported.
 const BIOS_OUT: &str = ".imgspec-bios";
+
+/// The image's family, as far as GRUB's package names go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Names {
+    Debian,
+    Rpm,
+}
+
+impl Names {
+    /// RPM where the tree's package manager is dnf ([`crate::distro::rpm::manager_of`]); a
+    /// tree with no package manager imgspec knows is named as Debian's.
+    fn of(tree: &Tree, store: &imgspec_cache::Store) -> Names {
+        use crate::distro::rpm::{manager_in, Manager};
+        match manager_in(tree, store) {
+            Ok(Manager::Dnf(_)) => Names::Rpm,
+            _ => Names::Debian,
+        }
+    }
+
+    /// The family's name of Debian's package `deb` (joined with `, ` when it is several).
+    fn package(self, deb: &str) -> String {
+        match self {
+            Names::Debian => deb.to_string(),
+            Names::Rpm => crate::distro::rpm::names::rpm_names(&[deb.to_string()])
+                .map(|v| v.join(", "))
+                .unwrap_or_else(|_| deb.to_string()),
+        }
+    }
+
+    /// The package of the image's kernel.
+    fn kernel(self, arch: EfiArch) -> &'static str {
+        match self {
+            Names::Debian => arch.kernel_package(),
+            Names::Rpm => "kernel-core",
+        }
+    }
+}
+
+/// The shell lines that set `$mk` to the image's `grub-mkimage` (or `grub2-mkimage`) and check
+/// that GRUB's modules for `target` are there, naming the missing package.
+fn mkimage_check(target: &str, tools: &str, modules: &str) -> String {
+    format!(
+        "if command -v grub-mkimage >/dev/null; then mk=grub-mkimage\n\
+         elif command -v grub2-mkimage >/dev/null; then mk=grub2-mkimage\n\
+         else echo 'the image has no grub-mkimage nor grub2-mkimage ({tools})' >&2; exit 1; fi\n\
+         test -f /usr/lib/grub/{target}/moddep.lst || {{ echo 'the image has no GRUB modules for {target} in /usr/lib/grub/{target} ({modules})' >&2; exit 1; }}\n"
+    )
+}
 
 #[derive(Clone, Debug)]
 pub struct BootloaderStep {
@@ -257,13 +317,22 @@ impl BootloaderStep {
     pub fn run(&self, ctx: &StepContext) -> Result<StepOutput, StepError> {
         let (_, m) = ctx.input_tree(0)?;
         let tree = Tree::new(m);
-        let kernel = kernel_path(&tree, "vmlinuz")?.ok_or_else(|| {
+        let names = Names::of(&tree, ctx.store);
+        // `/vmlinuz` (Debian), else the newest `/boot/vmlinuz-VERSION` (RPM family).
+        let (kernel, initrd) = boot_files(&tree)?.ok_or_else(|| {
             StepError::Invalid(format!(
-                "the image has no kernel (`/vmlinuz`): add `{}` to a packages set",
-                self.arch.kernel_package()
+                "the image has no kernel (`/vmlinuz` nor `/boot/vmlinuz-VERSION`): add `{}` to \
+                 a packages set",
+                names.kernel(self.arch)
             ))
         })?;
-        let initrd = kernel_path(&tree, "initrd.img")?;
+        if self.secure_boot && names == Names::Rpm {
+            return Err(StepError::Invalid(
+                "`secure-boot=#true` takes Debian's signed shim and GRUB; on an RPM-family \
+                 image (dnf) it is not supported yet: leave it off"
+                    .into(),
+            ));
+        }
         let s = Session::open(ctx, 0, "grub-mkimage runs in a chroot of the image")?;
         let write = |rel: &str, text: &str| -> Result<(), StepError> {
             let p = s.path(rel)?;
@@ -290,11 +359,15 @@ impl BootloaderStep {
             let a = self.arch;
             let script = format!(
                 "set -e\n\
-                 command -v grub-mkimage >/dev/null || {{ echo 'the image has no grub-mkimage ({pkg})' >&2; exit 1; }}\n\
+                 {check}\
                  mkdir -p /boot/efi/EFI/BOOT\n\
-                 grub-mkimage -O {target} -p /boot/grub -c /tmp/imgspec-early.cfg -o /boot/efi/EFI/BOOT/{loader} {modules}\n\
+                 \"$mk\" -O {target} -d /usr/lib/grub/{target} -p /boot/grub -c /tmp/imgspec-early.cfg -o /boot/efi/EFI/BOOT/{loader} {modules}\n\
                  rm -f /tmp/imgspec-early.cfg\n",
-                pkg = a.grub_package(),
+                check = mkimage_check(
+                    a.grub_target(),
+                    &names.package(a.tools_package()),
+                    &names.package(a.grub_package())
+                ),
                 target = a.grub_target(),
                 loader = a.loader(),
                 modules = a.modules().join(" "),
@@ -302,7 +375,7 @@ impl BootloaderStep {
             s.run(ctx, &script)?;
         }
         let bios = if matches!(self.kind, BootloaderKind::GrubBios | BootloaderKind::Hybrid) {
-            Some(self.make_bios_images(ctx, &s)?)
+            Some(self.make_bios_images(ctx, &s, names)?)
         } else {
             None
         };
@@ -325,6 +398,7 @@ impl BootloaderStep {
         &self,
         ctx: &StepContext,
         s: &Session,
+        names: Names,
     ) -> Result<(PathBuf, PathBuf), StepError> {
         // A fresh folder at the top of the root: `create_dir` fails rather than follow a
         // symlink the image might have there.
@@ -332,13 +406,15 @@ impl BootloaderStep {
         std::fs::create_dir(&dir).map_err(StepError::io(&dir))?;
         let cfg = dir.join("early.cfg");
         std::fs::write(&cfg, self.early_cfg()).map_err(StepError::io(&cfg))?;
+        let pc = names.package("grub-pc-bin");
         let script = format!(
             "set -e\n\
-             command -v grub-mkimage >/dev/null || {{ echo 'the image has no grub-mkimage (grub-pc-bin)' >&2; exit 1; }}\n\
-             test -f /usr/lib/grub/i386-pc/boot.img || {{ echo 'the image has no /usr/lib/grub/i386-pc/boot.img (grub-pc-bin)' >&2; exit 1; }}\n\
-             grub-mkimage -O i386-pc -d /usr/lib/grub/i386-pc -p /boot/grub -c /{BIOS_OUT}/early.cfg -o /{BIOS_OUT}/core.img {}\n\
+             {check}\
+             test -f /usr/lib/grub/i386-pc/boot.img || {{ echo 'the image has no /usr/lib/grub/i386-pc/boot.img ({pc})' >&2; exit 1; }}\n\
+             \"$mk\" -O i386-pc -d /usr/lib/grub/i386-pc -p /boot/grub -c /{BIOS_OUT}/early.cfg -o /{BIOS_OUT}/core.img {}\n\
              cp /usr/lib/grub/i386-pc/boot.img /{BIOS_OUT}/boot.img\n",
-            BIOS_MODULES.join(" ")
+            BIOS_MODULES.join(" "),
+            check = mkimage_check("i386-pc", &names.package("grub-common"), &pc),
         );
         let take = |name: &str| -> Result<PathBuf, StepError> {
             // The command may have put a link there: take only from the folder made above.
@@ -395,5 +471,63 @@ mod tests {
         assert!(cfg.contains("search --no-floppy --fs-uuid --set=root 1111-2222\n"));
         assert!(cfg.contains("linux /boot/vmlinuz-6.1 root=UUID=1111-2222 ro console=ttyS0\n"));
         assert!(cfg.contains("initrd /boot/initrd.img-6.1\n"));
+    }
+
+    #[test]
+    fn missing_grub_is_named_by_the_images_family() {
+        assert_eq!(
+            Names::Debian.package("grub-efi-amd64-bin"),
+            "grub-efi-amd64-bin"
+        );
+        assert_eq!(
+            Names::Rpm.package("grub-efi-amd64-bin"),
+            "grub2-efi-x64-modules"
+        );
+        assert_eq!(Names::Rpm.package("grub-pc-bin"), "grub2-pc-modules");
+        assert_eq!(Names::Rpm.package("grub-common"), "grub2-tools");
+        assert_eq!(
+            Names::Rpm.package(EfiArch::Arm64.grub_package()),
+            "grub2-efi-aa64-modules"
+        );
+        assert_eq!(Names::Rpm.kernel(EfiArch::X86_64), "kernel-core");
+        assert_eq!(Names::Debian.kernel(EfiArch::X86_64), "linux-image-amd64");
+    }
+
+    /// The check picks `grub-mkimage`, else `grub2-mkimage`, run by a real shell over a PATH
+    /// that has one, the other or neither.
+    #[test]
+    fn the_images_own_mkimage_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = mkimage_check("x86_64-efi", "grub2-tools", "grub2-efi-x64-modules");
+        // The modules' test is about the image; here only the program's choice is run.
+        let pick = check.lines().take(3).collect::<Vec<_>>().join("\n");
+        let run = |bins: &[&str]| {
+            let bin = dir.path().join(bins.join("+"));
+            std::fs::create_dir_all(&bin).unwrap();
+            for b in bins {
+                let p = bin.join(b);
+                std::fs::write(&p, "#!/bin/sh\n").unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("{pick}\necho \"$mk\""))
+                .env("PATH", &bin)
+                .output()
+                .unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )
+        };
+        assert_eq!(run(&["grub-mkimage", "grub2-mkimage"]).0, "grub-mkimage");
+        assert_eq!(run(&["grub2-mkimage"]).0, "grub2-mkimage");
+        let (out, err) = run(&["true"]);
+        assert_eq!(out, "");
+        assert_eq!(
+            err,
+            "the image has no grub-mkimage nor grub2-mkimage (grub2-tools)"
+        );
     }
 }

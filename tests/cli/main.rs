@@ -5,6 +5,7 @@ mod claims;
 mod common;
 mod debian;
 mod diff;
+mod dnf;
 mod dot;
 mod elements;
 mod engine;
