@@ -13,6 +13,7 @@ const FAKE_APT: &str = r#"#!/bin/sh
 # Stand-in for apt-get: records the packages it is asked to install, and lays what each would
 # install (/fake-debs/PKG/) into the image.
 set -e
+while [ "$1" = -o ]; do shift 2; done
 case "$1" in
     update|clean) exit 0 ;;
     install) shift ;;

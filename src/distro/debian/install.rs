@@ -23,7 +23,7 @@ use crate::steps::{StepContext, StepError};
 /// Where a locked install's repository is, inside the image tree during the step.
 const REPO_IN_TREE: &str = "tmp/imgspec-lock";
 
-/// What every install runs with, beyond the package list:
+/// What every install runs with, beyond the package list ([`APT_ENV`], [`DPKG_UNSAFE_IO`]):
 /// - `INITRD=No` (in apt's environment, so in every maintainer script's): the kernel's own
 ///   hook (`/etc/kernel/postinst.d/initramfs-tools`, `…/dracut`) makes no initramfs (and
 ///   `linux-update-symlinks` no `/initrd.img` links, which [`INITRAMFS_AFTER`] makes). Debian
@@ -34,8 +34,9 @@ const REPO_IN_TREE: &str = "tmp/imgspec-lock";
 ///   committed `specs/debian-efi.SHA256SUMS` prove it the same bytes.
 /// - dpkg's `--force-unsafe-io`: no fsync per unpacked file. The tree is scratch until it is
 ///   hashed into the store, which syncs what it keeps; a crash loses the step, never the cache.
-const APT_INSTALL: &str =
-    "INITRD=No apt-get install -y -q --no-install-recommends -o DPkg::Options::=--force-unsafe-io";
+const APT_ENV: &str = "INITRD=No";
+/// See [`APT_ENV`].
+const DPKG_UNSAFE_IO: &str = "-o DPkg::Options::=--force-unsafe-io";
 
 /// The kernels there were before the install (see [`INITRAMFS_AFTER`]).
 const KERNELS_BEFORE: &str = "imgspec_kernels=$(echo $(ls /lib/modules 2>/dev/null))";
@@ -74,7 +75,9 @@ pub fn script(packages: &[String], locked: Option<&Locked>) -> String {
         ),
     };
     format!(
-        "set -e\n{KERNELS_BEFORE}\napt-get{o} update -q\n{APT_INSTALL}{o} {pkgs}{clean}\n{INITRAMFS_AFTER}\n"
+        "set -e\n{KERNELS_BEFORE}\napt-get{o} update -q\n\
+         {APT_ENV} apt-get{o} {DPKG_UNSAFE_IO} install -y -q --no-install-recommends {pkgs}{clean}\n\
+         {INITRAMFS_AFTER}\n"
     )
 }
 
