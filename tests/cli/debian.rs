@@ -288,33 +288,95 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         r.stderr
     );
 
-    // The users' guide's third route, with `specs/from-vm.kdl`: the UEFI disk just built taken
-    // as a VM's disk installed by hand (as VMware and VirtualBox write it: a vmdk), imported
-    // with libguestfs, and made again into a partition set and a whole UEFI disk that boot.
-    if !imgspec::tools::test_requires(&["libguestfs-tools", "linux-image-amd64"]) {
+    // The users' guide's third route, with `specs/from-vm.kdl`: a disk laid out as a default
+    // CentOS 8 install leaves it (GPT, an ESP, `/boot` on xfs, LVM with root on xfs and swap)
+    // holding the Debian system just built with one RPM-managed package beside dpkg's, as
+    // VMware writes it (vmdk) and as VirtualBox does (vdi). From each: imported with
+    // libguestfs, made again into Ironic's partition set and a whole UEFI disk (the initramfs
+    // made generic by `dracut-regenerate`), both booted; the SBOM lists both databases; a
+    // second build from an empty cache gives the same bytes.
+    if !imgspec::tools::test_requires(&[
+        "libguestfs-tools",
+        "linux-image-amd64",
+        "libguestfs-xfs",
+        "rpm",
+    ]) {
         return;
     }
-    std::fs::create_dir_all(w.path("specs/vm")).unwrap();
-    let st = std::process::Command::new("qemu-img")
-        .args(["convert", "-O", "vmdk"])
-        .arg(w.path("out/debian-efi/debian-efi.qcow2"))
-        .arg(w.path("specs/vm/hand-installed.vmdk"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let spec = std::fs::read_to_string(w.path("specs/from-vm.kdl"))
-        .unwrap()
-        .replace("vm/hand-installed.qcow2", "vm/hand-installed.vmdk");
-    w.write("specs/from-vm.kdl", &spec);
-    w.run(&["build", "specs/from-vm.kdl"]).ok();
-    let p = boot(&w, &["out/from-vm/from-vm.qcow2"], "`login:` after");
-    assert!(p.contains("partition image, kernel"), "{p}");
-    let d = boot(
-        &w,
-        &["out/from-vm-disk/from-vm-disk.qcow2"],
-        "`login:` after",
+    w.write(
+        "specs/debian-tree.kdl",
+        "import \"debian-common.kdl\"\nimage \"debian-tree\" extends=\"debian-common\" {\n    output \"tar\"\n}\n",
     );
-    assert!(d.contains("EFI system partition: UEFI"), "{d}");
+    w.run(&["build", "specs/debian-tree.kdl"]).ok();
+    std::fs::copy(
+        w.path("out/debian-tree/debian-tree.tar"),
+        w.path("base.tar"),
+    )
+    .unwrap();
+    crate::import::add_rpm_managed_package(&w, "base.tar", crate::import::RpmDb::Sqlite);
+    crate::import::make_centos_like_disk_of(&w, "2400M", "");
+    std::fs::create_dir_all(w.path("specs/vm")).unwrap();
+    let spec = std::fs::read_to_string(w.path("specs/from-vm.kdl")).unwrap();
+    let mut sums = Vec::new();
+    for format in ["vmdk", "vdi"] {
+        let disk = format!("specs/vm/hand-installed.{format}");
+        crate::import::qemu_img(
+            w.dir.path(),
+            &["convert", "-O", format, "vm/disk.raw", &disk],
+        );
+        w.write(
+            &format!("specs/from-{format}.kdl"),
+            &spec.replace(
+                "vm/hand-installed.qcow2",
+                &format!("vm/hand-installed.{format}"),
+            ),
+        );
+        w.run(&["build", &format!("specs/from-{format}.kdl")]).ok();
+        let p = boot(&w, &["out/from-vm/from-vm.qcow2"], "`login:` after");
+        assert!(p.contains("partition image, kernel"), "{format}: {p}");
+        let d = boot(
+            &w,
+            &["out/from-vm-disk/from-vm-disk.qcow2"],
+            "`login:` after",
+        );
+        assert!(d.contains("EFI system partition: UEFI"), "{format}: {d}");
+        let sbom = std::fs::read_to_string(w.path("out/from-vm/from-vm.spdx.json")).unwrap();
+        for purl in [
+            "pkg:rpm/debian/imgspec-hello@1.2-3.el9?arch=noarch&distro=debian-12&epoch=2",
+            "pkg:deb/debian/linux-image-amd64@",
+        ] {
+            assert!(sbom.contains(purl), "{format}: {purl} is not in the SBOM");
+        }
+        sums.push(
+            ["from-vm", "from-vm-disk"]
+                .map(|i| std::fs::read_to_string(w.path(&format!("out/{i}/SHA256SUMS"))).unwrap()),
+        );
+    }
+    // The same disk in two formats is the same system: the same bytes out (but the build
+    // manifests, which name their spec files and the disks' digests).
+    let images = |s: &[String; 2]| {
+        s.iter()
+            .flat_map(|t| t.lines().filter(|l| !l.ends_with(".manifest.json")))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        images(&sums[0]),
+        images(&sums[1]),
+        "the vmdk and the vdi gave different images"
+    );
+    let r = w.run_with_cache(
+        "cache-again",
+        &["build", "specs/from-vdi.kdl", "--out-dir", "out-again"],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for (n, i) in ["from-vm", "from-vm-disk"].iter().enumerate() {
+        let again = std::fs::read_to_string(w.path(&format!("out-again/{i}/SHA256SUMS"))).unwrap();
+        assert_eq!(
+            sums[1][n], again,
+            "{i}: a second build from an empty cache differs"
+        );
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::common::{sha256, Http, Workspace};
 
 /// Runs a guestfish script in `dir` (the appliance under TCG, as on this kind of machine).
-fn guestfish(dir: &Path, script: &str) {
+pub(crate) fn guestfish(dir: &Path, script: &str) {
     let file = dir.join("script.fish");
     std::fs::write(&file, script).unwrap();
     let out = Command::new("guestfish")
@@ -26,7 +26,7 @@ fn guestfish(dir: &Path, script: &str) {
     );
 }
 
-fn qemu_img(dir: &Path, args: &[&str]) {
+pub(crate) fn qemu_img(dir: &Path, args: &[&str]) {
     let out = Command::new("qemu-img")
         .current_dir(dir)
         .args(args)
@@ -66,7 +66,7 @@ const DPKG_STATUS: (&str, &str, u32) = (
 
 /// The format of the RPM database [`add_rpm_managed_package`] leaves.
 #[derive(PartialEq)]
-enum RpmDb {
+pub(crate) enum RpmDb {
     /// `/var/lib/rpm/rpmdb.sqlite`, as EL 9 keeps it (and as the host's rpm writes it).
     Sqlite,
     /// `/var/lib/rpm/Packages`, the Berkeley DB hash of EL 7 and 8.
@@ -76,7 +76,7 @@ enum RpmDb {
 /// Builds a tiny noarch RPM with the host's rpmbuild and installs it with the host's rpm into a
 /// folder, its database in `/var/lib/rpm` as `db`, then appends that folder to the tar `rel`: a
 /// Debian system with one RPM-managed package.
-fn add_rpm_managed_package(w: &Workspace, rel: &str, db: RpmDb) {
+pub(crate) fn add_rpm_managed_package(w: &Workspace, rel: &str, db: RpmDb) {
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
         assert!(
@@ -175,6 +175,12 @@ ln-s boot/initrd.img-6.1.0-test /initrd.img
 /// LVM volume group `cl` with `root` on xfs and `swap`), holding `base.tar` and [`SPECIALS`],
 /// the guest's `/etc/fstab` naming all of it.
 fn make_centos_like_disk(w: &Workspace) {
+    make_centos_like_disk_of(w, "1200M", SPECIALS);
+}
+
+/// [`make_centos_like_disk`] of `size` (its root volume takes what the rest leaves), with the
+/// guestfish lines `specials` run last.
+pub(crate) fn make_centos_like_disk_of(w: &Workspace, size: &str, specials: &str) {
     std::fs::create_dir_all(w.path("vm")).unwrap();
     // The last line names a disk the VM had and the disk file does not: it must not stop the
     // import.
@@ -182,7 +188,7 @@ fn make_centos_like_disk(w: &Workspace) {
                  /dev/sda1 /boot/efi vfat umask=0077 0 2\\n/dev/mapper/cl-swap none swap defaults 0 0\\n\
                  /dev/sdb1 /data xfs defaults 0 0\\n";
     let script = format!(
-        "sparse vm/disk.raw 1200M
+        "sparse vm/disk.raw {size}
 run
 part-init /dev/sda gpt
 part-add /dev/sda p 2048 67583
@@ -205,7 +211,7 @@ mount /dev/sda1 /boot/efi
 tar-in base.tar /
 write /etc/fstab \"{fstab}\"
 write /boot/efi/on-the-esp \"esp\"
-{SPECIALS}"
+{specials}"
     );
     guestfish(w.dir.path(), &script);
 }

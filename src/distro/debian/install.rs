@@ -26,12 +26,13 @@ const REPO_IN_TREE: &str = "tmp/imgspec-lock";
 /// What every install runs with, beyond the package list ([`APT_ENV`], [`DPKG_UNSAFE_IO`]):
 /// - `INITRD=No` (in apt's environment, so in every maintainer script's): the kernel's own
 ///   hook (`/etc/kernel/postinst.d/initramfs-tools`, `…/dracut`) makes no initramfs (and
-///   `linux-update-symlinks` no `/initrd.img` links, which [`INITRAMFS_AFTER`] makes). Debian
-///   makes one there and makes it again when the `update-initramfs` trigger runs at the end of
-///   the same install; the last one is what the image keeps. Here only that last one is made,
-///   by [`INITRAMFS_AFTER`], after everything is configured, as the trigger would have (which
-///   now finds no initramfs of the new kernel to update): the same file, made once. The
-///   committed `specs/debian-efi.SHA256SUMS` prove it the same bytes.
+///   `linux-update-symlinks` no `/initrd.img` links). Debian makes one there and makes it again
+///   when the `update-initramfs` trigger runs at the end of the same install; the last one is
+///   what the image keeps. Here only that last one is made: by the trigger, which also makes
+///   the links (the build log shows `Generating` once, then the links), or, for a kernel no
+///   trigger runs for (initramfs-tools installed by an earlier layer), by
+///   [`INITRAMFS_AFTER`], after everything is configured, as the trigger would have. The
+///   committed `specs/debian-efi.SHA256SUMS` prove it the same bytes as before.
 /// - dpkg's `--force-unsafe-io`: no fsync per unpacked file. The tree is scratch until it is
 ///   hashed into the store, which syncs what it keeps; a crash loses the step, never the cache.
 const APT_ENV: &str = "INITRD=No";
