@@ -286,6 +286,8 @@ pub const TEST_DEPS: &[HostDep] = &[
     HostDep::new("rpmbuild", "rpm"),
     // ... and makes an EL 8-style Berkeley DB rpmdb of it with Berkeley DB's own db_load.
     HostDep::new("db5.3_load", "db5.3-util"),
+    // ... and makes the LUKS volume of an encrypted install the import must refuse.
+    HostDep::new("cryptsetup", "cryptsetup-bin"),
     HostDep::new("/usr/sbin/nginx", "nginx"),
     // `packages` with dnf (tests/cli/dnf.rs): the repository of the RPMs it builds with rpmbuild.
     HostDep::new("createrepo_c", "createrepo-c"),

@@ -577,8 +577,12 @@ image "from-vdi" {
 #[test]
 #[ignore = "libguestfs' appliance boots under TCG: a few minutes in all; root"]
 fn disks_that_must_not_be_read_are_refused_with_the_reason() {
-    if !imgspec::tools::test_requires(&["libguestfs-tools", "linux-image-amd64", "libguestfs-xfs"])
-    {
+    if !imgspec::tools::test_requires(&[
+        "libguestfs-tools",
+        "linux-image-amd64",
+        "libguestfs-xfs",
+        "cryptsetup-bin",
+    ]) {
         return;
     }
     let w = Workspace::new();
@@ -606,6 +610,46 @@ write /etc/second \"2\"
     );
     let d = w.dir.path();
     qemu_img(d, &["convert", "-O", "qcow2", "vm/two.raw", "vm/two.qcow2"]);
+    // An encrypted install: the ESP and `/boot` in the clear, the root in a LUKS2 volume (made
+    // by the host's cryptsetup in a plain file, then written into the partition).
+    let luks = w.path("vm/luks.img");
+    std::fs::write(w.path("vm/key"), "secret").unwrap();
+    std::fs::File::create(&luks)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let out = Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "--batch-mode",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+        ])
+        .args(["--pbkdf-force-iterations", "1000"])
+        .arg(&luks)
+        .arg(w.path("vm/key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    guestfish(
+        d,
+        "sparse vm/encrypted.raw 128M
+run
+part-init /dev/sda gpt
+part-add /dev/sda p 2048 67583
+part-add /dev/sda p 67584 133119
+part-add /dev/sda p 133120 -34
+part-set-gpt-type /dev/sda 1 C12A7328-F81F-11D2-BA4B-00A0C93EC93B
+mkfs vfat /dev/sda1
+mkfs ext4 /dev/sda2
+mount /dev/sda2 /
+write /vmlinuz-6.1.0-test \"KERNEL\"
+umount /
+upload vm/luks.img /dev/sda3
+",
+    );
     // A qcow2 over a backing file, one whose data is in another file, a format not taken, a
     // file that is no disk, and a qcow2 cut short.
     qemu_img(
@@ -661,6 +705,11 @@ write /etc/second \"2\"
         ("cut", r#"path="vm/cut.qcow2""#, "base image cut.qcow2"),
         ("two", r#"path="vm/two.qcow2""#, "holds 2 operating systems"),
         (
+            "encrypted",
+            r#"path="vm/encrypted.raw""#,
+            "has an encrypted (LUKS) volume",
+        ),
+        (
             "wrong-root",
             r#"path="vm/two.qcow2" root="/dev/sdz9""#,
             "`root=\"/dev/sdz9\"` is not an operating system's root",
@@ -690,4 +739,64 @@ write /etc/second \"2\"
     // `root=` chooses among the systems.
     let chosen = listing(&w.path("out/chosen/chosen.tar"));
     assert_eq!(chosen["etc/second"].5, b"2");
+}
+
+/// The layout Fedora's installer and cloud images use, on an MBR disk: `/boot` on ext4, and one
+/// btrfs filesystem holding the subvolumes `root` and `home`, which the guest's fstab mounts
+/// with `subvol=`. Both subvolumes and `/boot` come out, and nothing of the top level beside
+/// them.
+#[test]
+#[ignore = "libguestfs' appliance boots under TCG: a few minutes in all; root"]
+fn an_mbr_disk_with_btrfs_subvolumes_is_imported_as_its_fstab_says() {
+    if !imgspec::tools::test_requires(&["libguestfs-tools", "linux-image-amd64"]) {
+        return;
+    }
+    let w = Workspace::new();
+    w.rootfs_tar_with("base.tar", &[], LEFTOVERS);
+    std::fs::create_dir_all(w.path("vm")).unwrap();
+    guestfish(
+        w.dir.path(),
+        "sparse vm/fedora.raw 512M
+run
+part-init /dev/sda mbr
+part-add /dev/sda p 2048 264191
+part-add /dev/sda p 264192 -1
+mkfs ext4 /dev/sda1
+mkfs btrfs /dev/sda2
+mount /dev/sda2 /
+btrfs-subvolume-create /root
+btrfs-subvolume-create /home
+write /top-level-only \"not in any subvolume the guest mounts\"
+umount /
+mount-options subvol=root /dev/sda2 /
+mkdir /home
+mount-options subvol=home /dev/sda2 /home
+mkdir /boot
+mount /dev/sda1 /boot
+tar-in base.tar /
+write /etc/fstab \"/dev/sda2 / btrfs subvol=root,compress=zstd:1 0 0\\n/dev/sda1 /boot ext4 defaults 1 2\\n/dev/sda2 /home btrfs subvol=home,compress=zstd:1 0 0\\n\"
+write /etc/os-release \"NAME=Fedora Linux\\nID=fedora\\nVERSION_ID=41\\nPRETTY_NAME=Fedora Linux 41\\n\"
+mkdir /home/ops
+write /home/ops/notes \"mine\"
+",
+    );
+    w.write(
+        "fedora.kdl",
+        "image \"fedora-like\" {\n    base \"image\" path=\"vm/fedora.raw\"\n    output \"tar\"\n}\n",
+    );
+    w.run(&["build", "fedora.kdl", "--out-dir", "out"]).ok();
+    let t = listing(&w.path("out/fedora-like/fedora-like.tar"));
+    for p in [
+        "home/ops/notes",
+        "boot/vmlinuz-6.1.0-test",
+        "etc/fstab",
+        "usr/bin/env",
+    ] {
+        assert!(t.contains_key(p), "`{p}` is not in the imported tree");
+    }
+    assert!(
+        !t.contains_key("top-level-only") && !t.contains_key("root/etc/fstab"),
+        "the btrfs top level came out: {:?}",
+        t.keys().take(20).collect::<Vec<_>>()
+    );
 }
