@@ -568,6 +568,31 @@ image "from-vdi" {
         "a touched disk rebuilt:\n{}",
         again.stderr
     );
+    // A change above the base (the vmdk image's `run` command) rebuilds what follows it, never
+    // the import.
+    let spec = std::fs::read_to_string(w.path("from-vm.kdl")).unwrap();
+    w.write(
+        "from-vm.kdl",
+        &spec.replace("echo imported >", "echo imported again >"),
+    );
+    let t = std::time::Instant::now();
+    let changed = w.run(&["build", "from-vm.kdl", "--out-dir", "out"]).ok();
+    eprintln!(
+        "rebuild after a change above the base: {:.1?}\n{}",
+        t.elapsed(),
+        changed.stderr
+    );
+    assert!(
+        !changed.stderr.contains("built    base image"),
+        "the import ran again:\n{}",
+        changed.stderr
+    );
+    assert!(
+        changed.stderr.contains("built    run"),
+        "{}",
+        changed.stderr
+    );
+    w.write("from-vm.kdl", &spec);
     // From an empty cache: the same bytes.
     w.run_with_cache("cache2", &["build", "from-vm.kdl", "--out-dir", "out2"])
         .ok();
