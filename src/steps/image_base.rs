@@ -367,7 +367,22 @@ impl<'a> Guestfish<'a> {
         match (roots.as_slice(), wanted) {
             ([], _) => {
                 let filesystems = self.call(&["-list-filesystems"]).unwrap_or_default();
-                let encrypted = filesystems.lines().any(|l| l.contains("crypto_LUKS"));
+                // `list-filesystems` leaves out what it cannot mount, LUKS among them: each
+                // device and partition is asked for its type.
+                let encrypted = filesystems.lines().any(|l| l.contains("crypto_LUKS"))
+                    || ["-list-devices", "-list-partitions"]
+                        .iter()
+                        .flat_map(|c| {
+                            self.call(&[c])
+                                .unwrap_or_default()
+                                .lines()
+                                .map(str::to_string)
+                                .collect::<Vec<_>>()
+                        })
+                        .any(|dev| {
+                            self.call(&["-vfs-type", dev.trim()])
+                                .is_ok_and(|t| t.trim() == "crypto_LUKS")
+                        });
                 Err(StepError::Invalid(if encrypted {
                     format!(
                         "`{}` has an encrypted (LUKS) volume and no operating system outside \

@@ -801,7 +801,7 @@ mount /dev/sda1 /boot
 tar-in base.tar /
 write /etc/fstab \"/dev/sda2 / btrfs subvol=root,compress=zstd:1 0 0\\n/dev/sda1 /boot ext4 defaults 1 2\\n/dev/sda2 /home btrfs subvol=home,compress=zstd:1 0 0\\n\"
 write /etc/os-release \"NAME=Fedora Linux\\nID=fedora\\nVERSION_ID=41\\nPRETTY_NAME=Fedora Linux 41\\n\"
-mkdir /home/ops
+mkdir-p /home/ops
 write /home/ops/notes \"mine\"
 ",
     );
