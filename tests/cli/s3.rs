@@ -41,7 +41,6 @@ fn garage_bin() -> Option<PathBuf> {
 /// One node of the cluster.
 struct Node {
     config: PathBuf,
-    rpc_port: u16,
     s3_port: u16,
     child: Option<Child>,
 }
@@ -67,45 +66,78 @@ impl Garage {
             let d = dir.path().join(format!("node{n}"));
             std::fs::create_dir_all(d.join("meta")).unwrap();
             std::fs::create_dir_all(d.join("data")).unwrap();
-            let (rpc, s3, admin) = (free_port(), free_port(), free_port());
-            let config = d.join("garage.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "metadata_dir = \"{d}/meta\"\n\
-                     data_dir = \"{d}/data\"\n\
-                     db_engine = \"sqlite\"\n\
-                     replication_factor = 3\n\
-                     rpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
-                     rpc_public_addr = \"127.0.0.1:{rpc}\"\n\
-                     rpc_secret = \"{secret}\"\n\
-                     [s3_api]\n\
-                     s3_region = \"garage\"\n\
-                     api_bind_addr = \"127.0.0.1:{s3}\"\n\
-                     root_domain = \".s3.garage.localhost\"\n\
-                     [admin]\n\
-                     api_bind_addr = \"127.0.0.1:{admin}\"\n",
-                    d = d.display()
-                ),
-            )
-            .unwrap();
-            let log = std::fs::File::create(d.join("server.log")).unwrap();
-            let child = Command::new(&bin)
-                .arg("-c")
-                .arg(&config)
-                .arg("server")
-                .env("RUST_LOG", "garage=warn")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
+            // A port found free may be taken by another test's connection before the server
+            // binds it: a server that exits at once is started again on other ports.
+            let mut tries = 0;
+            let node = loop {
+                tries += 1;
+                let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+                let config = d.join("garage.toml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "metadata_dir = \"{d}/meta\"\n\
+                         data_dir = \"{d}/data\"\n\
+                         db_engine = \"sqlite\"\n\
+                         replication_factor = 3\n\
+                         rpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                         rpc_public_addr = \"127.0.0.1:{rpc}\"\n\
+                         rpc_secret = \"{secret}\"\n\
+                         [s3_api]\n\
+                         s3_region = \"garage\"\n\
+                         api_bind_addr = \"127.0.0.1:{s3}\"\n\
+                         root_domain = \".s3.garage.localhost\"\n\
+                         [admin]\n\
+                         api_bind_addr = \"127.0.0.1:{admin}\"\n",
+                        d = d.display()
+                    ),
+                )
                 .unwrap();
-            nodes.push(Node {
-                config,
-                rpc_port: rpc,
-                s3_port: s3,
-                child: Some(child),
-            });
+                let log_path = d.join("server.log");
+                let log = std::fs::File::create(&log_path).unwrap();
+                let mut child = Command::new(&bin)
+                    .arg("-c")
+                    .arg(&config)
+                    .arg("server")
+                    .env("RUST_LOG", "garage=warn")
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap();
+                // Listening on both ports, or gone.
+                let t = Instant::now();
+                let exited = loop {
+                    if [rpc, s3]
+                        .iter()
+                        .all(|p| TcpStream::connect(("127.0.0.1", *p)).is_ok())
+                    {
+                        break false;
+                    }
+                    if child.try_wait().unwrap().is_some() {
+                        break true;
+                    }
+                    assert!(
+                        t.elapsed() < Duration::from_secs(180),
+                        "garage node {n} not listening after 180 s: {}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                };
+                if !exited {
+                    break Node {
+                        config,
+                        s3_port: s3,
+                        child: Some(child),
+                    };
+                }
+                assert!(
+                    tries < 5,
+                    "garage node {n} exited at start, five times: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            };
+            nodes.push(node);
         }
         let mut g = Garage {
             bin,
@@ -132,19 +164,6 @@ impl Garage {
                 }
             })
             .collect();
-        // `node id` reads the key file; the servers must also listen before they can meet.
-        for node in &g.nodes {
-            for port in [node.rpc_port, node.s3_port] {
-                let t = Instant::now();
-                while TcpStream::connect(("127.0.0.1", port)).is_err() {
-                    assert!(
-                        t.elapsed() < Duration::from_secs(60),
-                        "garage not listening"
-                    );
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
         for id in &ids[1..] {
             let t = Instant::now();
             while !g.cli_on(0, &["node", "connect", id]).status.success() {
