@@ -22,13 +22,14 @@
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
 //!                            done (see `claim`); one nobody holds (a killed build's) is
 //!                            removed by the next `Store::open` and by `gc`
+//!   trees-v1/<tree digest>/  at most two materialised trees chroot steps left (`keep_tree`):
+//!                              `root/`, `manifest`, `stamps`; taken whole by the next one that
+//!                              starts from that tree or one close to it (see `kept`)
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       fresh/ab…              plain copies of large blobs this session stored from files
 //!                              (`put_file_keep`), handed to the next step of the same build
 //!                              and moved to the output folder, never read by another session
-//!       trees/<tree digest>    at most two materialised trees a chroot step left
-//!                              (`keep_tree`), taken by the next one that starts from them
 //!       .lock                  flock-ed while that `Store` lives; the folder is removed
 //!                              whole when it drops; a session whose lock is free (a killed
 //!                              build's), and any other entry older than an hour, is removed
@@ -112,6 +113,7 @@ mod claim;
 mod gc;
 mod http;
 mod index;
+mod kept;
 pub mod remote;
 pub mod s3;
 mod sys;
@@ -123,6 +125,7 @@ mod tree;
 pub use blob::BlobReader;
 pub use bundle::BundleStats;
 pub use claim::{Claim, StepClaim, LOCKS_DIR};
+pub use kept::{Taken, KEPT_DIR, KEPT_TREES};
 pub use remote::{Credentials, Remote, RemoteError};
 pub use sys::try_lock_exclusive;
 pub use tiers::{Mode, Tier, Tiers};

@@ -232,11 +232,6 @@ impl Checkout {
     }
 }
 
-/// The folder of a session's materialised trees, handed from one chroot step to the next.
-const TREES_DIR: &str = "trees";
-/// Materialised trees a session keeps at most (a build with two chroot steps at once).
-pub const KEPT_TREES: usize = 2;
-
 /// One filesystem object found by the walk of `import_dir`.
 struct Found {
     rel: String,
@@ -449,110 +444,8 @@ impl Store {
         self.stamp(m, dest)
     }
 
-    /// Keeps `dir`, a folder just imported as `m`, as this session's materialised copy of
-    /// `m` for [`Store::take_tree`]: the next chroot step of the same build starts from it
-    /// instead of exporting the tree again. First it is made exactly what `export_dir` would
-    /// write: every time set to the manifest's (the import clamped mtimes, the disk still has
-    /// the command's). A folder holding anything the manifest does not list (a socket, another
-    /// filesystem's content) is not kept. Returns whether it was kept; `dir` is gone if so.
-    /// At most [`KEPT_TREES`] are kept, the oldest removed first.
-    pub fn keep_tree(&self, dir: &Path, m: &TreeManifest) -> Result<bool> {
-        let d = self.put_manifest(m)?;
-        let at = |rel: &str| {
-            if rel.is_empty() {
-                dir.to_path_buf()
-            } else {
-                dir.join(rel)
-            }
-        };
-        // Everything on disk is listed (the import walked the same folder, so listed
-        // entries are all there unless something raced it).
-        let listed: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
-        let dev = fs::symlink_metadata(dir)
-            .map_err(StoreError::io(dir))?
-            .dev();
-        let mut count = 1;
-        let mut stack = vec![(String::new(), dir.to_path_buf())];
-        while let Some((rel, abs)) = stack.pop() {
-            for ent in fs::read_dir(&abs).map_err(StoreError::io(&abs))? {
-                let ent = ent.map_err(StoreError::io(&abs))?;
-                let Some(name) = ent.file_name().to_str().map(str::to_string) else {
-                    return Ok(false);
-                };
-                let child = join_rel(&rel, &name);
-                if !listed.contains(child.as_str()) {
-                    return Ok(false);
-                }
-                let meta = ent.metadata().map_err(StoreError::io(&ent.path()))?;
-                if meta.is_dir() {
-                    if meta.dev() != dev {
-                        return Ok(false);
-                    }
-                    stack.push((child, ent.path()));
-                }
-                count += 1;
-            }
-        }
-        if count != m.entries.len() {
-            return Ok(false);
-        }
-        let fixed: Result<()> = m
-            .entries
-            .par_iter()
-            .filter(|e| !matches!(e.kind, EntryKind::Hardlink { .. }))
-            .try_for_each(|e| {
-                let p = at(&e.path);
-                let meta = fs::symlink_metadata(&p).map_err(StoreError::io(&p))?;
-                let exact = (
-                    meta.mtime(),
-                    meta.mtime_nsec(),
-                    meta.atime(),
-                    meta.atime_nsec(),
-                ) == (e.mtime, 0, e.mtime, 0);
-                if !exact {
-                    sys::set_times_nofollow(&p, e.mtime).map_err(StoreError::io(&p))?;
-                }
-                Ok(())
-            });
-        fixed?;
-        let trees = self.session.join(TREES_DIR);
-        fs::create_dir_all(&trees).map_err(StoreError::io(&trees))?;
-        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(&trees)
-            .map_err(StoreError::io(&trees))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
-            .collect();
-        kept.sort();
-        while kept.len() >= KEPT_TREES {
-            let (_, old) = kept.remove(0);
-            let _ = fs::remove_dir_all(old);
-        }
-        let target = trees.join(d.to_hex());
-        if target.exists() {
-            return Ok(false);
-        }
-        fs::rename(dir, &target).map_err(StoreError::io(dir))?;
-        Ok(true)
-    }
-
-    /// Moves this session's materialised copy of tree `d` (see [`Store::keep_tree`]) to
-    /// `dest`, which must not exist, and returns its [`Checkout`]; `None` when there is none.
-    pub fn take_tree(
-        &self,
-        d: &TreeDigest,
-        m: &TreeManifest,
-        dest: &Path,
-    ) -> Result<Option<Checkout>> {
-        let src = self.session.join(TREES_DIR).join(d.to_hex());
-        if !src.is_dir() {
-            return Ok(None);
-        }
-        fs::rename(&src, dest).map_err(StoreError::io(&src))?;
-        Ok(Some(self.stamp(m, dest)?))
-    }
-
     /// The [`Checkout`] of `dest`, a folder that holds exactly `m`.
-    fn stamp(&self, m: &TreeManifest, dest: &Path) -> Result<Checkout> {
+    pub(crate) fn stamp(&self, m: &TreeManifest, dest: &Path) -> Result<Checkout> {
         let at = |rel: &str| {
             if rel.is_empty() {
                 dest.to_path_buf()
@@ -620,21 +513,28 @@ impl Store {
                 ),
             });
         }
-        let root = sys::is_root();
-        let at = |rel: &str| {
-            if rel.is_empty() {
-                dest.to_path_buf()
-            } else {
-                dest.join(rel)
-            }
-        };
         let listed: HashSet<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+        let all: Vec<&Entry> = m.entries.iter().collect();
+        self.export_entries(&all, &listed, dest)
+    }
+
+    /// Writes `entries` (in manifest order, none of them there yet but the root) below `dest`
+    /// with their content and metadata, as [`Store::export_dir`] does for a whole tree.
+    /// `listed` is every path of the tree they belong to: a parent it lacks is created.
+    pub(crate) fn export_entries(
+        &self,
+        entries: &[&Entry],
+        listed: &HashSet<&str>,
+        dest: &Path,
+    ) -> Result<()> {
+        let root = sys::is_root();
+        let at = |rel: &str| at(dest, rel);
         let mut skipped: HashSet<&str> = HashSet::new();
         let mut files = Vec::new();
         let mut links = Vec::new();
 
         // Structure first: directories, special files, then file contents in parallel.
-        for e in &m.entries {
+        for e in entries {
             let p = at(&e.path);
             if let Some(dir) = parent(&e.path).filter(|d| !listed.contains(d)) {
                 let dir = at(dir);
@@ -683,9 +583,9 @@ impl Store {
         // Then metadata, each kind over the whole tree in the order that keeps it: owners
         // (which clear setuid bits and capabilities), modes, xattrs, mtimes; directories last
         // and deepest first, so filling them in does not bump their mtime again.
-        let own: Vec<&Entry> = m
-            .entries
+        let own: Vec<&Entry> = entries
             .iter()
+            .copied()
             .filter(|e| !matches!(e.kind, EntryKind::Hardlink { .. }))
             .filter(|e| !skipped.contains(e.path.as_str()))
             .collect();
@@ -726,6 +626,15 @@ impl Store {
             sys::set_times_nofollow(&p, e.mtime).map_err(StoreError::io(&p))?;
         }
         Ok(())
+    }
+}
+
+/// Where manifest path `rel` of a tree materialised at `dest` is.
+pub(crate) fn at(dest: &Path, rel: &str) -> PathBuf {
+    if rel.is_empty() {
+        dest.to_path_buf()
+    } else {
+        dest.join(rel)
     }
 }
 
@@ -803,53 +712,6 @@ mod tests {
         assert_eq!(digest("etc/d"), hash(b"etc/d content"));
         assert_eq!(digest("etc/new"), hash(b"new"));
         assert!(store.has_blob(&hash(b"etc/b CONTENT")));
-    }
-
-    #[test]
-    fn a_kept_tree_is_taken_once_with_the_times_an_export_gives() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
-        let root = dir.path().join("root");
-        fs::create_dir_all(root.join("etc")).unwrap();
-        fs::write(root.join("etc/a"), "a").unwrap();
-        std::os::unix::fs::symlink("a", root.join("etc/l")).unwrap();
-        let opts = ImportOptions {
-            clamp_mtime: Some(1_000_000_000),
-        };
-        let m = store.import_dir(&root, &opts).unwrap();
-        assert!(store.keep_tree(&root, &m).unwrap());
-        assert!(!root.exists(), "moved into the session");
-        let d = store.put_manifest(&m).unwrap();
-        let dest = dir.path().join("dest");
-        let checkout = store.take_tree(&d, &m, &dest).unwrap().unwrap();
-        assert_eq!(checkout.len(), 1);
-        // What an export of `m` would have written, times included.
-        let fresh = dir.path().join("fresh");
-        fs::create_dir(&fresh).unwrap();
-        store.export_dir(&m, &fresh).unwrap();
-        for rel in ["", "etc", "etc/a", "etc/l"] {
-            let (a, b) = (
-                fs::symlink_metadata(dest.join(rel)).unwrap(),
-                fs::symlink_metadata(fresh.join(rel)).unwrap(),
-            );
-            assert_eq!(
-                (a.mtime(), a.mtime_nsec()),
-                (b.mtime(), b.mtime_nsec()),
-                "{rel}"
-            );
-            assert_eq!(a.mode(), b.mode(), "{rel}");
-        }
-        assert_eq!(store.import_dir(&dest, &opts).unwrap(), m);
-        assert!(store
-            .take_tree(&d, &m, &dir.path().join("again"))
-            .unwrap()
-            .is_none());
-
-        // A folder with something the manifest does not list is not kept.
-        let m2 = store.import_dir(&dest, &opts).unwrap();
-        fs::write(dest.join("etc/unlisted"), "x").unwrap();
-        assert!(!store.keep_tree(&dest, &m2).unwrap());
-        assert!(dest.exists());
     }
 
     #[test]

@@ -1075,10 +1075,17 @@ fn cache(
         }
         CacheCommand::Du => {
             let u = store.usage().map_err(internal)?;
+            let (trees, tree_bytes) = store.kept_usage();
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"records": u.records, "blobs": u.blobs, "bytes": u.bytes})
+                    serde_json::json!({
+                        "records": u.records,
+                        "blobs": u.blobs,
+                        "bytes": u.bytes,
+                        "kept_trees": trees,
+                        "kept_tree_bytes": tree_bytes,
+                    })
                 );
             } else {
                 println!(
@@ -1088,6 +1095,13 @@ fn cache(
                     u.blobs,
                     human_bytes(u.bytes)
                 );
+                if trees > 0 {
+                    println!(
+                        "  and {trees} materialised trees kept for the next build's chroot \
+                         steps, {} (made again when removed; `cache gc` removes them)",
+                        human_bytes(tree_bytes)
+                    );
+                }
             }
         }
         CacheCommand::Gc {
@@ -1140,6 +1154,14 @@ fn cache(
                 r.blobs_removed,
                 human_bytes(r.bytes_freed)
             );
+            let (_, tree_bytes) = store.kept_usage();
+            let trees = store.drop_kept_trees();
+            if trees > 0 {
+                println!(
+                    "removed {trees} materialised trees kept for the next build, freed {}",
+                    human_bytes(tree_bytes)
+                );
+            }
             if r.locks_removed > 0 {
                 println!(
                     "removed {} lock files no build held (left by killed builds)",

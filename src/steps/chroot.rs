@@ -3,9 +3,10 @@
 //! The import reads only the files the command changed: the others still have the inode, size,
 //! mtime and ctime the export left them with, and keep the digest they were exported from
 //! ([`imgspec_cache::Checkout`]). A step whose output is exactly the imported tree (`run`,
-//! `element`, `bootloader`) keeps the folder for the session ([`Session::close_and_keep`],
-//! [`imgspec_cache::Store::keep_tree`]): a next chroot step of the build whose input is that
-//! tree starts from it instead of exporting the tree again.
+//! `element`, `bootloader`) keeps the folder in the store ([`Session::close_and_keep`],
+//! [`imgspec_cache::Store::keep_tree`]): a next chroot step, of this build or a later one,
+//! starts from it (patched, when its input is another tree close to it) instead of exporting
+//! the tree again; its log says which.
 //!
 //! The sandbox ([`sandbox_args`]): the tree bound as `/` of a private mount namespace through
 //! `pivot_root`, the host's root unmounted (so a double `chroot` has nothing above `/` to
@@ -26,7 +27,7 @@
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
-use imgspec_cache::{Checkout, TreeManifest};
+use imgspec_cache::{Checkout, Taken, TreeManifest};
 
 use super::{is_root, StepContext, StepError};
 use crate::runner::Cmd;
@@ -194,7 +195,16 @@ impl Session {
         let root = ctx.work.join("root");
         // The tree an earlier chroot step of this build left, or a fresh export.
         let checkout = match ctx.store.take_tree(&d, &m, &root)? {
-            Some(c) => c,
+            Some((c, taken)) => {
+                let how = match taken {
+                    Taken::Exact => "as kept".to_string(),
+                    Taken::Patched { from, changes } => {
+                        format!("patched from {} ({changes} entries differ)", from.short())
+                    }
+                };
+                ctx.note(&format!("the tree {}: a kept copy, {how}", d.short()));
+                c
+            }
             None => {
                 std::fs::create_dir(&root).map_err(StepError::io(&root))?;
                 ctx.store.export_dir_stamped(&m, &root)?

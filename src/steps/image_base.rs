@@ -104,10 +104,9 @@ impl ImageBase {
                     .lines()
                     .any(|l| l.trim_end().ends_with(&format!(": {mp}")))
                 {
-                    log(
-                        ctx,
-                        &format!("{dev} ({mp} in the guest's fstab) did not mount: left out"),
-                    );
+                    ctx.note(&format!(
+                        "{dev} ({mp} in the guest's fstab) did not mount: left out"
+                    ));
                 }
             }
             let out = tar.to_string_lossy().into_owned();
@@ -142,7 +141,7 @@ fn download(ctx: &StepContext, url: &str, sha256: &str) -> Result<PathBuf, StepE
     if dest.is_file() {
         return Ok(dest);
     }
-    log(ctx, &format!("downloading {url}"));
+    ctx.note(&format!("downloading {url}"));
     crate::fetch::fetch_large(url, sha256, &dest, &|_| {})
         .map_err(|e| StepError::Invalid(crate::exec::error_lines(&e)))?;
     Ok(dest)
@@ -170,14 +169,6 @@ pub fn gc_images(cache_root: &Path, keep: &BTreeSet<String>) -> (usize, u64) {
         }
     }
     (n, bytes)
-}
-
-/// A line of the step's own in its log.
-fn log(ctx: &StepContext, line: &str) {
-    use std::io::Write;
-    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&ctx.log) {
-        let _ = writeln!(f, "# {line}");
-    }
 }
 
 /// The format of the disk at `path`, after refusing what must not be read: a file that names

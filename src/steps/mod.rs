@@ -245,6 +245,14 @@ impl StepContext<'_> {
         })
     }
 
+    /// A line of the step's own in its log, after `# `.
+    pub fn note(&self, line: &str) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            let _ = writeln!(f, "# {line}");
+        }
+    }
+
     pub fn import_options(&self) -> imgspec_cache::ImportOptions {
         imgspec_cache::ImportOptions {
             clamp_mtime: Some(self.epoch),

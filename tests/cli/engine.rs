@@ -551,6 +551,58 @@ fn a_deleted_output_is_restored_without_rebuilding() {
     assert_eq!(sha256(&w.path("out/mini/mini.tar")), before);
 }
 
+/// The log of the newest step of `kind` under the workspace's `cache/logs/`.
+fn newest_log(w: &Workspace, kind: &str) -> String {
+    let mut logs: Vec<(std::time::SystemTime, std::path::PathBuf)> =
+        std::fs::read_dir(w.path("cache/logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(&format!("-{kind}.log")))
+            .map(|p| (std::fs::metadata(&p).unwrap().modified().unwrap(), p))
+            .collect();
+    logs.sort();
+    std::fs::read_to_string(&logs.last().expect("a log").1).unwrap()
+}
+
+#[test]
+fn a_rebuild_starts_its_chroot_step_from_the_tree_the_last_build_kept() {
+    let w = mini();
+    // Enough files that a changed one is a small part of the tree.
+    for i in 0..40 {
+        w.write(
+            &format!("overlay/usr/share/doc/mini/f{i}"),
+            &format!("{i}\n"),
+        );
+    }
+    w.run(&["build", "mini.kdl"]).ok();
+    assert!(
+        !newest_log(&w, "run").contains("a kept copy"),
+        "nothing kept yet: exported"
+    );
+    let du = w.run(&["cache", "du"]).ok().stdout;
+    assert!(du.contains("1 materialised trees kept"), "{du}");
+
+    w.write("overlay/etc/motd", "hello again\n");
+    w.run(&["build", "mini.kdl"]).ok();
+    let log = newest_log(&w, "run");
+    assert!(log.contains("a kept copy, patched from"), "{log}");
+    // What an export would have given: the same bytes as a build from an empty cache.
+    w.run_with_cache(
+        "cache-cold",
+        &["build", "mini.kdl", "--out-dir", "out-cold"],
+    )
+    .ok();
+    assert_eq!(
+        sha256(&w.path("out/mini/mini.tar")),
+        sha256(&w.path("out-cold/mini/mini.tar"))
+    );
+
+    let gc = w.run(&["cache", "gc", "mini.kdl"]).ok().stdout;
+    assert!(gc.contains("removed 1 materialised trees"), "{gc}");
+    let du = w.run(&["cache", "du"]).ok().stdout;
+    assert!(!du.contains("materialised"), "{du}");
+}
+
 #[test]
 fn a_failing_step_names_itself_keeps_its_log_and_stores_nothing() {
     let w = mini();
