@@ -136,7 +136,16 @@ pub trait Runner: Send + Sync {
 
     /// Runs `cmd` and returns its standard output (stderr goes to the log).
     fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError>;
+
+    /// Runs `cmd` (its `stdin` is not used) with its standard input written by `feed` on this
+    /// thread while it runs, then closed; output to the log as [`Runner::run`]. Fails when it
+    /// exits non-zero, else when `feed` failed (a program that exits before reading it all
+    /// makes `feed` fail with a broken pipe: its own exit status decides).
+    fn run_fed(&self, cmd: &Cmd, log: &Path, feed: Feed<'_>) -> Result<(), RunError>;
 }
+
+/// What writes a program's standard input for [`Runner::run_fed`].
+pub type Feed<'a> = &'a mut dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()>;
 
 /// Runs commands on this machine, each in an environment of its own: `PATH`, the proxy
 /// variables (they choose a way to the mirror, never what it serves), `LC_ALL=C.UTF-8`,
@@ -324,6 +333,30 @@ impl Runner for HostRunner {
         Self::finish(cmd, log, status)
     }
 
+    fn run_fed(&self, cmd: &Cmd, log: &Path, feed: Feed<'_>) -> Result<(), RunError> {
+        let plain = Cmd {
+            stdin: None,
+            ..cmd.clone()
+        };
+        let (mut c, logf) = Self::command(&plain, log)?;
+        let io = |source| RunError::Io {
+            path: log.to_path_buf(),
+            source,
+        };
+        c.stdout(logf.try_clone().map_err(io)?);
+        c.stdin(Stdio::piped());
+        let program = cmd.program.to_string_lossy();
+        let (status, fed) = tracked(c.spawn(), &program, |mut ch| {
+            let fed = match ch.stdin.take() {
+                Some(mut pipe) => feed(&mut pipe),
+                None => Err(std::io::Error::other("no pipe to the program's input")),
+            };
+            Ok((ch.wait()?, fed))
+        })?;
+        Self::finish(cmd, log, status)?;
+        fed.map_err(io)
+    }
+
     fn output(&self, cmd: &Cmd, log: &Path) -> Result<Vec<u8>, RunError> {
         let (mut c, _logf) = Self::command(cmd, log)?;
         c.stdout(Stdio::piped());
@@ -369,6 +402,13 @@ impl Runner for RecordingRunner {
     fn output(&self, cmd: &Cmd, _log: &Path) -> Result<Vec<u8>, RunError> {
         self.calls.lock().unwrap().push(cmd.clone());
         Ok(self.stdout.clone())
+    }
+    fn run_fed(&self, cmd: &Cmd, log: &Path, feed: Feed<'_>) -> Result<(), RunError> {
+        self.calls.lock().unwrap().push(cmd.clone());
+        feed(&mut std::io::sink()).map_err(|source| RunError::Io {
+            path: log.to_path_buf(),
+            source,
+        })
     }
 }
 

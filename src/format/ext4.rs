@@ -123,7 +123,7 @@ pub fn check_mke2fs_version(version: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
-fn check_params(source: &Path, out: &Path, p: &Ext4Params) -> Result<(), FormatError> {
+fn check_params(source: Option<&Path>, out: &Path, p: &Ext4Params) -> Result<(), FormatError> {
     let bad = |reason: String| FormatError::Ext4Params {
         out: out.to_path_buf(),
         reason,
@@ -147,6 +147,7 @@ fn check_params(source: &Path, out: &Path, p: &Ext4Params) -> Result<(), FormatE
     if p.epoch < 0 {
         return Err(bad(format!("epoch {} is before 1970", p.epoch)));
     }
+    let Some(source) = source else { return Ok(()) };
     match std::fs::metadata(source) {
         Ok(m) if m.is_dir() || m.is_file() => Ok(()),
         _ => Err(FormatError::BadSource {
@@ -155,8 +156,9 @@ fn check_params(source: &Path, out: &Path, p: &Ext4Params) -> Result<(), FormatE
     }
 }
 
-/// The `mkfs.ext4` command line for `out` (the config file at `conf`).
-fn mkfs_cmd(source: &Path, out: &Path, p: &Ext4Params, conf: &Path) -> Cmd {
+/// The `mkfs.ext4` command line for `out` (the config file at `conf`); the source is `-`, a tar
+/// stream on standard input, when `None`.
+fn mkfs_cmd(source: Option<&Path>, out: &Path, p: &Ext4Params, conf: &Path) -> Cmd {
     let mut cmd = Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096", "-I", "256"])
         .arg("-U")
@@ -170,7 +172,7 @@ fn mkfs_cmd(source: &Path, out: &Path, p: &Ext4Params, conf: &Path) -> Cmd {
         cmd = cmd.arg("-L").arg(&p.label);
     }
     cmd.arg("-d")
-        .arg(source)
+        .arg(source.unwrap_or(Path::new("-")))
         .arg(out)
         .env("MKE2FS_CONFIG", conf)
         .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
@@ -186,19 +188,62 @@ pub fn mkfs_ext4(
     out: &Path,
     p: &Ext4Params,
 ) -> Result<(), FormatError> {
-    check_params(source, out, p)?;
-    check_mke2fs_version(&mke2fs_version(runner, log)?)?;
+    check_params(Some(source), out, p)?;
+    mkfs(runner, log, Some(source), out, p, None).map_err(|e| match e {
+        Failure::Format(e) => e,
+        Failure::Run(err) => mkfs_error(source, out, err),
+    })
+}
+
+/// Like [`mkfs_ext4`], from the tar stream `feed` writes (`mkfs.ext4 -d -`), while it reads it:
+/// the same image as from that tar file, with no file in between.
+pub fn mkfs_ext4_fed(
+    runner: &dyn Runner,
+    log: &Path,
+    out: &Path,
+    p: &Ext4Params,
+    feed: crate::runner::Feed<'_>,
+) -> Result<(), FormatError> {
+    check_params(None, out, p)?;
+    mkfs(runner, log, None, out, p, Some(feed)).map_err(|e| match e {
+        Failure::Format(e) => e,
+        Failure::Run(err) => mkfs_error(Path::new("-"), out, err),
+    })
+}
+
+enum Failure {
+    Format(FormatError),
+    Run(RunError),
+}
+
+fn mkfs(
+    runner: &dyn Runner,
+    log: &Path,
+    source: Option<&Path>,
+    out: &Path,
+    p: &Ext4Params,
+    feed: Option<crate::runner::Feed<'_>>,
+) -> Result<(), Failure> {
+    check_mke2fs_version(&mke2fs_version(runner, log).map_err(Failure::Format)?)
+        .map_err(Failure::Format)?;
     let confdir = tempfile::Builder::new()
         .prefix("imgspec-mke2fs-")
         .tempdir()
-        .map_err(FormatError::io("create a temporary directory for", out))?;
+        .map_err(|e| {
+            Failure::Format(FormatError::io("create a temporary directory for", out)(e))
+        })?;
     let conf: PathBuf = confdir.path().join("mke2fs.conf");
-    std::fs::write(&conf, mke2fs_conf()).map_err(FormatError::io("write", &conf))?;
-    create_sparse(out, p.size)?;
-    let result = runner.run(&mkfs_cmd(source, out, p, &conf), log);
-    result.map_err(|source_err| {
+    std::fs::write(&conf, mke2fs_conf())
+        .map_err(|e| Failure::Format(FormatError::io("write", &conf)(e)))?;
+    create_sparse(out, p.size).map_err(Failure::Format)?;
+    let cmd = mkfs_cmd(source, out, p, &conf);
+    let result = match feed {
+        Some(feed) => runner.run_fed(&cmd, log, feed),
+        None => runner.run(&cmd, log),
+    };
+    result.map_err(|err| {
         let _ = std::fs::remove_file(out);
-        mkfs_error(source, out, source_err)
+        Failure::Run(err)
     })
 }
 
@@ -485,6 +530,19 @@ mod tests {
         mkfs_ext4(&HostRunner, &log, &tar, &b, &p).unwrap();
         check_image(dir.path(), &a, &p);
         assert_eq!(sha(&a), sha(&b));
+
+        // The same tar streamed in while mkfs reads it gives the same image.
+        let c = dir.path().join("c.ext4");
+        let bytes = std::fs::read(&tar).unwrap();
+        mkfs_ext4_fed(&HostRunner, &log, &c, &p, &mut |w| w.write_all(&bytes)).unwrap();
+        assert_eq!(sha(&a), sha(&c));
+        // A stream cut short with an error fails even where mkfs took what came.
+        let cut = mkfs_ext4_fed(&HostRunner, &log, &c, &p, &mut |w| {
+            w.write_all(&bytes[..bytes.len() / 2])?;
+            Err(std::io::Error::other("the tree could not be read"))
+        });
+        assert!(cut.is_err());
+        assert!(!c.exists(), "no half-made image left");
     }
 
     #[test]

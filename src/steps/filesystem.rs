@@ -2,8 +2,8 @@
 //!
 //! Makes: `fs.img`, of exactly the partition's size:
 //! - ext4 (the root, or any Linux mount): the image tree with the other partitions' mount points
-//!   left as empty folders, exported as a deterministic tarball and given to `mkfs.ext4 -d`
-//!   (so owners, modes and device nodes need no root); UUID and directory hash seed derived from
+//!   left as empty folders, exported as a deterministic tarball streamed into `mkfs.ext4 -d -`
+//!   while it is written (so owners, modes and device nodes need no root); UUID and directory hash seed derived from
 //!   the disk seed, every timestamp the image epoch.
 //! - vfat (the ESP): the tree below the mount point, copied with mtools; volume id derived from
 //!   the disk seed.
@@ -101,12 +101,6 @@ impl FilesystemStep {
         let img = ctx.work.join("fs.img");
         match self.format {
             FsFormat::Ext4 => {
-                let tar = ctx.work.join("fs.tar");
-                let f = std::fs::File::create(&tar).map_err(StepError::io(&tar))?;
-                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-                ctx.store.export_tar(&sub, &mut w, Some(ctx.epoch))?;
-                w.flush().map_err(StepError::io(&tar))?;
-                drop(w);
                 let p = crate::format::ext4::Ext4Params {
                     size: self.size,
                     uuid: self.uuid,
@@ -114,8 +108,30 @@ impl FilesystemStep {
                     label: self.label.clone(),
                     epoch: ctx.epoch,
                 };
-                crate::format::ext4::mkfs_ext4(ctx.runner, &ctx.log, &tar, &img, &p)?;
-                let _ = std::fs::remove_file(&tar);
+                // The tarball streams into mkfs.ext4 as it is written: the export (blobs
+                // decompressed) and mkfs run at once, and no copy of the tree is written.
+                let mut unread: Option<imgspec_cache::StoreError> = None;
+                let mut feed = |pipe: &mut dyn Write| -> std::io::Result<()> {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, pipe);
+                    match ctx.store.export_tar(&sub, &mut w, Some(ctx.epoch)) {
+                        Ok(()) => w.flush(),
+                        Err(e) => {
+                            let why = e.to_string();
+                            unread = Some(e);
+                            Err(std::io::Error::other(why))
+                        }
+                    }
+                };
+                let made =
+                    crate::format::ext4::mkfs_ext4_fed(ctx.runner, &ctx.log, &img, &p, &mut feed);
+                // A damaged blob is the step's failure whatever mkfs made of the cut stream
+                // (the build heals it); a write refused by a mkfs that died is mkfs's.
+                match unread {
+                    Some(e) if imgspec_cache::damaged_blob(&e).is_some() || made.is_ok() => {
+                        return Err(e.into())
+                    }
+                    _ => made?,
+                }
             }
             FsFormat::Vfat => {
                 let dir = ctx.work.join("tree");
