@@ -471,9 +471,10 @@ impl Store {
         let patch = Patch::plan(&from, m).expect("planned above");
         fs::rename(staging.join("root"), dest).map_err(StoreError::io(dest))?;
         remove_later(staging);
-        if let Err(e) = patch.apply(self, m, dest) {
+        if patch.apply(self, m, dest).is_err() {
+            // An export writes what the patch could not (and says why, if it cannot either).
             let _ = fs::remove_dir_all(dest);
-            return Err(e);
+            return Ok(None);
         }
         Ok(Some((
             self.stamp(m, dest)?,
