@@ -757,15 +757,22 @@ mod tests {
     fn a_large_blob_decompresses_on_two_threads_to_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        // Noise, a run of zeros that must stay a hole, noise: stored above PIPELINE_FROM.
+        // Noise, a run of zeros that must stay a hole, noise: stored above PIPELINE_FROM, and
+        // longer than a few writeback batches.
         let mut data = noise(b"a", 3 << 20);
-        data.extend(vec![0u8; 2 << 20]);
-        data.extend(noise(b"b", (3 << 20) + 123));
+        data.extend(vec![0u8; 20 << 20]);
+        data.extend(noise(b"b", (9 << 20) + 123));
         let r = store.put_bytes(&data).unwrap();
         assert!(fs::metadata(store.blob_path(&r.digest)).unwrap().len() >= PIPELINE_FROM);
         let dest = dir.path().join("out");
         store.blob_to_file(&r.digest, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), data);
+        // Sparse: the zeros are not allocated (12 MiB of noise, a block for the tail).
+        let allocated = fs::metadata(&dest).unwrap().blocks() * 512;
+        assert!(
+            allocated <= (12 << 20) + (64 << 10),
+            "allocated {allocated}"
+        );
 
         // Into a larger file at an offset: the bytes around it stay as they were.
         let disk = dir.path().join("disk");
