@@ -30,13 +30,17 @@ else
 fi
 out=$work/out
 rm -rf "$out" "$work/copy"
-build() { "$imgspec" build --cache-dir "$cache" --out-dir "$out" "$spec" >/dev/null 2>&1; }
-# Wall milliseconds of a command, after a sync.
+log=$work/build.log
+build() { "$imgspec" build --cache-dir "$cache" --out-dir "$out" "$spec" >"$log" 2>&1; }
+# Wall milliseconds of a command, after a sync; a command that fails stops the script.
 ms() {
     local a b
     sync
     a=$(date +%s%N)
-    "$@" >/dev/null 2>&1
+    "$@" >/dev/null 2>&1 || {
+        echo "failed: $* (see $log)" >&2
+        return 1
+    }
     b=$(date +%s%N)
     echo $(((b - a) / 1000000))
 }
