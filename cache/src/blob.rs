@@ -456,8 +456,11 @@ impl Store {
             .prefix(".imgspec-")
             .tempfile_in(dir)
             .map_err(StoreError::io(dir))?;
-        self.write_sparse(d, tmp.as_file(), tmp.path())?;
         let f = tmp.as_file();
+        // The file is synced below: its writeback starts while it is written (see
+        // `start_writeback`), so that sync waits for the last chunks only.
+        let n = self.decode_into(d, f, tmp.path(), 0, true)?;
+        f.set_len(n).map_err(StoreError::io(tmp.path()))?;
         f.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(StoreError::io(tmp.path()))?;
         f.sync_all().map_err(StoreError::io(tmp.path()))?;
@@ -507,6 +510,19 @@ impl Store {
         path: &Path,
         offset: u64,
     ) -> Result<u64> {
+        self.decode_into(d, f, path, offset, false)
+    }
+
+    /// [`Store::blob_into_file_at`], and with `writeback` the kernel is asked to start writing
+    /// each chunk to disk as soon as it is written (for a file the caller then syncs).
+    fn decode_into(
+        &self,
+        d: &BlobDigest,
+        f: &File,
+        path: &Path,
+        offset: u64,
+        writeback: bool,
+    ) -> Result<u64> {
         let stored = self.blob_path(d);
         let stored_len = match fs::metadata(&stored) {
             Ok(m) => m.len(),
@@ -542,6 +558,7 @@ impl Store {
             });
             let mut h = blake3::Hasher::new();
             let mut pos = 0u64;
+            let mut flushed = 0u64;
             let mut written = Ok(());
             while let Ok(buf) = rx.recv() {
                 hash_update(&mut h, &buf);
@@ -551,6 +568,9 @@ impl Store {
                     break;
                 }
                 pos += buf.len() as u64;
+                if writeback {
+                    flushed = start_writeback(f, offset + flushed, offset + pos) - offset;
+                }
                 let _ = back_tx.send(buf);
             }
             drop(rx);
@@ -598,13 +618,47 @@ impl Store {
     }
 }
 
+/// Writeback is started in batches of this many bytes.
+const WRITEBACK_BATCH: u64 = 8 << 20;
+
+/// Asks the kernel to start writing `[from, to)` of `f` to disk, without waiting, once it is at
+/// least [`WRITEBACK_BATCH`] long; returns where the range not yet handed over starts. A file
+/// that is synced when complete then waits only for what is still in flight: the disk writes
+/// while the blob decompresses (GNU `cp` writes to the page cache only and never syncs; a
+/// restore that must be durable pays the disk either way, this way beside the CPU work).
+/// A hint: an error here shows again at the `fsync` that follows.
+fn start_writeback(f: &File, from: u64, to: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    if to - from < WRITEBACK_BATCH {
+        return from;
+    }
+    let (Ok(start), Ok(len)) = (
+        libc::off64_t::try_from(from),
+        libc::off64_t::try_from(to - from),
+    ) else {
+        return to;
+    };
+    // SAFETY: sync_file_range on a descriptor we hold; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), start, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+    to
+}
+
+/// Whether a block (at most [`HOLE_BLOCK`] bytes) is all zeros: one `memcmp` against a zero
+/// block, vectorised by libc, where a byte-by-byte `all` took a quarter of a restore's CPU.
+fn is_zero(block: &[u8]) -> bool {
+    static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+    block == &ZEROS[..block.len()]
+}
+
 /// Writes the runs of `data` (which starts at file offset `offset`, a multiple of HOLE_BLOCK)
 /// that are not all-zero blocks.
 fn write_non_zero_runs(f: &File, data: &[u8], offset: u64) -> io::Result<()> {
     let mut run_start: Option<usize> = None;
     let mut pos = 0;
     for block in data.chunks(HOLE_BLOCK) {
-        let zero = block.iter().all(|&b| b == 0);
+        let zero = is_zero(block);
         match (zero, run_start) {
             (false, None) => run_start = Some(pos),
             (true, Some(s)) => {
@@ -703,15 +757,22 @@ mod tests {
     fn a_large_blob_decompresses_on_two_threads_to_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("store")).unwrap();
-        // Noise, a run of zeros that must stay a hole, noise: stored above PIPELINE_FROM.
+        // Noise, a run of zeros that must stay a hole, noise: stored above PIPELINE_FROM, and
+        // longer than a few writeback batches.
         let mut data = noise(b"a", 3 << 20);
-        data.extend(vec![0u8; 2 << 20]);
-        data.extend(noise(b"b", (3 << 20) + 123));
+        data.extend(vec![0u8; 20 << 20]);
+        data.extend(noise(b"b", (9 << 20) + 123));
         let r = store.put_bytes(&data).unwrap();
         assert!(fs::metadata(store.blob_path(&r.digest)).unwrap().len() >= PIPELINE_FROM);
         let dest = dir.path().join("out");
         store.blob_to_file(&r.digest, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), data);
+        // Sparse: the zeros are not allocated (12 MiB of noise, a block for the tail).
+        let allocated = fs::metadata(&dest).unwrap().blocks() * 512;
+        assert!(
+            allocated <= (12 << 20) + (64 << 10),
+            "allocated {allocated}"
+        );
 
         // Into a larger file at an offset: the bytes around it stay as they were.
         let disk = dir.path().join("disk");
