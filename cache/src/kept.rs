@@ -10,10 +10,11 @@
 //! when none is close enough is the tree exported again.
 //!
 //! ```text
-//! trees-v1/<tree digest>/    one kept tree; at most KEPT_TREES, the oldest removed first
-//!   root/                    the tree, exactly as `export_dir` would write it, times included
-//!   manifest                 its manifest's canonical bytes (their BLAKE3 is the folder's name)
-//!   stamps                   what each entry's inode showed once kept (see below)
+//! trees-v1/                  mode 0700: a tree holds the image's set-id programs and devices
+//!   <tree digest>/           one kept tree; at most KEPT_TREES, the oldest removed first
+//!     root/                  the tree, exactly as `export_dir` would write it, times included
+//!     manifest               its manifest's canonical bytes (their BLAKE3 is the folder's name)
+//!     stamps                 what each entry's inode showed once kept (see below)
 //! ```
 //!
 //! Why a kept tree can be trusted: nothing writes below `trees-v1/` but the rename that puts a
@@ -406,7 +407,7 @@ impl Store {
             fs::write(&mp, m.canonical_bytes()).map_err(StoreError::io(&mp))?;
             let sp = staging.join("stamps");
             fs::write(&sp, stamps(&root, m)?).map_err(StoreError::io(&sp))?;
-            fs::create_dir_all(&kept_dir).map_err(StoreError::io(&kept_dir))?;
+            private_dir(&kept_dir)?;
             Ok(())
         })();
         if written.is_err() {
@@ -540,6 +541,28 @@ impl Store {
     }
 }
 
+/// Creates `dir` readable by its owner only, or makes it so. A kept tree holds the image's
+/// set-id programs and device nodes: nobody but root may reach them (the session folders an
+/// export goes to are 0700 likewise).
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let m = fs::metadata(dir).map_err(StoreError::io(dir))?;
+            if m.permissions().mode() & 0o7777 != 0o700 {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                    .map_err(StoreError::io(dir))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 /// The manifest kept beside the tree in `dir`, if it is the one of digest `d`.
 fn read_manifest(dir: &Path, d: &TreeDigest) -> Option<TreeManifest> {
     let bytes = fs::read(dir.join("manifest")).ok()?;
@@ -614,6 +637,12 @@ mod tests {
         assert!(store.keep_tree(&root, &m).unwrap());
         assert!(!root.exists(), "moved into the store");
         assert_eq!(store.kept_usage().0, 1);
+        let kept_dir = dir.path().join(KEPT_DIR_IN_TEST);
+        assert_eq!(
+            fs::metadata(&kept_dir).unwrap().mode() & 0o7777,
+            0o700,
+            "the image's set-id programs are out of other users' reach"
+        );
         let d = store.put_manifest(&m).unwrap();
         // Another store (a later build) takes it.
         let later = Store::open(&dir.path().join("store")).unwrap();
