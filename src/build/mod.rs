@@ -16,6 +16,7 @@
 mod error;
 mod facts;
 mod preflight;
+pub use preflight::Deferred;
 pub mod resolve;
 pub mod run;
 
@@ -101,7 +102,32 @@ impl Session {
     ) -> Result<Vec<StepId>, BuildError> {
         let to_run = steps_to_run(&self.store, tiers, plan, targets);
         preflight::fetch_locked(self, plan, &to_run, feedback)?;
-        needs_root(plan, &to_run, RootFor::Build)?;
+        self.check_runnable(plan, &to_run)?;
+        Ok(to_run)
+    }
+
+    /// [`Session::preflight`] for a build that fetches the locked files of the steps after
+    /// a base while the base builds: those are returned to fetch then (see [`Deferred`]),
+    /// when there are both.
+    pub fn preflight_overlapped(
+        &self,
+        plan: &Plan,
+        targets: &[StepId],
+        tiers: &Tiers,
+        feedback: &dyn Feedback,
+    ) -> Result<(Vec<StepId>, Option<Deferred>), BuildError> {
+        let to_run = steps_to_run(&self.store, tiers, plan, targets);
+        // Root and the emulator are checked first: nothing is fetched for a build that cannot
+        // run.
+        self.check_runnable(plan, &to_run)?;
+        let later = preflight::fetch_locked_overlapped(self, plan, &to_run, feedback)?;
+        Ok((to_run, later))
+    }
+
+    /// Root where a step of `to_run` needs it, the emulator where one runs a foreign image's
+    /// programs.
+    fn check_runnable(&self, plan: &Plan, to_run: &[StepId]) -> Result<(), BuildError> {
+        needs_root(plan, to_run, RootFor::Build)?;
         // A foreign image's programs need the emulator registered, when a step will run them.
         for image in &plan.images {
             let runs = image
@@ -118,7 +144,7 @@ impl Session {
                 }
             }
         }
-        Ok(to_run)
+        Ok(())
     }
 }
 

@@ -1,6 +1,8 @@
 //! Locked packages before a build: every `.deb` a step that will run installs is in the
-//! cache's deb store, or the build stops before any step, naming each one that is neither
-//! there nor on the mirror.
+//! cache's deb store, or the build stops, naming each one that is neither there nor on the
+//! mirror. Before any step, except the files of the steps after a base (`packages`) when the
+//! base's own must be fetched too: those download while the base builds ([`Deferred`]), and
+//! only the base may have run when one of them is missing (its result stays cached).
 
 use std::collections::BTreeMap;
 
@@ -61,10 +63,55 @@ pub(super) fn fetch_locked(
     to_run: &[StepId],
     feedback: &dyn Feedback,
 ) -> Result<(), BuildError> {
+    fetch(session, wanted(session, plan, to_run), feedback)
+}
+
+/// The locked files of the steps after the bases, left to fetch while the bases build.
+pub struct Deferred {
+    wanted: BTreeMap<String, Wanted>,
+    /// The base steps to build first.
+    pub bases: Vec<StepId>,
+}
+
+impl Deferred {
+    /// Fetches the files; an error names each one that is neither in the cache nor on the
+    /// mirror.
+    pub fn fetch(self, session: &Session, feedback: &dyn Feedback) -> Result<(), BuildError> {
+        fetch(session, self.wanted, feedback)
+    }
+}
+
+/// Like [`fetch_locked`], but when both the bases of `to_run` and the steps after them have
+/// files to fetch, only the bases' are fetched now: the others are returned, for the caller to
+/// fetch while it builds the bases.
+pub(super) fn fetch_locked_overlapped(
+    session: &Session,
+    plan: &Plan,
+    to_run: &[StepId],
+    feedback: &dyn Feedback,
+) -> Result<Option<Deferred>, BuildError> {
+    let is_base = |id: &StepId| matches!(plan.steps[*id].action, Action::Bootstrap(_));
+    let (bases, rest): (Vec<StepId>, Vec<StepId>) = to_run.iter().copied().partition(is_base);
+    let first = wanted(session, plan, &bases);
+    let mut later = wanted(session, plan, &rest);
+    later.retain(|sha, _| !first.contains_key(sha));
+    if first.is_empty() || later.is_empty() {
+        fetch_locked(session, plan, to_run, feedback)?;
+        return Ok(None);
+    }
+    fetch(session, first, feedback)?;
+    Ok(Some(Deferred {
+        wanted: later,
+        bases,
+    }))
+}
+
+/// The locked files the steps of `steps` install that the cache does not have yet.
+fn wanted(session: &Session, plan: &Plan, steps: &[StepId]) -> BTreeMap<String, Wanted> {
     let root = session.store.root();
     let mut wanted: BTreeMap<String, Wanted> = BTreeMap::new();
     let mut mirrors: BTreeMap<String, Result<BTreeMap<String, String>, String>> = BTreeMap::new();
-    for &id in to_run {
+    for &id in steps {
         let step = &plan.steps[id];
         let Some((family, locked)) = locked_debs(&step.action) else {
             continue;
@@ -90,6 +137,15 @@ pub(super) fn fetch_locked(
             );
         }
     }
+    wanted
+}
+
+fn fetch(
+    session: &Session,
+    wanted: BTreeMap<String, Wanted>,
+    feedback: &dyn Feedback,
+) -> Result<(), BuildError> {
+    let root = session.store.root();
     if wanted.is_empty() {
         return Ok(());
     }

@@ -97,11 +97,37 @@ pub fn build(
         .filter(|i| req.images.is_empty() || req.images.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
-    session.preflight(&plan, &targets, o.tiers, feedback)?;
+    let (_, later) = session.preflight_overlapped(&plan, &targets, o.tiers, feedback)?;
 
     let exec = executor(&session.store, o);
     let t = std::time::Instant::now();
-    let mut outcome = exec.run(&plan, &targets);
+    let mut outcome = match later {
+        None => exec.run(&plan, &targets),
+        Some(later) => {
+            // The bases build while the files of the steps after them download; then the
+            // whole build runs, the bases cached.
+            let bases = later.bases.clone();
+            let (first, fetched) = std::thread::scope(|s| {
+                let fetching = s.spawn(|| later.fetch(session, feedback));
+                let first = exec.run(&plan, &bases);
+                let fetched = fetching.join().unwrap_or_else(|_| {
+                    Err(BuildError::internal(std::io::Error::other(
+                        "the fetch of locked files panicked",
+                    )))
+                });
+                (first, fetched)
+            });
+            if first.interrupted {
+                return Err(BuildError::Interrupted);
+            }
+            fetched?;
+            let mut outcome = first;
+            if outcome.ok() {
+                outcome.absorb(exec.run(&plan, &targets));
+            }
+            outcome
+        }
+    };
     let mut failed_images = Vec::new();
     let mut summary = Vec::new();
     let mut heals = 0;
