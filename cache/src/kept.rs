@@ -730,7 +730,8 @@ mod tests {
             let m = store.import_dir(root, &OPTS).unwrap();
             (store.put_manifest(&m).unwrap(), m)
         };
-        let tamper: [(&str, fn(&Path)); 4] = [
+        type Tamper = (&'static str, fn(&Path));
+        let tamper: [Tamper; 4] = [
             ("content, same size and mtime", |r| {
                 let p = r.join("etc/motd");
                 fs::write(&p, "HELLO").unwrap();
