@@ -306,8 +306,15 @@ impl Store {
             None => n == CHUNK,
         };
         let level = if large { ZSTD_LEVEL_LARGE } else { ZSTD_LEVEL };
-        let mut enc =
-            zstd::Encoder::new(tmp.as_file(), level).map_err(StoreError::io(&tmp_path))?;
+        // A large blob's file is handed to the disk as it grows, so the sync below waits for
+        // the tail only.
+        let sink = WritingBack {
+            file: tmp.as_file(),
+            written: 0,
+            flushed: 0,
+            on: large,
+        };
+        let mut enc = zstd::Encoder::new(sink, level).map_err(StoreError::io(&tmp_path))?;
         if large {
             enc.multithread(zstd_threads())
                 .map_err(StoreError::io(&tmp_path))?;
@@ -643,6 +650,43 @@ fn start_writeback(f: &File, from: u64, to: u64) -> u64 {
         libc::sync_file_range(f.as_raw_fd(), start, len, libc::SYNC_FILE_RANGE_WRITE);
     }
     to
+}
+
+/// A file written front to back whose writeback (with `on`) starts every
+/// [`WRITEBACK_BATCH`] bytes, as [`start_writeback`] says.
+struct WritingBack<'a> {
+    file: &'a File,
+    written: u64,
+    flushed: u64,
+    on: bool,
+}
+
+impl Write for WritingBack<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        if self.on {
+            self.flushed = start_writeback(self.file, self.flushed, self.written);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Asks the kernel to start writing the file at `path` to disk now, without waiting: for a
+/// file that will be synced later (a build's output, synced when it moves into the output
+/// directory), so that sync finds its data on the way and the disk works while the CPU does.
+/// A hint: an error here shows again at the `fsync`.
+pub fn start_file_writeback(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = File::open(path) else { return };
+    // SAFETY: sync_file_range on a descriptor we hold; it reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
 }
 
 /// Whether a block (at most [`HOLE_BLOCK`] bytes) is all zeros: one `memcmp` against a zero

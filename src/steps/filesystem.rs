@@ -3,8 +3,8 @@
 //! Makes: `fs.img`, of exactly the partition's size:
 //! - ext4 (the root, or any Linux mount): the image tree with the other partitions' mount points
 //!   left as empty folders, exported as a deterministic tarball streamed into `mkfs.ext4 -d -`
-//!   while it is written (so owners, modes and device nodes need no root); UUID and directory hash seed derived from
-//!   the disk seed, every timestamp the image epoch.
+//!   while it is written (so owners, modes and device nodes need no root); UUID and directory
+//!   hash seed derived from the disk seed, every timestamp the image epoch.
 //! - vfat (the ESP): the tree below the mount point, copied with mtools; volume id derived from
 //!   the disk seed.
 //!
