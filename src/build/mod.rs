@@ -99,9 +99,10 @@ impl Session {
         targets: &[StepId],
         tiers: &Tiers,
         feedback: &dyn Feedback,
+        cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<Vec<StepId>, BuildError> {
         let to_run = steps_to_run(&self.store, tiers, plan, targets);
-        preflight::fetch_locked(self, plan, &to_run, feedback)?;
+        preflight::fetch_locked(self, plan, &to_run, feedback, cancel)?;
         self.check_runnable(plan, &to_run)?;
         Ok(to_run)
     }
@@ -115,12 +116,13 @@ impl Session {
         targets: &[StepId],
         tiers: &Tiers,
         feedback: &dyn Feedback,
+        cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<(Vec<StepId>, Option<Deferred>), BuildError> {
         let to_run = steps_to_run(&self.store, tiers, plan, targets);
         // Root and the emulator are checked first: nothing is fetched for a build that cannot
         // run.
         self.check_runnable(plan, &to_run)?;
-        let later = preflight::fetch_locked_overlapped(self, plan, &to_run, feedback)?;
+        let later = preflight::fetch_locked_overlapped(self, plan, &to_run, feedback, cancel)?;
         Ok((to_run, later))
     }
 

@@ -3,8 +3,12 @@
 //! mirror. Before any step, except the files of the steps after a base (`packages`) when the
 //! base's own must be fetched too: those download while the base builds ([`Deferred`]), and
 //! only the base may have run when one of them is missing (its result stays cached).
+//!
+//! Ctrl-C (the build's cancel flag) stops a fetch: no new download starts, the ones on the way
+//! finish (a `.deb` is whole or absent), and the build ends as interrupted.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
@@ -62,8 +66,9 @@ pub(super) fn fetch_locked(
     plan: &Plan,
     to_run: &[StepId],
     feedback: &dyn Feedback,
+    cancel: &AtomicBool,
 ) -> Result<(), BuildError> {
-    fetch(session, wanted(session, plan, to_run), feedback)
+    fetch(session, wanted(session, plan, to_run), feedback, cancel)
 }
 
 /// The locked files of the steps after the bases, left to fetch while the bases build.
@@ -76,8 +81,13 @@ pub struct Deferred {
 impl Deferred {
     /// Fetches the files; an error names each one that is neither in the cache nor on the
     /// mirror.
-    pub fn fetch(self, session: &Session, feedback: &dyn Feedback) -> Result<(), BuildError> {
-        fetch(session, self.wanted, feedback)
+    pub fn fetch(
+        self,
+        session: &Session,
+        feedback: &dyn Feedback,
+        cancel: &AtomicBool,
+    ) -> Result<(), BuildError> {
+        fetch(session, self.wanted, feedback, cancel)
     }
 }
 
@@ -89,6 +99,7 @@ pub(super) fn fetch_locked_overlapped(
     plan: &Plan,
     to_run: &[StepId],
     feedback: &dyn Feedback,
+    cancel: &AtomicBool,
 ) -> Result<Option<Deferred>, BuildError> {
     let is_base = |id: &StepId| matches!(plan.steps[*id].action, Action::Bootstrap(_));
     let (bases, rest): (Vec<StepId>, Vec<StepId>) = to_run.iter().copied().partition(is_base);
@@ -96,10 +107,10 @@ pub(super) fn fetch_locked_overlapped(
     let mut later = wanted(session, plan, &rest);
     later.retain(|sha, _| !first.contains_key(sha));
     if first.is_empty() || later.is_empty() {
-        fetch_locked(session, plan, to_run, feedback)?;
+        fetch_locked(session, plan, to_run, feedback, cancel)?;
         return Ok(None);
     }
-    fetch(session, first, feedback)?;
+    fetch(session, first, feedback, cancel)?;
     Ok(Some(Deferred {
         wanted: later,
         bases,
@@ -144,6 +155,7 @@ fn fetch(
     session: &Session,
     wanted: BTreeMap<String, Wanted>,
     feedback: &dyn Feedback,
+    cancel: &AtomicBool,
 ) -> Result<(), BuildError> {
     let root = session.store.root();
     if wanted.is_empty() {
@@ -164,6 +176,9 @@ fn fetch(
         wanted
             .par_iter()
             .filter_map(|(sha, (d, label, url, family))| {
+                if cancel.load(Ordering::SeqCst) {
+                    return None; // not started: the build is stopping
+                }
                 let r = match url {
                     Ok(url) => family.fetch_locked(root, url, sha, &|n| transfer.add(n)),
                     Err(e) => Err(FetchFailure::Gone(e.clone())),
@@ -183,6 +198,9 @@ fn fetch(
             .collect()
     });
     drop(transfer);
+    if cancel.load(Ordering::SeqCst) {
+        return Err(BuildError::Interrupted);
+    }
     if failed.is_empty() {
         return Ok(());
     }

@@ -346,7 +346,7 @@ fn check_locked(
     let plan = session.plan()?;
     let targets: Vec<StepId> = wanted_sets(&plan).iter().map(|w| w.id).collect();
     let to_run = steps_to_run(&session.store, &Tiers::none(), &plan, &targets);
-    super::preflight::fetch_locked(&session, &plan, &to_run, feedback)?;
+    super::preflight::fetch_locked(&session, &plan, &to_run, feedback, o.cancel)?;
     resolve_steps(&session, &plan, &targets, o).map_err(|e| match e {
         BuildError::Resolve(m) => BuildError::PartialUpdate(m),
         other => other,

@@ -97,7 +97,7 @@ pub fn build(
         .filter(|i| req.images.is_empty() || req.images.contains(&i.name))
         .collect();
     let targets: Vec<StepId> = images.iter().flat_map(|i| i.outputs.clone()).collect();
-    let (_, later) = session.preflight_overlapped(&plan, &targets, o.tiers, feedback)?;
+    let (_, later) = session.preflight_overlapped(&plan, &targets, o.tiers, feedback, o.cancel)?;
 
     let exec = executor(&session.store, o);
     let t = std::time::Instant::now();
@@ -108,7 +108,7 @@ pub fn build(
             // whole build runs, the bases cached.
             let bases = later.bases.clone();
             let (first, fetched) = std::thread::scope(|s| {
-                let fetching = s.spawn(|| later.fetch(session, feedback));
+                let fetching = s.spawn(|| later.fetch(session, feedback, o.cancel));
                 let first = exec.run(&plan, &bases);
                 let fetched = fetching.join().unwrap_or_else(|_| {
                     Err(BuildError::internal(std::io::Error::other(

@@ -407,3 +407,94 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
         );
     }
 }
+
+/// A mirror that answers every request after `delay`, with a 404, and counts the requests.
+fn slow_mirror(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = served.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let count = count.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(delay);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            });
+        }
+    });
+    (port, served)
+}
+
+#[test]
+fn ctrl_c_while_locked_packages_download_stops_the_fetch() {
+    let w = Workspace::new();
+    let status = Command::new("cp")
+        .args(["-r", concat!(env!("CARGO_MANIFEST_DIR"), "/specs")])
+        .arg(w.dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The locked spec's 96 base files, from a mirror that takes 2 s a file: 48 s of fetching
+    // four at a time, unless Ctrl-C stops it.
+    let (port, served) = slow_mirror(Duration::from_secs(2));
+    let common = w.path("specs/debian-common.kdl");
+    let text = std::fs::read_to_string(&common).unwrap();
+    let pinned = text.replace(
+        "base \"debian\" suite=\"bookworm\" variant=\"minbase\"",
+        &format!(
+            "base \"debian\" suite=\"bookworm\" variant=\"minbase\" mirror=\"http://127.0.0.1:{port}/debian\""
+        ),
+    );
+    assert_ne!(
+        pinned, text,
+        "the base line of specs/debian-common.kdl moved"
+    );
+    std::fs::write(&common, pinned).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(["--json", "build", "specs/debian-efi.kdl"])
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("the build ended ({s}) before it fetched anything:\n{err}");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no fetch started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "Ctrl-C did not stop the fetch within 20 s (all of it takes 48 s)"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    // The downloads on the way finished; none started after the Ctrl-C but those.
+    let asked = served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(asked <= 12, "{asked} files asked for after Ctrl-C:\n{err}");
+    assert!(!w.path("out/debian-efi").exists());
+}
