@@ -102,8 +102,9 @@ impl Session {
         cancel: &std::sync::atomic::AtomicBool,
     ) -> Result<Vec<StepId>, BuildError> {
         let to_run = steps_to_run(&self.store, tiers, plan, targets);
-        preflight::fetch_locked(self, plan, &to_run, feedback, cancel)?;
+        // As in `preflight_overlapped`: nothing is fetched for a build that cannot run.
         self.check_runnable(plan, &to_run)?;
+        preflight::fetch_locked(self, plan, &to_run, feedback, cancel)?;
         Ok(to_run)
     }
 
