@@ -451,7 +451,8 @@ impl Store {
             }
         }
         // The closest other one (the newest among equals), read without taking it.
-        let mut best: Option<(usize, TreeDigest, &PathBuf, TreeManifest)> = None;
+        // The patch borrows only `m`: it is planned once, here.
+        let mut best: Option<(Patch<'_>, TreeDigest, &PathBuf, TreeManifest)> = None;
         for (k, p) in kept.iter().rev().filter(|(k, _)| k != d) {
             let Some(from) = read_manifest(p, k) else {
                 continue;
@@ -459,17 +460,17 @@ impl Store {
             let Some(patch) = Patch::plan(&from, m) else {
                 continue;
             };
-            if best.as_ref().is_none_or(|b| patch.changes < b.0) {
-                best = Some((patch.changes, *k, p, from));
+            if best.as_ref().is_none_or(|b| patch.changes < b.0.changes) {
+                best = Some((patch, *k, p, from));
             }
         }
-        let Some((changes, from_d, p, from)) = best else {
+        let Some((patch, from_d, p, from)) = best else {
             return Ok(None);
         };
+        let changes = patch.changes;
         let Some(staging) = self.take_checked(p, &from) else {
             return Ok(None);
         };
-        let patch = Patch::plan(&from, m).expect("planned above");
         fs::rename(staging.join("root"), dest).map_err(StoreError::io(dest))?;
         remove_later(staging);
         if patch.apply(self, m, dest).is_err() {
