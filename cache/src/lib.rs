@@ -122,7 +122,7 @@ pub mod tiers;
 mod tmp;
 mod tree;
 
-pub use blob::{start_file_writeback, BlobReader};
+pub use blob::{is_zero, start_file_writeback, BlobReader};
 pub use bundle::BundleStats;
 pub use claim::{Claim, StepClaim, LOCKS_DIR};
 pub use kept::{Taken, KEPT_DIR, KEPT_TREES};

@@ -365,7 +365,7 @@ fn sha256_beside<T>(
             format!("{:x}", h.finalize())
         });
         let out = read(&mut |b: &[u8]| {
-            let piece = if all_zeros(b) {
+            let piece = if imgspec_cache::is_zero(b) {
                 Piece::Zeros(b.len())
             } else {
                 let mut buf = back_rx.try_recv().unwrap_or_default();
@@ -382,14 +382,6 @@ fn sha256_beside<T>(
             .map_err(|_| StepError::Internal("the SHA-256 thread panicked"))?;
         Ok((out, sha))
     })
-}
-
-/// True if every byte of `b` is zero: one `memcmp` of `b` against itself shifted by a byte.
-fn all_zeros(b: &[u8]) -> bool {
-    match b.split_first() {
-        None => true,
-        Some((first, _)) => *first == 0 && b[..b.len() - 1] == b[1..],
-    }
 }
 
 #[cfg(test)]
@@ -423,16 +415,5 @@ mod tests {
         assert_eq!(sha, format!("{:x}", sha2::Sha256::digest(&all)));
         let (_, empty) = super::sha256_beside(|_| ()).unwrap();
         assert_eq!(empty, format!("{:x}", sha2::Sha256::digest(b"")));
-    }
-
-    #[test]
-    fn all_zeros_tells_a_single_non_zero_byte() {
-        assert!(super::all_zeros(&[]));
-        assert!(super::all_zeros(&[0; 4096]));
-        for at in [0, 1, 2047, 4095] {
-            let mut b = vec![0u8; 4096];
-            b[at] = 1;
-            assert!(!super::all_zeros(&b), "a 1 at {at}");
-        }
     }
 }

@@ -367,19 +367,11 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "Ctrl-C did not stop the build"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = ctrl_c(
+        &mut child,
+        Duration::from_secs(60),
+        "Ctrl-C did not stop the build",
+    );
     assert_eq!(status.code(), Some(130));
     // Nothing half-written: no output folder, no record of the step, no process left.
     assert!(!w.path("out/slow").exists());
@@ -405,6 +397,25 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
             0,
             "lock files left"
         );
+    }
+}
+
+/// Sends `child` a Ctrl-C (SIGINT) and waits for it to exit, failing with `why` after
+/// `within`.
+fn ctrl_c(
+    child: &mut std::process::Child,
+    within: Duration,
+    why: &str,
+) -> std::process::ExitStatus {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(t.elapsed() < within, "{why}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -458,40 +469,32 @@ fn ctrl_c_while_locked_packages_download_stops_the_fetch() {
         "the base line of specs/debian-common.kdl moved"
     );
     std::fs::write(&common, pinned).unwrap();
+    let log = w.path("build.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_imgspec"))
         .args(["--json", "build", "specs/debian-efi.kdl"])
         .current_dir(w.dir.path())
         .env("IMGSPEC_CACHE_DIR", w.path("cache"))
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        // A file, not a pipe nobody reads while it runs.
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let t = Instant::now();
     while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
         if let Some(s) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            let err = std::fs::read_to_string(&log).unwrap();
             panic!("the build ended ({s}) before it fetched anything:\n{err}");
         }
         assert!(t.elapsed() < Duration::from_secs(60), "no fetch started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill has no memory-safety preconditions.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "Ctrl-C did not stop the fetch within 20 s (all of it takes 48 s)"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let status = ctrl_c(
+        &mut child,
+        Duration::from_secs(20),
+        "Ctrl-C did not stop the fetch within 20 s (all of it takes 48 s)",
+    );
+    let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     // The downloads on the way finished; none started after the Ctrl-C but those.
     let asked = served.load(std::sync::atomic::Ordering::SeqCst);
