@@ -243,6 +243,7 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         );
     }
     assert!(console.contains("IMGSPEC-CHECKS-PASSED"), "{console}");
+    std::fs::remove_file(w.path("grown.qcow2")).unwrap();
 
     // Again: every step from the cache, the same bytes, outputs restored when deleted.
     let before = outputs(&w);
@@ -254,6 +255,11 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         r.stderr
     );
     assert_eq!(outputs(&w), before);
+    // What follows needs none of these outputs: the disk they take is given back now, so that
+    // the test fits on a machine with little free space (CI has run out of it here).
+    for i in IMAGES {
+        std::fs::remove_dir_all(w.path(&format!("out/{i}"))).unwrap();
+    }
 
     // A package that does not exist fails its step, by name, and stores nothing.
     w.write(
@@ -315,6 +321,8 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
     .unwrap();
     crate::import::add_rpm_managed_package(&w, "base.tar", crate::import::RpmDb::Sqlite);
     crate::import::make_centos_like_disk_of(&w, "2400M", "");
+    std::fs::remove_file(w.path("base.tar")).unwrap();
+    std::fs::remove_dir_all(w.path("out/debian-tree")).unwrap();
     std::fs::create_dir_all(w.path("specs/vm")).unwrap();
     let spec = std::fs::read_to_string(w.path("specs/from-vm.kdl")).unwrap();
     let mut sums = Vec::new();
@@ -324,6 +332,9 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
             w.dir.path(),
             &["convert", "-O", format, "vm/disk.raw", &disk],
         );
+        if format == "vdi" {
+            std::fs::remove_file(w.path("vm/disk.raw")).unwrap();
+        }
         w.write(
             &format!("specs/from-{format}.kdl"),
             &spec.replace(
@@ -351,6 +362,9 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
             ["from-vm", "from-vm-disk"]
                 .map(|i| std::fs::read_to_string(w.path(&format!("out/{i}/SHA256SUMS"))).unwrap()),
         );
+        if format == "vmdk" {
+            std::fs::remove_file(w.path(&disk)).unwrap();
+        }
     }
     // The same disk in two formats is the same system: the same bytes out (but the build
     // manifests, which name their spec files and the disks' digests).
@@ -365,6 +379,9 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         images(&sums[1]),
         "the vmdk and the vdi gave different images"
     );
+    // The second build from an empty cache: the first cache and outputs are not needed again.
+    std::fs::remove_dir_all(w.path("cache")).unwrap();
+    std::fs::remove_dir_all(w.path("out")).unwrap();
     let r = w.run_with_cache(
         "cache-again",
         &["build", "specs/from-vdi.kdl", "--out-dir", "out-again"],
