@@ -314,15 +314,17 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         "import \"debian-common.kdl\"\nimage \"debian-tree\" extends=\"debian-common\" {\n    output \"tar\"\n}\n",
     );
     w.run(&["build", "specs/debian-tree.kdl"]).ok();
-    std::fs::copy(
+    std::fs::rename(
         w.path("out/debian-tree/debian-tree.tar"),
         w.path("base.tar"),
     )
     .unwrap();
+    // The imported disk's builds need nothing of the Debian build's cache or outputs.
+    std::fs::remove_dir_all(w.path("cache")).unwrap();
+    std::fs::remove_dir_all(w.path("out")).unwrap();
     crate::import::add_rpm_managed_package(&w, "base.tar", crate::import::RpmDb::Sqlite);
     crate::import::make_centos_like_disk_of(&w, "2400M", "");
     std::fs::remove_file(w.path("base.tar")).unwrap();
-    std::fs::remove_dir_all(w.path("out/debian-tree")).unwrap();
     std::fs::create_dir_all(w.path("specs/vm")).unwrap();
     let spec = std::fs::read_to_string(w.path("specs/from-vm.kdl")).unwrap();
     let mut sums = Vec::new();
@@ -379,9 +381,8 @@ fn debian_images_build_boot_and_rebuild_from_cache() {
         images(&sums[1]),
         "the vmdk and the vdi gave different images"
     );
-    // The second build from an empty cache: the first cache and outputs are not needed again.
+    // The second build from an empty cache: the first cache is not needed again.
     std::fs::remove_dir_all(w.path("cache")).unwrap();
-    std::fs::remove_dir_all(w.path("out")).unwrap();
     let r = w.run_with_cache(
         "cache-again",
         &["build", "specs/from-vdi.kdl", "--out-dir", "out-again"],
