@@ -35,6 +35,9 @@ pub enum FetchError {
         got: String,
         want: String,
     },
+    /// The build is being stopped (Ctrl-C): the download gave up between two chunks.
+    #[error("`{url}`: the download was stopped (the build was interrupted)")]
+    Stopped { url: String },
 }
 
 fn io(path: &Path, source: std::io::Error) -> FetchError {
@@ -122,7 +125,9 @@ fn fetch_with(
         });
         match attempt {
             Err(Attempt::Transient(_)) if tried < tries => {
-                std::thread::sleep(wait);
+                if !pause(wait) {
+                    break Err(FetchError::Stopped { url: url.into() });
+                }
                 wait *= 2;
             }
             Err(Attempt::Transient(reason)) => {
@@ -178,6 +183,9 @@ fn fetch_once(
         if n == 0 {
             break;
         }
+        if crate::runner::stopping() {
+            return Err(Attempt::Final(FetchError::Stopped { url: url.into() }));
+        }
         h.update(&buf[..n]);
         f.write_all(&buf[..n])
             .map_err(|e| Attempt::Final(io(tmp, e)))?;
@@ -194,6 +202,20 @@ fn fetch_once(
         }));
     }
     std::fs::rename(tmp, dest).map_err(|e| Attempt::Final(io(dest, e)))
+}
+
+/// Waits `wait` before a try again, in steps short enough to see a Ctrl-C; false when the
+/// build is being stopped.
+fn pause(wait: Duration) -> bool {
+    let until = std::time::Instant::now() + wait;
+    while !crate::runner::stopping() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+    false
 }
 
 /// How many times a file is asked for before its server is called unreachable: six

@@ -235,9 +235,20 @@ fn sigterm(pid: u32) {
     }
 }
 
+/// Set once [`terminate_all`] was called: work done in imgspec itself (a download) reads it
+/// between chunks and stops too.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the build is being stopped (Ctrl-C or SIGTERM): a long loop of imgspec's own
+/// (a download) gives up when it is.
+pub fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Asks every running child to stop (SIGTERM). Called by the CLI on Ctrl-C or SIGTERM: the
 /// steps then fail, clean their scratch space, and nothing is recorded.
 pub fn terminate_all() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut c = CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
     c.terminating = true;
     for &pid in &c.pids {

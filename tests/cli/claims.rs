@@ -5,9 +5,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{sha256, Workspace};
+use crate::common::{processes_where, sha256, Process, Workspace};
 
 const VARIANTS: &str = r#"
 template "common" {
@@ -314,24 +316,22 @@ fn doctor_prints_the_install_line_for_what_is_missing() {
     assert!(r.stdout.contains("all host tools found"), "{}", r.stdout);
 }
 
-/// Processes whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<String> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
-        .collect()
-}
-
 #[test]
 fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
     let w = Workspace::new();
     w.rootfs_tar_with("rootfs.tar", &["sleep"], &[]);
-    // A unique argument, to find the step's processes afterwards.
-    let nap = format!("{}.25", 600 + std::process::id() % 300);
+    // A unique argument, to find the step's processes: the sleep itself (`sleep NAP`) and
+    // the sandbox and shell that run it (`sleep NAP` as one argument).
+    let nap = format!(
+        "{}.{:06}",
+        600 + std::process::id() % 300,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_micros()
+    );
+    let command = format!("sleep {nap}");
+    let step_processes = || processes_where(|a| a == nap || a == command);
     w.write(
         "slow.kdl",
         &format!(
@@ -360,13 +360,20 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
         }
     }
     let t = Instant::now();
-    while processes_with(&nap).is_empty() {
+    let running = loop {
+        let found = step_processes();
+        if found
+            .iter()
+            .any(|p| p.args.first().is_some_and(|a| a == "sleep"))
+        {
+            break found;
+        }
         assert!(
             t.elapsed() < Duration::from_secs(30),
             "the step's sleep never started"
         );
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
     let status = ctrl_c(
         &mut child,
         Duration::from_secs(60),
@@ -375,13 +382,21 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
     assert_eq!(status.code(), Some(130));
     // Nothing half-written: no output folder, no record of the step, no process left.
     assert!(!w.path("out/slow").exists());
+    // The very processes that ran (a later one with the same pid is not theirs: it would
+    // not have the argument).
     let t = Instant::now();
-    while !processes_with(&nap).is_empty() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "processes of the interrupted step are still running: {:?}",
-            processes_with(&nap)
-        );
+    loop {
+        let left: Vec<&Process> = running.iter().filter(|p| p.alive()).collect();
+        if left.is_empty() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            let what: Vec<String> = left
+                .iter()
+                .map(|p| format!("{} ({:?}): {}", p.pid, p.state(), p.args.join(" ")))
+                .collect();
+            panic!("step processes alive 30 s after exit 130: {what:?}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     let plan = w.run(&["plan", "slow.kdl"]).ok().stdout;
@@ -400,8 +415,8 @@ fn an_interrupted_build_exits_130_and_leaves_nothing_half_written() {
     }
 }
 
-/// Sends `child` a Ctrl-C (SIGINT) and waits for it to exit, failing with `why` after
-/// `within`.
+/// Sends `child` a Ctrl-C (SIGINT) and waits for it to exit, failing with `why` (and killing
+/// it) after `within`.
 fn ctrl_c(
     child: &mut std::process::Child,
     within: Duration,
@@ -414,34 +429,85 @@ fn ctrl_c(
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(t.elapsed() < within, "{why}");
+        if t.elapsed() > within {
+            // Not left running after the test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{why}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A mirror that answers every request after `delay`, with a 404, and counts the requests.
-fn slow_mirror(delay: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use std::io::{Read, Write};
+/// Starts `imgspec ARGS` in `w` (stderr to a file, returned) and waits until `reached`, for at
+/// most a minute; fails if the build ends first.
+fn build_until(
+    w: &Workspace,
+    args: &[&str],
+    reached: impl Fn() -> bool,
+    what: &str,
+) -> (std::process::Child, std::path::PathBuf) {
+    let log = w.path("build.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_imgspec"))
+        .args(args)
+        .current_dir(w.dir.path())
+        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        // A file, not a pipe nobody reads while it runs.
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !reached() {
+        if let Some(s) = child.try_wait().unwrap() {
+            let err = std::fs::read_to_string(&log).unwrap();
+            panic!("the build ended ({s}) before {what}:\n{err}");
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("not within a minute: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, log)
+}
+
+/// A server on the loopback that reads each request and gives the connection, on a thread of
+/// its own, to `answer` with a shared counter. Returns its port and the counter.
+fn loopback_server(
+    answer: impl Fn(&mut std::net::TcpStream, &AtomicUsize) + Send + Sync + 'static,
+) -> (u16, Arc<AtomicUsize>) {
+    use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = served.clone();
+    let counter = Arc::new(AtomicUsize::new(0));
+    let count = counter.clone();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
-            let count = count.clone();
+            let (count, answer) = (count.clone(), answer.clone());
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
-                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(delay);
-                let _ = conn.write_all(
-                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
+                answer(&mut conn, &count);
             });
         }
     });
-    (port, served)
+    (port, counter)
+}
+
+/// A mirror that answers every request after `delay`, with a 404, and counts the requests.
+fn slow_mirror(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    loopback_server(move |conn, count| {
+        use std::io::Write;
+        count.fetch_add(1, Ordering::SeqCst);
+        std::thread::sleep(delay);
+        let _ = conn
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    })
 }
 
 #[test]
@@ -469,26 +535,12 @@ fn ctrl_c_while_locked_packages_download_stops_the_fetch() {
         "the base line of specs/debian-common.kdl moved"
     );
     std::fs::write(&common, pinned).unwrap();
-    let log = w.path("build.stderr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgspec"))
-        .args(["--json", "build", "specs/debian-efi.kdl"])
-        .current_dir(w.dir.path())
-        .env("IMGSPEC_CACHE_DIR", w.path("cache"))
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        // A file, not a pipe nobody reads while it runs.
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while served.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        if let Some(s) = child.try_wait().unwrap() {
-            let err = std::fs::read_to_string(&log).unwrap();
-            panic!("the build ended ({s}) before it fetched anything:\n{err}");
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no fetch started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut child, log) = build_until(
+        &w,
+        &["--json", "build", "specs/debian-efi.kdl"],
+        || served.load(Ordering::SeqCst) > 0,
+        "it fetched anything",
+    );
     let status = ctrl_c(
         &mut child,
         Duration::from_secs(20),
@@ -497,7 +549,59 @@ fn ctrl_c_while_locked_packages_download_stops_the_fetch() {
     let err = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     // The downloads on the way finished; none started after the Ctrl-C but those.
-    let asked = served.load(std::sync::atomic::Ordering::SeqCst);
+    let asked = served.load(Ordering::SeqCst);
     assert!(asked <= 12, "{asked} files asked for after Ctrl-C:\n{err}");
     assert!(!w.path("out/debian-efi").exists());
+}
+
+/// A server whose one file (`/disk.qcow2`, said to be 1 GiB) comes 64 KiB every 50 ms: 13
+/// minutes for the whole. Returns its port and how many chunks it has sent.
+fn trickle_server() -> (u16, Arc<AtomicUsize>) {
+    loopback_server(|conn, count| {
+        use std::io::Write;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            1u64 << 30
+        );
+        if conn.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let chunk = vec![0u8; 64 << 10];
+        while conn.write_all(&chunk).is_ok() {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+#[test]
+fn ctrl_c_during_a_disk_download_stops_it_and_leaves_no_part_file() {
+    let w = Workspace::new();
+    let (port, sent) = trickle_server();
+    w.write(
+        "cloud.kdl",
+        &format!(
+            "image \"cloud\" {{\n    base \"image\" url=\"http://127.0.0.1:{port}/disk.qcow2\" sha256=\"{}\"\n    output \"tar\"\n}}\n",
+            "ab".repeat(32)
+        ),
+    );
+    let (mut child, log) = build_until(
+        &w,
+        &["build", "cloud.kdl"],
+        || sent.load(Ordering::SeqCst) >= 4,
+        "the download was under way",
+    );
+    let status = ctrl_c(
+        &mut child,
+        Duration::from_secs(20),
+        "Ctrl-C did not stop the download within 20 s (all of it takes 13 minutes)",
+    );
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(!w.path("out/cloud").exists());
+    // Neither the disk nor a piece of it is left in the cache.
+    let left: Vec<_> = std::fs::read_dir(w.path("cache/images-v1"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in the cache: {left:?}");
 }

@@ -6,6 +6,37 @@ use std::process::{Command, Output};
 
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    /// When the test made it: its drop appends the test's time to [`TIMES`].
+    started: std::time::Instant,
+}
+
+/// Where every test that used a [`Workspace`] appends how long it took (`.ci/run` prints the
+/// file sorted, so that CI's log says where its time went).
+pub const TIMES: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-times.txt");
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        let failed = if std::thread::panicking() {
+            " (failed)"
+        } else {
+            ""
+        };
+        let line = format!(
+            "{:8.1} s  {name}{failed}\n",
+            self.started.elapsed().as_secs_f64()
+        );
+        // One write of one short line to a file opened for appending: lines of tests that end
+        // at once do not interleave.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(TIMES)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
 }
 
 pub struct Run {
@@ -40,6 +71,7 @@ impl Workspace {
     pub fn new() -> Self {
         Workspace {
             dir: tempfile::tempdir().unwrap(),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -241,4 +273,59 @@ impl Drop for Http {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A process of this machine, as `/proc` shows it.
+#[derive(Debug)]
+pub struct Process {
+    pub pid: u32,
+    /// Its arguments (`argv`), empty for a zombie.
+    pub args: Vec<String>,
+}
+
+impl Process {
+    /// Its state letter and parent, read again now (`None` once it is gone); for messages.
+    pub fn state(&self) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        // `pid (comm) S ppid …`: the name may hold spaces and parentheses, the last `)` ends it.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let mut f = rest.split(' ');
+        Some(format!("state {} parent {}", f.next()?, f.next()?))
+    }
+
+    /// Whether it still runs: neither gone nor a zombie (whose arguments are empty), nor
+    /// replaced by another process with its pid (whose arguments differ).
+    pub fn alive(&self) -> bool {
+        std::fs::read(format!("/proc/{}/cmdline", self.pid)).is_ok_and(|c| args_of(&c) == self.args)
+    }
+}
+
+/// The processes (this one aside) one of whose arguments `matches`.
+pub fn processes_where(matches: impl Fn(&str) -> bool) -> Vec<Process> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args = args_of(&cmdline);
+        if args.iter().any(|a| matches(a)) {
+            out.push(Process { pid, args });
+        }
+    }
+    out
+}
+
+/// The arguments in a `/proc/PID/cmdline`.
+fn args_of(cmdline: &[u8]) -> Vec<String> {
+    cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::Workspace;
+use crate::common::{processes_where, Workspace};
 
 /// A static probe for what the image must not be able to do, compiled on the host.
 const PROBE_C: &str = r#"
@@ -247,23 +247,10 @@ image "esc" {{
 
 /// Processes whose command line contains `word`, with their pids.
 fn processes_with(word: &str) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(word) {
-            out.push((pid, cmdline));
-        }
-    }
-    out
+    processes_where(|a| a.contains(word))
+        .into_iter()
+        .map(|p| (p.pid, p.args.join(" ")))
+        .collect()
 }
 
 /// Waits until `cond` holds, for at most `limit`.

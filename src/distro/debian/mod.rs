@@ -152,7 +152,9 @@ impl Family for DebianFamily {
                         FetchFailure::Unreachable(why)
                     }
                     debstore::DebError::Io { .. }
-                    | debstore::DebError::Fetch(FetchError::Io { .. }) => FetchFailure::Local(why),
+                    | debstore::DebError::Fetch(
+                        FetchError::Io { .. } | FetchError::Stopped { .. },
+                    ) => FetchFailure::Local(why),
                     debstore::DebError::Fetch(
                         FetchError::Gone { .. } | FetchError::Mismatch { .. },
                     ) => FetchFailure::Gone(why),
