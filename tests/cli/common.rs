@@ -12,7 +12,7 @@ pub struct Workspace {
 
 /// Where every test that used a [`Workspace`] appends how long it took (`.ci/run` prints the
 /// file sorted, so that CI's log says where its time went).
-pub const TIMES: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-times.txt");
+const TIMES: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/test-times.txt");
 
 impl Drop for Workspace {
     fn drop(&mut self) {
