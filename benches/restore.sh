@@ -2,7 +2,8 @@
 # Restoring a deleted output of a spec whose steps are all cached, side by side with a plain
 # copy of the same file, N times each, interleaved: delete out/IMAGE/IMAGE.raw (then .qcow2),
 # time `imgspec build` writing it back from the cache, and time `cp --sparse=auto` of the
-# restored file to a new name. Prints the medians and the ratio to cp.
+# restored file to a new name. Prints the medians and the ratio to cp, for each way the cache
+# gives a file back (its link, a copy of its link, the blob).
 #
 # Usage (as root, after `cargo build --release`):
 #   benches/restore.sh [SPEC] [path/to/imgspec]
@@ -60,6 +61,11 @@ for _ in $(seq "$n"); do noop+=("$(ms build)"); done
 echo "no-op build: ${noop[*]} ms"
 
 rows=()
+# "linked": the cache's hard link to the deleted file gives it back (the usual case);
+# "copy": the file was moved away, so the cache's link shares its inode and is copied;
+# "blob": without that link (out/ on another filesystem than the cache, or the file written to
+# in place since), the restore decompresses and checks the blob.
+for how in linked copy blob; do
 for ext in raw qcow2; do
     f=$dir/$name.$ext
     [ -f "$f" ] || continue
@@ -67,8 +73,10 @@ for ext in raw qcow2; do
     copy=()
     copysync=()
     for _ in $(seq "$n"); do
-        rm -f "$f"
+        if [ "$how" = copy ]; then mv "$f" "$work/moved"; else rm -f "$f"; fi
+        if [ "$how" = blob ]; then rm -rf "$cache/linked-v1"; fi
         restore+=("$(ms build)")
+        rm -f "$work/moved"
         [ -f "$f" ] || { echo "imgspec did not restore $f" >&2; exit 1; }
         copy+=("$(ms cp --sparse=auto "$f" "$work/copy")")
         rm -f "$work/copy"
@@ -79,14 +87,20 @@ for ext in raw qcow2; do
     (cd "$dir" && sha256sum --quiet -c SHA256SUMS)
     apparent=$(stat -c %s "$f")
     allocated=$(($(stat -c %b "$f") * $(stat -c %B "$f")))
-    echo "$ext: $((apparent >> 20)) MiB, $((allocated >> 20)) MiB allocated"
+    echo "$ext ($how): $((apparent >> 20)) MiB, $((allocated >> 20)) MiB allocated"
     echo "  imgspec build restoring it: ${restore[*]} ms"
     echo "  cp --sparse=auto:           ${copy[*]} ms"
     echo "  cp --sparse=auto + fsync:   ${copysync[*]} ms"
     r=$(median "${restore[@]}")
     c=$(median "${copy[@]}")
     s=$(median "${copysync[@]}")
-    rows+=("| $ext ($((apparent >> 20)) MiB, $((allocated >> 20)) MiB data) | $r ms | $c ms | $(ratio "$r" "$c") × | $s ms | $(ratio "$r" "$s") × |")
+    case $how in
+    linked) from="its link" ;;
+    copy) from="a copy of its link" ;;
+    *) from="its blob" ;;
+    esac
+    rows+=("| $ext ($((apparent >> 20)) MiB, $((allocated >> 20)) MiB data), from $from | $r ms | $c ms | $(ratio "$r" "$c") × | $s ms | $(ratio "$r" "$s") × |")
+done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo

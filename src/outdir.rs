@@ -9,11 +9,13 @@
 //! `out/.IMAGE.tmp-XXXXXX` (flock-ed while it is filled): files that are still right are hard
 //! links to the old ones, a file an output step of this very build has just written is moved
 //! there from the store's session folder (`Store::take_fresh_file`: no decompression, no
-//! copy), the others are restored from the store (in parallel: a raw disk and its qcow2
-//! decompress on different cores); every file and the folder are synced, and then it is
+//! copy), one the store still holds a link to (an output deleted since: `Store::restore_linked`)
+//! is linked or copied back from there, the others are restored from the store (in parallel: a
+//! raw disk and its qcow2 decompress on different cores); every file and the folder are synced, and then it is
 //! swapped with the old folder in one `renameat2(RENAME_EXCHANGE)` and the old one removed. A
 //! failure or a kill at any point leaves the old `out/IMAGE/` whole (or none), never half of
-//! a new one; a later build removes a staging folder whose owner is gone.
+//! a new one; a later build removes a staging folder whose owner is gone. Once the folder is
+//! in place, the store takes a hard link to each of its large files (`Store::link_output`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -153,6 +155,7 @@ pub fn materialise(
         && fresh.iter().all(|&f| f)
         && std::fs::read_to_string(&sums_path).ok().as_deref() == Some(sums.as_str())
     {
+        link_into_store(store, &files, dir);
         return Ok(written(&fresh));
     }
 
@@ -167,7 +170,7 @@ pub fn materialise(
             if fresh && std::fs::hard_link(dir.join(name), &path).is_ok() {
                 return Ok(());
             }
-            if store.take_fresh_file(&r.digest, &path) {
+            if store.take_fresh_file(&r.digest, &path) || store.restore_linked(&r.digest, &path) {
                 return Ok(());
             }
             store.blob_to_file(&r.digest, &path)
@@ -193,7 +196,21 @@ pub fn materialise(
     let tmp = state_path.with_extension("imgspec-tmp");
     std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &state_path).map_err(io(&state_path))?;
+    link_into_store(store, &files, dir);
     Ok(written(&fresh))
+}
+
+/// Lets the store take a hard link to each large file of the folder `dir` (they hold their
+/// blobs' bytes: each was checked or written just now, or matched its state), so that one
+/// deleted later comes back without a decompression (`Store::restore_linked`).
+fn link_into_store(
+    store: &Store,
+    files: &[(&String, &imgspec_cache::FileRef, &StepOutput)],
+    dir: &Path,
+) {
+    for (name, r, _) in files {
+        store.link_output(&r.digest, &dir.join(name));
+    }
 }
 
 /// Where the cache keeps the state of the output folder `parent/name`: by the BLAKE3 of its

@@ -124,6 +124,23 @@ impl Read for SparseFile {
     }
 }
 
+/// The digest of the file at `path` as a blob of it would have, its holes hashed as zeros
+/// without being read.
+pub(crate) fn digest_of_file(path: &Path) -> io::Result<BlobDigest> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut r = SparseFile::new(file, len);
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(&mut r, &mut buf)?;
+        if n == 0 {
+            return Ok(BlobDigest::from_hash(h.finalize()));
+        }
+        hash_update(&mut h, &buf[..n]);
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns how much was read.
 pub(crate) fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;

@@ -291,12 +291,15 @@ impl Store {
             });
         }
         tx.commit()?;
+        let (linked_checked, linked_removed) = self.verify_linked();
         Ok(VerifyReport {
             blobs_checked: blobs.len(),
             corrupt,
             missing: missing.into_iter().collect(),
             dropped,
             index_reset,
+            linked_checked,
+            linked_removed,
         })
     }
 

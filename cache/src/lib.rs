@@ -22,6 +22,10 @@
 //!   locks/<key hex>          flock-ed by the process building that step; removed when it is
 //!                            done (see `claim`); one nobody holds (a killed build's) is
 //!                            removed by the next `Store::open` and by `gc`
+//!   linked-v1/<digest>-<inode>-<size>-<mtime ns>
+//!                            a hard link to an output file that holds that blob's bytes,
+//!                            named by its stamp; a deleted output comes back from here (see
+//!                            `linked`); `gc` removes those no output folder links
 //!   trees-v1/<tree digest>/  at most two materialised trees chroot steps left (`keep_tree`):
 //!                              `root/`, `manifest`, `stamps`; taken whole by the next one that
 //!                              starts from that tree or one close to it (see `kept`)
@@ -97,6 +101,8 @@
 //!   read-write: lookup in order, what a hit fills, where a built step goes.
 //! - `bundle`: `export_bundle`/`import_bundle`, a `.tar.zst` of records and blobs for offline
 //!   sharing; every blob checked on import, all records or none.
+//! - `linked`: hard links to output files, by digest and stamp, that give a deleted output
+//!   back without decompressing its blob.
 //! - `tmp`: session dirs under `tmp/` and removal of what dead processes left.
 //! - `claim`: per-step locks across processes (build a shared step once).
 //! - `sys`: the libc calls std lacks (xattrs, mknod, utimensat, flock); all the `unsafe`.
@@ -114,6 +120,7 @@ mod gc;
 mod http;
 mod index;
 mod kept;
+mod linked;
 pub mod remote;
 pub mod s3;
 mod sys;
@@ -126,6 +133,7 @@ pub use blob::{is_zero, start_file_writeback, BlobReader};
 pub use bundle::BundleStats;
 pub use claim::{Claim, StepClaim, LOCKS_DIR};
 pub use kept::{Taken, KEPT_DIR, KEPT_TREES};
+pub use linked::LINKED_DIR;
 pub use remote::{Credentials, Remote, RemoteError};
 pub use sys::try_lock_exclusive;
 pub use tiers::{Mode, Tier, Tiers};
@@ -494,6 +502,10 @@ pub struct VerifyReport {
     pub dropped: Vec<Dropped>,
     /// The index failed `PRAGMA integrity_check` and was set aside for a new one.
     pub index_reset: Option<IndexReset>,
+    /// Output files linked into the store (`linked-v1/`) that were hashed, and those removed
+    /// because their bytes were not their blob's or they had changed since they were linked.
+    pub linked_checked: usize,
+    pub linked_removed: usize,
 }
 
 /// The index was damaged (it failed SQLite's check, or does not open as a database): it was

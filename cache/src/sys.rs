@@ -202,3 +202,61 @@ pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
         Err(e)
     }
 }
+
+/// `lseek(SEEK_DATA)`: where the next data at or after `from` starts; `None` if only a hole
+/// follows. A filesystem that cannot tell says `from` (all data).
+pub(crate) fn seek_data(file: &File, from: u64) -> io::Result<Option<u64>> {
+    let at =
+        libc::off_t::try_from(from).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: lseek on a descriptor the caller holds; it only moves the file offset.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+    if r >= 0 {
+        return Ok(Some(r as u64));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENXIO) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// `lseek(SEEK_HOLE)`: where the next hole at or after `from` starts (the end of the file, at
+/// the latest).
+pub(crate) fn seek_hole(file: &File, from: u64) -> io::Result<u64> {
+    let at =
+        libc::off_t::try_from(from).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: as in `seek_data`.
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_HOLE) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// `copy_file_range` of up to `len` bytes at offset `at` of `from` to the same offset of
+/// `to`, in the kernel; returns how many it copied (0 at the end of `from`).
+pub(crate) fn copy_range(from: &File, to: &File, at: u64, len: u64) -> io::Result<u64> {
+    let mut off_in =
+        libc::loff_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut off_out = off_in;
+    let len = usize::try_from(len).unwrap_or(usize::MAX).min(1 << 30);
+    // SAFETY: two descriptors the caller holds and two offsets that live across the call; the
+    // kernel reads and writes no memory of ours but those offsets.
+    let r = unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut off_in,
+            to.as_raw_fd(),
+            &mut off_out,
+            len,
+            0,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}

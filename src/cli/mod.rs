@@ -1076,6 +1076,7 @@ fn cache(
         CacheCommand::Du => {
             let u = store.usage().map_err(internal)?;
             let (trees, tree_bytes) = store.kept_usage();
+            let (linked, linked_bytes) = store.linked_usage();
             if json {
                 println!(
                     "{}",
@@ -1085,6 +1086,8 @@ fn cache(
                         "bytes": u.bytes,
                         "kept_trees": trees,
                         "kept_tree_bytes": tree_bytes,
+                        "linked_outputs": linked,
+                        "linked_output_bytes": linked_bytes,
                     })
                 );
             } else {
@@ -1095,6 +1098,14 @@ fn cache(
                     u.blobs,
                     human_bytes(u.bytes)
                 );
+                if linked > 0 {
+                    println!(
+                        "  and {linked} links to output files, to restore them when deleted: {} \
+                         held by the cache alone (the others are output folders' files; \
+                         `cache gc` removes those no output folder has)",
+                        human_bytes(linked_bytes)
+                    );
+                }
                 if trees > 0 {
                     println!(
                         "  and {trees} materialised trees kept for the next build's chroot \
@@ -1154,6 +1165,14 @@ fn cache(
                 r.blobs_removed,
                 human_bytes(r.bytes_freed)
             );
+            let (linked, linked_bytes) = store.drop_unlinked_outputs();
+            if linked > 0 {
+                println!(
+                    "removed {linked} copies of deleted output files kept to restore them, \
+                     freed {}",
+                    human_bytes(linked_bytes)
+                );
+            }
             let (_, tree_bytes) = store.kept_usage();
             let trees = store.drop_kept_trees();
             if trees > 0 {
@@ -1199,6 +1218,13 @@ fn cache(
                 r.missing.len(),
                 r.dropped.len()
             );
+            if r.linked_checked > 0 {
+                println!(
+                    "checked {} output files the cache links to restore them: {} removed (not \
+                     their blob's bytes, or changed since)",
+                    r.linked_checked, r.linked_removed
+                );
+            }
             for d in &r.corrupt {
                 println!("  corrupt: {d}");
             }

@@ -151,6 +151,9 @@ fn a_flipped_and_a_truncated_blob_heal_within_the_build() {
     let sh = tree_file_blob(&w, "cache", "run", "usr/bin/sh");
     damage(&blob_path(&w, "cache", &sh), |b| b.truncate(b.len() / 2));
     std::fs::remove_dir_all(w.path("out")).unwrap();
+    // The cache's links to the deleted outputs would give them back without reading a blob;
+    // without them (as for an out/ on another filesystem) the restore reads the blobs.
+    std::fs::remove_dir_all(w.path("cache/linked-v1")).unwrap();
 
     let r = w.run(&["build", "heal.kdl"]).ok();
     // Said once per damaged result, naming the step and the blob: the tar output (found when
@@ -394,6 +397,87 @@ fn cache_verify_names_the_dropped_steps_and_the_missing_blobs() {
     // Only those are built again.
     let r = w.run(&["build", "heal.kdl"]).ok();
     assert!(r.stderr.contains("3 steps built"), "{}", r.stderr);
+}
+
+/// The inodes of the cache's links to output files (`linked-v1/`).
+fn linked_inodes(w: &Workspace) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(w.path("cache/linked-v1")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<u64> = rd.map(|e| e.unwrap().metadata().unwrap().ino()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_deleted_output_comes_back_from_the_cache_s_link_and_one_written_to_from_its_blob() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let w = workspace();
+    w.run(&["build", "heal.kdl"]).ok();
+    let raw = w.path("out/heal/heal.raw");
+    let sum = sha256(&raw);
+    let ino = std::fs::metadata(&raw).unwrap().ino();
+    assert!(
+        linked_inodes(&w).contains(&ino),
+        "the cache links the raw disk: {:?}",
+        linked_inodes(&w)
+    );
+    let linked = linked_inodes(&w).len();
+    let du = w.run(&["cache", "du"]).ok().stdout;
+    assert!(du.contains("links to output files"), "{du}");
+
+    // Deleted: linked back, the very inode, nothing built.
+    std::fs::remove_file(&raw).unwrap();
+    let r = w.run(&["build", "heal.kdl"]).ok();
+    assert!(r.stderr.contains("0 steps built"), "{}", r.stderr);
+    let m = std::fs::metadata(&raw).unwrap();
+    assert_eq!(
+        (m.ino(), m.nlink()),
+        (ino, 2),
+        "one inode, out/ and the cache"
+    );
+    assert_eq!(sha256(&raw), sum);
+
+    // Written to in place (a VM booted from it): the link no longer stands for the blob, and
+    // the build writes the disk again from the blob, as a new file.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let f = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+    f.write_at(b"booted", 1 << 20).unwrap();
+    drop(f);
+    std::fs::remove_file(&raw).unwrap();
+    let r = w.run(&["build", "heal.kdl"]).ok();
+    assert!(r.stderr.contains("0 steps built"), "{}", r.stderr);
+    assert_eq!(sha256(&raw), sum, "the blob's bytes, not the link's");
+    // (The new file may get the freed inode's number: the names tell the links apart.)
+    let now = std::fs::metadata(&raw).unwrap().ino();
+    assert!(linked_inodes(&w).contains(&now), "the new file is linked");
+    assert_eq!(linked_inodes(&w).len(), linked, "the stale link is gone");
+
+    // Moved away: the restored file is a copy, not a second name of the moved one.
+    let moved = w.path("moved.raw");
+    std::fs::rename(&raw, &moved).unwrap();
+    w.run(&["build", "heal.kdl"]).ok();
+    assert_eq!(sha256(&raw), sum);
+    assert_ne!(
+        std::fs::metadata(&raw).unwrap().ino(),
+        std::fs::metadata(&moved).unwrap().ino()
+    );
+    let v = w.run(&["cache", "verify"]).ok().stdout;
+    assert!(
+        v.contains("output files the cache links to restore them: 0 removed"),
+        "{v}"
+    );
+
+    // Once no output folder has them, gc removes them.
+    std::fs::remove_dir_all(w.path("out")).unwrap();
+    std::fs::remove_file(&moved).unwrap();
+    let g = w.run(&["cache", "gc", "heal.kdl"]).ok().stdout;
+    assert!(
+        g.contains("copies of deleted output files kept to restore them"),
+        "{g}"
+    );
+    assert_eq!(linked_inodes(&w), Vec::<u64>::new());
 }
 
 #[test]
