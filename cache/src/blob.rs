@@ -34,6 +34,84 @@ const PIPELINE_DEPTH: usize = 4;
 /// Sees every byte a blob is stored from (for a second digest of the same read).
 type Tap<'a> = &'a mut dyn FnMut(&[u8]);
 
+/// The blobs whose digest is known and whose file a thread of this session is still writing
+/// ([`Store::put_file_keep_later`]): `None` while it works, then how it went.
+#[derive(Default)]
+pub(crate) struct PendingBlobs {
+    state: std::sync::Mutex<
+        std::collections::HashMap<BlobDigest, Option<std::result::Result<(), String>>>,
+    >,
+    changed: std::sync::Condvar,
+}
+
+impl PendingBlobs {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<BlobDigest, Option<std::result::Result<(), String>>>,
+    > {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks `d` pending; false if it already was (or was written) in this session.
+    fn start(&self, d: BlobDigest) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.lock().entry(d) {
+            Entry::Vacant(v) => {
+                v.insert(None);
+                true
+            }
+            Entry::Occupied(mut o) => {
+                // A write that failed may be tried again.
+                if matches!(o.get(), Some(Err(_))) {
+                    o.insert(None);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    fn finish(&self, d: BlobDigest, outcome: std::result::Result<(), String>) {
+        self.lock().insert(d, Some(outcome));
+        self.changed.notify_all();
+    }
+
+    fn busy(&self, d: &BlobDigest) -> bool {
+        matches!(self.lock().get(d), Some(None))
+    }
+
+    /// Waits until `d` (whose blob file is `path`) is not pending; the failure of its write.
+    fn wait(&self, d: &BlobDigest, path: &Path) -> Result<()> {
+        let mut state = self.lock();
+        loop {
+            match state.get(d) {
+                Some(None) => {
+                    state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                Some(Some(Err(why))) => {
+                    return Err(StoreError::Io {
+                        path: path.to_path_buf(),
+                        source: io::Error::other(format!(
+                            "storing this blob on a thread of its own failed: {why}"
+                        )),
+                    })
+                }
+                Some(Some(Ok(()))) | None => return Ok(()),
+            }
+        }
+    }
+
+    fn wait_all(&self) {
+        let mut state = self.lock();
+        while state.values().any(Option::is_none) {
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Hashes one chunk, spreading very large ones over rayon's threads. Streams hash 1 MiB chunks
 /// on the calling thread: one AVX2/AVX-512 core hashes several GB/s, faster than zstd runs
 /// beside it, and rayon's idle spinning would take CPU from the compression threads.
@@ -129,15 +207,112 @@ impl Read for SparseFile {
 pub(crate) fn digest_of_file(path: &Path) -> io::Result<BlobDigest> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
-    let mut r = SparseFile::new(file, len);
+    Ok(hash_all(&mut SparseFile::new(file, len), &mut |_| {})?.0)
+}
+
+/// Where the blob `d` lives under the blob folder `blobs`: `ab/cdef…`.
+fn blob_path_in(blobs: &Path, d: &BlobDigest) -> PathBuf {
+    let hex = d.to_hex();
+    blobs.join(&hex[..2]).join(&hex[2..])
+}
+
+/// The one place a blob is written: into a temp file of the session folder `session`, hashed
+/// while it streams, synced, then renamed to its digest's name under `blobs`. `tap` sees every
+/// byte read. A free function (not a method) so that a thread of its own can run it
+/// ([`Store::put_file_keep_later`]).
+fn write_blob_in(
+    session: &Path,
+    blobs: &Path,
+    r: &mut dyn Read,
+    size_hint: Option<u64>,
+    what: &Path,
+    mut tap: Option<Tap<'_>>,
+) -> Result<FileRef> {
+    let tmp = tempfile::Builder::new()
+        .prefix("blob-")
+        .tempfile_in(session)
+        .map_err(StoreError::io(session))?;
+    let tmp_path = tmp.path().to_path_buf();
+    let mut buf = vec![0u8; CHUNK];
+    // The first chunk tells a small input from a large one when the size is unknown.
+    let mut n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
+    let large = match size_hint {
+        Some(s) => s >= MULTITHREAD_FROM,
+        None => n == CHUNK,
+    };
+    let level = if large { ZSTD_LEVEL_LARGE } else { ZSTD_LEVEL };
+    // A large blob's file is handed to the disk as it grows, so the sync below waits for
+    // the tail only.
+    let sink = WritingBack {
+        file: tmp.as_file(),
+        written: 0,
+        flushed: 0,
+        on: large,
+    };
+    let mut enc = zstd::Encoder::new(sink, level).map_err(StoreError::io(&tmp_path))?;
+    if large {
+        enc.multithread(zstd_threads())
+            .map_err(StoreError::io(&tmp_path))?;
+    }
+    if let Some(s) = size_hint {
+        enc.set_pledged_src_size(Some(s))
+            .map_err(StoreError::io(&tmp_path))?;
+    }
+    let mut h = blake3::Hasher::new();
+    let mut size = 0u64;
+    while n > 0 {
+        hash_update(&mut h, &buf[..n]);
+        if let Some(t) = tap.as_mut() {
+            t(&buf[..n]);
+        }
+        enc.write_all(&buf[..n])
+            .map_err(StoreError::io(&tmp_path))?;
+        size += n as u64;
+        n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
+    }
+    if size_hint.is_some_and(|s| s != size) {
+        // The file changed size while we read it; what we read is consistent, but zstd
+        // was promised another length.
+        return Err(StoreError::Io {
+            path: what.to_path_buf(),
+            source: io::Error::other("file changed size while it was being stored"),
+        });
+    }
+    enc.finish().map_err(StoreError::io(&tmp_path))?;
+    // Blobs are immutable: read-only, so a slip of a tool cannot edit one in place.
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(0o444))
+        .map_err(StoreError::io(&tmp_path))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(StoreError::io(&tmp_path))?;
+    let digest = BlobDigest::from_hash(h.finalize());
+    let target = blob_path_in(blobs, &digest);
+    let shard = target.parent().expect("blob path has a shard dir");
+    fs::create_dir_all(shard).map_err(StoreError::io(shard))?;
+    // Rename is atomic; if the blob is already there it holds the same bytes, and replacing
+    // it is as good as keeping it (and heals one that was damaged).
+    tmp.persist(&target).map_err(|e| StoreError::Io {
+        path: target.clone(),
+        source: e.error,
+    })?;
+    Ok(FileRef { digest, size })
+}
+
+/// Reads `r` to its end: the BLAKE3 of what it read and how many bytes, each chunk handed to
+/// `tap` too.
+fn hash_all(r: &mut dyn Read, tap: &mut dyn FnMut(&[u8])) -> io::Result<(BlobDigest, u64)> {
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
     loop {
-        let n = read_full(&mut r, &mut buf)?;
+        let n = read_full(r, &mut buf)?;
         if n == 0 {
-            return Ok(BlobDigest::from_hash(h.finalize()));
+            return Ok((BlobDigest::from_hash(h.finalize()), total));
         }
         hash_update(&mut h, &buf[..n]);
+        tap(&buf[..n]);
+        total += n as u64;
     }
 }
 
@@ -162,8 +337,7 @@ fn zstd_threads() -> u32 {
 impl Store {
     /// Where the blob with digest `d` lives: `blobs-v1/ab/cdef…`.
     pub fn blob_path(&self, d: &BlobDigest) -> PathBuf {
-        let hex = d.to_hex();
-        self.blobs.join(&hex[..2]).join(&hex[2..])
+        blob_path_in(&self.blobs, d)
     }
 
     pub fn has_blob(&self, d: &BlobDigest) -> bool {
@@ -225,6 +399,101 @@ impl Store {
         Ok(r)
     }
 
+    /// Like [`Store::put_file_keep`] for a large file, but what this thread does is only read
+    /// it once for its digest (and `tap`) and move it to this session's plain copies: its
+    /// blob is compressed and written on a thread of its own, while the caller goes on (the
+    /// next step of the build reads the plain copy). Until that thread is done, the blob is
+    /// pending: [`Store::record`] and every read of it wait for it, and a failure to write it
+    /// is theirs; [`Store::is_pending`] tells. A file under 32 MiB, or one that cannot be
+    /// moved, is stored at once.
+    pub fn put_file_keep_later(&self, path: &Path, tap: &mut dyn FnMut(&[u8])) -> Result<FileRef> {
+        let file = File::open(path).map_err(StoreError::io(path))?;
+        let size = file.metadata().map_err(StoreError::io(path))?.len();
+        if size < MULTITHREAD_FROM {
+            drop(file);
+            return self.put_file_keep(path, tap);
+        }
+        let reader = file.try_clone().map_err(StoreError::io(path))?;
+        let (digest, read) =
+            hash_all(&mut SparseFile::new(reader, size), tap).map_err(StoreError::io(path))?;
+        if read != size {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other("file changed size while it was being stored"),
+            });
+        }
+        let r = FileRef { digest, size };
+        let fresh_dir = self.session.join(FRESH_DIR);
+        let fresh = fresh_dir.join(r.digest.to_hex());
+        let kept = fs::create_dir_all(&fresh_dir)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o444)))
+            .and_then(|()| fs::rename(path, &fresh));
+        if kept.is_err() {
+            // No plain copy to hand on: stored now, as `put_file` would.
+            let stored = self.put_open_file(file, path)?;
+            return Ok(stored);
+        }
+        if self.has_blob(&r.digest) || !self.pending.start(r.digest) {
+            return Ok(r); // already stored, or being stored by another step of this session
+        }
+        let (session, blobs, pending, digest) = (
+            self.session.clone(),
+            self.blobs.clone(),
+            self.pending.clone(),
+            r.digest,
+        );
+        // The open file is handed over, not its name: the plain copy may move on meanwhile
+        // (into the output folder) without changing what is read.
+        let store = move || {
+            // Whatever happens here, the waiters hear of it: a panic is a failure too.
+            let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                write_blob_in(
+                    &session,
+                    &blobs,
+                    &mut SparseFile::new(file, size),
+                    Some(size),
+                    &fresh,
+                    None,
+                )
+            }));
+            let outcome = match written {
+                Ok(Ok(w)) if w.digest == digest => Ok(()),
+                Ok(Ok(w)) => Err(format!(
+                    "the file changed after it was hashed: its content now hashes to `{}`",
+                    w.digest
+                )),
+                Ok(Err(e)) => Err(format!("{:#}", crate::error_chain(&e))),
+                Err(_) => Err("the thread writing it panicked".into()),
+            };
+            pending.finish(digest, outcome);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("imgspec-store".into())
+            .spawn(store)
+        {
+            self.pending
+                .finish(r.digest, Err(format!("no thread to store it on: {e}")));
+        }
+        Ok(r)
+    }
+
+    /// Whether a blob `output` references is still being written by a thread of this session
+    /// (see [`Store::put_file_keep_later`]).
+    pub fn is_pending(&self, output: &crate::StepOutput) -> bool {
+        output.files.values().any(|f| self.pending.busy(&f.digest))
+    }
+
+    /// Waits until blob `d` is no longer pending; the error of the thread that failed to
+    /// write it, if one did.
+    pub(crate) fn wait_pending(&self, d: &BlobDigest) -> Result<()> {
+        self.pending.wait(d, &self.blob_path(d))
+    }
+
+    /// Waits for every blob this session is still writing (before the session's folder goes).
+    pub(crate) fn wait_all_pending(&self) {
+        self.pending.wait_all();
+    }
+
     /// This session's plain copy of blob `d`, if this `Store` stored it from a file with
     /// [`Store::put_file_keep`]. Its content was hashed from that very file, which lives in
     /// this session's private folder and is read-only: read it, never write it. Not re-hashed
@@ -263,18 +532,7 @@ impl Store {
             return self.write_blob(&mut SparseFile::new(file, size), Some(size), path, None);
         }
         // Hash first: storing a file whose content is already there costs one read.
-        let mut h = blake3::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0u64;
-        loop {
-            let n = read_full(&mut file, &mut buf).map_err(StoreError::io(path))?;
-            if n == 0 {
-                break;
-            }
-            hash_update(&mut h, &buf[..n]);
-            total += n as u64;
-        }
-        let digest = BlobDigest::from_hash(h.finalize());
+        let (digest, total) = hash_all(&mut file, &mut |_| {}).map_err(StoreError::io(path))?;
         if self.has_blob(&digest) {
             return Ok(FileRef {
                 digest,
@@ -301,84 +559,15 @@ impl Store {
         self.write_blob(r, None, Path::new("<reader>"), None)
     }
 
-    /// The one place a blob is written: into a temp file of this session, hashed while it
-    /// streams, synced, then renamed to its digest's name. `tap` sees every byte read.
+    /// The one place a blob is written: see [`write_blob_in`].
     fn write_blob(
         &self,
         r: &mut dyn Read,
         size_hint: Option<u64>,
         what: &Path,
-        mut tap: Option<Tap<'_>>,
+        tap: Option<Tap<'_>>,
     ) -> Result<FileRef> {
-        let tmp = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&self.session)
-            .map_err(StoreError::io(&self.session))?;
-        let tmp_path = tmp.path().to_path_buf();
-        let mut buf = vec![0u8; CHUNK];
-        // The first chunk tells a small input from a large one when the size is unknown.
-        let mut n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
-        let large = match size_hint {
-            Some(s) => s >= MULTITHREAD_FROM,
-            None => n == CHUNK,
-        };
-        let level = if large { ZSTD_LEVEL_LARGE } else { ZSTD_LEVEL };
-        // A large blob's file is handed to the disk as it grows, so the sync below waits for
-        // the tail only.
-        let sink = WritingBack {
-            file: tmp.as_file(),
-            written: 0,
-            flushed: 0,
-            on: large,
-        };
-        let mut enc = zstd::Encoder::new(sink, level).map_err(StoreError::io(&tmp_path))?;
-        if large {
-            enc.multithread(zstd_threads())
-                .map_err(StoreError::io(&tmp_path))?;
-        }
-        if let Some(s) = size_hint {
-            enc.set_pledged_src_size(Some(s))
-                .map_err(StoreError::io(&tmp_path))?;
-        }
-        let mut h = blake3::Hasher::new();
-        let mut size = 0u64;
-        while n > 0 {
-            hash_update(&mut h, &buf[..n]);
-            if let Some(t) = tap.as_mut() {
-                t(&buf[..n]);
-            }
-            enc.write_all(&buf[..n])
-                .map_err(StoreError::io(&tmp_path))?;
-            size += n as u64;
-            n = read_full(r, &mut buf).map_err(StoreError::io(what))?;
-        }
-        if size_hint.is_some_and(|s| s != size) {
-            // The file changed size while we read it; what we read is consistent, but zstd
-            // was promised another length.
-            return Err(StoreError::Io {
-                path: what.to_path_buf(),
-                source: io::Error::other("file changed size while it was being stored"),
-            });
-        }
-        enc.finish().map_err(StoreError::io(&tmp_path))?;
-        // Blobs are immutable: read-only, so a slip of a tool cannot edit one in place.
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(StoreError::io(&tmp_path))?;
-        tmp.as_file()
-            .sync_all()
-            .map_err(StoreError::io(&tmp_path))?;
-        let digest = BlobDigest::from_hash(h.finalize());
-        let target = self.blob_path(&digest);
-        let shard = target.parent().expect("blob path has a shard dir");
-        fs::create_dir_all(shard).map_err(StoreError::io(shard))?;
-        // Rename is atomic; if the blob is already there it holds the same bytes, and replacing
-        // it is as good as keeping it (and heals one that was damaged).
-        tmp.persist(&target).map_err(|e| StoreError::Io {
-            path: target.clone(),
-            source: e.error,
-        })?;
-        Ok(FileRef { digest, size })
+        write_blob_in(&self.session, &self.blobs, r, size_hint, what, tap)
     }
 
     /// An empty temp file in this session's dir (on the store's filesystem), for a blob that
@@ -437,6 +626,7 @@ impl Store {
     /// the final `read` fails (with a [`StoreError`] inside the `io::Error`) if the content was
     /// wrong. Data read before the end is not yet trusted.
     pub fn open_blob(&self, d: &BlobDigest) -> Result<BlobReader> {
+        self.pending.wait(d, &self.blob_path(d))?;
         let path = self.blob_path(d);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -548,6 +738,7 @@ impl Store {
         writeback: bool,
     ) -> Result<u64> {
         let stored = self.blob_path(d);
+        self.pending.wait(d, &stored)?;
         let stored_len = match fs::metadata(&stored) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -923,6 +1114,64 @@ mod tests {
             assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&data)));
             assert_eq!(store.read_blob(&r.digest).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn a_file_stored_later_is_read_and_recorded_only_once_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let path = dir.path().join("disk.raw");
+        let mut data = noise(b"later", 40 << 20);
+        data[8 << 20..16 << 20].fill(0);
+        fs::write(&path, &data).unwrap();
+        let mut tapped = 0usize;
+        let r = store
+            .put_file_keep_later(&path, &mut |b| tapped += b.len())
+            .unwrap();
+        assert_eq!(tapped, data.len(), "the tap saw every byte");
+        assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&data)));
+        assert!(!path.exists(), "moved to the session's plain copies");
+        assert_eq!(
+            fs::read(store.fresh_file(&r.digest).unwrap()).unwrap(),
+            data
+        );
+        // A read waits for the thread that writes the blob.
+        assert_eq!(store.read_blob(&r.digest).unwrap(), data);
+        assert!(store.has_blob(&r.digest));
+        let mut out = crate::StepOutput::default();
+        out.files.insert("disk.raw".into(), r.clone());
+        assert!(!store.is_pending(&out));
+        let key = crate::StepKey::from_hash(blake3::hash(b"step"));
+        store.record(&key, "disk", "disk", &out).unwrap();
+        assert!(store.lookup(&key).unwrap().is_some());
+
+        // Stored again later (another step made the same bytes): nothing is written twice.
+        fs::write(&path, &data).unwrap();
+        let again = store.put_file_keep_later(&path, &mut |_| {}).unwrap();
+        assert_eq!(again, r);
+        assert!(!store.is_pending(&out));
+    }
+
+    #[test]
+    fn a_dropped_store_waits_for_the_blobs_it_is_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cache");
+        let path = dir.path().join("fs.img");
+        let data = noise(b"drop", 48 << 20);
+        fs::write(&path, &data).unwrap();
+        let d = {
+            let store = Store::open(&root).unwrap();
+            store
+                .put_file_keep_later(&path, &mut |_| {})
+                .unwrap()
+                .digest
+        };
+        let store = Store::open(&root).unwrap();
+        assert_eq!(
+            store.read_blob(&d).unwrap(),
+            data,
+            "whole, under its digest"
+        );
     }
 
     #[test]

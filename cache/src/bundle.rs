@@ -101,6 +101,7 @@ impl Store {
             ..BundleStats::default()
         };
         for d in &blobs {
+            self.wait_pending(d)?;
             let path = self.blob_path(d);
             let file = File::open(&path).map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => StoreError::MissingBlob(*d),

@@ -501,6 +501,9 @@ impl Store {
         let mut rows = Vec::with_capacity(records.len());
         for (key, kind, name, output) in records {
             let blobs = self.output_blobs(output)?;
+            for f in output.files.values() {
+                self.wait_pending(&f.digest)?;
+            }
             let json = serde_json::to_string(output).expect("a step output always encodes");
             rows.push((key, kind, name, json, blobs));
         }

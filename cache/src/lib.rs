@@ -32,8 +32,11 @@
 //!   tmp/                     temporary files and scratch dirs, on the store's filesystem
 //!     session-XXXXXX/        one per open `Store`, holding its temp blobs and `tmp_dir`s;
 //!       fresh/ab…              plain copies of large blobs this session stored from files
-//!                              (`put_file_keep`), handed to the next step of the same build
-//!                              and moved to the output folder, never read by another session
+//!                              (`put_file_keep`, `put_file_keep_later`), handed to the next
+//!                              step of the same build and moved to the output folder, never
+//!                              read by another session; `put_file_keep_later` writes the
+//!                              blob from it on a thread of its own (a pending blob: `record`
+//!                              and reads wait for it, the session's end too)
 //!       .lock                  flock-ed while that `Store` lives; the folder is removed
 //!                              whole when it drops; a session whose lock is free (a killed
 //!                              build's), and any other entry older than an hour, is removed
@@ -537,6 +540,8 @@ pub struct Store {
     db: std::sync::Mutex<rusqlite::Connection>,
     /// Set when `open` found the index damaged and replaced it.
     index_reset: Option<IndexReset>,
+    /// Blobs a thread of this session is still writing (`put_file_keep_later`).
+    pending: std::sync::Arc<blob::PendingBlobs>,
 }
 
 // The executor shares one store across rayon workers.
@@ -566,6 +571,7 @@ impl Store {
             _session_lock: session_lock,
             db: std::sync::Mutex::new(db),
             index_reset,
+            pending: Default::default(),
         };
         // Best effort: a lock file a killed build left behind blocks nobody, but is litter.
         let _ = store.remove_stale_locks();
@@ -600,6 +606,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
+        self.wait_all_pending();
         tmp::end_session(&self.session);
     }
 }

@@ -413,6 +413,7 @@ impl Remote {
         if self.exists(&object)? {
             return Ok(None);
         }
+        store.wait_pending(d)?;
         let path = store.blob_path(d);
         let len = std::fs::metadata(&path)
             .map_err(|e| match e.kind() {

@@ -336,87 +336,116 @@ impl Executor<'_> {
                 return out;
             }
         };
-        let (tx, rx) = mpsc::channel::<(StepId, Result<Ran, StepError>, f64)>();
+        let (tx, rx) = mpsc::channel::<Message>();
         let mut running = 0usize;
-        pool.in_place_scope(|scope| loop {
-            while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
-                let Some(id) = ready.pop() else { break };
-                state[id] = State::Running;
-                let step = &plan.steps[id];
-                let inputs: Vec<StepOutput> =
-                    step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
-                let log = self.log_path(plan, id);
-                running += 1;
-                let tx = tx.clone();
-                scope.spawn(move |_| {
-                    let t = Instant::now();
-                    // Always answer, even if something panics (a reporter on a closed
-                    // terminal): the loop below waits for every step it started.
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        self.run_one(plan, id, inputs, log)
-                    }))
-                    .unwrap_or(Err(StepError::Internal("the step panicked")));
-                    let _ = tx.send((id, r, t.elapsed().as_secs_f64()));
-                });
-            }
-            if running == 0 {
-                break;
-            }
-            let Ok((id, result, seconds)) = rx.recv() else {
-                break;
-            };
-            running -= 1;
-            let step = &plan.steps[id];
-            match result {
-                Ok(ran) => {
-                    state[id] = State::Done;
-                    match ran {
-                        Ran::Built(o) => {
-                            uploads.send(&self.tiers.writable(), id, &o);
-                            out.outputs.insert(id, o);
-                            out.built.push(id);
-                            self.reporter.event(&Event::StepFinished {
-                                key: step.key.to_hex(),
-                                kind: step.kind().into(),
-                                label: step.label.clone(),
-                                seconds,
-                            });
-                        }
-                        Ran::Reused(o) => {
-                            out.outputs.insert(id, o);
-                            out.cached.push(id);
-                            self.reporter.event(&Event::StepCached {
-                                key: step.key.to_hex(),
-                                kind: step.kind().into(),
-                                label: step.label.clone(),
-                                source: CacheSource::Local,
-                                remote: None,
-                            });
-                        }
-                    }
-                    refresh_ready(plan, &state, &mut ready);
+        // Steps built whose record waits for their blobs (`Ran::Recording`).
+        let mut recording = 0usize;
+        std::thread::scope(|recorders| {
+            pool.in_place_scope(|scope| loop {
+                while running < self.jobs.max(1) && !self.cancel.load(Ordering::SeqCst) {
+                    let Some(id) = ready.pop() else { break };
+                    state[id] = State::Running;
+                    let step = &plan.steps[id];
+                    let inputs: Vec<StepOutput> =
+                        step.inputs.iter().map(|i| out.outputs[i].clone()).collect();
+                    let log = self.log_path(plan, id);
+                    running += 1;
+                    let tx = tx.clone();
+                    scope.spawn(move |_| {
+                        let t = Instant::now();
+                        // Always answer, even if something panics (a reporter on a closed
+                        // terminal): the loop below waits for every step it started.
+                        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.run_one(plan, id, inputs, log)
+                        }))
+                        .unwrap_or(Err(StepError::Internal("the step panicked")));
+                        let _ = tx.send(Message::Ran(id, r, t.elapsed().as_secs_f64()));
+                    });
                 }
-                Err(error) => {
-                    if self.heal(plan, id, &error, &mut healed, &mut state, &mut out, uploads) {
-                        refresh_ready(plan, &state, &mut ready);
+                if running == 0 && recording == 0 {
+                    break;
+                }
+                let Ok(message) = rx.recv() else {
+                    break;
+                };
+                let (id, result, seconds) = match message {
+                    Message::Ran(id, result, seconds) => {
+                        running -= 1;
+                        (id, result, seconds)
+                    }
+                    Message::Recorded(id, recorded) => {
+                        recording -= 1;
+                        match recorded {
+                            Ok(()) => {
+                                uploads.send(&self.tiers.writable(), id, &out.outputs[&id]);
+                            }
+                            Err(error) => {
+                                state[id] = State::Failed;
+                                out.built.retain(|&b| b != id);
+                                self.failed(plan, id, error, &mut out);
+                            }
+                        }
                         continue;
                     }
-                    state[id] = State::Failed;
-                    let log = self.log_path(plan, id);
-                    self.reporter.event(&Event::StepFailed {
-                        key: step.key.to_hex(),
-                        kind: step.kind().into(),
-                        label: step.label.clone(),
-                        error: error_lines(&error),
-                        log: log.clone(),
-                    });
-                    out.failed.push(Failure {
-                        step: id,
-                        error,
-                        log,
-                    });
+                };
+                let step = &plan.steps[id];
+                match result {
+                    Ok(ran) => {
+                        state[id] = State::Done;
+                        // A step still recording is uploaded once it is recorded.
+                        let (ran, upload) = match ran {
+                            Ran::Recording { output, lock, work } => {
+                                recording += 1;
+                                let tx = tx.clone();
+                                let o = output.clone();
+                                recorders.spawn(move || {
+                                    let r = self.record_later(plan, id, &o);
+                                    drop(lock);
+                                    drop(work);
+                                    let _ = tx.send(Message::Recorded(id, r));
+                                });
+                                (Ran::Built(output), false)
+                            }
+                            ran => (ran, true),
+                        };
+                        match ran {
+                            Ran::Built(o) | Ran::Recording { output: o, .. } => {
+                                if upload {
+                                    uploads.send(&self.tiers.writable(), id, &o);
+                                }
+                                out.outputs.insert(id, o);
+                                out.built.push(id);
+                                self.reporter.event(&Event::StepFinished {
+                                    key: step.key.to_hex(),
+                                    kind: step.kind().into(),
+                                    label: step.label.clone(),
+                                    seconds,
+                                });
+                            }
+                            Ran::Reused(o) => {
+                                out.outputs.insert(id, o);
+                                out.cached.push(id);
+                                self.reporter.event(&Event::StepCached {
+                                    key: step.key.to_hex(),
+                                    kind: step.kind().into(),
+                                    label: step.label.clone(),
+                                    source: CacheSource::Local,
+                                    remote: None,
+                                });
+                            }
+                        }
+                        refresh_ready(plan, &state, &mut ready);
+                    }
+                    Err(error) => {
+                        if self.heal(plan, id, &error, &mut healed, &mut state, &mut out, uploads) {
+                            refresh_ready(plan, &state, &mut ready);
+                            continue;
+                        }
+                        state[id] = State::Failed;
+                        self.failed(plan, id, error, &mut out);
+                    }
                 }
-            }
+            })
         });
         out.interrupted = self.cancel.load(Ordering::SeqCst);
         // Whatever did not run: it depended on a failure, or the build was interrupted.
@@ -627,9 +656,13 @@ impl Executor<'_> {
             .iter()
             .map(|&i| plan.steps[i].key.to_hex())
             .collect();
-        let result = self.build_one(step, inputs, input_keys, log)?;
-        drop(lock);
-        Ok(Ran::Built(result))
+        match self.build_one(step, inputs, input_keys, log)? {
+            (output, Some(work)) => Ok(Ran::Recording { output, lock, work }),
+            (output, None) => {
+                drop(lock);
+                Ok(Ran::Built(output))
+            }
+        }
     }
 
     fn build_one(
@@ -638,7 +671,7 @@ impl Executor<'_> {
         inputs: Vec<StepOutput>,
         input_keys: Vec<String>,
         log: PathBuf,
-    ) -> Result<StepOutput, StepError> {
+    ) -> Result<(StepOutput, Option<tempfile::TempDir>), StepError> {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(StepError::io(dir))?;
         }
@@ -660,18 +693,66 @@ impl Executor<'_> {
         if self.cancel.load(Ordering::SeqCst) {
             return Err(StepError::Invalid("interrupted".into()));
         }
+        if self.store.is_pending(&result) {
+            // Its large blobs are still being written: recorded once they are, while the
+            // steps that need it go on with its plain files.
+            return Ok((result, Some(work)));
+        }
         self.store
             .record(&step.key, step.kind(), &step.label, &result)?;
         drop(work);
-        Ok(result)
+        Ok((result, None))
+    }
+
+    /// Says that step `id` failed, and why, and where its log is.
+    fn failed(&self, plan: &Plan, id: StepId, error: StepError, out: &mut Outcome) {
+        let step = &plan.steps[id];
+        let log = self.log_path(plan, id);
+        self.reporter.event(&Event::StepFailed {
+            key: step.key.to_hex(),
+            kind: step.kind().into(),
+            label: step.label.clone(),
+            error: error_lines(&error),
+            log: log.clone(),
+        });
+        out.failed.push(Failure {
+            step: id,
+            error,
+            log,
+        });
+    }
+
+    /// Records a step built with blobs still being written (`Ran::Recording`), once they are:
+    /// on a thread of its own, while the build goes on. The step's lock is held until then.
+    fn record_later(&self, plan: &Plan, id: StepId, output: &StepOutput) -> Result<(), StepError> {
+        let step = &plan.steps[id];
+        self.store
+            .record(&step.key, step.kind(), &step.label, output)?;
+        Ok(())
     }
 }
 
 /// What running a step came to.
 enum Ran {
     Built(StepOutput),
+    /// Built, and its large blobs are still being written by threads of the store: the steps
+    /// that need it may start; it is recorded (and its lock and scratch folder let go) once
+    /// they are written.
+    Recording {
+        output: StepOutput,
+        lock: imgspec_cache::StepClaim,
+        work: tempfile::TempDir,
+    },
     /// Another process built it while this one waited for the step's lock.
     Reused(StepOutput),
+}
+
+/// What a thread of the build tells its loop.
+enum Message {
+    /// A step ran (its result, or why it failed), in so many seconds.
+    Ran(StepId, Result<Ran, StepError>, f64),
+    /// A `Ran::Recording` step was recorded, or could not be.
+    Recorded(StepId, Result<(), StepError>),
 }
 
 /// An error and its sources, one per line (`imgspec_cache::error_chain`'s long form): what a

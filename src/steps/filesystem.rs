@@ -150,7 +150,7 @@ impl FilesystemStep {
             }
         }
         // Kept as a plain file too: the disk step of this build copies it from there.
-        let r = ctx.store.put_file_keep(&img, &mut |_| {})?;
+        let r = ctx.store.put_file_keep_later(&img, &mut |_| {})?;
         let mut out = StepOutput::default();
         out.files.insert("fs.img".into(), r);
         Ok(out)

@@ -327,7 +327,7 @@ pub fn put_with_sha256(
     // Its writeback starts now, beside the hashing and compression. (A disk only converted to
     // another format is written back for nothing: disk time beside the CPU work, no wait.)
     imgspec_cache::start_file_writeback(path);
-    let (stored, sha) = sha256_beside(|tap| ctx.store.put_file_keep(path, tap))?;
+    let (stored, sha) = sha256_beside(|tap| ctx.store.put_file_keep_later(path, tap))?;
     Ok((stored?, sha))
 }
 
