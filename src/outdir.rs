@@ -155,7 +155,7 @@ pub fn materialise(
         && fresh.iter().all(|&f| f)
         && std::fs::read_to_string(&sums_path).ok().as_deref() == Some(sums.as_str())
     {
-        link_into_store(store, &files, dir);
+        link_into_store(store, &files, dir, &old);
         return Ok(written(&fresh));
     }
 
@@ -196,20 +196,29 @@ pub fn materialise(
     let tmp = state_path.with_extension("imgspec-tmp");
     std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &state_path).map_err(io(&state_path))?;
-    link_into_store(store, &files, dir);
+    link_into_store(store, &files, dir, &new);
     Ok(written(&fresh))
 }
 
-/// Lets the store take a hard link to each large file of the folder `dir` (they hold their
-/// blobs' bytes: each was checked or written just now, or matched its state), so that one
-/// deleted later comes back without a decompression (`Store::restore_linked`).
+/// Lets the store take a hard link to each large file of the folder `dir` that is still as
+/// `state` says (each held its blob's bytes then: checked or written in staging, or matched
+/// the state), so that one deleted later comes back without a decompression
+/// (`Store::restore_linked`).
 fn link_into_store(
     store: &Store,
     files: &[(&String, &imgspec_cache::FileRef, &StepOutput)],
     dir: &Path,
+    state: &State,
 ) {
     for (name, r, _) in files {
-        store.link_output(&r.digest, &dir.join(name));
+        let Some(st) = state
+            .files
+            .get(*name)
+            .filter(|st| st.digest == Some(r.digest))
+        else {
+            continue;
+        };
+        store.link_output(&r.digest, &dir.join(name), (st.ino, st.size, st.mtime_ns));
     }
 }
 

@@ -54,24 +54,16 @@ impl PendingBlobs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Marks `d` pending; false if it already was (or was written) in this session.
+    /// Marks `d` pending (its blob is not in the store); false if a thread is writing it
+    /// already. One written earlier in this session and removed since (a heal, a `gc`), or
+    /// whose write failed, is written again.
     fn start(&self, d: BlobDigest) -> bool {
-        use std::collections::hash_map::Entry;
-        match self.lock().entry(d) {
-            Entry::Vacant(v) => {
-                v.insert(None);
-                true
-            }
-            Entry::Occupied(mut o) => {
-                // A write that failed may be tried again.
-                if matches!(o.get(), Some(Err(_))) {
-                    o.insert(None);
-                    true
-                } else {
-                    false
-                }
-            }
+        let mut state = self.lock();
+        if matches!(state.get(&d), Some(None)) {
+            return false;
         }
+        state.insert(d, None);
+        true
     }
 
     fn finish(&self, d: BlobDigest, outcome: std::result::Result<(), String>) {

@@ -1,7 +1,7 @@
 //! Output files linked into the store: `linked-v1/`.
 //!
 //! When imgspec has put a large output file in `out/IMAGE/`, the store takes a hard link to it
-//! here, named by the blob's digest and the file's stamp: `<digest>-<inode>-<size>-<mtime ns>`.
+//! here, named by the blob's digest and the file's stamp: `<digest>_<inode>_<size>_<mtime ns>`.
 //! While the output file is there, that costs no byte (one inode, two names). A later build
 //! that finds the output deleted gets it back from here without decompressing or hashing the
 //! blob: linked back when nothing but the store holds the inode, copied (sparse, like
@@ -59,11 +59,11 @@ impl Stamp {
 }
 
 fn entry_name(d: &BlobDigest, s: &Stamp) -> String {
-    format!("{}-{}-{}-{}", d.to_hex(), s.ino, s.size, s.mtime_ns)
+    format!("{}_{}_{}_{}", d.to_hex(), s.ino, s.size, s.mtime_ns)
 }
 
 fn parse_name(name: &str) -> Option<(BlobDigest, Stamp)> {
-    let mut parts = name.split('-');
+    let mut parts = name.split('_');
     let digest = BlobDigest::parse_hex(parts.next()?)?;
     let stamp = Stamp {
         ino: parts.next()?.parse().ok()?,
@@ -73,11 +73,19 @@ fn parse_name(name: &str) -> Option<(BlobDigest, Stamp)> {
     parts.next().is_none().then_some((digest, stamp))
 }
 
+/// Whether `m` is a file only this process's user can change: a file a user owns (an output
+/// `chown`ed to boot it without root) could be rewritten and its mtime set back, and a link
+/// to it would hand those bytes to every folder that uses the cache.
+fn only_ours(m: &fs::Metadata) -> bool {
+    m.is_file() && m.uid() == crate::sys::euid() && m.mode() & 0o022 == 0
+}
+
 impl Entry {
-    /// The entry's metadata if its inode is still what its name says (a regular file).
+    /// The entry's metadata if its inode is still what its name says (a regular file only
+    /// this process's user can change).
     fn still_valid(&self) -> Option<fs::Metadata> {
         let m = fs::symlink_metadata(&self.path).ok()?;
-        (m.is_file() && Stamp::of(&m) == self.stamp).then_some(m)
+        (only_ours(&m) && Stamp::of(&m) == self.stamp).then_some(m)
     }
 }
 
@@ -106,14 +114,24 @@ impl Store {
     /// Takes a hard link to `path`, an output file that holds blob `d`'s bytes and that
     /// nothing writes to, so that [`Store::restore_linked`] can give it back once it is
     /// deleted. Only for a file whose content is known to be `d` (written from the blob, or
-    /// hashed as it was stored) and on the store's filesystem; otherwise, or for a small file,
-    /// nothing is done. Other entries of `d` are removed: one per blob. Best effort: a failure
-    /// only costs the next restore its decompression.
-    pub fn link_output(&self, d: &BlobDigest, path: &Path) {
+    /// hashed as it was stored) while its inode, size and mtime were `known`: a file that
+    /// shows others now (written to since) is not linked, nor one on another filesystem, a
+    /// small one, or one another user could change. Other entries of `d` are removed: one per
+    /// blob. Best effort: a failure only costs the next restore its decompression.
+    pub fn link_output(&self, d: &BlobDigest, path: &Path, known: (u64, u64, i128)) {
         let Ok(m) = fs::symlink_metadata(path) else {
             return;
         };
-        if !m.is_file() || m.len() < LINK_FROM {
+        let (ino, size, mtime_ns) = known;
+        if !only_ours(&m)
+            || m.len() < LINK_FROM
+            || Stamp::of(&m)
+                != (Stamp {
+                    ino,
+                    size,
+                    mtime_ns,
+                })
+        {
             return;
         }
         let name = entry_name(d, &Stamp::of(&m));
@@ -148,9 +166,11 @@ impl Store {
             if m.nlink() == 1 && fs::hard_link(&e.path, dest).is_ok() {
                 return true;
             }
+            // Another name shares the inode (a file moved out of `out/`): copied, and the copy
+            // kept only if nothing wrote to the inode meanwhile.
             match copy_sparse(&e.path, dest, m.len()) {
-                Ok(()) => return true,
-                Err(_) => {
+                Ok(()) if e.still_valid().is_some() => return true,
+                _ => {
                     let _ = fs::remove_file(dest);
                 }
             }
@@ -248,6 +268,7 @@ fn copy_sparse(src: &Path, dest: &Path, len: u64) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -265,6 +286,11 @@ mod tests {
         store.put_file(path).unwrap().digest
     }
 
+    fn stamp(path: &Path) -> (u64, u64, i128) {
+        let s = Stamp::of(&fs::symlink_metadata(path).unwrap());
+        (s.ino, s.size, s.mtime_ns)
+    }
+
     fn entries(store: &Store) -> usize {
         store.linked_entries().len()
     }
@@ -275,8 +301,8 @@ mod tests {
         let out = dir.path().join("disk.raw");
         let d = output(&store, &out);
         let bytes = fs::read(&out).unwrap();
-        store.link_output(&d, &out);
-        store.link_output(&d, &out);
+        store.link_output(&d, &out, stamp(&out));
+        store.link_output(&d, &out, stamp(&out));
         assert_eq!(entries(&store), 1, "one entry, however often linked");
         assert_eq!(
             store.linked_usage(),
@@ -317,7 +343,7 @@ mod tests {
         let (dir, store) = store();
         let out = dir.path().join("disk.raw");
         let d = output(&store, &out);
-        store.link_output(&d, &out);
+        store.link_output(&d, &out, stamp(&out));
         // A VM booted from it writes to it: its mtime moves on.
         std::thread::sleep(std::time::Duration::from_millis(20));
         {
@@ -339,7 +365,7 @@ mod tests {
         let (dir, store) = store();
         let out = dir.path().join("disk.raw");
         let d = output(&store, &out);
-        store.link_output(&d, &out);
+        store.link_output(&d, &out, stamp(&out));
         assert_eq!(store.drop_unlinked_outputs().0, 0, "still an output's");
         assert_eq!(store.verify_linked(), (1, 0));
         fs::remove_file(&out).unwrap();
@@ -351,9 +377,40 @@ mod tests {
         let other = dir.path().join("other.raw");
         output(&store, &other);
         fs::write(&other, vec![1u8; 2 << 20]).unwrap();
-        store.link_output(&d, &other);
+        store.link_output(&d, &other, stamp(&other));
         assert_eq!(store.verify_linked(), (1, 1));
         assert_eq!(entries(&store), 0);
+    }
+
+    #[test]
+    fn a_file_another_user_could_change_is_not_linked() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: chown needs root");
+            return;
+        }
+        let (dir, store) = store();
+        let out = dir.path().join("disk.raw");
+        let d = output(&store, &out);
+        std::os::unix::fs::chown(&out, Some(4242), None).unwrap();
+        store.link_output(&d, &out, stamp(&out));
+        assert_eq!(entries(&store), 0, "owned by another user");
+        std::os::unix::fs::chown(&out, Some(0), None).unwrap();
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o666)).unwrap();
+        store.link_output(&d, &out, stamp(&out));
+        assert_eq!(entries(&store), 0, "writable by others");
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o644)).unwrap();
+        let before = stamp(&out);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&out)
+            .unwrap()
+            .write_all_at(b"x", 0)
+            .unwrap();
+        store.link_output(&d, &out, before);
+        assert_eq!(entries(&store), 0, "written to since it was known");
+        store.link_output(&d, &out, stamp(&out));
+        assert_eq!(entries(&store), 1);
     }
 
     #[test]
@@ -366,7 +423,12 @@ mod tests {
         };
         assert_eq!(parse_name(&entry_name(&d, &s)), Some((d, s)));
         assert_eq!(parse_name("README"), None);
-        assert_eq!(parse_name(&format!("{}-1-2", d.to_hex())), None);
-        assert_eq!(parse_name(&format!("{}-1-2-3-4", d.to_hex())), None);
+        assert_eq!(parse_name(&format!("{}_1_2", d.to_hex())), None);
+        assert_eq!(parse_name(&format!("{}_1_2_3_4", d.to_hex())), None);
+        let before_1970 = Stamp { mtime_ns: -5, ..s };
+        assert_eq!(
+            parse_name(&entry_name(&d, &before_1970)),
+            Some((d, before_1970))
+        );
     }
 }

@@ -377,11 +377,14 @@ impl Executor<'_> {
                         recording -= 1;
                         match recorded {
                             Ok(()) => {
-                                uploads.send(&self.tiers.writable(), id, &out.outputs[&id]);
+                                if let Some(o) = out.outputs.get(&id) {
+                                    uploads.send(&self.tiers.writable(), id, o);
+                                }
                             }
                             Err(error) => {
                                 state[id] = State::Failed;
                                 out.built.retain(|&b| b != id);
+                                out.outputs.remove(&id);
                                 self.failed(plan, id, error, &mut out);
                             }
                         }
@@ -399,7 +402,12 @@ impl Executor<'_> {
                                 let tx = tx.clone();
                                 let o = output.clone();
                                 recorders.spawn(move || {
-                                    let r = self.record_later(plan, id, &o);
+                                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                                        || self.record_later(plan, id, &o),
+                                    ))
+                                    .unwrap_or(Err(
+                                        StepError::Internal("recording the step panicked"),
+                                    ));
                                     drop(lock);
                                     drop(work);
                                     let _ = tx.send(Message::Recorded(id, r));
@@ -448,6 +456,15 @@ impl Executor<'_> {
             })
         });
         out.interrupted = self.cancel.load(Ordering::SeqCst);
+        // A step whose record failed after the steps that need it had started (`Ran::Recording`):
+        // what was built on it is not a result of this build, and no image is written from it.
+        let mut bad: BTreeSet<StepId> = out.failed.iter().map(|f| f.step).collect();
+        for (i, step) in plan.steps.iter().enumerate() {
+            if step.inputs.iter().any(|d| bad.contains(d)) {
+                bad.insert(i);
+                out.outputs.remove(&i);
+            }
+        }
         // Whatever did not run: it depended on a failure, or the build was interrupted.
         let left: Vec<StepId> = (0..plan.steps.len())
             .filter(|&i| matches!(state[i], State::Needed))
