@@ -188,6 +188,15 @@ pub fn materialise(
     sync_dir(&staging.path)?;
     staging.swap_into(dir)?;
     sync_dir(parent)?;
+    // The old folder goes now, and with it the store's links to the files it replaced.
+    drop(staging);
+    for (name, st) in &old.files {
+        let Some(d) = st.digest else { continue };
+        if new.files.get(name).is_some_and(|n| n.ino == st.ino) {
+            continue;
+        }
+        store.unlink_output(&d, (st.ino, st.size, st.mtime_ns));
+    }
     // After the swap: a state that is lost or stale only costs the next build a rewrite.
     let bytes = serde_json::to_vec_pretty(&new).unwrap_or_default();
     if let Some(d) = state_path.parent() {

@@ -150,6 +150,26 @@ impl Store {
         }
     }
 
+    /// Forgets the link to an output file that its folder no longer has (replaced by a newer
+    /// build's), named by the digest and the stamp it had there, unless another name still
+    /// holds the inode (a file moved away from `out/`, which a restore then copies): else every
+    /// replaced output's bytes would stay in the store until `gc`.
+    pub fn unlink_output(&self, d: &BlobDigest, known: (u64, u64, i128)) {
+        let (ino, size, mtime_ns) = known;
+        let name = entry_name(
+            d,
+            &Stamp {
+                ino,
+                size,
+                mtime_ns,
+            },
+        );
+        let path = self.linked_dir().join(name);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.nlink() == 1) {
+            let _ = fs::remove_file(&path);
+        }
+    }
+
     /// Writes blob `d` to the new file `dest` from its linked output file, if there is one
     /// still as it was linked: a hard link when only the store holds that inode, else a sparse
     /// copy, synced. True if `dest` now holds the blob's bytes; false (and no `dest`) if there

@@ -469,6 +469,21 @@ fn a_deleted_output_comes_back_from_the_cache_s_link_and_one_written_to_from_its
         "{v}"
     );
 
+    // Replaced by a new build: the store lets go of the old file's link (else it would keep a
+    // whole disk per rebuild until gc).
+    let old = std::fs::metadata(&raw).unwrap().ino();
+    w.write("overlay/etc/motd", "changed\n");
+    w.run(&["build", "heal.kdl"]).ok();
+    assert_ne!(sha256(&raw), sum, "a new disk");
+    let links = linked_inodes(&w);
+    let now = std::fs::metadata(&raw).unwrap().ino();
+    assert!(links.contains(&now), "the new disk is linked: {links:?}");
+    assert!(
+        !links.contains(&old),
+        "the replaced disk's link is gone: {links:?}"
+    );
+    assert_eq!(links.len(), linked, "{links:?}");
+
     // Once no output folder has them, gc removes them.
     std::fs::remove_dir_all(w.path("out")).unwrap();
     std::fs::remove_file(&moved).unwrap();
