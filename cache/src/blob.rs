@@ -120,6 +120,8 @@ fn hash_update(h: &mut blake3::Hasher, data: &[u8]) {
 /// and a copy each.
 struct SparseFile {
     file: File,
+    /// Where in the file the bytes read start: positions below are relative to it.
+    base: u64,
     pos: u64,
     len: u64,
     /// The current region `[pos, end)` and whether it is a hole.
@@ -129,8 +131,14 @@ struct SparseFile {
 
 impl SparseFile {
     fn new(file: File, len: u64) -> SparseFile {
+        SparseFile::range(file, 0, len)
+    }
+
+    /// The `len` bytes of `file` from `base` on.
+    fn range(file: File, base: u64, len: u64) -> SparseFile {
         SparseFile {
             file,
+            base,
             pos: 0,
             len,
             end: 0,
@@ -143,7 +151,11 @@ impl SparseFile {
     fn region(&self) -> (u64, bool) {
         use std::os::fd::AsRawFd;
         let fd = self.file.as_raw_fd();
-        let Ok(at) = libc::off_t::try_from(self.pos) else {
+        let Some(at) = self
+            .base
+            .checked_add(self.pos)
+            .and_then(|a| libc::off_t::try_from(a).ok())
+        else {
             return (self.len, false);
         };
         // SAFETY: lseek on a descriptor we own; it only moves the file offset, which this
@@ -156,7 +168,7 @@ impl SparseFile {
                 (self.len, false)
             };
         }
-        let data = data as u64;
+        let data = (data as u64).saturating_sub(self.base);
         if data > self.pos {
             return (data.min(self.len), true);
         }
@@ -165,7 +177,12 @@ impl SparseFile {
         if hole < 0 {
             return (self.len, false);
         }
-        ((hole as u64).clamp(self.pos + 1, self.len), false)
+        (
+            (hole as u64)
+                .saturating_sub(self.base)
+                .clamp(self.pos + 1, self.len),
+            false,
+        )
     }
 }
 
@@ -184,7 +201,7 @@ impl Read for SparseFile {
             buf[..n].fill(0);
             n
         } else {
-            self.file.read_at(&mut buf[..n], self.pos)?
+            self.file.read_at(&mut buf[..n], self.base + self.pos)?
         };
         if n == 0 {
             return Err(io::Error::other("file shrank while it was being stored"));
@@ -200,6 +217,15 @@ pub(crate) fn digest_of_file(path: &Path) -> io::Result<BlobDigest> {
     let file = File::open(path)?;
     let len = file.metadata()?.len();
     Ok(hash_all(&mut SparseFile::new(file, len), &mut |_| {})?.0)
+}
+
+/// The name of a plain copy of blob `d` in a session's `fresh/`: its digest, and `@OFFSET` for
+/// a range of a larger file (`None` for a whole file).
+fn fresh_name(d: &BlobDigest, range_at: Option<u64>) -> String {
+    match range_at {
+        None => d.to_hex(),
+        Some(offset) => format!("{}@{offset}", d.to_hex()),
+    }
 }
 
 /// Where the blob `d` lives under the blob folder `blobs`: `ab/cdef…`.
@@ -399,15 +425,38 @@ impl Store {
     /// is theirs; [`Store::is_pending`] tells. A file under 32 MiB, or one that cannot be
     /// moved, is stored at once.
     pub fn put_file_keep_later(&self, path: &Path, tap: &mut dyn FnMut(&[u8])) -> Result<FileRef> {
-        let file = File::open(path).map_err(StoreError::io(path))?;
-        let size = file.metadata().map_err(StoreError::io(path))?.len();
+        let size = fs::metadata(path).map_err(StoreError::io(path))?.len();
         if size < MULTITHREAD_FROM {
-            drop(file);
             return self.put_file_keep(path, tap);
         }
+        self.put_range_keep_later(path, 0, size, tap)
+    }
+
+    /// Like [`Store::put_file_keep_later`] for the `len` bytes of the file `path` from
+    /// `offset` on (a filesystem made in place in a disk file): the blob holds those bytes,
+    /// and with an offset the plain copy is a range of the file, which
+    /// [`Store::take_fresh_range`] hands to the one step that may fill the rest of it.
+    pub fn put_range_keep_later(
+        &self,
+        path: &Path,
+        offset: u64,
+        len: u64,
+        tap: &mut dyn FnMut(&[u8]),
+    ) -> Result<FileRef> {
+        let file = File::open(path).map_err(StoreError::io(path))?;
+        let file_len = file.metadata().map_err(StoreError::io(path))?.len();
+        if offset.checked_add(len).is_none_or(|e| e > file_len) {
+            return Err(StoreError::Io {
+                path: path.to_path_buf(),
+                source: io::Error::other(format!(
+                    "{len} bytes from {offset} on do not fit in its {file_len}"
+                )),
+            });
+        }
+        let size = len;
         let reader = file.try_clone().map_err(StoreError::io(path))?;
-        let (digest, read) =
-            hash_all(&mut SparseFile::new(reader, size), tap).map_err(StoreError::io(path))?;
+        let (digest, read) = hash_all(&mut SparseFile::range(reader, offset, size), tap)
+            .map_err(StoreError::io(path))?;
         if read != size {
             return Err(StoreError::Io {
                 path: path.to_path_buf(),
@@ -416,14 +465,22 @@ impl Store {
         }
         let r = FileRef { digest, size };
         let fresh_dir = self.session.join(FRESH_DIR);
-        let fresh = fresh_dir.join(r.digest.to_hex());
+        let whole = offset == 0 && size == file_len;
+        let fresh = fresh_dir.join(fresh_name(&r.digest, (!whole).then_some(offset)));
         let kept = fs::create_dir_all(&fresh_dir)
             .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o444)))
             .and_then(|()| fs::rename(path, &fresh));
         if kept.is_err() {
             // No plain copy to hand on: stored now, as `put_file` would.
-            let stored = self.put_open_file(file, path)?;
-            return Ok(stored);
+            let w = write_blob_in(
+                &self.session,
+                &self.blobs,
+                &mut SparseFile::range(file, offset, size),
+                Some(size),
+                path,
+                None,
+            )?;
+            return Ok(w);
         }
         if self.has_blob(&r.digest) || !self.pending.start(r.digest) {
             return Ok(r); // already stored, or being stored by another step of this session
@@ -442,7 +499,7 @@ impl Store {
                 write_blob_in(
                     &session,
                     &blobs,
-                    &mut SparseFile::new(file, size),
+                    &mut SparseFile::range(file, offset, size),
                     Some(size),
                     &fresh,
                     None,
@@ -509,6 +566,32 @@ impl Store {
         }
         let _ = fs::set_permissions(dest, fs::Permissions::from_mode(0o644));
         true
+    }
+
+    /// Moves this session's plain copy of blob `d` that is a range of a larger file (made by
+    /// [`Store::put_range_keep_later`] with an offset) to `dest`, and returns the offset: the
+    /// caller owns that file now and may write outside the range, never inside it (a thread
+    /// may still be reading the range to store the blob). One caller gets it; the others, and
+    /// readers of `d`, use the blob.
+    pub fn take_fresh_range(&self, d: &BlobDigest, dest: &Path) -> Option<u64> {
+        let dir = self.session.join(FRESH_DIR);
+        let prefix = format!("{}@", d.to_hex());
+        for e in fs::read_dir(&dir).ok()?.flatten() {
+            let name = e.file_name();
+            let Some(offset) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|o| o.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if fs::rename(e.path(), dest).is_ok() {
+                // Writable again for its new owner (outside the range).
+                let _ = fs::set_permissions(dest, fs::Permissions::from_mode(0o644));
+                return Some(offset);
+            }
+        }
+        None
     }
 
     fn put_open_file(&self, mut file: File, path: &Path) -> Result<FileRef> {
@@ -1142,6 +1225,48 @@ mod tests {
         let again = store.put_file_keep_later(&path, &mut |_| {}).unwrap();
         assert_eq!(again, r);
         assert!(!store.is_pending(&out));
+    }
+
+    #[test]
+    fn a_range_of_a_file_is_stored_and_its_file_handed_to_one_taker() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("cache")).unwrap();
+        let path = dir.path().join("disk.raw");
+        let (offset, len) = (3u64 << 20, 36u64 << 20);
+        let mut range = noise(b"range", len as usize);
+        range[4 << 20..12 << 20].fill(0);
+        let f = File::create(&path).unwrap();
+        f.set_len(offset + len + (2 << 20)).unwrap();
+        f.write_all_at(&range[..4 << 20], offset).unwrap();
+        f.write_all_at(&range[12 << 20..], offset + (12 << 20))
+            .unwrap();
+        f.write_all_at(b"outside", 1 << 20).unwrap();
+        drop(f);
+        let r = store
+            .put_range_keep_later(&path, offset, len, &mut |_| {})
+            .unwrap();
+        assert_eq!(r.digest, BlobDigest::from_hash(blake3::hash(&range)));
+        assert_eq!(r.size, len);
+        assert!(
+            store.fresh_file(&r.digest).is_none(),
+            "not a plain copy of the blob"
+        );
+        let taken = dir.path().join("taken.raw");
+        assert_eq!(store.take_fresh_range(&r.digest, &taken), Some(offset));
+        assert_eq!(
+            store.take_fresh_range(&r.digest, &dir.path().join("b")),
+            None
+        );
+        // The taker writes outside the range while the blob may still be written from it.
+        let f = fs::OpenOptions::new().write(true).open(&taken).unwrap();
+        f.write_all_at(b"mine", 0).unwrap();
+        drop(f);
+        assert_eq!(store.read_blob(&r.digest).unwrap(), range);
+        // A range past the end is refused.
+        assert!(store
+            .put_range_keep_later(&taken, offset, 40 << 20, &mut |_| {})
+            .is_err());
     }
 
     #[test]

@@ -37,6 +37,9 @@
 //!                              read by another session; `put_file_keep_later` writes the
 //!                              blob from it on a thread of its own (a pending blob: `record`
 //!                              and reads wait for it, the session's end too)
+//!       fresh/ab…@OFFSET       a blob that is a range of a larger file (a filesystem made in
+//!                              place in a disk: `put_range_keep_later`), taken whole by one
+//!                              step (`take_fresh_range`), which writes only outside the range
 //!       .lock                  flock-ed while that `Store` lives; the folder is removed
 //!                              whole when it drops; a session whose lock is free (a killed
 //!                              build's), and any other entry older than an hour, is removed

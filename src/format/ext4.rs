@@ -65,6 +65,18 @@ pub struct Ext4Params {
     pub epoch: i64,
 }
 
+/// Where in a larger file the filesystem is made (`-E offset=`): the disk file, so that the
+/// disk step finds it in place and copies nothing. The filesystem's bytes are the same as in a
+/// file of its own (mke2fs writes nothing outside `[offset, offset + size)`; measured with
+/// 1.47: the range compares equal and the rest stays holes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    /// Bytes before the filesystem; a multiple of [`BLOCK_SIZE`].
+    pub offset: u64,
+    /// The whole file's length, at least `offset` + the filesystem's size.
+    pub file_len: u64,
+}
+
 /// The private `mke2fs.conf` that replaces the host's.
 pub fn mke2fs_conf() -> String {
     format!(
@@ -123,11 +135,29 @@ pub fn check_mke2fs_version(version: &str) -> Result<(), FormatError> {
     Ok(())
 }
 
-fn check_params(source: Option<&Path>, out: &Path, p: &Ext4Params) -> Result<(), FormatError> {
+fn check_params(
+    source: Option<&Path>,
+    out: &Path,
+    p: &Ext4Params,
+    place: Option<Place>,
+) -> Result<(), FormatError> {
     let bad = |reason: String| FormatError::Ext4Params {
         out: out.to_path_buf(),
         reason,
     };
+    if let Some(pl) = place {
+        let fits = pl
+            .offset
+            .checked_add(p.size)
+            .is_some_and(|e| e <= pl.file_len);
+        if pl.offset % BLOCK_SIZE != 0 || !fits {
+            return Err(bad(format!(
+                "offset {} is not a multiple of the {BLOCK_SIZE}-byte block, or the {}-byte \
+                 filesystem does not fit in the {}-byte file from there",
+                pl.offset, p.size, pl.file_len
+            )));
+        }
+    }
     if p.size == 0 || p.size % BLOCK_SIZE != 0 {
         return Err(bad(format!(
             "size {} is not a positive multiple of the {BLOCK_SIZE}-byte block",
@@ -158,23 +188,32 @@ fn check_params(source: Option<&Path>, out: &Path, p: &Ext4Params) -> Result<(),
 
 /// The `mkfs.ext4` command line for `out` (the config file at `conf`); the source is `-`, a tar
 /// stream on standard input, when `None`.
-fn mkfs_cmd(source: Option<&Path>, out: &Path, p: &Ext4Params, conf: &Path) -> Cmd {
+fn mkfs_cmd(
+    source: Option<&Path>,
+    out: &Path,
+    p: &Ext4Params,
+    place: Option<Place>,
+    conf: &Path,
+) -> Cmd {
+    let offset = place.map_or(String::new(), |pl| format!(",offset={}", pl.offset));
     let mut cmd = Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-T", "default", "-b", "4096", "-I", "256"])
         .arg("-U")
         .arg(p.uuid.to_string())
         .arg("-E")
         .arg(format!(
-            "hash_seed={},root_owner=0:0,nodiscard,assume_storage_prezeroed=1",
+            "hash_seed={},root_owner=0:0,nodiscard,assume_storage_prezeroed=1{offset}",
             p.hash_seed
         ));
     if !p.label.is_empty() {
         cmd = cmd.arg("-L").arg(&p.label);
     }
-    cmd.arg("-d")
-        .arg(source.unwrap_or(Path::new("-")))
-        .arg(out)
-        .env("MKE2FS_CONFIG", conf)
+    cmd = cmd.arg("-d").arg(source.unwrap_or(Path::new("-"))).arg(out);
+    if place.is_some() {
+        // In a larger file the size is not the file's: given in blocks.
+        cmd = cmd.arg((p.size / BLOCK_SIZE).to_string());
+    }
+    cmd.env("MKE2FS_CONFIG", conf)
         .env("SOURCE_DATE_EPOCH", p.epoch.to_string())
         .env("E2FSPROGS_FAKE_TIME", p.epoch.to_string())
 }
@@ -188,24 +227,26 @@ pub fn mkfs_ext4(
     out: &Path,
     p: &Ext4Params,
 ) -> Result<(), FormatError> {
-    check_params(Some(source), out, p)?;
-    mkfs(runner, log, Some(source), out, p, None).map_err(|e| match e {
+    check_params(Some(source), out, p, None)?;
+    mkfs(runner, log, Some(source), out, p, None, None).map_err(|e| match e {
         Failure::Format(e) => e,
         Failure::Run(err) => mkfs_error(source, out, err),
     })
 }
 
 /// Like [`mkfs_ext4`], from the tar stream `feed` writes (`mkfs.ext4 -d -`), while it reads it:
-/// the same image as from that tar file, with no file in between.
+/// the same image as from that tar file, with no file in between. With `place`, `out` is made
+/// `place.file_len` bytes long and the filesystem goes at `place.offset` (the rest stays holes).
 pub fn mkfs_ext4_fed(
     runner: &dyn Runner,
     log: &Path,
     out: &Path,
     p: &Ext4Params,
+    place: Option<Place>,
     feed: crate::runner::Feed<'_>,
 ) -> Result<(), FormatError> {
-    check_params(None, out, p)?;
-    mkfs(runner, log, None, out, p, Some(feed)).map_err(|e| match e {
+    check_params(None, out, p, place)?;
+    mkfs(runner, log, None, out, p, place, Some(feed)).map_err(|e| match e {
         Failure::Format(e) => e,
         Failure::Run(err) => mkfs_error(Path::new("-"), out, err),
     })
@@ -222,6 +263,7 @@ fn mkfs(
     source: Option<&Path>,
     out: &Path,
     p: &Ext4Params,
+    place: Option<Place>,
     feed: Option<crate::runner::Feed<'_>>,
 ) -> Result<(), Failure> {
     check_mke2fs_version(&mke2fs_version(runner, log).map_err(Failure::Format)?)
@@ -235,8 +277,8 @@ fn mkfs(
     let conf: PathBuf = confdir.path().join("mke2fs.conf");
     std::fs::write(&conf, mke2fs_conf())
         .map_err(|e| Failure::Format(FormatError::io("write", &conf)(e)))?;
-    create_sparse(out, p.size).map_err(Failure::Format)?;
-    let cmd = mkfs_cmd(source, out, p, &conf);
+    create_sparse(out, place.map_or(p.size, |pl| pl.file_len)).map_err(Failure::Format)?;
+    let cmd = mkfs_cmd(source, out, p, place, &conf);
     let result = match feed {
         Some(feed) => runner.run_fed(&cmd, log, feed),
         None => runner.run(&cmd, log),
@@ -534,10 +576,40 @@ mod tests {
         // The same tar streamed in while mkfs reads it gives the same image.
         let c = dir.path().join("c.ext4");
         let bytes = std::fs::read(&tar).unwrap();
-        mkfs_ext4_fed(&HostRunner, &log, &c, &p, &mut |w| w.write_all(&bytes)).unwrap();
+        mkfs_ext4_fed(&HostRunner, &log, &c, &p, None, &mut |w| {
+            w.write_all(&bytes)
+        })
+        .unwrap();
         assert_eq!(sha(&a), sha(&c));
+        // Made at an offset of a larger file (a disk): the same bytes there, holes around.
+        let d = dir.path().join("disk");
+        let place = Place {
+            offset: 3 << 20,
+            file_len: p.size + (5 << 20),
+        };
+        mkfs_ext4_fed(&HostRunner, &log, &d, &p, Some(place), &mut |w| {
+            w.write_all(&bytes)
+        })
+        .unwrap();
+        let disk = std::fs::read(&d).unwrap();
+        assert_eq!(disk.len() as u64, place.file_len);
+        let range = place.offset as usize..(place.offset + p.size) as usize;
+        assert!(disk[range.clone()] == std::fs::read(&a).unwrap()[..]);
+        assert!(disk[..range.start]
+            .iter()
+            .chain(&disk[range.end..])
+            .all(|&b| b == 0));
+        let bad = Place {
+            offset: 3 << 20,
+            file_len: p.size,
+        };
+        assert!(matches!(
+            mkfs_ext4_fed(&HostRunner, &log, &d, &p, Some(bad), &mut |w| w
+                .write_all(&bytes)),
+            Err(FormatError::Ext4Params { .. })
+        ));
         // A stream cut short with an error fails even where mkfs took what came.
-        let cut = mkfs_ext4_fed(&HostRunner, &log, &c, &p, &mut |w| {
+        let cut = mkfs_ext4_fed(&HostRunner, &log, &c, &p, None, &mut |w| {
             w.write_all(&bytes[..bytes.len() / 2])?;
             Err(std::io::Error::other("the tree could not be read"))
         });

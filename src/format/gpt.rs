@@ -101,6 +101,30 @@ pub fn write_disk(
     disk_guid: Guid,
     contents: &[Option<&Path>],
 ) -> Result<(), FormatError> {
+    write_disk_with(out, layout, disk_guid, contents, None).map(|_| ())
+}
+
+/// Like [`write_disk`], around partition `in_place`, whose content the existing file `out`
+/// already holds at its offset (a filesystem made there): the rest is written as
+/// [`write_disk`] would, so the disk has the same bytes. False (and `out` untouched) if `out`
+/// is not the disk's size or holds data outside that partition, which a new disk would not.
+pub fn write_disk_around(
+    out: &Path,
+    layout: &Layout,
+    disk_guid: Guid,
+    contents: &[Option<&Path>],
+    in_place: usize,
+) -> Result<bool, FormatError> {
+    write_disk_with(out, layout, disk_guid, contents, Some(in_place))
+}
+
+fn write_disk_with(
+    out: &Path,
+    layout: &Layout,
+    disk_guid: Guid,
+    contents: &[Option<&Path>],
+    in_place: Option<usize>,
+) -> Result<bool, FormatError> {
     let (start, end) = partition_area(layout.disk_size)?;
     if contents.len() != layout.partitions.len() {
         return Err(FormatError::ContentCount {
@@ -167,7 +191,36 @@ pub fn write_disk(
         array_crc,
     );
 
-    let disk = create_sparse(out, layout.disk_size)?;
+    let disk = match in_place {
+        None => create_sparse(out, layout.disk_size)?,
+        Some(n) => {
+            let p = layout
+                .partitions
+                .get(n)
+                .filter(|_| contents.get(n).is_some_and(|c| c.is_none()))
+                .ok_or(FormatError::ContentCount {
+                    expected: layout.partitions.len(),
+                    got: contents.len(),
+                })?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(out)
+                .map_err(FormatError::io("open", out))?;
+            let len = f
+                .metadata()
+                .map_err(FormatError::io("read the size of", out))?
+                .len();
+            let range = (p.offset_bytes, p.offset_bytes + p.size_bytes);
+            let outside = data_ranges(&f, len)
+                .into_iter()
+                .any(|(a, b)| a < range.0 || b > range.1);
+            if len != layout.disk_size || outside {
+                return Ok(false);
+            }
+            f
+        }
+    };
     let write = |bytes: &[u8], lba: u64| {
         disk.write_all_at(bytes, lba * SECTOR)
             .map_err(FormatError::io("write the partition table of", out))
@@ -180,7 +233,7 @@ pub fn write_disk(
     for (src, path, offset, size) in sources {
         copy_sparse(&src, path, size, &disk, out, offset)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Puts `code` (at most 440 bytes, zero-padded) into the MBR boot code area of the disk `out`,
@@ -334,6 +387,44 @@ mod tests {
         )
         .unwrap();
         l
+    }
+
+    #[test]
+    fn a_disk_written_around_a_filesystem_in_place_is_the_same_as_one_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = dir.path().join("whole.raw");
+        let l = write_sample(dir.path(), &whole);
+        let esp = dir.path().join("esp.img");
+        let guid = derive_guid(&SEED, "disk");
+        // The root's content made in place in a disk-sized file (as `mkfs -E offset=` does).
+        let root = &l.partitions[1];
+        let placed = dir.path().join("placed.raw");
+        let f = File::create(&placed).unwrap();
+        f.set_len(l.disk_size).unwrap();
+        f.write_all_at(b"ROOT", root.offset_bytes + 10 * MIB)
+            .unwrap();
+        drop(f);
+        assert!(write_disk_around(&placed, &l, guid, &[Some(&esp), None], 1).unwrap());
+        assert!(std::fs::read(&placed).unwrap() == std::fs::read(&whole).unwrap());
+
+        // A file with data outside that partition, or of another size, is not used.
+        let other = dir.path().join("other.raw");
+        let f = File::create(&other).unwrap();
+        f.set_len(l.disk_size).unwrap();
+        f.write_all_at(b"x", 40 * 512).unwrap();
+        drop(f);
+        let before = std::fs::read(&other).unwrap();
+        assert!(!write_disk_around(&other, &l, guid, &[Some(&esp), None], 1).unwrap());
+        assert!(std::fs::read(&other).unwrap() == before, "left untouched");
+        File::options()
+            .write(true)
+            .open(&other)
+            .unwrap()
+            .set_len(MIB)
+            .unwrap();
+        assert!(!write_disk_around(&other, &l, guid, &[Some(&esp), None], 1).unwrap());
+        // The partition in place must not also have a content file.
+        assert!(write_disk_around(&placed, &l, guid, &[Some(&esp), Some(&esp)], 1).is_err());
     }
 
     #[test]

@@ -234,11 +234,30 @@ impl Builder<'_> {
             }
             let mut fs_inputs = Vec::new();
             let mut contents = Vec::new();
+            // A partition image set needs the root filesystem, not the disk.
+            let whole_disk = image.outputs.iter().any(|o| o.whole_disk());
+            let partition_image = image.outputs.contains(&OutputFormat::Partition);
+            // The largest ext4 filesystem is made in place in a disk-sized file, which the disk
+            // step takes as the disk: its bytes are written once (not for a partition image
+            // set, which converts the filesystem alone).
+            let placed = (whole_disk && !partition_image)
+                .then(|| {
+                    (0..disk.partitions.len())
+                        .filter(|&i| disk.partitions[i].format == Some(FsFormat::Ext4))
+                        .max_by_key(|&i| (d.layout.partitions[i].size_bytes, usize::MAX - i))
+                })
+                .flatten();
             for (i, part) in disk.partitions.iter().enumerate() {
-                let Some(fs) = d.filesystem(i) else {
+                let Some(mut fs) = d.filesystem(i) else {
                     contents.push(None);
                     continue;
                 };
+                if placed == Some(i) {
+                    fs.place = Some(crate::format::ext4::Place {
+                        offset: d.layout.partitions[i].offset_bytes,
+                        file_len: d.layout.disk_size,
+                    });
+                }
                 let id = self.add(
                     Add {
                         image,
@@ -260,8 +279,6 @@ impl Builder<'_> {
                     root_fs = Some(id);
                 }
             }
-            // A partition image set needs the root filesystem, not the disk.
-            let whole_disk = image.outputs.iter().any(|o| o.whole_disk());
             // BIOS boot: the bootloader step's core.img and boot.img, as the disk's last input.
             let bios = bios_loader.filter(|_| whole_disk).map(|id| {
                 let partition = disk
@@ -733,6 +750,7 @@ impl<'a> DiskPlan<'a> {
             hash_seed: self.guid(&format!("hash-seed:{}", p.name)),
             volume_id: crate::ids::derive_u32(&self.seed, &format!("volume-id:{}", p.name)),
             label,
+            place: None,
         })
     }
 

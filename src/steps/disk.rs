@@ -1,8 +1,12 @@
 //! `disk`: the whole disk as a raw file: a GPT written by imgspec (protective MBR, both headers
 //! and partition arrays, CRCs) with each partition's filesystem image copied in at its 1 MiB
-//! aligned offset, sparse where the content is zeros. The filesystem images are decompressed
-//! from the store straight into the disk file (no copy of each in between), and the disk is
-//! read once to both store it and take its SHA-256.
+//! aligned offset, sparse where the content is zeros. The filesystem this build has just made
+//! in place in a disk-sized file (the largest ext4 one: [`crate::format::ext4::Place`]) is not
+//! copied: that file becomes the disk, and the rest is written around it (if it holds data
+//! outside its partition, which a new disk would not, it is not used). Another fresh one is
+//! copied from its plain file; cached ones are decompressed from the store straight into the
+//! disk file (no copy of each in between). The disk is read once to both store it and take
+//! its SHA-256.
 //!
 //! For legacy BIOS boot (`grub-bios`, `hybrid`), GRUB's `core.img` and `boot.img` (files of the
 //! bootloader step, its last input) then go into the BIOS boot partition and the protective MBR,
@@ -76,19 +80,53 @@ impl DiskStep {
             }
             fills.push((n, p, r));
         }
+
         let raw = ctx.work.join("disk.raw");
-        // A filesystem this build has just made is copied from its plain file (its data
-        // extents only); one from the cache is decompressed into place.
+        // A filesystem this build has just made in a disk-sized file at its partition's offset
+        // is taken as the disk: its bytes stay where they are. Another one this build has made
+        // is copied from its plain file (its data extents only); one from the cache is
+        // decompressed into place.
+        let mut in_place = None;
         let mut plain: Vec<Option<std::path::PathBuf>> = vec![None; self.layout.partitions.len()];
         let mut packed = Vec::new();
         for (n, p, r) in fills {
+            if in_place.is_none() && r.size == p.size_bytes {
+                match ctx.store.take_fresh_range(&r.digest, &raw) {
+                    Some(at) if at == p.offset_bytes => {
+                        in_place = Some((n, p, r));
+                        continue;
+                    }
+                    Some(_) => {
+                        let _ = std::fs::remove_file(&raw); // made for another layout
+                    }
+                    None => {}
+                }
+            }
             match ctx.store.fresh_file(&r.digest) {
                 Some(f) => plain[n] = Some(f),
                 None => packed.push((p, r)),
             }
         }
         let contents: Vec<Option<&std::path::Path>> = plain.iter().map(|f| f.as_deref()).collect();
-        crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
+        let around = match in_place {
+            Some((n, _, _)) => crate::format::gpt::write_disk_around(
+                &raw,
+                &self.layout,
+                self.disk_guid,
+                &contents,
+                n,
+            )?,
+            None => false,
+        };
+        if !around {
+            if let Some((_, p, r)) = in_place {
+                // Not as a new disk would be: the filesystem comes from its blob instead, into
+                // a new file (a thread may still be storing the blob from this one).
+                std::fs::remove_file(&raw).map_err(StepError::io(&raw))?;
+                packed.push((p, r));
+            }
+            crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
+        }
         {
             let disk = std::fs::OpenOptions::new()
                 .write(true)
@@ -104,6 +142,7 @@ impl DiskStep {
                 }
             }
         }
+
         if let Some(b) = &self.bios {
             let file = |name: &str| -> Result<Vec<u8>, StepError> {
                 let r = ctx
@@ -119,6 +158,7 @@ impl DiskStep {
             crate::format::biosboot::install(&raw, &self.layout, b.partition, &boot, &core)?;
         }
         let (r, sha) = put_with_sha256(ctx, &raw)?;
+
         let mut out = StepOutput::default();
         out.files.insert("disk.raw".into(), r);
         out.meta.insert("sha256".into(), sha);

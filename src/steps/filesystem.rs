@@ -8,6 +8,11 @@
 //! - vfat (the ESP): the tree below the mount point, copied with mtools; volume id derived from
 //!   the disk seed.
 //!
+//! An ext4 filesystem the disk step will take whole (the disk's largest, `place`) is made in
+//! place: in a file of the disk's size, at its partition's offset (`mkfs.ext4 -E offset=`),
+//! and stored as that range of the file; the disk step then takes the file as the disk and
+//! copies nothing. Same bytes as in a file of its own, so `place` is not in the key.
+//!
 //! Key: input tree key; format; size; mount point; excluded mount points; UUID, hash seed or
 //! volume id; label; versions of mke2fs, or of mkfs.vfat and mcopy.
 
@@ -35,6 +40,8 @@ pub struct FilesystemStep {
     pub hash_seed: Guid,
     pub volume_id: u32,
     pub label: String,
+    /// ext4 only: made at this offset of a disk-sized file (not in the key: the same bytes).
+    pub place: Option<crate::format::ext4::Place>,
 }
 
 impl FilesystemStep {
@@ -122,8 +129,9 @@ impl FilesystemStep {
                         }
                     }
                 };
-                let made =
-                    crate::format::ext4::mkfs_ext4_fed(ctx.runner, &ctx.log, &img, &p, &mut feed);
+                let made = crate::format::ext4::mkfs_ext4_fed(
+                    ctx.runner, &ctx.log, &img, &p, self.place, &mut feed,
+                );
                 // A damaged blob is the step's failure whatever mkfs made of the cut stream
                 // (the build heals it); a write refused by a mkfs that died is mkfs's.
                 match unread {
@@ -149,8 +157,17 @@ impl FilesystemStep {
                 )?;
             }
         }
-        // Kept as a plain file too: the disk step of this build copies it from there.
-        let r = ctx.store.put_file_keep_later(&img, &mut |_| {})?;
+
+        // Kept as a plain file too: the disk step of this build copies it from there (or takes
+        // the disk-sized file it was made in).
+        let r = match (self.format, self.place) {
+            (FsFormat::Ext4, Some(pl)) => {
+                ctx.store
+                    .put_range_keep_later(&img, pl.offset, self.size, &mut |_| {})?
+            }
+            _ => ctx.store.put_file_keep_later(&img, &mut |_| {})?,
+        };
+
         let mut out = StepOutput::default();
         out.files.insert("fs.img".into(), r);
         Ok(out)
