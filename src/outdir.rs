@@ -15,7 +15,8 @@
 //! swapped with the old folder in one `renameat2(RENAME_EXCHANGE)` and the old one removed. A
 //! failure or a kill at any point leaves the old `out/IMAGE/` whole (or none), never half of
 //! a new one; a later build removes a staging folder whose owner is gone. Once the folder is
-//! in place, the store takes a hard link to each of its large files (`Store::link_output`).
+//! in place, the store takes a hard link to each of its large files (`Store::link_output`), and
+//! lets go of its links to the files the new folder replaced (`Store::unlink_output`).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -433,9 +433,10 @@ impl Store {
     }
 
     /// Like [`Store::put_file_keep_later`] for the `len` bytes of the file `path` from
-    /// `offset` on (a filesystem made in place in a disk file): the blob holds those bytes,
-    /// and with an offset the plain copy is a range of the file, which
-    /// [`Store::take_fresh_range`] hands to the one step that may fill the rest of it.
+    /// `offset` on (a filesystem made in place in a disk file), whatever their size (always
+    /// compressed on a thread of its own): the blob holds those bytes, and unless they are the
+    /// whole file the plain copy is a range of it, which [`Store::take_fresh_range`] hands to
+    /// the one step that may fill the rest of it.
     pub fn put_range_keep_later(
         &self,
         path: &Path,
@@ -568,30 +569,20 @@ impl Store {
         true
     }
 
-    /// Moves this session's plain copy of blob `d` that is a range of a larger file (made by
-    /// [`Store::put_range_keep_later`] with an offset) to `dest`, and returns the offset: the
-    /// caller owns that file now and may write outside the range, never inside it (a thread
-    /// may still be reading the range to store the blob). One caller gets it; the others, and
-    /// readers of `d`, use the blob.
-    pub fn take_fresh_range(&self, d: &BlobDigest, dest: &Path) -> Option<u64> {
-        let dir = self.session.join(FRESH_DIR);
-        let prefix = format!("{}@", d.to_hex());
-        for e in fs::read_dir(&dir).ok()?.flatten() {
-            let name = e.file_name();
-            let Some(offset) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix(&prefix))
-                .and_then(|o| o.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if fs::rename(e.path(), dest).is_ok() {
-                // Writable again for its new owner (outside the range).
-                let _ = fs::set_permissions(dest, fs::Permissions::from_mode(0o644));
-                return Some(offset);
-            }
-        }
-        None
+    /// Moves this session's plain copy of blob `d` that is the range from `offset` on of a
+    /// larger file (made by [`Store::put_range_keep_later`]) to `dest`, writable: the caller
+    /// owns that file now and may write outside the range, never inside it (a thread may
+    /// still be reading the range to store the blob). True if it did; one caller gets it, the
+    /// others (and readers of `d`) use the blob.
+    pub fn take_fresh_range(&self, d: &BlobDigest, offset: u64, dest: &Path) -> bool {
+        let p = self
+            .session
+            .join(FRESH_DIR)
+            .join(fresh_name(d, Some(offset)));
+        // Writable for its new owner first: a file it could not open would be no use.
+        p.is_file()
+            && fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).is_ok()
+            && fs::rename(&p, dest).is_ok()
     }
 
     fn put_open_file(&self, mut file: File, path: &Path) -> Result<FileRef> {
@@ -748,7 +739,7 @@ impl Store {
         let f = tmp.as_file();
         // The file is synced below: its writeback starts while it is written (see
         // `start_writeback`), so that sync waits for the last chunks only.
-        let n = self.decode_into(d, f, tmp.path(), 0, true)?;
+        let n = self.decode_into(d, f, tmp.path(), 0, u64::MAX, true)?;
         f.set_len(n).map_err(StoreError::io(tmp.path()))?;
         f.set_permissions(fs::Permissions::from_mode(0o644))
             .map_err(StoreError::io(tmp.path()))?;
@@ -781,7 +772,7 @@ impl Store {
     /// Decompresses blob `d` into the empty file `f`, seeking over aligned zero blocks so they
     /// stay holes, and fails if the content does not match the digest.
     pub(crate) fn write_sparse(&self, d: &BlobDigest, f: &File, path: &Path) -> Result<u64> {
-        let n = self.blob_into_file_at(d, f, path, 0)?;
+        let n = self.blob_into_file_at(d, f, path, 0, u64::MAX)?;
         // Trailing holes: extend to the full length without writing.
         f.set_len(n).map_err(StoreError::io(path))?;
         Ok(n)
@@ -790,7 +781,10 @@ impl Store {
     /// Decompresses blob `d` into `f` from byte `offset` on (a multiple of 4 KiB, in a region
     /// that reads as zeros: a new file, or holes), writing only the 4 KiB blocks that are not
     /// all zeros, and returns the blob's length. Fails if the content does not match the
-    /// digest; what was written is then garbage the caller must throw away. Large blobs are
+    /// digest; what was written is then garbage the caller must throw away. Never writes
+    /// more than `limit` bytes: a blob longer than that (damaged, or not the one its record
+    /// says) fails as undecodable before a byte past `offset + limit` is written (the disk
+    /// step's next partition may be a range another thread is still reading). Large blobs are
     /// decompressed on a second thread while this one hashes and writes.
     pub fn blob_into_file_at(
         &self,
@@ -798,8 +792,9 @@ impl Store {
         f: &File,
         path: &Path,
         offset: u64,
+        limit: u64,
     ) -> Result<u64> {
-        self.decode_into(d, f, path, offset, false)
+        self.decode_into(d, f, path, offset, limit, false)
     }
 
     /// [`Store::blob_into_file_at`], and with `writeback` the kernel is asked to start writing
@@ -810,6 +805,7 @@ impl Store {
         f: &File,
         path: &Path,
         offset: u64,
+        limit: u64,
         writeback: bool,
     ) -> Result<u64> {
         let stored = self.blob_path(d);
@@ -822,7 +818,7 @@ impl Store {
             Err(e) => return Err(StoreError::io(&stored)(e)),
         };
         if stored_len < PIPELINE_FROM {
-            return self.write_sparse_serial(d, f, path, offset);
+            return self.write_sparse_serial(d, f, path, offset, limit);
         }
         let file = File::open(&stored).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => StoreError::MissingBlob(*d),
@@ -851,6 +847,11 @@ impl Store {
             let mut flushed = 0u64;
             let mut written = Ok(());
             while let Ok(buf) = rx.recv() {
+                if pos + buf.len() as u64 > limit {
+                    drop(rx);
+                    let _ = reader.join();
+                    return Err(too_long(d, limit));
+                }
                 hash_update(&mut h, &buf);
                 // Chunks are full but the last, so every block starts 4 KiB-aligned.
                 written = write_non_zero_runs(f, &buf, offset + pos);
@@ -883,6 +884,7 @@ impl Store {
         f: &File,
         path: &Path,
         offset: u64,
+        limit: u64,
     ) -> Result<u64> {
         let mut r = self.open_blob(d)?;
         let mut buf = vec![0u8; CHUNK];
@@ -900,11 +902,24 @@ impl Store {
             if n == 0 {
                 break;
             }
+            if pos + n as u64 > limit {
+                return Err(too_long(d, limit));
+            }
             write_non_zero_runs(f, &buf[..n], offset + pos).map_err(StoreError::io(path))?;
             pos += n as u64;
         }
         // `read_checked` has seen the end, so the digest matched.
         Ok(pos)
+    }
+}
+
+/// A blob that decodes to more than the `limit` bytes it was to fill: damaged for the caller.
+fn too_long(d: &BlobDigest, limit: u64) -> StoreError {
+    StoreError::Undecodable {
+        digest: *d,
+        source: io::Error::other(format!(
+            "it decodes to more than the {limit} bytes it was to fill"
+        )),
     }
 }
 
@@ -1127,13 +1142,27 @@ mod tests {
         let f = File::create(&disk).unwrap();
         f.set_len(16 << 20).unwrap();
         let n = store
-            .blob_into_file_at(&r.digest, &f, &disk, 1 << 20)
+            .blob_into_file_at(&r.digest, &f, &disk, 1 << 20, u64::MAX)
             .unwrap();
         assert_eq!(n, data.len() as u64);
         let back = fs::read(&disk).unwrap();
         assert!(back[..1 << 20].iter().all(|&b| b == 0));
         assert_eq!(&back[1 << 20..(1 << 20) + data.len()], &data[..]);
         assert!(back[(1 << 20) + data.len()..].iter().all(|&b| b == 0));
+
+        // A blob longer than the room it is given fails before writing past it, on both
+        // paths (two threads for this one, one thread for a small one).
+        let small = store.put_bytes(&noise(b"s", 3 << 20)).unwrap();
+        for (d, room) in [(r.digest, 8u64 << 20), (small.digest, 2 << 20)] {
+            let f = File::create(&disk).unwrap();
+            f.set_len(64 << 20).unwrap();
+            let e = store
+                .blob_into_file_at(&d, &f, &disk, 1 << 20, room)
+                .unwrap_err();
+            assert_eq!(e.damaged_blob(), Some(d), "{e}");
+            let back = fs::read(&disk).unwrap();
+            assert!(back[(1 << 20) + room as usize..].iter().all(|&b| b == 0));
+        }
     }
 
     #[test]
@@ -1241,7 +1270,10 @@ mod tests {
         f.write_all_at(&range[..4 << 20], offset).unwrap();
         f.write_all_at(&range[12 << 20..], offset + (12 << 20))
             .unwrap();
+        // Data right before and right after the range, in the blocks around its ends.
         f.write_all_at(b"outside", 1 << 20).unwrap();
+        f.write_all_at(&[0xEE; 4096], offset - 4096).unwrap();
+        f.write_all_at(&[0xEE; 4096], offset + len).unwrap();
         drop(f);
         let r = store
             .put_range_keep_later(&path, offset, len, &mut |_| {})
@@ -1253,11 +1285,9 @@ mod tests {
             "not a plain copy of the blob"
         );
         let taken = dir.path().join("taken.raw");
-        assert_eq!(store.take_fresh_range(&r.digest, &taken), Some(offset));
-        assert_eq!(
-            store.take_fresh_range(&r.digest, &dir.path().join("b")),
-            None
-        );
+        assert!(!store.take_fresh_range(&r.digest, offset + 4096, &taken));
+        assert!(store.take_fresh_range(&r.digest, offset, &taken));
+        assert!(!store.take_fresh_range(&r.digest, offset, &dir.path().join("b")));
         // The taker writes outside the range while the blob may still be written from it.
         let f = fs::OpenOptions::new().write(true).open(&taken).unwrap();
         f.write_all_at(b"mine", 0).unwrap();

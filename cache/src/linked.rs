@@ -434,6 +434,25 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_output_s_link_goes_unless_another_name_holds_it() {
+        let (dir, store) = store();
+        let out = dir.path().join("disk.raw");
+        let d = output(&store, &out);
+        let st = stamp(&out);
+        store.link_output(&d, &out, st);
+        assert_eq!(entries(&store), 1);
+        // Moved away (another name holds the inode): kept, a restore copies from it.
+        let moved = dir.path().join("moved.raw");
+        fs::rename(&out, &moved).unwrap();
+        store.unlink_output(&d, st);
+        assert_eq!(entries(&store), 1, "another name still holds it");
+        // Only the store holds it: gone.
+        fs::remove_file(&moved).unwrap();
+        store.unlink_output(&d, st);
+        assert_eq!(entries(&store), 0);
+    }
+
+    #[test]
     fn names_parse_back_and_others_are_not_entries() {
         let d = BlobDigest::from_hash(blake3::hash(b"x"));
         let s = Stamp {

@@ -5,6 +5,8 @@
 //! with its 128-entry array at LBA 2, the backup array and header in the last 33 sectors, all
 //! CRC32s filled in, then each partition's content file (a filesystem image) copied to its
 //! offset, skipping holes and all-zero 4 KiB blocks so the disk stays sparse.
+//! [`write_disk_around`] does the same in a disk-sized file that already holds one partition's
+//! filesystem at its offset (made there), after checking that it holds nothing else.
 //! [`write_mbr_boot_code`] patches the MBR boot code area afterwards for BIOS boot.
 //!
 //! No id here is random: every [`Guid`] written comes from `crate::ids` (derived from the
@@ -202,15 +204,13 @@ fn write_disk_with(
                     expected: layout.partitions.len(),
                     got: contents.len(),
                 })?;
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(out)
-                .map_err(FormatError::io("open", out))?;
-            let len = f
-                .metadata()
-                .map_err(FormatError::io("read the size of", out))?
-                .len();
+            // A file that cannot be opened or read is not used, as one with data outside.
+            let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(out) else {
+                return Ok(false);
+            };
+            let Ok(len) = f.metadata().map(|m| m.len()) else {
+                return Ok(false);
+            };
             let range = (p.offset_bytes, p.offset_bytes + p.size_bytes);
             let outside = data_ranges(&f, len)
                 .into_iter()
@@ -311,7 +311,8 @@ fn is_zero(block: &[u8]) -> bool {
 }
 
 /// Copies `size` bytes of `src` to `dst` at `offset`, writing only the 4 KiB blocks that are not
-/// all zero (`dst` is freshly created, so its unwritten bytes read as zero and stay holes).
+/// all zero (`dst` is new, or holes where it is written: its unwritten bytes read as zero and
+/// stay holes).
 fn copy_sparse(
     src: &File,
     src_path: &Path,
@@ -416,13 +417,12 @@ mod tests {
         let before = std::fs::read(&other).unwrap();
         assert!(!write_disk_around(&other, &l, guid, &[Some(&esp), None], 1).unwrap());
         assert!(std::fs::read(&other).unwrap() == before, "left untouched");
-        File::options()
-            .write(true)
-            .open(&other)
+        let short = dir.path().join("short.raw");
+        File::create(&short)
             .unwrap()
-            .set_len(MIB)
+            .set_len(l.disk_size - MIB)
             .unwrap();
-        assert!(!write_disk_around(&other, &l, guid, &[Some(&esp), None], 1).unwrap());
+        assert!(!write_disk_around(&short, &l, guid, &[Some(&esp), None], 1).unwrap());
         // The partition in place must not also have a content file.
         assert!(write_disk_around(&placed, &l, guid, &[Some(&esp), Some(&esp)], 1).is_err());
     }

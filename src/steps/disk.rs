@@ -90,17 +90,12 @@ impl DiskStep {
         let mut plain: Vec<Option<std::path::PathBuf>> = vec![None; self.layout.partitions.len()];
         let mut packed = Vec::new();
         for (n, p, r) in fills {
-            if in_place.is_none() && r.size == p.size_bytes {
-                match ctx.store.take_fresh_range(&r.digest, &raw) {
-                    Some(at) if at == p.offset_bytes => {
-                        in_place = Some((n, p, r));
-                        continue;
-                    }
-                    Some(_) => {
-                        let _ = std::fs::remove_file(&raw); // made for another layout
-                    }
-                    None => {}
-                }
+            if in_place.is_none()
+                && r.size == p.size_bytes
+                && ctx.store.take_fresh_range(&r.digest, p.offset_bytes, &raw)
+            {
+                in_place = Some((n, p, r));
+                continue;
             }
             match ctx.store.fresh_file(&r.digest) {
                 Some(f) => plain[n] = Some(f),
@@ -118,8 +113,19 @@ impl DiskStep {
             )?,
             None => false,
         };
+        if let (true, Some((_, p, _))) = (around, in_place) {
+            ctx.note(&format!(
+                "partition `{}`: its filesystem was made in place in this file, not copied",
+                p.name
+            ));
+        }
         if !around {
             if let Some((_, p, r)) = in_place {
+                ctx.note(&format!(
+                    "partition `{}`: the file its filesystem was made in is not as a new disk \
+                     would be; written from its blob instead",
+                    p.name
+                ));
                 // Not as a new disk would be: the filesystem comes from its blob instead, into
                 // a new file (a thread may still be storing the blob from this one).
                 std::fs::remove_file(&raw).map_err(StepError::io(&raw))?;
@@ -133,9 +139,13 @@ impl DiskStep {
                 .open(&raw)
                 .map_err(StepError::io(&raw))?;
             for (p, r) in packed {
-                let n = ctx
-                    .store
-                    .blob_into_file_at(&r.digest, &disk, &raw, p.offset_bytes)?;
+                let n = ctx.store.blob_into_file_at(
+                    &r.digest,
+                    &disk,
+                    &raw,
+                    p.offset_bytes,
+                    p.size_bytes,
+                )?;
                 if n > p.size_bytes {
                     // The record said otherwise; the disk file is scratch and goes with the step.
                     return Err(too_large(&p.name, n, p.size_bytes));

@@ -397,14 +397,25 @@ fn cache_verify_names_the_dropped_steps_and_the_missing_blobs() {
     // Only those are built again: the disk from the cached filesystem's blob this time, not
     // around the filesystem made in place in it, and byte for byte the same.
     let sum = sha256(&w.path("out/heal/heal.raw"));
+    let in_place = "partition `root`: its filesystem was made in place in this file, not copied";
+    assert!(disk_log(&w).contains(in_place), "{}", disk_log(&w));
+    // (The cache's link would give the raw output back without the disk step's file.)
     std::fs::remove_dir_all(w.path("out")).unwrap();
     let _ = std::fs::remove_dir_all(w.path("cache/linked-v1"));
     let r = w.run(&["build", "heal.kdl"]).ok();
     assert!(r.stderr.contains("3 steps built"), "{}", r.stderr);
     assert_eq!(sha256(&w.path("out/heal/heal.raw")), sum);
+    assert!(!disk_log(&w).contains(in_place), "{}", disk_log(&w));
     let again = records(&w, "cache");
     let rec = again.iter().find(|r| r["name"] == "output raw").unwrap();
     assert_eq!(rec["output"]["files"]["heal.raw"]["digest"], raw.as_str());
+}
+
+/// The log of the disk step (`cache/logs/KEY-disk.log`; the disk step's key is the same for
+/// every build of `heal.kdl` as it is).
+fn disk_log(w: &Workspace) -> String {
+    let key = &plan_keys(w, "cache")["disk gpt 64MiB"];
+    std::fs::read_to_string(w.path(&format!("cache/logs/{}-disk.log", &key[..12]))).unwrap()
 }
 
 /// The inodes of the cache's links to output files (`linked-v1/`).
