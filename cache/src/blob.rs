@@ -432,7 +432,7 @@ impl Store {
         self.put_range_keep_later(path, 0, size, tap)
     }
 
-    /// Like [`Store::put_file_keep_later`] for the `len` bytes of the file `path` from
+    /// Like [`Store::put_file_keep_later`] for the `size` bytes of the file `path` from
     /// `offset` on (a filesystem made in place in a disk file), whatever their size (always
     /// compressed on a thread of its own): the blob holds those bytes, and unless they are the
     /// whole file the plain copy is a range of it, which [`Store::take_fresh_range`] hands to
@@ -441,20 +441,19 @@ impl Store {
         &self,
         path: &Path,
         offset: u64,
-        len: u64,
+        size: u64,
         tap: &mut dyn FnMut(&[u8]),
     ) -> Result<FileRef> {
         let file = File::open(path).map_err(StoreError::io(path))?;
         let file_len = file.metadata().map_err(StoreError::io(path))?.len();
-        if offset.checked_add(len).is_none_or(|e| e > file_len) {
+        if offset.checked_add(size).is_none_or(|e| e > file_len) {
             return Err(StoreError::Io {
                 path: path.to_path_buf(),
                 source: io::Error::other(format!(
-                    "{len} bytes from {offset} on do not fit in its {file_len}"
+                    "{size} bytes from {offset} on do not fit in its {file_len}"
                 )),
             });
         }
-        let size = len;
         let reader = file.try_clone().map_err(StoreError::io(path))?;
         let (digest, read) = hash_all(&mut SparseFile::range(reader, offset, size), tap)
             .map_err(StoreError::io(path))?;

@@ -80,7 +80,6 @@ impl DiskStep {
             }
             fills.push((n, p, r));
         }
-
         let raw = ctx.work.join("disk.raw");
         // A filesystem this build has just made in a disk-sized file at its partition's offset
         // is taken as the disk: its bytes stay where they are. Another one this build has made
@@ -104,33 +103,35 @@ impl DiskStep {
         }
         let contents: Vec<Option<&std::path::Path>> = plain.iter().map(|f| f.as_deref()).collect();
         let around = match in_place {
-            Some((n, _, _)) => crate::format::gpt::write_disk_around(
-                &raw,
-                &self.layout,
-                self.disk_guid,
-                &contents,
-                n,
-            )?,
+            Some((n, p, r)) => {
+                let gpt = crate::format::gpt::write_disk_around(
+                    &raw,
+                    &self.layout,
+                    self.disk_guid,
+                    &contents,
+                    n,
+                )?;
+                if gpt {
+                    ctx.note(&format!(
+                        "partition `{}`: its filesystem was made in place in this file, not \
+                         copied",
+                        p.name
+                    ));
+                } else {
+                    ctx.note(&format!(
+                        "partition `{}`: the file its filesystem was made in is not as a new \
+                         disk would be; written from its blob instead",
+                        p.name
+                    ));
+                    // Into a new file: a thread may still be storing the blob from this one.
+                    std::fs::remove_file(&raw).map_err(StepError::io(&raw))?;
+                    packed.push((p, r));
+                }
+                gpt
+            }
             None => false,
         };
-        if let (true, Some((_, p, _))) = (around, in_place) {
-            ctx.note(&format!(
-                "partition `{}`: its filesystem was made in place in this file, not copied",
-                p.name
-            ));
-        }
         if !around {
-            if let Some((_, p, r)) = in_place {
-                ctx.note(&format!(
-                    "partition `{}`: the file its filesystem was made in is not as a new disk \
-                     would be; written from its blob instead",
-                    p.name
-                ));
-                // Not as a new disk would be: the filesystem comes from its blob instead, into
-                // a new file (a thread may still be storing the blob from this one).
-                std::fs::remove_file(&raw).map_err(StepError::io(&raw))?;
-                packed.push((p, r));
-            }
             crate::format::gpt::write_disk(&raw, &self.layout, self.disk_guid, &contents)?;
         }
         {
@@ -139,20 +140,17 @@ impl DiskStep {
                 .open(&raw)
                 .map_err(StepError::io(&raw))?;
             for (p, r) in packed {
-                let n = ctx.store.blob_into_file_at(
+                // One that decodes to more than its partition (its record said otherwise)
+                // fails as damaged before a byte past the partition is written.
+                ctx.store.blob_into_file_at(
                     &r.digest,
                     &disk,
                     &raw,
                     p.offset_bytes,
                     p.size_bytes,
                 )?;
-                if n > p.size_bytes {
-                    // The record said otherwise; the disk file is scratch and goes with the step.
-                    return Err(too_large(&p.name, n, p.size_bytes));
-                }
             }
         }
-
         if let Some(b) = &self.bios {
             let file = |name: &str| -> Result<Vec<u8>, StepError> {
                 let r = ctx
@@ -168,7 +166,6 @@ impl DiskStep {
             crate::format::biosboot::install(&raw, &self.layout, b.partition, &boot, &core)?;
         }
         let (r, sha) = put_with_sha256(ctx, &raw)?;
-
         let mut out = StepOutput::default();
         out.files.insert("disk.raw".into(), r);
         out.meta.insert("sha256".into(), sha);

@@ -157,7 +157,6 @@ impl FilesystemStep {
                 )?;
             }
         }
-
         // Kept as a plain file too: the disk step of this build copies it from there (or takes
         // the disk-sized file it was made in).
         let r = match (self.format, self.place) {
@@ -167,7 +166,6 @@ impl FilesystemStep {
             }
             _ => ctx.store.put_file_keep_later(&img, &mut |_| {})?,
         };
-
         let mut out = StepOutput::default();
         out.files.insert("fs.img".into(), r);
         Ok(out)
